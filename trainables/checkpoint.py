@@ -1,0 +1,68 @@
+"""Checkpoints: one dict holding the model, the method's state (SPROUT's beta), the optimizer,
+the epoch and the resolved config. Loaded with ``torch.load(weights_only=True)``, so a
+checkpoint carrying a pickled payload is refused."""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+
+FORMAT = "sprout-orchestrator/1"
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write atomically (temp file + rename): a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, **state}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(
+            f"{path}: refused: holds objects other than tensors and plain data "
+            f"(loaded with weights_only=True; {first[:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"{path}: truncated or not a torch checkpoint ({str(e).splitlines()[0][:160]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(state).__name__}")
+    return state
+
+
+def model_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model's state dict from one of our checkpoints or from a bare state dict."""
+    if "model" in state and isinstance(state["model"], dict):
+        return state["model"]
+    if all(isinstance(v, torch.Tensor) for v in state.values()):
+        return state
+    raise CheckpointError("checkpoint holds no 'model' state dict")
+
+
+def load_weights(model: nn.Module, state: dict[str, Any], path: str | os.PathLike, expected: str) -> None:
+    """Load weights strictly; a checkpoint of another architecture is one clear error."""
+    weights = model_weights(state)
+    saved = state.get("config", {}) if isinstance(state.get("config"), dict) else {}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        arch = f"{saved.get('model')} {saved.get('model_args', '')}".strip() if saved else "unknown"
+        n_missing = str(e).count("Missing key") + str(e).count("size mismatch")
+        raise CheckpointError(
+            f"{path}: checkpoint architecture ({arch}) does not match the model {expected} "
+            f"({n_missing or 'some'} mismatching entries)") from None

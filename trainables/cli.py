@@ -1,0 +1,58 @@
+"""Shared command-line plumbing: one clear line and a non-zero exit for bad input."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+EXIT_BAD_INPUT = 2
+
+
+def run_main(fn: Callable[[], int | None]) -> None:
+    """Run ``fn``; a ConfigError (bad name, value, path or checkpoint) is one line on stderr
+    and exit code 2, never a traceback."""
+    try:
+        code = fn()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+def writable_dir(path: str | os.PathLike, what: str = "--output-dir") -> Path:
+    """Create ``path`` if needed and check that files can be written there."""
+    p = Path(path).expanduser().resolve()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{what} {p}: not writable ({e.strerror or e})") from None
+    return p
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic JSON write (temp file + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable))
+    os.replace(tmp, path)
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)

@@ -1,0 +1,331 @@
+"""Data sets, registered by name. Every image is a float tensor in [0, 1]; normalization lives
+in the model, so attack budgets are in pixel units.
+
+Small data sets (``digits``, CIFAR) are held as tensors and batched by :class:`TensorLoader`,
+which augments on the device the data lives on (on a GPU: the airbench approach, no CPU
+loader). ImageNet goes through a torchvision ``ImageFolder`` and a ``DataLoader``.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .errors import DataError
+from .registry import Registry
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    load: Callable[..., "DataBundle"]  # load(root=, download=, image_size=)
+    eps: float  # the data set's standard L-inf budget, pixel units
+    default_model: str
+    default_epochs: int | None  # overrides the method's default epochs when set
+    mean: tuple[float, ...]  # for models that normalize as their first layer
+    std: tuple[float, ...]
+    batch_size: int = 128  # default per-worker batch size
+    optim: dict = field(default_factory=dict)  # optimizer values over every method's defaults
+
+
+DATASETS: Registry[DatasetEntry] = Registry("data set")
+
+
+def register_dataset(name: str, **defaults: Any):
+    def deco(fn: Callable[..., "DataBundle"]) -> Callable[..., "DataBundle"]:
+        DATASETS.register(name)(DatasetEntry(load=fn, **defaults))
+        return fn
+
+    return deco
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.names()
+
+
+@dataclass
+class DataBundle:
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    x_train: torch.Tensor | None  # (N, C, H, W) float in [0, 1], or None for folder data
+    y_train: torch.Tensor | None  # (N,) int64
+    x_test: torch.Tensor | None
+    y_test: torch.Tensor | None
+    augment: str  # "none" | "crop_flip" | "folder" (augmentation inside the Dataset)
+    class_names: list[str] = field(default_factory=list)
+    train_dataset: Any = None  # torch Dataset for folder data
+    test_dataset: Any = None
+
+    @property
+    def num_train(self) -> int:
+        return len(self.y_train) if self.y_train is not None else len(self.train_dataset)
+
+    def test_tensors(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``limit`` test images as tensors (the evaluation works on tensors)."""
+        if self.x_test is not None:
+            n = len(self.y_test) if limit is None else min(limit, len(self.y_test))
+            return self.x_test[:n], self.y_test[:n]
+        ds = self.test_dataset
+        n = len(ds) if limit is None else min(limit, len(ds))
+        # A fixed, evenly spread subset so that every class appears in small evaluations.
+        idx = np.linspace(0, len(ds) - 1, n).round().astype(int) if n < len(ds) else range(n)
+        xs, ys = zip(*(ds[int(i)] for i in idx))
+        return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+
+
+def get_dataset(name: str, **kwargs: Any) -> DataBundle:
+    return DATASETS.get(name).load(**kwargs)
+
+
+# ----------------------------------------------------------------------------- digits
+# A small CNN from random init on 1437 images: batch 32 and lr 0.1 for every method (the
+# CIFAR references' SPROUT lr of 0.01 assumes a start from a naturally trained model).
+@register_dataset("digits", eps=0.1, default_model="small_cnn", default_epochs=15,
+                  mean=(0.3,), std=(0.4,), batch_size=32, optim={"lr": 0.1})
+def digits(root: str | None = None, download: bool = True, image_size: int | None = None) -> DataBundle:
+    """scikit-learn's bundled handwritten digits: 8x8 greyscale, 1797 images, 10 classes.
+    A fixed seeded split (seed 0): 1437 train, 360 test. Needs no network."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
+    y = torch.tensor(d.target, dtype=torch.long)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    n_test = 360
+    test, train = perm[:n_test], perm[n_test:]
+    return DataBundle(
+        name="digits", num_classes=10, in_channels=1, image_size=8,
+        x_train=x[train], y_train=y[train], x_test=x[test], y_test=y[test],
+        augment="none", class_names=[str(i) for i in range(10)],
+    )
+
+
+# ----------------------------------------------------------------------------- CIFAR
+class _ArrayUnpickler(pickle.Unpickler):
+    """CIFAR's python format is a pickle; only the globals that numpy arrays need are allowed,
+    so a crafted file cannot run code."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a data file")
+
+
+def _load_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return _ArrayUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file is missing (expected the CIFAR python-format batch)") from None
+    except Exception as e:  # noqa: BLE001 - any parse failure is a malformed file
+        raise DataError(f"{path}: not a CIFAR python-format batch ({e})") from None
+
+
+def _cifar_arrays(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = _load_pickle(path)
+    if not isinstance(batch, dict) or "data" not in batch or label_key not in batch:
+        raise DataError(f"{path}: expected a dict with 'data' and {label_key!r}")
+    data = np.asarray(batch["data"], dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{path}: expected 'data' of shape (N, 3072), got {data.shape}")
+    labels = np.asarray(batch[label_key], dtype=np.int64)
+    if len(labels) != len(data):
+        raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
+    x = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()).float().div_(255.0)
+    return x, torch.from_numpy(labels)
+
+
+def _cifar(name: str, root: str | None, download: bool, folder: str, train_files: list[str],
+           test_file: str, meta_file: str, label_key: str, names_key: str, num_classes: int,
+           tv_cls: str) -> DataBundle:
+    root_path = Path(root or "./data").expanduser().resolve()
+    base = root_path / folder
+    if not base.is_dir():
+        if not download:
+            raise DataError(f"{base}: missing; expected the {name} python-format folder (or set download=true)")
+        import torchvision
+
+        try:
+            getattr(torchvision.datasets, tv_cls)(str(root_path), train=True, download=True)
+        except Exception as e:  # noqa: BLE001 - no network, disk full, ...
+            raise DataError(f"{base}: missing and the download failed ({type(e).__name__}: {e})") from None
+    xs, ys = zip(*(_cifar_arrays(base / f, label_key) for f in train_files))
+    x_test, y_test = _cifar_arrays(base / test_file, label_key)
+    meta = _load_pickle(base / meta_file)
+    class_names = list(meta.get(names_key, [])) if isinstance(meta, dict) else []
+    y_train = torch.cat(ys)
+    if int(y_train.max()) >= num_classes or int(y_test.max()) >= num_classes:
+        raise DataError(f"{base}: labels outside 0..{num_classes - 1}")
+    return DataBundle(
+        name=name, num_classes=num_classes, in_channels=3, image_size=32,
+        x_train=torch.cat(xs), y_train=y_train, x_test=x_test, y_test=y_test,
+        augment="crop_flip", class_names=class_names,
+    )
+
+
+@register_dataset("cifar10", eps=8 / 255, default_model="vgg16", default_epochs=None,
+                  mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616))
+def cifar10(root: str | None = None, download: bool = True, image_size: int | None = None) -> DataBundle:
+    return _cifar("cifar10", root, download, "cifar-10-batches-py",
+                  [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta",
+                  "labels", "label_names", 10, "CIFAR10")
+
+
+@register_dataset("cifar100", eps=8 / 255, default_model="vgg16", default_epochs=None,
+                  mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
+def cifar100(root: str | None = None, download: bool = True, image_size: int | None = None) -> DataBundle:
+    return _cifar("cifar100", root, download, "cifar-100-python", ["train"], "test", "meta",
+                  "fine_labels", "fine_label_names", 100, "CIFAR100")
+
+
+# ----------------------------------------------------------------------------- ImageNet
+@register_dataset("imagenet", eps=4 / 255, default_model="resnet152", default_epochs=None,
+                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+def imagenet(root: str | None = None, download: bool = True, image_size: int | None = None) -> DataBundle:
+    """An ImageFolder root with ``train/`` and ``val/`` (one folder per class in each).
+    ImageNet cannot be downloaded automatically; ``download`` is ignored."""
+    from torchvision import datasets, transforms
+
+    if root is None:
+        raise DataError("data.root: the imagenet data set needs a root with train/ and val/")
+    base = Path(root).expanduser().resolve()
+    for split in ("train", "val"):
+        if not (base / split).is_dir():
+            raise DataError(f"{base / split}: missing; expected an ImageFolder directory (one folder per class)")
+    size = image_size or 224
+    resize = int(round(size * 256 / 224))
+    train_tf = transforms.Compose([
+        transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+    ])
+    test_tf = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor()])
+    try:
+        train = datasets.ImageFolder(str(base / "train"), transform=train_tf)
+        val = datasets.ImageFolder(str(base / "val"), transform=test_tf)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataError(f"{base}: not a valid ImageFolder root ({e})") from None
+    if train.classes != val.classes:
+        raise DataError(f"{base}: train/ and val/ hold different class folders")
+    return DataBundle(
+        name="imagenet", num_classes=len(train.classes), in_channels=3, image_size=size,
+        x_train=None, y_train=None, x_test=None, y_test=None, augment="folder",
+        class_names=list(train.classes),
+        train_dataset=train, test_dataset=val,
+    )
+
+
+# ----------------------------------------------------------------------------- loaders
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding ``pad`` and random horizontal flip, per sample, batched
+    on whatever device ``x`` lives on. x: (N, C, H, W)."""
+    n, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device)[None])  # (N, H)
+    cols = (dx[:, None] + torch.arange(w, device=x.device)[None])  # (N, W)
+    out = xp[torch.arange(n, device=x.device)[:, None, None, None],
+             torch.arange(c, device=x.device)[None, :, None, None],
+             rows[:, None, :, None], cols[:, None, None, :]]
+    flip = (torch.rand(n, generator=gen, device=gen.device) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+class TensorLoader:
+    """Batches of an in-memory tensor data set, sharded across ranks like DistributedSampler.
+
+    The order of epoch ``e`` is a permutation seeded by ``(seed, e)``: the same on every rank
+    and on every re-run, so a resumed epoch sees the same batches.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, shuffle: bool,
+                 augment: str, seed: int, device: torch.device | str = "cpu", drop_last: bool = False):
+        self.device = torch.device(device)
+        self.x = x.to(self.device)
+        self.y = y.to(self.device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.rank, self.world = dist_info()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.y)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            idx = torch.randperm(n, generator=g)
+        else:
+            idx = torch.arange(n)
+        if self.world > 1:
+            per_rank = -(-n // self.world)
+            idx = torch.cat([idx, idx[: per_rank * self.world - n]])  # pad as DistributedSampler
+            idx = idx[self.rank:: self.world]
+        return idx
+
+    def __len__(self) -> int:
+        n = len(self._indices())
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        idx = self._indices().to(self.device)
+        gen_device = self.device if self.device.type == "cuda" else torch.device("cpu")
+        gen = torch.Generator(device=gen_device).manual_seed(
+            self.seed * 7_919 + self.epoch * 31 + self.rank)
+        for i in range(len(self)):
+            b = idx[i * self.batch_size: (i + 1) * self.batch_size]
+            xb, yb = self.x[b], self.y[b]
+            if self.augment == "crop_flip":
+                xb = crop_flip(xb, gen)
+            yield xb, yb
+
+
+def make_train_loader(bundle: DataBundle, *, batch_size: int, seed: int, device: torch.device,
+                      num_workers: int = 4, prepare: Callable | None = None):
+    """The training loader: a TensorLoader for tensor data (on ``device`` when it is a GPU),
+    a DataLoader with a DistributedSampler, pinned memory and workers for folder data."""
+    if bundle.x_train is not None:
+        on_device = device if device.type == "cuda" else torch.device("cpu")
+        return TensorLoader(bundle.x_train, bundle.y_train, batch_size=batch_size, shuffle=True,
+                            augment=bundle.augment, seed=seed, device=on_device)
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    rank, world = dist_info()
+    sampler = DistributedSampler(bundle.train_dataset, num_replicas=world, rank=rank, seed=seed) \
+        if world > 1 else None
+    g = torch.Generator().manual_seed(seed)
+    loader = DataLoader(bundle.train_dataset, batch_size=batch_size, shuffle=sampler is None,
+                        sampler=sampler, num_workers=num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=num_workers > 0, drop_last=True, generator=g)
+    return loader
+
+
+def set_loader_epoch(loader: Any, epoch: int) -> None:
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    elif getattr(loader, "sampler", None) is not None and hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+

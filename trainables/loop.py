@@ -1,0 +1,252 @@
+"""The per-epoch training loop, written once and used by ``python -m trainables.train`` and by
+the Ray Train workers. It never imports Ray: the orchestrator passes hooks instead.
+
+DDP-ready: with a process group, the training data is sharded per rank, the model is wrapped
+(by ``prepare_model`` or by plain DDP), per-epoch metrics are averaged across ranks, and only
+rank 0 evaluates and builds checkpoints.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .attacks import pgd_linf
+from .checkpoint import load_checkpoint, load_weights
+from .data import DATASETS, DataBundle, dist_info, get_dataset, make_train_loader, set_loader_epoch
+from .errors import DivergedError
+from .methods import METHODS, Method
+from .metrics import accuracy, batched
+from .models import create_model
+from .settings import FastConfig, OptimConfig, TrainConfig, method_config, optim_config
+
+EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]] | None], None]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(spec: str = "auto") -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def lr_factor(opt: OptimConfig, epochs: int, t: float) -> float:
+    """Learning-rate multiplier at fractional epoch ``t`` in [0, epochs)."""
+    frac = t / max(epochs, 1)
+    if opt.schedule == "piecewise":
+        return opt.gamma ** sum(frac >= m for m in opt.milestones)
+    if opt.schedule == "cyclic":  # triangular: 0 -> 1 at the peak -> 0 at the end
+        peak = opt.milestones[0] if opt.milestones else 0.4
+        return frac / peak if frac < peak else max(0.0, (1 - frac) / (1 - peak))
+    if opt.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * frac))
+    return 1.0
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
+    for opt in optimizers:
+        for g in opt.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+            g["lr"] = g["initial_lr"] * factor
+
+
+def amp_dtype(fast: FastConfig, device: torch.device) -> torch.dtype | None:
+    if fast.amp == "bf16" or (fast.amp == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+@dataclass
+class Components:
+    """Everything a run is made of, built from a resolved config."""
+
+    cfg: TrainConfig
+    bundle: DataBundle
+    net: nn.Module  # unwrapped model
+    model: nn.Module  # what the method trains (DDP-wrapped under a process group)
+    optimizer: torch.optim.Optimizer
+    method: Method
+    loader: Any
+    device: torch.device
+    start_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_model(cfg: TrainConfig, bundle: DataBundle | None = None) -> nn.Module:
+    """The model of ``cfg`` (random init, or ``init_checkpoint``'s weights)."""
+    entry = DATASETS.get(cfg.dataset)
+    if bundle is None:
+        bundle = get_dataset(cfg.dataset, root=cfg.data.root, download=cfg.data.download,
+                             image_size=cfg.data.image_size)
+    net = create_model(cfg.model, cfg.model_args, num_classes=bundle.num_classes,
+                       in_channels=bundle.in_channels, image_size=bundle.image_size,
+                       mean=entry.mean, std=entry.std)
+    if cfg.init_checkpoint:
+        load_weights(net, load_checkpoint(cfg.init_checkpoint), cfg.init_checkpoint, cfg.model)
+    return net
+
+
+def build(cfg: TrainConfig, *, device: torch.device | None = None, resume: dict[str, Any] | None = None,
+          prepare_model: Callable[[nn.Module], nn.Module] | None = None,
+          bundle: DataBundle | None = None) -> Components:
+    """Build data, model, optimizer and method; restore them from ``resume`` if given."""
+    device = device or pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    if bundle is None:
+        bundle = get_dataset(cfg.dataset, root=cfg.data.root, download=cfg.data.download,
+                             image_size=cfg.data.image_size)
+    net = build_model(cfg, bundle)
+    channels_last = cfg.fast.channels_last == "on" or (cfg.fast.channels_last == "auto" and device.type == "cuda")
+    net = net.to(device, memory_format=torch.channels_last) if channels_last else net.to(device)
+    if resume is not None:
+        net.load_state_dict(resume["model"])
+    model: nn.Module = net
+    if prepare_model is not None:
+        model = prepare_model(net)
+    elif dist.is_available() and dist.is_initialized():
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.fast.compile:
+        model = torch.compile(model)
+    opt_cfg = optim_config(cfg)
+    optimizer = torch.optim.SGD(net.parameters(), lr=opt_cfg.lr, momentum=opt_cfg.momentum,
+                                weight_decay=opt_cfg.weight_decay, nesterov=opt_cfg.nesterov)
+    method_cls = METHODS.get(cfg.method)
+    method = method_cls(model, optimizer, method_config(cfg), num_classes=bundle.num_classes,
+                        eps=cfg.eps, device=device, amp_dtype=amp_dtype(cfg.fast, device), seed=cfg.seed)
+    method.net = net  # attacks run on the unwrapped (uncompiled) model
+    loader = make_train_loader(bundle, batch_size=cfg.batch_size, seed=cfg.seed, device=device,
+                               num_workers=cfg.data.loader_workers)
+    comp = Components(cfg, bundle, net, model, optimizer, method, loader, device)
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        method.load_state_dict(resume.get("method", {}))
+        comp.start_epoch = int(resume["epoch"])
+        comp.history = list(resume.get("history", []))
+    return comp
+
+
+def checkpoint_state(comp: Components, epoch: int) -> dict[str, Any]:
+    """Everything needed to resume after ``epoch`` completed epochs (CPU tensors)."""
+    return {
+        "config": _config_dict(comp.cfg),
+        "epoch": epoch,
+        "model": {k: v.detach().cpu() for k, v in comp.net.state_dict().items()},
+        "optimizer": comp.optimizer.state_dict(),
+        "method": comp.method.state_dict(),
+        "history": comp.history,
+    }
+
+
+def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    from .config import to_dict
+
+    return to_dict(cfg)
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def monitor(comp: Components) -> dict[str, float]:
+    """Clean and PGD accuracy on the first ``monitor.n`` test images (rank 0)."""
+    m = comp.cfg.monitor
+    x, y = comp.bundle.test_tensors(m.n)
+    net = comp.net
+    eps = comp.cfg.eps
+    gen = torch.Generator(device=comp.device if comp.device.type == "cuda" else "cpu").manual_seed(comp.cfg.seed)
+
+    def attack(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return pgd_linf(net, xb, yb, eps=eps, steps=m.pgd_steps, step_size=eps / 4, generator=gen)
+
+    x_adv = batched(attack, x, y, batch_size=256, device=comp.device)
+    return {"monitor_clean_acc": accuracy(net, x, y), "monitor_pgd_acc": accuracy(net, x_adv, y)}
+
+
+def train_epoch(comp: Components, epoch: int) -> dict[str, Any]:
+    """One pass over the training data. Returns this epoch's metrics (averaged across ranks)."""
+    cfg = comp.cfg
+    opt_cfg = optim_config(cfg)
+    optimizers = [comp.optimizer] + comp.method.extra_optimizers()
+    set_loader_epoch(comp.loader, epoch)
+    steps = len(comp.loader)
+    loss_sum = torch.zeros((), device=comp.device)
+    correct = torch.zeros((), device=comp.device)
+    seen = 0
+    if comp.device.type == "cuda":
+        torch.cuda.synchronize(comp.device)
+    t0 = time.perf_counter()
+    for i, (x, y) in enumerate(comp.loader):
+        x = x.to(comp.device, non_blocking=True)
+        y = y.to(comp.device, non_blocking=True)
+        set_lr(optimizers, lr_factor(opt_cfg, cfg.epochs, epoch + i / max(steps, 1)))
+        out = comp.method.train_step(x, y)
+        # accumulate on the device: no host sync per step, no autograd graph kept alive
+        loss_sum += out["loss"].float() * len(y)
+        correct += (out["logits"].argmax(1) == y).sum()
+        seen += len(y)
+    if comp.device.type == "cuda":
+        torch.cuda.synchronize(comp.device)
+    elapsed = time.perf_counter() - t0
+    loss_total, correct_total, seen_total, slowest = _all_reduce_sum(
+        [loss_sum.item(), correct.item(), float(seen), elapsed], comp.device)
+    _, world = dist_info()
+    loss = loss_total / max(seen_total, 1)
+    if not math.isfinite(loss):
+        raise DivergedError(epoch + 1, loss)
+    metrics: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "loss": loss,
+        "train_acc": correct_total / max(seen_total, 1),
+        "lr": comp.optimizer.param_groups[0]["lr"],
+        "epoch_time_s": slowest / world,
+        "images_per_s": seen_total / max(slowest / world, 1e-9),
+    }
+    if hasattr(comp.method, "beta"):
+        beta = comp.method.beta
+        metrics["beta_mean"] = beta.mean().item()
+        metrics["beta_min"] = beta.min().item()
+        metrics["beta_max"] = beta.max().item()
+    return metrics
+
+
+def fit(comp: Components, *, on_epoch_end: EpochCallback | None = None,
+        log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Train from ``comp.start_epoch`` to ``cfg.epochs``. After each epoch, ``on_epoch_end``
+    gets the metrics and (on rank 0) a function that builds the checkpoint state."""
+    cfg = comp.cfg
+    rank, _ = dist_info()
+    for epoch in range(comp.start_epoch, cfg.epochs):
+        metrics = train_epoch(comp, epoch)
+        if rank == 0 and cfg.monitor.every and ((epoch + 1) % cfg.monitor.every == 0 or epoch + 1 == cfg.epochs):
+            metrics.update(monitor(comp))
+        comp.history.append(metrics)
+        if log is not None and rank == 0:
+            log(format_metrics(metrics))
+        if on_epoch_end is not None:
+            on_epoch_end(metrics, (lambda e=epoch: checkpoint_state(comp, e + 1)) if rank == 0 else None)
+    return comp.history
+
+
+def format_metrics(m: dict[str, Any]) -> str:
+    parts = [f"epoch {m['epoch']}"]
+    for k in ("loss", "train_acc", "monitor_clean_acc", "monitor_pgd_acc", "lr", "epoch_time_s", "images_per_s"):
+        if k in m:
+            v = m[k]
+            parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
+    return "  ".join(parts)

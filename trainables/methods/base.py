@@ -1,0 +1,90 @@
+"""The method contract (after timm's ``task.py``): a small object that owns its training step
+and its state. ``train_step(x, y)`` does the whole update (forward, backward, optimizer step,
+and whatever else the method needs, such as SPROUT's beta ascent or Free-AT's replays) and
+returns a dict with ``loss`` (detached scalar tensor), ``logits`` and named components for logging.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class NoArgs:
+    pass
+
+
+class Method:
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = NoArgs
+    # Optimizer and schedule defaults from the method's reference code (REFERENCE.md);
+    # milestones are fractions of the total number of epochs.
+    default_optim: ClassVar[dict[str, Any]] = dict(
+        lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="piecewise", milestones=(0.5, 0.75))
+    default_epochs: ClassVar[int] = 100
+    uses_eps: ClassVar[bool] = False  # does training depend on the attack budget eps?
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Any, *,
+                 num_classes: int, eps: float, device: torch.device,
+                 amp_dtype: torch.dtype | None = None, seed: int = 0):
+        self.model = model  # possibly DDP-wrapped: use for the training forward/backward
+        self.net = model.module if hasattr(model, "module") else model  # unwrapped: for attacks
+        self.optimizer = optimizer
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.eps = eps
+        self.device = device
+        self.amp_dtype = amp_dtype
+        self.seed = seed
+        gen_device = device if device.type == "cuda" else torch.device("cpu")
+        self.generator = torch.Generator(device=gen_device).manual_seed(seed + 12345)
+
+    # -- hooks ----------------------------------------------------------------------------
+    def extra_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Optimizers besides the model's whose learning rate follows the schedule."""
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # -- helpers --------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast for training forwards on the GPU fast path; a no-op otherwise."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def descend(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    @contextlib.contextmanager
+    def training(self) -> Iterator[None]:
+        self.model.train()
+        yield
+
+    def randn(self, shape: torch.Size) -> torch.Tensor:
+        return torch.randn(shape, generator=self.generator, device=self.generator.device).to(self.device)
+
+    def rand(self, shape: torch.Size) -> torch.Tensor:
+        return torch.rand(shape, generator=self.generator, device=self.generator.device).to(self.device)
+
+
+def trades_outer_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor,
+                      beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CE(f(x), y) + beta * KL(f(x) || f(x')), the KL averaged over the batch (TRADES)."""
+    ce = F.cross_entropy(logits_nat, y)
+    kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_nat, dim=1), reduction="batchmean")
+    return ce + beta * kl, ce, kl

@@ -1,0 +1,48 @@
+"""Fast adversarial training (Wong et al. 2020): FGSM from a uniform random start with step
+1.25 eps, clipped to the eps ball and [0, 1]; cyclic learning rate."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch.nn.functional as F
+
+from ..attacks import bn_mode, fp32, input_grad, linf_project, linf_random_start, linf_step
+from ..config import check
+from . import register_method
+from .base import Method
+
+
+@dataclass(frozen=True)
+class FastATConfig:
+    eps: float | None = None  # None = the data set's budget
+    step_frac: float = 1.25  # FGSM step as a fraction of eps (10/255 at 8/255)
+    bn: Literal["train", "eval"] = "train"
+
+    def validate(self, where: str) -> None:
+        if self.eps is not None:
+            check(0 <= self.eps <= 1, where, "eps", "a number in [0, 1]", self.eps)
+        check(self.step_frac > 0, where, "step_frac", "a number > 0", self.step_frac)
+
+
+@register_method("fast_at")
+class FastAT(Method):
+    Config = FastATConfig
+    # locuslab/fast_adversarial: cyclic lr up to 0.2 over 15 epochs, momentum 0.9, wd 5e-4.
+    default_optim = dict(lr=0.2, momentum=0.9, weight_decay=5e-4, schedule="cyclic", milestones=(0.4,))
+    default_epochs = 15
+    uses_eps = True
+
+    def train_step(self, x, y):
+        c = self.cfg
+        eps = c.eps if c.eps is not None else self.eps
+        x0 = linf_random_start(x, eps=eps, generator=self.generator)
+        with bn_mode(self.net, c.bn), fp32(x):
+            g = input_grad(self.net, x0, y)
+        x_adv = linf_project(linf_step(x0, g, step_size=c.step_frac * eps), x, eps=eps).detach()
+        self.model.train()
+        with self.autocast():
+            logits = self.model(x_adv)
+            loss = F.cross_entropy(logits.float(), y)
+        self.descend(loss)
+        return {"loss": loss.detach(), "logits": logits.detach(), "x_adv": x_adv}

@@ -1,0 +1,49 @@
+"""TRADES (Zhang et al. 2019): inner maximization of KL(f(x) || f(x')) with the model in eval
+mode from x + 0.001 N(0, 1); outer loss CE(f(x), y) + beta * KL."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..attacks import trades_inner
+from ..config import check
+from . import register_method
+from .base import Method, trades_outer_loss
+
+
+@dataclass(frozen=True)
+class TradesConfig:
+    beta: float = 6.0  # weight of the KL term
+    eps: float | None = None  # None = the data set's budget (TRADES: 0.031)
+    steps: int = 10
+    step_frac: float = 0.007 / 0.031  # step 0.007 at eps 0.031
+    bn: Literal["train", "eval"] = "eval"  # TRADES crafts in eval mode
+
+    def validate(self, where: str) -> None:
+        check(self.beta >= 0, where, "beta", "a number >= 0", self.beta)
+        if self.eps is not None:
+            check(0 <= self.eps <= 1, where, "eps", "a number in [0, 1]", self.eps)
+        check(self.steps >= 1, where, "steps", "an integer >= 1", self.steps)
+        check(self.step_frac > 0, where, "step_frac", "a number > 0", self.step_frac)
+
+
+@register_method("trades")
+class Trades(Method):
+    Config = TradesConfig
+    # TRADES: SGD 0.1, wd 2e-4, 76 epochs, lr / 10 at epoch 75.
+    default_optim = dict(lr=0.1, momentum=0.9, weight_decay=2e-4, schedule="piecewise", milestones=(75 / 76,))
+    default_epochs = 76
+    uses_eps = True
+
+    def train_step(self, x, y):
+        c = self.cfg
+        eps = c.eps if c.eps is not None else self.eps
+        x_adv = trades_inner(self.net, x, eps=eps, steps=c.steps, step_size=c.step_frac * eps,
+                             bn=c.bn, generator=self.generator)
+        self.model.train()
+        with self.autocast():
+            logits = self.model(x)
+            logits_adv = self.model(x_adv)
+        loss, ce, kl = trades_outer_loss(logits.float(), logits_adv.float(), y, c.beta)
+        self.descend(loss)
+        return {"loss": loss.detach(), "logits": logits.detach(), "ce": ce.detach(), "kl": kl.detach(), "x_adv": x_adv}

@@ -1,0 +1,136 @@
+"""The training configuration: typed, frozen, resolved once, saved with every run.
+
+Resolution order: data set and method defaults < study file / ``--set`` values. After
+``resolve()`` every default is explicit (model, epochs, eps, the optimizer, the method's
+variant-specific values), so the saved config says exactly what ran.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Mapping
+
+from .config import build, check, deep_merge, to_dict
+from .data import DATASETS
+from .methods import METHODS
+from .models import MODELS
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.1  # theta's peak learning rate
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: Literal["piecewise", "cyclic", "cosine", "constant"] = "piecewise"
+    # piecewise: lr *= gamma at each fraction of training; cyclic: the peak's position
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+
+    def validate(self, where: str) -> None:
+        check(self.lr > 0, where, "lr", "a number > 0", self.lr)
+        check(0 <= self.momentum < 1, where, "momentum", "a number in [0, 1)", self.momentum)
+        check(self.weight_decay >= 0, where, "weight_decay", "a number >= 0", self.weight_decay)
+        check(all(0 < m <= 1 for m in self.milestones), where, "milestones",
+              "fractions of training in (0, 1]", self.milestones)
+        check(0 < self.gamma <= 1, where, "gamma", "a number in (0, 1]", self.gamma)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str | None = None  # data directory; CIFAR is downloaded here when missing
+    download: bool = True
+    image_size: int | None = None  # ImageNet crop size (224)
+    loader_workers: int = 4  # DataLoader processes for folder data (ImageNet)
+
+    def validate(self, where: str) -> None:
+        check(self.loader_workers >= 0, where, "loader_workers", "an integer >= 0", self.loader_workers)
+        if self.image_size is not None:
+            check(self.image_size >= 8, where, "image_size", "an integer >= 8", self.image_size)
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """The per-epoch check on a fixed test subset (a monitor, not the final evaluation; it
+    is never used to choose a checkpoint)."""
+
+    every: int = 1  # epochs between checks; 0 = never
+    n: int = 256  # test images
+    pgd_steps: int = 10  # PGD-k at the data set's eps, step eps/4, one random start
+
+    def validate(self, where: str) -> None:
+        check(self.every >= 0, where, "every", "an integer >= 0", self.every)
+        check(self.n >= 1, where, "n", "an integer >= 1", self.n)
+        check(self.pgd_steps >= 1, where, "pgd_steps", "an integer >= 1", self.pgd_steps)
+
+
+@dataclass(frozen=True)
+class FastConfig:
+    """The GPU fast path. ``auto`` turns a feature on when the device is CUDA; on CPU the
+    same code runs unchanged in fp32."""
+
+    amp: Literal["auto", "off", "bf16"] = "auto"  # bf16 autocast for training; attacks stay fp32
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    compile: bool = False  # torch.compile the model
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = "sprout"
+    dataset: str = "digits"
+    model: str | None = None  # None = the data set's default (small_cnn for digits, vgg16 for CIFAR)
+    epochs: int | None = None  # None = the data set's default, else the method's reference value
+    batch_size: int | None = None  # per worker; None = the data set's (32 digits, 128 CIFAR)
+    seed: int = 0
+    eps: float | None = None  # L-inf budget for adversarial training and evaluation; None = data set's
+    init_checkpoint: str | None = None  # start from these weights instead of random ones
+    method_args: dict = field(default_factory=dict)
+    model_args: dict = field(default_factory=dict)
+    optim: dict = field(default_factory=dict)  # over the method's defaults
+    data: DataConfig = field(default_factory=DataConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    fast: FastConfig = field(default_factory=FastConfig)
+    keep_checkpoints: int = 2  # checkpoints kept per trial (older ones are deleted)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def validate(self, where: str) -> None:
+        METHODS.get(self.method)
+        DATASETS.get(self.dataset)
+        if self.model is not None:
+            MODELS.get(self.model)
+        if self.epochs is not None:
+            check(self.epochs >= 1, where, "epochs", "an integer >= 1", self.epochs)
+        if self.batch_size is not None:
+            check(self.batch_size >= 1, where, "batch_size", "an integer >= 1", self.batch_size)
+        if self.eps is not None:
+            check(0 <= self.eps <= 1, where, "eps", "a number in [0, 1] (pixel units)", self.eps)
+        check(self.keep_checkpoints >= 1, where, "keep_checkpoints", "an integer >= 1", self.keep_checkpoints)
+
+
+def resolve(raw: Mapping[str, Any] | TrainConfig) -> TrainConfig:
+    """Validate a raw mapping and fill every default explicitly."""
+    cfg = raw if isinstance(raw, TrainConfig) else build(TrainConfig, raw, "")
+    method_cls = METHODS.get(cfg.method)
+    data = DATASETS.get(cfg.dataset)
+    model = cfg.model or data.default_model
+    margs = build(MODELS.get(model).args, cfg.model_args, "model_args")
+    meth = build(method_cls.Config, cfg.method_args, "method_args")
+    if hasattr(meth, "resolved"):
+        meth = meth.resolved()
+    optim = build(OptimConfig, deep_merge(deep_merge(method_cls.default_optim, data.optim), cfg.optim), "optim")
+    epochs = cfg.epochs or data.default_epochs or method_cls.default_epochs
+    eps = cfg.eps if cfg.eps is not None else data.eps
+    batch_size = cfg.batch_size or data.batch_size
+    return replace(cfg, model=model, epochs=epochs, eps=eps, batch_size=batch_size, model_args=to_dict(margs),
+                   method_args=to_dict(meth), optim=to_dict(optim))
+
+
+def optim_config(cfg: TrainConfig) -> OptimConfig:
+    return build(OptimConfig, cfg.optim, "optim")
+
+
+def method_config(cfg: TrainConfig) -> Any:
+    return build(METHODS.get(cfg.method).Config, cfg.method_args, "method_args")
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return to_dict(cfg)
