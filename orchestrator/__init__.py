@@ -1,0 +1,1 @@
+"""Studies as Ray Tune + Optuna searches over Ray Train trials, tracked in MLflow."""

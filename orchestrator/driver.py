@@ -1,0 +1,69 @@
+"""The per-trial driver: a plain Tune function that builds one Ray Train V2 ``TorchTrainer``
+and calls ``fit()`` (the V2 pattern; ``Tuner(trainer)`` is deprecated).
+
+The Train run is named after the Tune trial id (``train-<trial_id>``) under the study's
+storage path, so a trial that is restarted (after a driver crash and ``--resume``) resumes
+from its last registered checkpoint instead of starting over.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from trainables.config import deep_merge
+
+from .study import STAGE_REF
+
+
+def _resolve_refs(value: Any, refs: Mapping[str, str]) -> Any:
+    if isinstance(value, str) and value.startswith(STAGE_REF):
+        return refs[value]
+    if isinstance(value, dict):
+        return {k: _resolve_refs(v, refs) for k, v in value.items()}
+    return value
+
+
+def trial_train_config(base: Mapping[str, Any], trial_config: Mapping[str, Any], refs: Mapping[str, str]) -> dict:
+    """The trial's training config: the stage's base with the searched values on top and
+    stage references ("stage:pretrain/method=natural") replaced by checkpoint paths. A value
+    of "random" for init_checkpoint means no checkpoint."""
+    cfg = _resolve_refs(deep_merge(base, dict(trial_config)), refs)
+    if cfg.get("init_checkpoint") == "random":
+        cfg["init_checkpoint"] = None
+    return cfg
+
+
+def run_trial(trial_config: dict[str, Any], *, payload: dict[str, Any]) -> None:
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from .worker import train_loop_per_worker
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    res = payload["resources"]
+    train_cfg = trial_train_config(payload["base"], trial_config, payload["refs"])
+    gpus = float(res["gpus_per_worker"])
+    resources = {"CPU": float(res["cpus_per_worker"])}
+    if gpus > 0:
+        resources["GPU"] = gpus
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "train": train_cfg,
+            "protocol": payload["protocol"],
+            "protocol_overrides": payload["protocol_overrides"],
+            "transfer_source": _resolve_refs(payload.get("transfer_source"), payload["refs"]),
+            "threads": max(1, int(res["cpus_per_worker"])),
+        },
+        scaling_config=ray.train.ScalingConfig(num_workers=int(res["num_workers"]), use_gpu=gpus > 0,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}",
+            storage_path=payload["storage_path"],
+            failure_config=ray.train.FailureConfig(max_failures=int(res["max_failures"])),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=int(train_cfg.get("keep_checkpoints", 2))),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()

@@ -1,0 +1,413 @@
+"""Study files: what a study trains, what it searches, and with which resources.
+
+A study is one or more *stages* (most have one; ``init`` trains starting checkpoints in a
+first stage). Each stage has a ``base`` training config (trainables' TrainConfig keys), a
+``search`` over some of its keys, and an ``evaluation`` protocol. Everything is validated here,
+before Ray starts: unknown keys, wrong types and out-of-range values are one error naming the
+field. Search ranges are checked by resolving the training config at their corners, so a range
+that leaves the valid domain (alpha above 1, a negative Delta) is refused by the same rule that
+trainables applies.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+from trainables.config import build, check, deep_merge, set_nested, to_dict
+from trainables.errors import ConfigError
+from trainables.protocols import PROTOCOLS
+from trainables.settings import resolve
+
+STAGE_REF = "stage:"  # "stage:NAME/key=value" -> the final checkpoint of a trial of stage NAME
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    type: Literal["float", "int", "categorical"] = "categorical"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    values: tuple[Any, ...] | None = None
+    when: dict = field(default_factory=dict)  # only when these keys have these values
+
+    def validate(self, where: str) -> None:
+        if self.type in ("float", "int"):
+            check(self.low is not None and self.high is not None, where, "low/high", "both bounds for a numeric parameter", (self.low, self.high))
+            check(self.low <= self.high, where, "low", f"a number <= high ({self.high})", self.low)
+            if self.log:
+                check(self.low > 0, where, "low", "a number > 0 for a log-scale parameter", self.low)
+        else:
+            check(bool(self.values), where, "values", "a non-empty list", self.values)
+
+    def corners(self) -> list[Any]:
+        if self.type == "float":
+            return [float(self.low), float(self.high)]
+        if self.type == "int":
+            return [int(self.low), int(self.high)]
+        return list(self.values)
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    type: Literal["none", "asha"] = "none"
+    grace_period: int = 1  # epochs before a trial can be stopped
+    reduction_factor: float = 2.0
+
+    def validate(self, where: str) -> None:
+        check(self.grace_period >= 1, where, "grace_period", "an integer >= 1", self.grace_period)
+        check(self.reduction_factor > 1, where, "reduction_factor", "a number > 1", self.reduction_factor)
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    algorithm: Literal["optuna", "grid"] = "grid"
+    sampler: Literal["tpe", "random"] = "tpe"
+    num_samples: int = 1  # Optuna trials; for grid, repeats of the whole grid
+    metric: str | tuple[str, ...] = "robust_acc"
+    mode: str | tuple[str, ...] = "max"
+    enqueue_defaults: bool = True  # Optuna's first point is the resolved default of every parameter
+    params: dict = field(default_factory=dict)  # "a.b" -> ParamSpec mapping
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+
+    def validate(self, where: str) -> None:
+        check(self.num_samples >= 1, where, "num_samples", "an integer >= 1", self.num_samples)
+        metrics = [self.metric] if isinstance(self.metric, str) else list(self.metric)
+        modes = [self.mode] if isinstance(self.mode, str) else list(self.mode)
+        check(len(metrics) == len(modes), where, "mode", f"{len(metrics)} modes, one per metric", self.mode)
+        check(all(m in ("max", "min") for m in modes), where, "mode", "max or min", self.mode)
+        if len(metrics) > 1:
+            check(self.algorithm == "optuna", where, "algorithm", "optuna for a multi-objective search", self.algorithm)
+            check(self.scheduler.type == "none", where, "scheduler.type", "none for a multi-objective search", self.scheduler.type)
+
+    @property
+    def metrics(self) -> list[str]:
+        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
+
+    @property
+    def modes(self) -> list[str]:
+        return [self.mode] if isinstance(self.mode, str) else list(self.mode)
+
+    def param_specs(self, where: str) -> dict[str, ParamSpec]:
+        out = {}
+        for key, raw in self.params.items():
+            if not isinstance(raw, Mapping):
+                raw = {"values": raw} if isinstance(raw, list) else {"values": [raw]}
+            out[key] = build(ParamSpec, raw, f"{where}.params.{key}")
+        return out
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    protocol: str = "quick"
+    overrides: dict = field(default_factory=dict)  # protocol budgets, e.g. {n: 1000}
+    transfer_source: str | None = None  # checkpoint path or "stage:NAME/key=value"
+
+    def validate(self, where: str) -> None:
+        check(self.protocol in PROTOCOLS, where, "protocol", f"one of {', '.join(PROTOCOLS)}", self.protocol)
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    num_workers: int = 1  # Ray Train workers (DDP ranks) per trial
+    gpus_per_worker: float = 0.0  # 0 on CPU-only machines; the sweep uses GPUs when asked
+    cpus_per_worker: float = 1.0
+    max_concurrent_trials: int | None = None  # None = what the cluster can hold
+    max_failures: int = 2  # worker-group restarts per trial (from the last checkpoint)
+
+    def validate(self, where: str) -> None:
+        check(self.num_workers >= 1, where, "num_workers", "an integer >= 1", self.num_workers)
+        check(self.gpus_per_worker >= 0, where, "gpus_per_worker", "a number >= 0", self.gpus_per_worker)
+        check(self.cpus_per_worker > 0, where, "cpus_per_worker", "a number > 0", self.cpus_per_worker)
+        if self.max_concurrent_trials is not None:
+            check(self.max_concurrent_trials >= 1, where, "max_concurrent_trials", "an integer >= 1", self.max_concurrent_trials)
+        check(self.max_failures >= 0, where, "max_failures", "an integer >= 0", self.max_failures)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str = "main"
+    base: dict = field(default_factory=dict)  # trainables TrainConfig keys
+    search: SearchSpec = field(default_factory=SearchSpec)
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+
+
+@dataclass(frozen=True)
+class SmokeSpec:
+    """What ``--smoke-test`` changes beyond the generic shrink (digits, 2 epochs, small eval)."""
+
+    base: dict = field(default_factory=dict)  # applied to every stage's base
+    params: dict = field(default_factory=dict)  # replaces these search parameters
+    num_samples: int | None = None
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    description: str = ""
+    report: str = "generic"  # which report to write (orchestrator.reports)
+    seed: int = 0
+    base: dict = field(default_factory=dict)  # shared by every stage
+    search: dict = field(default_factory=dict)  # single-stage shorthand
+    evaluation: dict = field(default_factory=dict)
+    stages: tuple[dict, ...] = ()
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    smoke: SmokeSpec = field(default_factory=SmokeSpec)
+    paper: str | None = None  # paper-numbers file (orchestrator/paper_numbers/NAME.yaml)
+
+
+def study_dir() -> Path:
+    import search_spaces
+
+    return Path(search_spaces.__file__).resolve().parent
+
+
+def list_studies() -> dict[str, str]:
+    """Study name -> one-line description, for every study file shipped with the package."""
+    out = {}
+    for path in sorted(study_dir().glob("*.yaml")):
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+            out[path.stem] = str(raw.get("description", "")).strip().splitlines()[0] if raw.get("description") else ""
+        except yaml.YAMLError:
+            out[path.stem] = "(unreadable)"
+    return out
+
+
+def load_raw(name: str | None = None, path: str | None = None) -> tuple[dict, str]:
+    """The study mapping and where it came from (for error messages)."""
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"--config {p}: no such study file")
+    else:
+        p = study_dir() / f"{name}.yaml"
+        if not p.is_file():
+            raise ConfigError(f"unknown study {name!r}; expected one of: {', '.join(list_studies())}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}: malformed YAML{at}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw.setdefault("name", p.stem)
+    return raw, str(p)
+
+
+def parse(raw: Mapping[str, Any], where: str) -> Study:
+    try:
+        return build(Study, raw, "")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated study, ready to run: stages with merged bases and parsed searches."""
+
+    study: Study
+    source: str
+    stages: tuple[StageSpec, ...]
+    resources: ResourceSpec
+    seed: int
+
+
+def plan(study: Study, source: str, *, smoke: bool = False, overrides: Mapping[str, Any] | None = None) -> Plan:
+    """Merge, shrink (smoke), override and validate every stage."""
+    overrides = dict(overrides or {})
+    res = study.resources
+    res_over = {k: overrides.pop(k) for k in list(overrides) if k in ("num_workers", "gpus_per_worker", "max_concurrent_trials")}
+    if res_over:
+        res = replace(res, **res_over)
+        res.validate("resources")
+    seed = overrides.pop("seed", study.seed)
+    num_samples = overrides.pop("num_samples", None)
+    stage_raws = list(study.stages) or [{"name": "main", "search": study.search, "evaluation": study.evaluation}]
+    stages = []
+    for i, sraw in enumerate(stage_raws):
+        where = f"{source}: stages[{i}]" if study.stages else source
+        if not isinstance(sraw, Mapping):
+            raise ConfigError(f"{where}: expected a mapping")
+        sraw = dict(sraw)
+        sraw["base"] = deep_merge(study.base, sraw.get("base", {}))
+        if not study.stages:
+            sraw.setdefault("search", study.search)
+        sraw["base"].setdefault("seed", seed)
+        if "seed" in overrides or seed != study.seed:
+            sraw["base"]["seed"] = seed
+        if smoke:
+            sraw = _shrink(sraw, study.smoke)
+        try:
+            stage = build(StageSpec, sraw, "stages" if study.stages else "")
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if num_samples is not None:
+            stage = replace(stage, search=replace(stage.search, num_samples=num_samples))
+        _validate_stage(stage, where, [s.name for s in stages])
+        stages.append(stage)
+    return Plan(study, source, tuple(stages), res, seed)
+
+
+def _shrink(sraw: dict, smoke: SmokeSpec) -> dict:
+    """--smoke-test: the same path in seconds per trial on digits."""
+    s = copy.deepcopy(sraw)
+    base = s["base"]
+    base["dataset"] = "digits"
+    base.pop("data", None)
+    base["epochs"] = min(int(base.get("epochs") or 2), 2)
+    base.pop("batch_size", None)
+    base["monitor"] = {**base.get("monitor", {}), "n": 64, "pgd_steps": 5}
+    if base.get("model") not in (None, "small_cnn") and "model" not in smoke.base:
+        base["model"] = "small_cnn"
+        base["model_args"] = {"width": 8}
+    s["base"] = deep_merge(base, smoke.base)
+    search = dict(s.get("search", {}))
+    params = dict(search.get("params", {}))
+    params.update(smoke.params)
+    search["params"] = params
+    search["num_samples"] = smoke.num_samples or min(int(search.get("num_samples", 1)), 3)
+    sched = dict(search.get("scheduler", {}))
+    if sched.get("type") == "asha":
+        sched["grace_period"] = 1
+        search["scheduler"] = sched
+    s["search"] = search
+    ev = dict(s.get("evaluation", {}))
+    ev["protocol"] = "quick"
+    ev["overrides"] = {"n": 100, "autoattack_n": 20, "curve_n": 40, "cw_l2_n": 10, "cw_l2_iterations": 30,
+                       "cw_l2_search_steps": 2, "pgd": [[20, 1], [40, 2]], "cw_linf_steps": 10}
+    s["evaluation"] = ev
+    return s
+
+
+def _validate_stage(stage: StageSpec, where: str, earlier: list[str]) -> None:
+    specs = stage.search.param_specs(f"{where}: search")
+    if stage.search.algorithm == "grid":
+        for k, spec in specs.items():
+            if spec.type != "categorical":
+                raise ConfigError(f"{where}: search.params.{k}: a grid study lists values, not a {spec.type} range")
+            if spec.when:
+                raise ConfigError(f"{where}: search.params.{k}.when: conditional parameters need algorithm: optuna")
+    for k, spec in specs.items():
+        for cond in spec.when:
+            if cond not in specs and cond not in _flat(stage.base):
+                raise ConfigError(f"{where}: search.params.{k}.when: {cond!r} is neither a searched parameter nor a base key")
+    base = _strip_refs(stage.base)
+    try:
+        resolve(base)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: base: {e}") from None
+    # every corner of every range must resolve: the search cannot leave the valid domain
+    for k, spec in specs.items():
+        for v in spec.corners():
+            if isinstance(v, str) and v.startswith(STAGE_REF):
+                _check_ref(v, where, f"search.params.{k}", earlier)
+                continue
+            trial = copy.deepcopy(base)
+            for ck, cv in spec.when.items():
+                set_nested(trial, ck.split("."), cv)
+            set_nested(trial, k.split("."), v)
+            try:
+                resolve(trial)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: search.params.{k}: value {v!r} is invalid: {e}") from None
+    for key, v in _flat(stage.base).items():
+        if isinstance(v, str) and v.startswith(STAGE_REF):
+            _check_ref(v, where, f"base.{key}", earlier)
+    if stage.evaluation.transfer_source and stage.evaluation.transfer_source.startswith(STAGE_REF):
+        _check_ref(stage.evaluation.transfer_source, where, "evaluation.transfer_source", earlier)
+    from trainables.protocols import get_protocol
+
+    try:
+        get_protocol(stage.evaluation.protocol, stage.evaluation.overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: evaluation: {e}") from None
+    metrics = stage.search.metrics
+    if stage.search.scheduler.type == "asha" and metrics[0] not in ("robust_acc", "clean_acc", "loss"):
+        raise ConfigError(f"{where}: search.metric: ASHA needs a metric reported every epoch (robust_acc, clean_acc or loss), got {metrics[0]!r}")
+
+
+def _check_ref(ref: str, where: str, field_: str, earlier: list[str]) -> None:
+    stage = ref[len(STAGE_REF):].split("/", 1)[0]
+    if stage not in earlier:
+        raise ConfigError(f"{where}: {field_}: {ref!r} refers to stage {stage!r}; expected one of the earlier stages: {', '.join(earlier) or '(none)'}")
+
+
+def _flat(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _strip_refs(base: dict) -> dict:
+    """The base with stage references replaced by None (resolved at run time)."""
+    b = copy.deepcopy(base)
+    if isinstance(b.get("init_checkpoint"), str) and b["init_checkpoint"].startswith(STAGE_REF):
+        b["init_checkpoint"] = None
+    return b
+
+
+# ----------------------------------------------------------------------------- search space
+def optuna_key(key: str) -> str:
+    return key.replace(".", "/")
+
+
+class DefineByRun:
+    """Optuna define-by-run space: conditional parameters are suggested only when their
+    condition holds. It does no computation (Ray's requirement) and pickles (Tune saves the
+    searcher with the experiment)."""
+
+    def __init__(self, specs: dict[str, ParamSpec], base: dict):
+        self.specs = specs
+        self.flat_base = _flat(base)
+
+    def __call__(self, trial) -> None:
+        chosen: dict[str, Any] = {}
+        for key, spec in self.specs.items():
+            if any(chosen.get(c, self.flat_base.get(c)) != v for c, v in spec.when.items()):
+                continue
+            name = optuna_key(key)
+            if spec.type == "float":
+                chosen[key] = trial.suggest_float(name, spec.low, spec.high, log=spec.log)
+            elif spec.type == "int":
+                chosen[key] = trial.suggest_int(name, int(spec.low), int(spec.high), log=spec.log,
+                                                step=int(spec.step or 1))
+            else:
+                chosen[key] = trial.suggest_categorical(name, list(spec.values))
+        return None
+
+
+def default_point(specs: dict[str, ParamSpec], base: dict) -> dict[str, Any]:
+    """The resolved defaults of every searched parameter, with Optuna's flattened keys
+    (a point with nested keys would be silently ignored)."""
+    resolved = to_dict(resolve(_strip_refs(base)))
+    point = {}
+    flat = _flat(resolved)
+    for key, spec in specs.items():
+        if spec.when:
+            if any(flat.get(c) != v for c, v in spec.when.items()):
+                continue
+        if key in flat and flat[key] is not None:
+            v = flat[key]
+            if spec.type == "categorical" and v not in spec.values:
+                continue
+            if spec.type in ("float", "int") and not (spec.low <= v <= spec.high):
+                continue
+            point[optuna_key(key)] = v
+    return point
+
+
+def grid_points(specs: dict[str, ParamSpec]) -> list[dict[str, Any]]:
+    keys = list(specs)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(specs[k].values for k in keys))]

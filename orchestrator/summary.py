@@ -1,0 +1,74 @@
+"""summary.json, summary.csv and the console table."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+KEY_METRICS = ("clean_acc", "robust_acc", "pgd20_acc", "autoattack_acc", "epoch_time_s", "images_per_s")
+_INTERNAL = {"timestamp", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
+             "iterations_since_restore", "training_iteration", "date", "done", "config", "trial_id",
+             "checkpoint_dir_name", "should_checkpoint", "experiment_tag"}
+
+
+def trial_row(*, study: str, stage: str, trial_id: str, config: dict, searched: dict, metrics: dict,
+              status: str, mlflow_run_id: str | None, checkpoint: str | None, error: str | None = None) -> dict:
+    return {"trial_id": trial_id, "stage": stage, "study": study, "config": config, "searched": searched,
+            "metrics": {k: v for k, v in metrics.items() if k not in _INTERNAL}, "status": status,
+            "mlflow_run_id": mlflow_run_id, "checkpoint": checkpoint, **({"error": error} if error else {})}
+
+
+def write_summary(output_dir: Path, study: str, rows: list[dict], extra: dict | None = None) -> tuple[Path, Path]:
+    summary = {"study": study, **(extra or {}), "trials": rows}
+    jpath = output_dir / "summary.json"
+    tmp = jpath.with_name("summary.json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(tmp, jpath)
+    cpath = output_dir / "summary.csv"
+    searched_keys = sorted({k for r in rows for k in r["searched"]})
+    metric_keys = [k for k in KEY_METRICS if any(k in r["metrics"] for r in rows)]
+    extra_metrics = sorted({k for r in rows for k, v in r["metrics"].items()
+                            if k.endswith("_acc") and k not in metric_keys and isinstance(v, (int, float))})
+    with open(cpath, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["study", "stage", "trial_id", "status", "method", "model", "dataset", *searched_keys,
+                    *metric_keys, *extra_metrics, "masking_flags", "mlflow_run_id"])
+        for r in rows:
+            c, m = r["config"], r["metrics"]
+            w.writerow([study, r["stage"], r["trial_id"], r["status"], c.get("method"), c.get("model"), c.get("dataset"),
+                        *[r["searched"].get(k) for k in searched_keys], *[m.get(k) for k in metric_keys],
+                        *[m.get(k) for k in extra_metrics], ";".join(m.get("masking_flags") or []), r["mlflow_run_id"]])
+    return jpath, cpath
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def table(rows: list[dict]) -> str:
+    """The results table printed at the end of a study."""
+    searched = sorted({k for r in rows for k in r["searched"]})
+    head = ["stage", "trial", "method", *[k.split(".")[-1] for k in searched], "status", "clean", "pgd20",
+            "autoattack", "robust_min", "s/epoch", "masking"]
+    body = []
+    for r in rows:
+        m = r["metrics"]
+        flags = m.get("masking_flags")
+        body.append([r["stage"], r["trial_id"][-5:], r["config"].get("method"),
+                     *[_fmt(r["searched"].get(k)) for k in searched], r["status"], _fmt(m.get("clean_acc")),
+                     _fmt(m.get("pgd20_acc")), _fmt(m.get("autoattack_acc")), _fmt(m.get("robust_acc")),
+                     _fmt(m.get("epoch_time_s")), ("FLAGGED: " + ",".join(flags)) if flags else ("ok" if flags is not None else "-")])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in body]
+    lines.append("robust_min: the lowest accuracy under any attack of the protocol (AutoAttack included); "
+                 "pgd20 alone is an upper bound.")
+    return "\n".join(lines)

@@ -1,0 +1,312 @@
+"""MLflow: one parent run per study launch, one child run per trial.
+
+Every MLflow write happens in the sweep (Tune driver) process through a Tune callback, so a
+SQLite store has a single writer and Tune's view of a trial (finished, stopped, diverged,
+failed) is what MLflow records: no trial run is left RUNNING. Runs interrupted by a killed
+driver are marked KILLED when the study is resumed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from ray import tune
+
+from trainables.errors import ConfigError
+
+RUNS_FILE = "mlflow_runs.json"
+
+
+def default_tracking_uri(output_dir: Path) -> str:
+    return f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
+
+
+def normalize_uri(uri: str) -> str:
+    """Absolute SQLite paths (Ray trials change directory); servers as given."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        rel = uri[len("sqlite:///"):]
+        return f"sqlite:///{Path(rel).expanduser().resolve()}"
+    if "://" not in uri:
+        raise ConfigError(f"--tracking-uri {uri!r}: expected sqlite:////ABS/PATH/mlflow.db or http(s)://HOST:PORT")
+    return uri
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail before Ray starts when the store cannot be used."""
+    if uri.startswith("sqlite:"):
+        path = Path(uri[len("sqlite:///"):])
+        parent = path.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--tracking-uri {uri}: cannot create {parent} ({e.strerror})") from None
+        if not os.access(parent, os.W_OK):
+            raise ConfigError(f"--tracking-uri {uri}: {parent} is not writable")
+        return
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status >= 400:
+                    raise OSError(f"HTTP {r.status}")
+        except Exception as e:  # noqa: BLE001 - any failure means unreachable
+            raise ConfigError(f"--tracking-uri {uri}: MLflow tracking server unreachable ({type(e).__name__}: {e})") from None
+        return
+    if uri.startswith("databricks"):
+        return
+    raise ConfigError(f"--tracking-uri {uri}: unsupported scheme; expected sqlite:/// or http(s)://")
+
+
+def provenance() -> dict[str, str]:
+    """Git commit and package versions: where a run came from."""
+    import importlib.metadata as md
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        if dirty and commit != "unknown":
+            commit += "-dirty"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    tags = {"git_commit": commit}
+    for pkg in ("torch", "torchvision", "ray", "optuna", "mlflow", "pyautoattack", "sprout-orchestrator"):
+        try:
+            tags[f"version.{pkg}"] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return tags
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _metric_items(result: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in result.items():
+        if isinstance(v, bool):
+            out[k] = float(v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            if math.isfinite(v):
+                out[k] = float(v)
+    return out
+
+
+class Tracker:
+    """Parent run bookkeeping for one study launch (or its resumption)."""
+
+    def __init__(self, uri: str, study: str, output_dir: Path):
+        self.uri = uri
+        self._client = None
+        self.output_dir = output_dir
+        exp = self.client.get_experiment_by_name(study)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(study)
+        self.state_path = output_dir / RUNS_FILE
+        self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    def __getstate__(self):
+        # Tune pickles its callbacks with the experiment state: drop the client
+        return {**self.__dict__, "_client": None}
+
+    def save(self) -> None:
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2))
+        os.replace(tmp, self.state_path)
+
+    def start_parent(self, study: str, params: Mapping[str, Any], tags: Mapping[str, str], resume: bool) -> str:
+        pid = self.state.get("parent_run_id")
+        if resume and pid:
+            self.client.update_run(pid, "RUNNING")
+            self.mark_interrupted()
+            return pid
+        run = self.client.create_run(self.experiment_id, run_name=f"{study}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                     tags={**tags, "study": study, "kind": "study"})
+        pid = run.info.run_id
+        self.state = {"parent_run_id": pid, "experiment_id": self.experiment_id, "trials": {}}
+        self.save()
+        self.log_params(pid, params)
+        return pid
+
+    def mark_interrupted(self) -> int:
+        """Child runs left RUNNING by a killed driver become KILLED (they are resumed as
+        RUNNING again if Tune restarts their trial)."""
+        n = 0
+        for trial_id, run_id in self.state.get("trials", {}).items():
+            try:
+                run = self.client.get_run(run_id)
+            except Exception:  # noqa: BLE001
+                continue
+            if run.info.status == "RUNNING":
+                self.client.set_tag(run_id, "trial_status", "interrupted")
+                self.client.set_terminated(run_id, "KILLED")
+                n += 1
+        return n
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = flatten(params)
+        items = [Param(k[:250], json.dumps(v) if not isinstance(v, str) else v[:6000]) for k, v in flat.items()]
+        existing = set(self.client.get_run(run_id).data.params)
+        items = [p for p in items if p.key not in existing]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_artifact_json(self, run_id: str, name: str, data: Any) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / name
+            p.write_text(json.dumps(data, indent=2, default=str))
+            self.client.log_artifact(run_id, str(p))
+
+    def finish_parent(self, status: str = "FINISHED") -> None:
+        pid = self.state.get("parent_run_id")
+        if pid:
+            self.client.set_terminated(pid, status)
+
+
+class MLflowTrialCallback(tune.Callback):
+    """Creates a child run per trial, logs per-epoch metrics, final metrics, tags and
+    artifacts, and ends the run with the trial's real status."""
+
+    def __init__(self, tracker: Tracker, *, parent_run_id: str, stage: str, study: str,
+                 base: Mapping[str, Any], refs: Mapping[str, str], tags: Mapping[str, str]):
+        self.tracker = tracker
+        self.parent = parent_run_id
+        self.stage = stage
+        self.study = study
+        self.base = dict(base)
+        self.refs = dict(refs)
+        self.tags = dict(tags)
+
+    def _key(self, trial) -> str:
+        return f"{self.stage}/{trial.trial_id}"
+
+    def run_id(self, trial) -> str | None:
+        return self.tracker.state.get("trials", {}).get(self._key(trial))
+
+    def resolved_config(self, trial) -> dict[str, Any]:
+        from trainables.config import to_dict
+        from trainables.settings import resolve
+
+        from .driver import trial_train_config
+
+        return to_dict(resolve(trial_train_config(self.base, trial.config, self.refs)))
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        client = self.tracker.client
+        run_id = self.run_id(trial)
+        if run_id is not None:
+            client.update_run(run_id, "RUNNING")
+            client.set_tag(run_id, "trial_status", "running")
+            return
+        try:
+            cfg = self.resolved_config(trial)
+        except Exception as e:  # noqa: BLE001 - recorded, the trial itself will fail loudly
+            cfg = {"config_error": str(e)}
+        tags = {**self.tags, "mlflow.parentRunId": self.parent, "study": self.study, "stage": self.stage,
+                "trial_id": trial.trial_id, "method": str(cfg.get("method")), "model": str(cfg.get("model")),
+                "dataset": str(cfg.get("dataset")), "trial_status": "running"}
+        run = client.create_run(self.tracker.experiment_id, run_name=f"{self.stage}-{trial.trial_id}", tags=tags)
+        self.tracker.state.setdefault("trials", {})[self._key(trial)] = run.info.run_id
+        self.tracker.save()
+        self.tracker.log_params(run.info.run_id, cfg)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        from mlflow.entities import Metric
+
+        run_id = self.run_id(trial)
+        if run_id is None:
+            return
+        step = int(result.get("epoch", result.get("training_iteration", 0)) or 0)
+        ts = int(time.time() * 1000)
+        skip = {"training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
+                "iterations_since_restore", "pid", "done"}
+        metrics = [Metric(k, v, ts, step) for k, v in _metric_items(result).items() if k not in skip]
+        for i in range(0, len(metrics), 500):
+            self.tracker.client.log_batch(run_id, metrics=metrics[i:i + 500])
+
+    def _finish(self, trial, status: str, mlflow_status: str, error: str | None = None) -> None:
+        client = self.tracker.client
+        run_id = self.run_id(trial)
+        if run_id is None:
+            return
+        client.set_tag(run_id, "trial_status", status)
+        last = trial.last_result or {}
+        if last.get("masking_flags") is not None:
+            client.set_tag(run_id, "masking_flags", ",".join(last.get("masking_flags") or []) or "none")
+        try:
+            self.tracker.log_artifact_json(run_id, "config.json", self.resolved_config(trial))
+            ck = last.get("checkpoint_path")
+            if ck and Path(ck, "eval.json").exists():
+                client.log_artifact(run_id, str(Path(ck, "eval.json")))
+            if error:
+                self.tracker.log_artifact_json(run_id, "error.json", {"error": error})
+        finally:
+            client.set_terminated(run_id, mlflow_status)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        status = last.get("status")
+        if status == "diverged":
+            self._finish(trial, "diverged", "FAILED")
+        elif status == "completed":
+            self._finish(trial, "completed", "FINISHED")
+        else:  # stopped early by the scheduler (ASHA) before its last epoch
+            self._finish(trial, "stopped", "KILLED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, "failed", "FAILED", error=str(getattr(trial, "error_file", "") or "trial raised"))
+
+
+class Progress(tune.Callback):
+    """One console line per epoch and per finished trial (Tune's own table is kept quiet)."""
+
+    def __init__(self, stage: str, total: int):
+        self.stage = stage
+        self.total = total
+        self.done = 0
+        self.t0 = time.time()
+
+    def _line(self, trial, status: str) -> None:
+        self.done += 1
+        m = trial.last_result or {}
+        flags = m.get("masking_flags")
+        print(f"[{self.stage}] {self.done}/{self.total} trial {trial.trial_id} {status}: "
+              f"clean {m.get('clean_acc', float('nan')):.4f}  robust {m.get('robust_acc', float('nan')):.4f}"
+              f"{'  MASKING FLAGS: ' + ','.join(flags) if flags else ''}  ({time.time() - self.t0:.0f}s)", flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("epoch") and not result.get("final"):
+            print(f"[{self.stage}] trial {trial.trial_id} epoch {result['epoch']}: loss {result.get('loss', float('nan')):.4f}"
+                  f"  {result.get('images_per_s', 0):.0f} img/s", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._line(trial, (trial.last_result or {}).get("status", "stopped"))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trial, "failed")

@@ -1,0 +1,100 @@
+"""The Ray Train worker loop: trainables' per-epoch loop with Ray's hooks.
+
+Every rank calls ``ray.train.report`` once per epoch; rank 0 attaches the checkpoint (model,
+optimizer, method state such as SPROUT's beta, epoch, config). A restarted worker group
+resumes from ``ray.train.get_checkpoint()``; an epoch is safe to re-run because its data
+order depends only on (seed, epoch). The last epoch's report also carries the final
+evaluation (rank 0). A NaN or infinite loss ends the run with ``status: diverged``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from trainables.cli import write_json
+
+CHECKPOINT_FILE = "checkpoint.pt"
+EVAL_FILE = "eval.json"
+
+
+def _scalars(d: dict[str, Any]) -> dict[str, Any]:
+    """What Tune gets: numbers, strings, flags and short lists (curves, masking flags)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (bool, int, float, str)) or v is None:
+            out[k] = v
+        elif isinstance(v, (list, tuple)) and len(v) <= 64:
+            out[k] = list(v)
+    return out
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from trainables.checkpoint import load_checkpoint
+    from trainables.errors import DivergedError
+    from trainables.evaluate import evaluate, load_model_from_checkpoint
+    from trainables.loop import build, fit
+    from trainables.protocols import get_protocol
+    from trainables.settings import resolve
+
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    cfg = resolve(config["train"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    device = ray.train.torch.get_device()
+    resume = None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            resume = load_checkpoint(os.path.join(d, CHECKPOINT_FILE))
+    comp = build(cfg, device=device, resume=resume, prepare_model=ray.train.torch.prepare_model
+                 if ctx.get_world_size() > 1 else None)
+    protocol = get_protocol(config["protocol"], config.get("protocol_overrides") or {})
+
+    def final_evaluation() -> dict[str, Any]:
+        source = None
+        if config.get("transfer_source"):
+            source, _, _ = load_model_from_checkpoint(config["transfer_source"])
+        r = evaluate(comp.net, comp.bundle, protocol, eps=cfg.eps, seed=cfg.seed, device=device,
+                     transfer_source=source)
+        out = {k: v for k, v in r.items() if k not in ("protocol_budgets", "masking_checks")}
+        out["masking_details"] = [f"{n}: {r['masking_checks'][n]['detail']}" for n in r.get("masking_flags", [])]
+        out["_eval"] = r
+        out["robust_acc"] = r.get("robust_acc_min", float("nan"))
+        if hasattr(comp.method, "beta"):
+            out["beta"] = [round(float(b), 6) for b in comp.method.beta.cpu()]
+        out["final"] = True
+        return out
+
+    def on_epoch_end(metrics: dict[str, Any], make_state) -> None:
+        report = dict(metrics)
+        # the search objective exists in every result: the monitor's numbers per epoch,
+        # replaced by the final evaluation after the last epoch
+        report["clean_acc"] = metrics.get("monitor_clean_acc", float("nan"))
+        report["robust_acc"] = metrics.get("monitor_pgd_acc", float("nan"))
+        report["status"] = "running"
+        if metrics["epoch"] == cfg.epochs:
+            if rank == 0:
+                report.update(final_evaluation())
+            report["status"] = "completed"
+        full_eval = report.pop("_eval", None)
+        if make_state is None:
+            ray.train.report(_scalars(report))
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(make_state(), os.path.join(d, CHECKPOINT_FILE))
+            if full_eval is not None:
+                write_json(Path(d) / EVAL_FILE, full_eval)
+            ray.train.report(_scalars(report), checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    try:
+        fit(comp, on_epoch_end=on_epoch_end)
+    except DivergedError as e:
+        ray.train.report({"status": "diverged", "epoch": e.epoch, "loss": float("nan") if not math.isfinite(e.loss) else e.loss,
+                          "clean_acc": float("nan"), "robust_acc": float("nan"), "diverged": True})
