@@ -256,12 +256,12 @@ def plan(study: Study, source: str, *, smoke: bool = False, overrides: Mapping[s
 
 
 def _shrink(sraw: dict, smoke: SmokeSpec) -> dict:
-    """--smoke-test: the same path in seconds per trial on digits."""
+    """--smoke-test: the same path in seconds per trial on digits (3 epochs, small evaluation)."""
     s = copy.deepcopy(sraw)
     base = s["base"]
     base["dataset"] = "digits"
     base.pop("data", None)
-    base["epochs"] = min(int(base.get("epochs") or 2), 2)
+    base["epochs"] = min(int(base.get("epochs") or 3), 3)
     base.pop("batch_size", None)
     base["monitor"] = {**base.get("monitor", {}), "n": 64, "pgd_steps": 5}
     if base.get("model") not in (None, "small_cnn") and "model" not in smoke.base:

@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_STUDY = "sensitivity"
+# Per-trial drivers hold one unit of this custom resource instead of a CPU sliver, so that
+# trial worker groups pack onto whole CPUs/GPUs. Local runs define it; cluster files give it
+# to the head node. Without it, drivers take 0.01 CPU and the concurrency cap counts that.
+DRIVER_RESOURCE = "sweep_driver"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,6 +84,28 @@ def check_data(plan) -> None:
             raise DataError(f"stage {stage.name}: data.root {root}: its parent directory does not exist")
 
 
+def start_ray() -> None:
+    """Connect to a running cluster (RAY_ADDRESS, or one started with ``ray start`` on this
+    node: the ``ray submit`` case); otherwise start a local one."""
+    import ray
+
+    kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **kw)
+        return
+    try:
+        ray.init(address="auto", **kw)
+    except (ConnectionError, RuntimeError):
+        ray.init(resources={DRIVER_RESOURCE: 10_000}, **kw)
+
+
+def driver_resources() -> dict[str, float]:
+    import ray
+
+    return {DRIVER_RESOURCE: 1} if ray.cluster_resources().get(DRIVER_RESOURCE) else {"CPU": 0.01}
+
+
 def concurrency(plan, requested: int | None) -> int:
     """Trials that fit at once: Tune does not count a trial's worker group, so cap it here by
     the cluster's GPUs (or CPUs when the trials use none). An oversubscribed worker group would
@@ -98,7 +124,7 @@ def concurrency(plan, requested: int | None) -> int:
                               f"{res.gpus_per_worker:g}); the cluster has {have:g}")
         cap = int(have // need)
     else:
-        need = res.num_workers * res.cpus_per_worker
+        need = res.num_workers * res.cpus_per_worker + driver_resources().get("CPU", 0.0)
         have = total.get("CPU", 0)
         if have < need:
             raise ConfigError(f"resources: a trial needs {need:g} CPUs ({res.num_workers} workers x "
@@ -167,7 +193,7 @@ def run_stage(stage, plan, *, storage_path: str, tracker, parent_run_id: str, re
     payload = {"base": stage.base, "resources": to_dict(plan.resources), "storage_path": storage_path,
                "protocol": stage.evaluation.protocol, "protocol_overrides": stage.evaluation.overrides,
                "transfer_source": stage.evaluation.transfer_source, "refs": refs}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), {"CPU": 0.01})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), driver_resources())
     epochs = resolve(_strip_refs(stage.base)).epochs
     scheduler = None
     if search.scheduler.type == "asha":
@@ -283,8 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.summary import table, write_summary
     from orchestrator.tracking import Tracker, provenance
 
-    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False,
-             configure_logging=True, logging_level="ERROR")
+    start_ray()
     tags = provenance()
     tracker = Tracker(tracking_uri, study.name, output_dir)
     parent = tracker.start_parent(study.name, {"study_file": source, "smoke_test": args.smoke_test,
