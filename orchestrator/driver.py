@@ -26,7 +26,10 @@ def trial_train_config(base: Mapping[str, Any], trial_config: Mapping[str, Any],
     """The trial's training config: the stage's base with the searched values on top and
     stage references ("stage:pretrain/method=natural") replaced by checkpoint paths. A value
     of "random" for init_checkpoint means no checkpoint."""
-    cfg = _resolve_refs(deep_merge(base, dict(trial_config)), refs)
+    trial_config = dict(trial_config)
+    case = trial_config.pop("case", None)
+    merged = deep_merge(base, {k: v for k, v in (case or {}).items() if k != "name"})
+    cfg = _resolve_refs(deep_merge(merged, trial_config), refs)
     if cfg.get("init_checkpoint") == "random":
         cfg["init_checkpoint"] = None
     return cfg

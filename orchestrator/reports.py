@@ -1,13 +1,397 @@
-"""Study reports: PNG plots and a markdown table in the output directory."""
+"""Study reports: PNG plots and a markdown table written to the output directory (and logged
+to the study's MLflow parent run by the sweep).
+
+Where the paper publishes a number for the same cell, it stands in a column beside ours; the
+paper's numbers live in ``orchestrator/paper_numbers/*.yaml`` with their table reference.
+Robustness columns always show AutoAttack beside PGD, and a trial whose gradient-masking
+checks fired says so in its row.
+"""
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+REPORTS: dict[str, Callable[..., list[Path]]] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        REPORTS[name] = fn
+        return fn
+
+    return deco
+
+
+def paper_numbers(name: str | None) -> dict[str, Any]:
+    if not name:
+        return {}
+    path = Path(__file__).resolve().parent / "paper_numbers" / f"{name}.yaml"
+    return yaml.safe_load(path.read_text()) if path.exists() else {}
+
+
+def _pct(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{100 * v:.2f}" if isinstance(v, (int, float)) else str(v)
+
+
+def _num(v: Any, fmt: str = "{:.3g}") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return fmt.format(v) if isinstance(v, (int, float)) else str(v)
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _flags(m: dict) -> str:
+    f = m.get("masking_flags")
+    if f is None:
+        return "-"
+    return ("**FLAGGED**: " + ", ".join(f)) if f else "none"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _match(cell: dict, row: dict) -> bool:
+    from orchestrator.tracking import flatten
+
+    flat = {**flatten(row["config"]), **row["searched"]}
+    for k, v in cell.items():
+        if k in ("method", "model", "case", "model_args.width"):
+            if str(flat.get(k, row["searched"].get(k))) != str(v):
+                return False
+    return True
+
+
+def _paper_cell(paper: dict, row: dict) -> dict:
+    for cell in paper.get("cells", []):
+        if _match(cell, row):
+            return cell
+    return {}
+
+
+def _completed(rows: list[dict], stage: str | None = None) -> list[dict]:
+    return [r for r in rows if (stage is None or r["stage"] == stage)]
+
+
+def _status_note(r: dict) -> str:
+    return "" if r["status"] == "completed" else f" ({r['status']})"
 
 
 def write_report(study, rows: list[dict], output_dir: Path) -> list[Path]:
-    """Write the report for ``study.report``; returns the files written."""
+    """Write the report named by ``study.report`` plus the beta matrices; returns the files."""
     from orchestrator.summary import table
 
+    fn = REPORTS.get(study.report, REPORTS["generic"])
+    paper = paper_numbers(study.paper)
+    sections, files = fn(rows, output_dir, paper)
+    files += beta_plots(rows, output_dir)
+    flagged = [r for r in rows if r["metrics"].get("masking_flags")]
+    text = [f"# {study.name}", "", study.description, ""]
+    if paper.get("source"):
+        text += [f"Paper numbers: {paper['source']} (columns marked *paper*).", ""]
+    text += ["Accuracies in %. `robust min` is the lowest accuracy under any attack of the protocol "
+             "(AutoAttack included); PGD alone is an upper bound on robustness.", ""]
+    if flagged:
+        text += [f"**{len(flagged)} trial(s) have gradient-masking flags**: their PGD numbers are not trustworthy "
+                 "(see the `masking` column and each trial's eval.json).", ""]
+    text += sections
+    text += ["", "## All trials", "", "```", table(rows), "```", ""]
     path = output_dir / "report.md"
-    path.write_text(f"# {study.name}\n\n{study.description}\n\n```\n{table(rows)}\n```\n")
-    return [path]
+    path.write_text("\n".join(text))
+    return [path, *files]
+
+
+@register("generic")
+def generic(rows, out, paper):
+    return [], []
+
+
+# ----------------------------------------------------------------------------- sensitivity
+@register("sensitivity")
+def sensitivity(rows, out, paper):
+    plt = _plt()
+    done = [r for r in rows if r["status"] == "completed"]
+    files, text = [], ["## Robust accuracy over (alpha, Mixup a)", ""]
+    pts = [(r["searched"].get("method_args.alpha"), r["searched"].get("method_args.mixup_a"),
+            r["metrics"].get("robust_acc"), r["metrics"].get("clean_acc")) for r in done]
+    pts = [p for p in pts if None not in p and not math.isnan(p[2])]
+    if pts:
+        a, m, rob, clean = map(list, zip(*pts))
+        fig, ax = plt.subplots(figsize=(5.5, 4.5))
+        if len(pts) >= 4:
+            try:
+                import numpy as np
+
+                tc = ax.tricontourf(np.log10(a), np.log10(m), rob, levels=12, cmap="viridis", alpha=0.6)
+                fig.colorbar(tc, ax=ax, label="robust accuracy")
+            except (RuntimeError, ValueError):
+                pass  # degenerate triangulation: the scatter below still shows every trial
+        sc = ax.scatter([math.log10(v) for v in a], [math.log10(v) for v in m], c=rob, cmap="viridis",
+                        edgecolors="k", s=60)
+        if len(pts) < 4:
+            fig.colorbar(sc, ax=ax, label="robust accuracy")
+        ax.set_xlabel("log10 alpha")
+        ax.set_ylabel("log10 Mixup a")
+        ax.set_title("robust accuracy (min over attacks)")
+        p = out / "sensitivity_heatmap.png"
+        fig.tight_layout()
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        files.append(p)
+        text.append(f"![heat map]({p.name})")
+        # Pareto front of clean vs robust
+        front = [i for i in range(len(pts)) if not any(
+            (clean[j] >= clean[i] and rob[j] >= rob[i]) and (clean[j] > clean[i] or rob[j] > rob[i]) for j in range(len(pts)))]
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.scatter(clean, rob, c="lightgray", edgecolors="k", label="trials")
+        fr = sorted(front, key=lambda i: clean[i])
+        ax.plot([clean[i] for i in fr], [rob[i] for i in fr], "o-", color="C3", label="Pareto front")
+        ax.set_xlabel("clean accuracy")
+        ax.set_ylabel("robust accuracy")
+        ax.legend()
+        p = out / "sensitivity_pareto.png"
+        fig.tight_layout()
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        files.append(p)
+        text += ["", "## Pareto front (clean vs robust)", "", f"![pareto]({p.name})", "",
+                 _md_table(["alpha", "Mixup a", "Delta", "gamma_beta", "clean", "robust min"],
+                           [[_num(done[i]["searched"].get("method_args.alpha")), _num(done[i]["searched"].get("method_args.mixup_a")),
+                             _num(done[i]["searched"].get("method_args.delta")), _num(done[i]["searched"].get("method_args.lr_beta")),
+                             _pct(clean[i]), _pct(rob[i])] for i in fr])]
+    imp = importances(done)
+    text += ["", "## Parameter importances (Optuna, fANOVA on robust accuracy)", ""]
+    if imp:
+        text.append(_md_table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in imp.items()]))
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.barh(list(imp), list(imp.values()))
+        ax.set_xlabel("importance")
+        p = out / "sensitivity_importance.png"
+        fig.tight_layout()
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        files.append(p)
+    else:
+        text.append("not enough completed trials with varied parameters to estimate importances")
+    return text, files
+
+
+def importances(done: list[dict]) -> dict[str, float]:
+    """Optuna's parameter importances from the completed trials (a fresh in-memory study)."""
+    import optuna
+
+    keys = sorted({k for r in done for k in r["searched"] if isinstance(r["searched"][k], (int, float))})
+    trials = []
+    for r in done:
+        v = r["metrics"].get("robust_acc")
+        if v is None or math.isnan(v) or any(k not in r["searched"] for k in keys):
+            continue
+        params = {k: float(r["searched"][k]) for k in keys}
+        dists = {}
+        for k in keys:
+            vals = [float(x["searched"][k]) for x in done if k in x["searched"]]
+            lo, hi = min(vals), max(vals)
+            if lo == hi:
+                hi = lo + 1e-9
+            dists[k] = optuna.distributions.FloatDistribution(lo, hi)
+        trials.append(optuna.trial.create_trial(params=params, distributions=dists, value=v))
+    if len(trials) < 3 or not keys:
+        return {}
+    study = optuna.create_study(direction="maximize")
+    study.add_trials(trials)
+    try:
+        return dict(optuna.importance.get_param_importances(study))
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        return {}
+
+
+# ----------------------------------------------------------------------------- width
+@register("width")
+def width(rows, out, paper):
+    plt = _plt()
+    by: dict[str, list[tuple]] = {}
+    for r in rows:
+        if r["status"] != "completed":
+            continue
+        w = r["config"].get("model_args", {}).get("width")
+        by.setdefault(r["config"]["method"], []).append((w, r["metrics"]))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    table = []
+    for method, pts in sorted(by.items()):
+        pts.sort(key=lambda t: t[0])
+        ws = [p[0] for p in pts]
+        axes[0].plot(ws, [p[1].get("pgd20_acc") for p in pts], "o-", label=f"{method} PGD-20")
+        if any("autoattack_acc" in p[1] for p in pts):
+            axes[0].plot(ws, [p[1].get("autoattack_acc", math.nan) for p in pts], "s--", label=f"{method} AutoAttack")
+        axes[1].plot(ws, [p[1].get("clean_acc") for p in pts], "o-", label=method)
+        for w, m in pts:
+            table.append([method, w, _pct(m.get("clean_acc")), _pct(m.get("pgd20_acc")), _pct(m.get("autoattack_acc")),
+                          _pct(m.get("robust_acc")), _flags(m)])
+    for ax, title in zip(axes, ("robust accuracy", "clean accuracy")):
+        ax.set_xlabel("WRN width k")
+        ax.set_ylabel(title)
+        ax.legend(fontsize=8)
+    p = out / "width.png"
+    fig.tight_layout()
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    note = [c for c in paper.get("cells", [])]
+    text = ["## Accuracy against width", "", f"![width]({p.name})", "",
+            _md_table(["method", "width", "clean", "PGD-20", "AutoAttack", "robust min", "masking"], table)]
+    if note:
+        text += ["", "Paper (Figure 3, no table): both methods below 47 % PGD-20 accuracy at width 1; "
+                 "SPROUT ahead of PGD-AT by roughly 15 points at larger widths."]
+    return text, [p]
+
+
+# ----------------------------------------------------------------------------- scalability
+@register("scalability")
+def scalability(rows, out, paper):
+    plt = _plt()
+    done = [r for r in rows if r["status"] == "completed"]
+    nat = {r["config"]["model"]: r["metrics"].get("mean_epoch_time_s") or r["metrics"].get("epoch_time_s")
+           for r in done if r["config"]["method"] == "natural"}
+    paper_nat = {c["model"]: c["seconds_10_epochs"] for c in paper.get("cells", []) if c["method"] == "natural"}
+    table, bars = [], {}
+    for r in sorted(done, key=lambda r: (r["config"]["model"], r["config"]["method"])):
+        m, model, method = r["metrics"], r["config"]["model"], r["config"]["method"]
+        t = m.get("mean_epoch_time_s") or m.get("epoch_time_s")
+        ratio = t / nat[model] if model in nat and nat[model] else None
+        cell = _paper_cell(paper, r)
+        pratio = cell["seconds_10_epochs"] / paper_nat[model] if cell and model in paper_nat else None
+        table.append([model, method, _num(t, "{:.3f}"), _num(m.get("images_per_s"), "{:.0f}"), _num(ratio, "{:.2f}x"),
+                      _num(cell.get("seconds_10_epochs") if cell else None, "{:.1f}"), _num(pratio, "{:.2f}x")])
+        if ratio is not None:
+            bars.setdefault(model, []).append((method, ratio, pratio))
+    files = []
+    if bars:
+        fig, axes = plt.subplots(1, len(bars), figsize=(6 * len(bars), 4), squeeze=False)
+        for ax, (model, items) in zip(axes[0], sorted(bars.items())):
+            names = [i[0] for i in items]
+            xs = range(len(items))
+            ax.bar([x - 0.2 for x in xs], [i[1] for i in items], width=0.4, label="ours")
+            ax.bar([x + 0.2 for x in xs], [i[2] if i[2] else 0 for i in items], width=0.4, label="paper (Table 6)")
+            ax.set_xticks(list(xs))
+            ax.set_xticklabels(names, rotation=30, ha="right")
+            ax.set_ylabel("time per epoch / natural")
+            ax.set_title(model)
+            ax.legend()
+        p = out / "scalability.png"
+        fig.tight_layout()
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        files.append(p)
+    text = ["## Training cost per epoch", "", "Mean seconds per epoch after the first (start-up excluded); "
+            "ratios to natural training on the same model, measured in the same study.", "",
+            _md_table(["model", "method", "s/epoch", "images/s", "ratio to natural", "paper s/10 epochs", "paper ratio"], table)]
+    if files:
+        text += ["", f"![scalability]({files[0].name})"]
+    return text, files
+
+
+# ----------------------------------------------------------------------------- tables
+def _robust_table(rows, paper, key_cols: list[tuple[str, str]], label: Callable[[dict], list[str]], label_head: list[str]):
+    head = [*label_head]
+    for title, key in key_cols:
+        head.append(title)
+        if any(key in c for c in paper.get("cells", [])):
+            head.append(f"{title} *paper*")
+    head += ["masking"]
+    body = []
+    for r in rows:
+        m = r["metrics"]
+        cell = _paper_cell(paper, r)
+        line = label(r)
+        line[-1] += _status_note(r)
+        for title, key in key_cols:
+            v = _pct(m.get(key))
+            if key == "autoattack_acc" and m.get("autoattack_n") and m.get("autoattack_n") != m.get("n_eval"):
+                v += f" (n={m['autoattack_n']})"  # AutoAttack may run on a subset of the PGD images
+            line.append(v)
+            if any(key in c for c in paper.get("cells", [])):
+                line.append(_num(cell.get(key), "{:.2f}") if cell else "-")
+        line.append(_flags(m))
+        body.append(line)
+    return _md_table(head, body)
+
+
+@register("ablation")
+def ablation(rows, out, paper):
+    cols = [("clean", "clean_acc"), ("PGD-20", "pgd20_acc"), ("PGD-100", "pgd100_acc"), ("AutoAttack", "autoattack_acc"),
+            ("robust min", "robust_acc")]
+    return ["## Module ablation", "", _robust_table(rows, paper, cols, lambda r: [r["searched"].get("case", "?")], ["case"])], []
+
+
+@register("compare")
+def compare(rows, out, paper):
+    main = [r for r in rows if r["stage"] == "main"] or rows
+    cols = [("clean", "clean_acc"), ("PGD-20", "pgd20_acc"), ("PGD-100", "pgd100_acc"), ("PGD-200", "pgd200_acc"),
+            ("10xPGD-100", "pgd100x10_acc"), ("C&W-Linf", "cw_linf_acc"), ("C&W-L2", "cw_l2_acc"),
+            ("transfer", "transfer_acc"), ("AutoAttack", "autoattack_acc"), ("robust min", "robust_acc")]
+    inv = [("rotation", "inv_rotation_acc"), ("brightness", "inv_brightness_acc"), ("contrast", "inv_contrast_acc"),
+           ("grayscale", "inv_grayscale_acc")]
+    lab = lambda r: [r["config"]["model"], r["searched"].get("case", r["config"]["method"])]  # noqa: E731
+    return ["## Robustness (Tables 2 and 3, AutoAttack beside)", "",
+            _robust_table(main, paper, cols, lab, ["model", "method"]), "",
+            "## Invariance (Table 5)", "", _robust_table(main, paper, inv, lab, ["model", "method"])], []
+
+
+@register("init")
+def init(rows, out, paper):
+    sprout = [r for r in rows if r["stage"] == "sprout"] or rows
+
+    def lab(r):
+        ck = r["searched"].get("init_checkpoint") or "random"
+        return [ck.split("method=")[-1] if "method=" in str(ck) else str(ck)]
+
+    cols = [("clean", "clean_acc"), ("PGD-20", "pgd20_acc"), ("AutoAttack", "autoattack_acc"), ("robust min", "robust_acc")]
+    return ["## SPROUT by starting checkpoint (Figure 8)", "", _robust_table(sprout, paper, cols, lab, ["start"])], []
+
+
+@register("imagenet")
+def imagenet(rows, out, paper):
+    cols = [("clean", "clean_acc")] + [(f"targeted eps {e}", f"pgd_targeted_acc_eps{e}") for e in ("0.005", "0.01", "0.015", "0.02")]
+    cols += [("AutoAttack", "autoattack_acc")]
+    return ["## ImageNet, random-targeted PGD (Table 4)", "",
+            _robust_table(rows, paper, cols, lambda r: [r["config"]["method"]], ["method"])], []
+
+
+# ----------------------------------------------------------------------------- beta (Figure 4)
+def beta_plots(rows: list[dict], out: Path) -> list[Path]:
+    """For every SPROUT trial, the learned beta as the matrix beta_s * beta_t (Figure 4)."""
+    files = []
+    for r in rows:
+        beta = r["metrics"].get("beta")
+        if not beta:
+            continue
+        plt = _plt()
+        import numpy as np
+
+        b = np.asarray(beta, dtype=float)
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        im = ax.imshow(np.outer(b, b), cmap="magma")
+        fig.colorbar(im, ax=ax)
+        ax.set_title(f"beta_s * beta_t  ({r['stage']} {r['trial_id'][-5:]})", fontsize=9)
+        d = out / "beta"
+        d.mkdir(exist_ok=True)
+        p = d / f"beta_{r['stage']}_{r['trial_id']}.png"
+        fig.tight_layout()
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        files.append(p)
+    return files

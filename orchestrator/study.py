@@ -11,7 +11,6 @@ trainables applies.
 from __future__ import annotations
 
 import copy
-import itertools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -73,6 +72,9 @@ class SearchSpec:
     mode: str | tuple[str, ...] = "max"
     enqueue_defaults: bool = True  # Optuna's first point is the resolved default of every parameter
     params: dict = field(default_factory=dict)  # "a.b" -> ParamSpec mapping
+    # named config variants crossed with the grid (e.g. the ablation's module combinations):
+    # each is {name: ..., <TrainConfig keys>...}
+    cases: tuple[dict, ...] = ()
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
 
     def validate(self, where: str) -> None:
@@ -81,6 +83,11 @@ class SearchSpec:
         modes = [self.mode] if isinstance(self.mode, str) else list(self.mode)
         check(len(metrics) == len(modes), where, "mode", f"{len(metrics)} modes, one per metric", self.mode)
         check(all(m in ("max", "min") for m in modes), where, "mode", "max or min", self.mode)
+        if self.cases:
+            check(self.algorithm == "grid", where, "algorithm", "grid when cases are listed", self.algorithm)
+            names = [c.get("name") if isinstance(c, Mapping) else None for c in self.cases]
+            check(all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names), where,
+                  "cases", "mappings with distinct 'name's", names)
         if len(metrics) > 1:
             check(self.algorithm == "optuna", where, "algorithm", "optuna for a multi-objective search", self.algorithm)
             check(self.scheduler.type == "none", where, "scheduler.type", "none for a multi-objective search", self.scheduler.type)
@@ -224,6 +231,9 @@ def plan(study: Study, source: str, *, smoke: bool = False, overrides: Mapping[s
     overrides = dict(overrides or {})
     res = study.resources
     res_over = {k: overrides.pop(k) for k in list(overrides) if k in ("num_workers", "gpus_per_worker", "max_concurrent_trials")}
+    if smoke and "gpus_per_worker" not in res_over:
+        res_over["gpus_per_worker"] = 0.0  # a smoke test runs on a laptop's CPUs
+    base_over = overrides.pop("base", {})
     if res_over:
         res = replace(res, **res_over)
         res.validate("resources")
@@ -236,7 +246,7 @@ def plan(study: Study, source: str, *, smoke: bool = False, overrides: Mapping[s
         if not isinstance(sraw, Mapping):
             raise ConfigError(f"{where}: expected a mapping")
         sraw = dict(sraw)
-        sraw["base"] = deep_merge(study.base, sraw.get("base", {}))
+        sraw["base"] = deep_merge(deep_merge(study.base, sraw.get("base", {})), base_over)
         if not study.stages:
             sraw.setdefault("search", study.search)
         sraw["base"].setdefault("seed", seed)
@@ -317,6 +327,12 @@ def _validate_stage(stage: StageSpec, where: str, earlier: list[str]) -> None:
                 resolve(trial)
             except ConfigError as e:
                 raise ConfigError(f"{where}: search.params.{k}: value {v!r} is invalid: {e}") from None
+    for i, case in enumerate(stage.search.cases):
+        trial = deep_merge(base, {k: v for k, v in case.items() if k != "name"})
+        try:
+            resolve(_strip_refs(trial))
+        except ConfigError as e:
+            raise ConfigError(f"{where}: search.cases[{i}] ({case['name']}): {e}") from None
     for key, v in _flat(stage.base).items():
         if isinstance(v, str) and v.startswith(STAGE_REF):
             _check_ref(v, where, f"base.{key}", earlier)
@@ -408,6 +424,8 @@ def default_point(specs: dict[str, ParamSpec], base: dict) -> dict[str, Any]:
     return point
 
 
-def grid_points(specs: dict[str, ParamSpec]) -> list[dict[str, Any]]:
-    keys = list(specs)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(specs[k].values for k in keys))]
+def grid_size(search: SearchSpec, specs: dict[str, ParamSpec]) -> int:
+    n = max(1, len(search.cases))
+    for spec in specs.values():
+        n *= len(spec.values)
+    return n * search.num_samples

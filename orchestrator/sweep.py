@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-concurrent-trials", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=None, help="Optuna trials (or grid repeats) per stage")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training-config key in every stage, e.g. data.root=/mnt/imagenet")
     p.add_argument("--skip-data-check", action="store_true",
                    help="do not check data roots on this node (data only on the workers)")
     return p.parse_args(argv)
@@ -56,6 +58,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         v = getattr(args, key)
         if v is not None:
             out[key] = v
+    if args.set:
+        from trainables.config import parse_override, set_nested
+
+        base: dict[str, Any] = {}
+        for item in args.set:
+            path, value = parse_override(item)
+            set_nested(base, path, value)
+        out["base"] = base
     return out
 
 
@@ -168,6 +178,7 @@ def _collect_refs(stage) -> set[str]:
 
     walk(stage.base)
     walk(stage.search.params)
+    walk(list(stage.search.cases))
     walk(stage.evaluation.transfer_source)
     return found
 
@@ -183,7 +194,7 @@ def run_stage(stage, plan, *, storage_path: str, tracker, parent_run_id: str, re
     from trainables.settings import resolve
 
     from orchestrator.driver import run_trial, trial_train_config
-    from orchestrator.study import DefineByRun, _strip_refs, default_point
+    from orchestrator.study import DefineByRun, _strip_refs, default_point, grid_size
     from orchestrator.summary import trial_row
     from orchestrator.tracking import MLflowTrialCallback, Progress, flatten
 
@@ -218,13 +229,12 @@ def run_stage(stage, plan, *, storage_path: str, tracker, parent_run_id: str, re
         param_space = {}
         for key, spec in specs.items():
             set_nested(param_space, key.split("."), tune.grid_search(list(spec.values)))
-        n_grid = 1
-        for spec in specs.values():
-            n_grid *= len(spec.values)
+        if search.cases:
+            param_space["case"] = tune.grid_search([dict(c) for c in search.cases])
         tune_config = tune.TuneConfig(scheduler=scheduler, num_samples=search.num_samples, max_concurrent_trials=cap,
                                       metric=search.metrics[0] if scheduler else None,
                                       mode=search.modes[0] if scheduler else None)
-        total = n_grid * search.num_samples
+        total = grid_size(search, specs)
     mlflow_cb = MLflowTrialCallback(tracker, parent_run_id=parent_run_id, stage=stage.name, study=study.name,
                                     base=stage.base, refs=refs, tags=tags)
     callbacks = [mlflow_cb, Progress(stage.name, total)]
@@ -245,8 +255,11 @@ def run_stage(stage, plan, *, storage_path: str, tracker, parent_run_id: str, re
     for result in grid:
         metrics = dict(result.metrics or {})
         trial_id = metrics.get("trial_id") or Path(result.path).name
-        cfg_searched = result.config or {}
-        flat_searched = flatten(cfg_searched)
+        cfg_searched = dict(result.config or {})
+        case = cfg_searched.get("case")
+        flat_searched = flatten({k: v for k, v in cfg_searched.items() if k != "case"})
+        if case:
+            flat_searched = {"case": case["name"], **flat_searched}
         try:
             cfg = to_dict(resolve(trial_train_config(stage.base, cfg_searched, refs)))
         except Exception:  # noqa: BLE001

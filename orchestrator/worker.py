@@ -69,6 +69,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         out["robust_acc"] = r.get("robust_acc_min", float("nan"))
         if hasattr(comp.method, "beta"):
             out["beta"] = [round(float(b), 6) for b in comp.method.beta.cpu()]
+        times = [h["epoch_time_s"] for h in comp.history]
+        # the first epoch carries start-up costs (allocation, compilation): leave it out when we can
+        steady = times[1:] if len(times) > 1 else times
+        out["mean_epoch_time_s"] = sum(steady) / len(steady)
+        out["mean_images_per_s"] = sum(h["images_per_s"] for h in comp.history[-len(steady):]) / len(steady)
         out["final"] = True
         return out
 
