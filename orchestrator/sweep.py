@@ -94,6 +94,47 @@ def check_data(plan) -> None:
             raise DataError(f"stage {stage.name}: data.root {root}: its parent directory does not exist")
 
 
+def check_checkpoints(plan) -> None:
+    """Init checkpoints and transfer sources named by path load now (weights_only, matching
+    architecture), not hours later on a worker."""
+    from trainables.evaluate import load_model_from_checkpoint
+    from trainables.loop import build_model
+    from trainables.settings import resolve
+
+    from orchestrator.study import STAGE_REF
+
+    for stage in plan.stages:
+        ck = stage.base.get("init_checkpoint")
+        if isinstance(ck, str) and not ck.startswith(STAGE_REF) and ck != "random":
+            build_model(resolve(stage.base))
+        src = stage.evaluation.transfer_source
+        if src and not src.startswith(STAGE_REF):
+            load_model_from_checkpoint(src)
+
+
+def pick_output_dir(args, name: str) -> Path:
+    """An explicit --output-dir holding an earlier launch needs --resume; the default one
+    moves on to NAME-2, NAME-3, ... so that re-running the main job never mixes two launches."""
+    from trainables.errors import ConfigError
+
+    from orchestrator.tracking import RUNS_FILE
+
+    if args.output_dir:
+        out = Path(args.output_dir).expanduser().resolve()
+        if (out / RUNS_FILE).exists() and not args.resume:
+            raise ConfigError(f"--output-dir {out}: holds an earlier launch of this study; "
+                              f"pass --resume to continue it or choose another directory")
+        return out
+    out = Path("runs", name).resolve()
+    if args.resume:
+        return out
+    i = 1
+    while (out / RUNS_FILE).exists():
+        i += 1
+        out = Path("runs", f"{name}-{i}").resolve()
+    return out
+
+
 def start_ray() -> None:
     """Connect to a running cluster (RAY_ADDRESS, or one started with ``ray start`` on this
     node: the ``ray submit`` case); otherwise start a local one."""
@@ -299,11 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     plan = make_plan(study, source, smoke=args.smoke_test, overrides=_overrides(args))
     if not args.skip_data_check:
         check_data(plan)
+    check_checkpoints(plan)
     out_name = study.name + ("-smoke" if args.smoke_test else "")
     tracking_uri = normalize_uri(args.tracking_uri) if args.tracking_uri else None
     if tracking_uri and not tracking_uri.startswith("sqlite:"):
         check_tracking_uri(tracking_uri)
-    output_dir = writable_dir(args.output_dir or Path("runs") / out_name)
+    output_dir = writable_dir(pick_output_dir(args, out_name))
     tracking_uri = tracking_uri or default_tracking_uri(output_dir)
     check_tracking_uri(tracking_uri)
     storage_path = args.storage_path or str(output_dir / "ray")

@@ -8,6 +8,7 @@ evaluation (rank 0). A NaN or infinite loss ends the run with ``status: diverged
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -39,7 +40,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from trainables.checkpoint import load_checkpoint
     from trainables.errors import DivergedError
     from trainables.evaluate import evaluate, load_model_from_checkpoint
-    from trainables.loop import build, fit
+    from trainables.loop import build, checkpoint_state, fit
     from trainables.protocols import get_protocol
     from trainables.settings import resolve
 
@@ -48,21 +49,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     device = ray.train.torch.get_device()
-    resume = None
+    resume, saved_eval = None, None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             resume = load_checkpoint(os.path.join(d, CHECKPOINT_FILE))
+            if os.path.exists(os.path.join(d, EVAL_FILE)):
+                saved_eval = json.loads(Path(d, EVAL_FILE).read_text())
     comp = build(cfg, device=device, resume=resume, prepare_model=ray.train.torch.prepare_model
                  if ctx.get_world_size() > 1 else None)
     protocol = get_protocol(config["protocol"], config.get("protocol_overrides") or {})
+    start_epoch = comp.start_epoch
 
     def final_evaluation() -> dict[str, Any]:
-        source = None
-        if config.get("transfer_source"):
-            source, _, _ = load_model_from_checkpoint(config["transfer_source"])
-        r = evaluate(comp.net, comp.bundle, protocol, eps=cfg.eps, seed=cfg.seed, device=device,
-                     transfer_source=source)
+        if saved_eval is not None:
+            r = saved_eval  # the run finished before a crash lost its last report: no re-evaluation
+        else:
+            source = None
+            if config.get("transfer_source"):
+                source, _, _ = load_model_from_checkpoint(config["transfer_source"])
+            r = evaluate(comp.net, comp.bundle, protocol, eps=cfg.eps, seed=cfg.seed, device=device,
+                         transfer_source=source)
         out = {k: v for k, v in r.items() if k not in ("protocol_budgets", "masking_checks")}
         out["masking_details"] = [f"{n}: {r['masking_checks'][n]['detail']}" for n in r.get("masking_flags", [])]
         out["_eval"] = r
@@ -84,6 +91,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         report["clean_acc"] = metrics.get("monitor_clean_acc", float("nan"))
         report["robust_acc"] = metrics.get("monitor_pgd_acc", float("nan"))
         report["status"] = "running"
+        report["resumed_from_epoch"] = start_epoch  # > 0 after a worker-group restart
         if metrics["epoch"] == cfg.epochs:
             if rank == 0:
                 report.update(final_evaluation())
@@ -99,7 +107,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(_scalars(report), checkpoint=ray.train.Checkpoint.from_directory(d))
 
     try:
-        fit(comp, on_epoch_end=on_epoch_end)
+        if comp.start_epoch >= cfg.epochs and comp.history:
+            # restored from the final checkpoint (a driver crash can lose the last report in
+            # flight): report the final result again instead of ending without one
+            on_epoch_end(dict(comp.history[-1]),
+                         (lambda: checkpoint_state(comp, cfg.epochs)) if rank == 0 else None)
+        else:
+            fit(comp, on_epoch_end=on_epoch_end)
     except DivergedError as e:
         ray.train.report({"status": "diverged", "epoch": e.epoch, "loss": float("nan") if not math.isfinite(e.loss) else e.loss,
                           "clean_acc": float("nan"), "robust_acc": float("nan"), "diverged": True})

@@ -7,19 +7,23 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ConfigError
+from .errors import ConfigError, DivergedError
 
 EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
 
 
 def run_main(fn: Callable[[], int | None]) -> None:
     """Run ``fn``; a ConfigError (bad name, value, path or checkpoint) is one line on stderr
-    and exit code 2, never a traceback."""
+    and exit code 2, a diverged training run exit code 3, never a traceback."""
     try:
         code = fn()
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    except DivergedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_DIVERGED)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -1,0 +1,149 @@
+"""Failures: a killed worker, a killed driver, a diverging trial; determinism; disk use."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = ROOT / "orchestrator" / "sweep.py"
+
+
+def write_study(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def start(args, cwd, log):
+    return subprocess.Popen([sys.executable, str(SWEEP), *args], cwd=cwd, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(log: Path, text: str, proc, timeout=600):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if text in log.read_text():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"sweep ended before {text!r}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {text!r}")
+
+
+def mlflow_runs(out: Path):
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exps = c.search_experiments()
+    return [r for e in exps for r in c.search_runs([e.experiment_id])]
+
+
+def test_killed_worker_restarts_from_its_last_checkpoint(tmp_path):
+    study = write_study(tmp_path / "s.yaml", """
+        name: wk
+        base: {method: pgd_at, dataset: digits, epochs: 8, monitor: {every: 0}}
+        evaluation: {protocol: basic}
+        resources: {max_failures: 2}
+    """)
+    log = tmp_path / "log.txt"
+    proc = start(["--config", str(study), "--output-dir", str(tmp_path / "out")], tmp_path, log)
+    try:
+        wait_for(log, "epoch 3:", proc)
+        workers = [p for p in psutil.process_iter(["cmdline"]) if any("RayTrainWorker" in c for c in (p.info["cmdline"] or []))]
+        assert workers, "no Ray Train worker process found"
+        for w in workers:
+            w.send_signal(signal.SIGKILL)  # mid-epoch 4
+        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    (t,) = json.loads((tmp_path / "out" / "summary.json").read_text())["trials"]
+    m = t["metrics"]
+    assert t["status"] == "completed" and m["epoch"] == 8
+    assert m["resumed_from_epoch"] >= 2  # restarted from a checkpoint: at most one epoch lost
+    assert "pgd20_acc" in m and m["clean_acc"] > 0.5
+
+
+STUDY4 = """
+    name: dk
+    base: {method: natural, dataset: digits, epochs: 4, monitor: {every: 0}}
+    search: {algorithm: grid, params: {seed: {values: [0, 1, 2, 3]}}}
+    evaluation: {protocol: basic}
+    resources: {max_concurrent_trials: 1}
+"""
+
+
+def test_killed_driver_resumes_without_rerunning_completed_trials(tmp_path):
+    study = write_study(tmp_path / "s.yaml", STUDY4)
+    out = tmp_path / "out"
+    log = tmp_path / "log1.txt"
+    proc = start(["--config", str(study), "--output-dir", str(out)], tmp_path, log)
+    wait_for(log, "2/4 trial", proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, no clean-up
+    proc.wait()
+    done_first = [line.split()[3] for line in log.read_text().splitlines() if " completed:" in line]
+    assert len(done_first) >= 2
+    assert not (out / "summary.json").exists()
+    # a plain relaunch into the same directory is refused: it would mix two launches
+    p = subprocess.run([sys.executable, str(SWEEP), "--config", str(study), "--output-dir", str(out)],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2 and "pass --resume" in p.stderr
+    log2 = tmp_path / "log2.txt"
+    proc2 = start(["--config", str(study), "--output-dir", str(out), "--resume"], tmp_path, log2)
+    assert proc2.wait(timeout=900) == 0, log2.read_text()[-3000:]
+    rerun = log2.read_text()
+    for trial_id in done_first:
+        assert f"trial {trial_id} epoch" not in rerun, f"{trial_id} was re-run"
+    s = json.loads((out / "summary.json").read_text())
+    ids = [t["trial_id"] for t in s["trials"]]
+    assert len(ids) == 4 == len(set(ids)) and set(done_first) <= set(ids)
+    assert all(t["status"] == "completed" for t in s["trials"])
+    runs = mlflow_runs(out)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+
+
+def test_diverging_trial_is_recorded_and_the_study_goes_on(tmp_path):
+    study = write_study(tmp_path / "s.yaml", """
+        name: dv
+        base: {method: natural, dataset: digits, epochs: 3, monitor: {every: 0}}
+        search: {algorithm: grid, params: {optim.lr: {values: [0.1, 1.0e+20]}}}
+        evaluation: {protocol: basic}
+    """)
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, str(SWEEP), "--config", str(study), "--output-dir", str(out)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    trials = {t["searched"]["optim.lr"]: t for t in json.loads((out / "summary.json").read_text())["trials"]}
+    assert trials[0.1]["status"] == "completed" and trials[1e20]["status"] == "diverged"
+    runs = {r.info.run_id: r for r in mlflow_runs(out)}
+    bad = runs[trials[1e20]["mlflow_run_id"]]
+    assert bad.info.status == "FAILED" and bad.data.tags["trial_status"] == "diverged"
+    assert runs[trials[0.1]["mlflow_run_id"]].info.status == "FINISHED"
+
+
+def test_same_seed_same_metrics_through_the_orchestrator(tmp_path):
+    study = write_study(tmp_path / "s.yaml", """
+        name: det
+        base: {method: sprout, dataset: digits, epochs: 4, monitor: {n: 64}}
+        evaluation: {protocol: basic}
+    """)
+    results = []
+    for i in range(2):
+        out = tmp_path / f"out{i}"
+        p = subprocess.run([sys.executable, str(SWEEP), "--config", str(study), "--output-dir", str(out), "--seed", "7"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=900)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        (t,) = json.loads((out / "summary.json").read_text())["trials"]
+        results.append({k: v for k, v in t["metrics"].items() if not ("time" in k or "per_s" in k or k in ("checkpoint_path",))})
+        # disk: of 4 epoch checkpoints only the last keep_checkpoints (2) remain
+        ckpts = [p for p in (out / "ray").glob("train-*/checkpoint_*") if p.is_dir()]
+        assert len(ckpts) == 2
+    assert results[0] == results[1]
