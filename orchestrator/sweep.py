@@ -345,14 +345,15 @@ def main(argv: list[str] | None = None) -> int:
     tracking_uri = normalize_uri(args.tracking_uri) if args.tracking_uri else None
     if tracking_uri and not tracking_uri.startswith("sqlite:"):
         check_tracking_uri(tracking_uri)
-    output_dir = writable_dir(pick_output_dir(args, out_name))
+    output_dir = pick_output_dir(args, out_name)
+    if args.resume and not (output_dir / "mlflow_runs.json").exists():
+        raise ConfigError(f"--resume: nothing to resume in {output_dir} (no earlier launch of {study.name} there)")
+    output_dir = writable_dir(output_dir)
     tracking_uri = tracking_uri or default_tracking_uri(output_dir)
     check_tracking_uri(tracking_uri)
     storage_path = args.storage_path or str(output_dir / "ray")
     if "://" not in storage_path:
         storage_path = str(writable_dir(storage_path, "--storage-path"))
-    if args.resume and not (output_dir / "mlflow_runs.json").exists():
-        raise ConfigError(f"--resume: nothing to resume in {output_dir} (no earlier launch of {study.name} there)")
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")

@@ -1,0 +1,99 @@
+"""Every kind of bad input: one clear line naming the problem, a non-zero exit, no traceback,
+nothing written, and (for the sweep) no Ray start."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = [sys.executable, str(ROOT / "orchestrator" / "sweep.py")]
+TRAIN = [sys.executable, "-m", "trainables.train"]
+EVAL = [sys.executable, "-m", "trainables.evaluate"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A real small_cnn checkpoint, and a truncated copy."""
+    from trainables.train import main
+
+    d = tmp_path_factory.mktemp("ck")
+    main(["--method", "natural", "--epochs", "1", "--output-dir", str(d), "--set", "monitor.every=0"])
+    good = d / "checkpoint.pt"
+    bad = d / "truncated.pt"
+    bad.write_bytes(good.read_bytes()[:300])
+    return good, bad
+
+
+def study(text):
+    return ("study", text)
+
+
+# (command, arguments or a study file, expected message); OUT is the output directory
+CASES = {
+    "malformed YAML": (SWEEP, study("search: [unclosed"), "malformed YAML at line 1"),
+    "YAML not a mapping": (SWEEP, study("- a\n- b\n"), "expected a mapping at the top level"),
+    "unknown top-level key": (SWEEP, study("name: x\nbudget: 3\n"), "unknown key 'budget'"),
+    "unknown search key": (SWEEP, study("search: {algorithmm: grid}\n"), "search: unknown key 'algorithmm'"),
+    "wrong type": (SWEEP, study("search: {num_samples: many}\n"), "search.num_samples: expected an integer"),
+    "alpha range outside [0, 1]": (SWEEP, study("base: {method: sprout}\nsearch: {algorithm: optuna, params: {method_args.alpha: {type: float, low: 0.0, high: 1.5}}}\n"),
+                                   "search.params.method_args.alpha: value 1.5 is invalid: method_args.alpha: expected a number in [0, 1]"),
+    "negative Delta": (SWEEP, study("base: {method: sprout, method_args: {delta: -0.1}}\n"), "method_args.delta: expected a number >= 0"),
+    "negative gamma_beta": (SWEEP, study("base: {method: sprout}\nsearch: {algorithm: optuna, params: {method_args.lr_beta: {type: float, low: -1.0, high: 0.1}}}\n"),
+                            "method_args.lr_beta: expected a number >= 0"),
+    "zero epochs": (SWEEP, study("base: {epochs: 0}\n"), "epochs: expected an integer >= 1"),
+    "unknown method in a study": (SWEEP, study("base: {method: madry}\n"), "unknown method 'madry'; expected one of:"),
+    "unknown model in a study": (SWEEP, study("base: {model: resnet9}\n"), "unknown model 'resnet9'; expected one of:"),
+    "unknown data set in a study": (SWEEP, study("base: {dataset: svhn}\n"), "unknown data set 'svhn'; expected one of:"),
+    "missing data root": (SWEEP, study("base: {dataset: imagenet, data: {root: /nonexistent/imagenet}}\n"), "/nonexistent/imagenet/train: missing"),
+    "missing CIFAR root without download": (SWEEP, study("base: {dataset: cifar10, data: {root: /nonexistent/c, download: false}}\n"),
+                                            "cifar-10-batches-py: missing"),
+    "grid with a range": (SWEEP, study("search: {algorithm: grid, params: {seed: {type: int, low: 0, high: 3}}}\n"), "a grid study lists values"),
+    "unknown protocol": (SWEEP, study("evaluation: {protocol: strongest}\n"), "evaluation.protocol: expected one of"),
+    "bad resources": (SWEEP, study("resources: {num_workers: 0}\n"), "resources.num_workers: expected an integer >= 1"),
+    "unknown study": (SWEEP, ["--study", "widthh"], "unknown study 'widthh'; expected one of:"),
+    "missing study file": (SWEEP, ["--config", "/nonexistent/s.yaml"], "no such study file"),
+    "unwritable output dir": (SWEEP, ["--study", "sensitivity", "--output-dir", "FILE/out"], "not writable"),
+    "unreachable MLflow server": (SWEEP, ["--study", "sensitivity", "--tracking-uri", "http://127.0.0.1:9"],
+                                  "MLflow tracking server unreachable"),
+    "bad MLflow URI": (SWEEP, ["--study", "sensitivity", "--tracking-uri", "mlflow.db"], "expected sqlite:////ABS/PATH"),
+    "resume with nothing to resume": (SWEEP, ["--study", "sensitivity", "--resume"], "nothing to resume"),
+    "init checkpoint of another architecture": (SWEEP, study("base: {model: vgg16, model_args: {width_factor: 0.1}, init_checkpoint: GOOD}\n"),
+                                                "does not match the model vgg16"),
+    "truncated init checkpoint": (SWEEP, study("base: {init_checkpoint: BAD}\n"), "truncated or not a torch checkpoint"),
+    "train: unknown method": (TRAIN, ["--method", "madry"], "unknown method 'madry'; expected one of:"),
+    "train: out-of-range value": (TRAIN, ["--set", "method_args.alpha=2"], "method_args.alpha: expected a number in [0, 1]"),
+    "train: unknown key": (TRAIN, ["--set", "method_args.alhpa=0.1"], "method_args: unknown key 'alhpa'"),
+    "train: checkpoint of another architecture": (TRAIN, ["--model", "vgg16", "--init-checkpoint", "GOOD"], "does not match the model vgg16"),
+    "train: truncated checkpoint": (TRAIN, ["--init-checkpoint", "BAD"], "truncated or not a torch checkpoint"),
+    "train: unwritable output dir": (TRAIN, ["--epochs", "1", "--output-dir", "FILE/out"], "not writable"),
+    "evaluate: missing checkpoint": (EVAL, ["--checkpoint", "/nonexistent/c.pt"], "no such checkpoint file"),
+    "evaluate: truncated checkpoint": (EVAL, ["--checkpoint", "BAD"], "truncated or not a torch checkpoint"),
+    "evaluate: another architecture": (EVAL, ["--checkpoint", "GOOD", "--model", "wrn"], "checkpoint architecture is small_cnn, not the requested wrn"),
+    "evaluate: unknown protocol": (EVAL, ["--checkpoint", "GOOD", "--protocol", "strongest"], "unknown protocol 'strongest'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_clear_line(case, tmp_path, ckpt):
+    cmd, arg, message = CASES[case]
+    good, bad = ckpt
+    file_ = tmp_path / "a_file"
+    file_.write_text("")
+    subst = lambda s: s.replace("GOOD", str(good)).replace("BAD", str(bad)).replace("FILE", str(file_))  # noqa: E731
+    out = tmp_path / "out"
+    if isinstance(arg, tuple):
+        f = tmp_path / "study.yaml"
+        f.write_text(subst(arg[1]))
+        args = ["--config", str(f)]
+    else:
+        args = [subst(a) for a in arg]
+    if "--output-dir" not in args:
+        args += ["--output-dir", str(out)]
+    p = subprocess.run(cmd + args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert p.returncode == 2, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], p.stderr
+    assert "Traceback" not in p.stderr
+    assert not out.exists() and not (tmp_path / "runs").exists()  # nothing written
+    assert "Started a local Ray instance" not in p.stdout + p.stderr
