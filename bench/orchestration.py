@@ -1,0 +1,123 @@
+"""What Ray costs: the same epochs through Ray Train and through the plain trainables loop.
+
+    python bench/orchestration.py                 # PGD-AT on digits, 6 epochs, CPU
+    python bench/orchestration.py --json bench/results/orchestration-cpu.json
+
+Reports (1) the per-epoch wall time through Ray Train (report + rank-0 checkpoint every
+epoch) over the plain loop (which also saves a checkpoint every epoch), after start-up: the
+first epoch and the last (final evaluation) are left out; (2) ray.init and per-trial start-up
+seconds; (3) images/s with 1 and 2 DDP workers on CPU (gloo).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import median, save  # noqa: E402
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+
+def plain(cfg_raw: dict, threads: int) -> list[float]:
+    """Per-epoch wall times of the plain loop, checkpointing every epoch like the Ray worker."""
+    from trainables.checkpoint import save_checkpoint
+    from trainables.loop import build, fit
+    from trainables.settings import resolve
+
+    torch.set_num_threads(threads)
+    comp = build(resolve(cfg_raw))
+    stamps = [time.perf_counter()]
+    with tempfile.TemporaryDirectory() as d:
+        def on_end(metrics, make_state):
+            save_checkpoint(make_state(), Path(d) / "checkpoint.pt")
+            stamps.append(time.perf_counter())
+
+        fit(comp, on_epoch_end=on_end)
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def through_ray(cfg_raw: dict, workers: int, storage: str, name: str) -> dict:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from orchestrator.worker import train_loop_per_worker
+
+    log = Path(storage) / f"{name}.jsonl"
+
+    class Stamp(ray.train.UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(log, "a") as f:
+                f.write(json.dumps({"t": time.time(), **{k: v for k, v in metrics[0].items()
+                                                        if isinstance(v, (int, float))}}) + "\n")
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": cfg_raw, "protocol": "basic", "protocol_overrides": {"n": 64}, "threads": 1},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
+        run_config=ray.train.RunConfig(name=name, storage_path=storage, callbacks=[Stamp()]),
+    )
+    t0 = time.time()
+    trainer.fit()
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    stamps = [r["t"] for r in rows]
+    return {"per_epoch": [b - a for a, b in zip(stamps, stamps[1:])], "first_report_s": stamps[0] - t0,
+            "first_epoch_s": rows[0]["epoch_time_s"], "images_per_s": [r["images_per_s"] for r in rows]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", default="pgd_at")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    cfg = {"method": args.method, "dataset": "digits", "epochs": args.epochs, "monitor": {"every": 0}}
+    plain_epochs = plain(cfg, threads=1)
+
+    import ray
+
+    t0 = time.time()
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray_init_s = time.time() - t0
+    with tempfile.TemporaryDirectory() as storage:
+        one = through_ray(cfg, 1, storage, "bench-1")
+        two = through_ray(cfg, 2, storage, "bench-2")
+    ray.shutdown()
+    plain_epochs += plain(cfg, threads=1)[1:]  # plain runs on both sides of the Ray runs
+    # steady state: drop the first epoch (start-up) and the last (final evaluation)
+    p_steady = median(plain_epochs[1:])
+    r_steady = median(one["per_epoch"][:-1])
+    out = {
+        "device": "cpu", "method": args.method, "dataset": "digits", "epochs": args.epochs,
+        "plain_epoch_s": round(p_steady, 4), "ray_epoch_s": round(r_steady, 4),
+        "ray_over_plain_epoch_ratio": round(r_steady / p_steady, 3),
+        "ray_init_s": round(ray_init_s, 2),
+        "trial_startup_s": round(one["first_report_s"] - one["first_epoch_s"], 2),
+        "images_per_s_1_worker": round(median(one["images_per_s"][1:]), 1),
+        "images_per_s_2_workers": round(median(two["images_per_s"][1:]), 1),
+    }
+    out["ddp_2_over_1_throughput"] = round(out["images_per_s_2_workers"] / out["images_per_s_1_worker"], 3)
+    print(f"{args.method} on digits, {args.epochs} epochs, CPU ({os.cpu_count()} cores), 1 thread per worker")
+    print(f"  per-epoch wall, plain loop        {p_steady:.3f} s")
+    print(f"  per-epoch wall, through Ray Train {r_steady:.3f} s   ratio {out['ray_over_plain_epoch_ratio']:.2f}x")
+    print(f"  ray.init                          {ray_init_s:.1f} s")
+    print(f"  per-trial start-up                {out['trial_startup_s']:.1f} s (worker group, process group, data)")
+    print(f"  images/s, 1 DDP worker            {out['images_per_s_1_worker']:.0f}")
+    print(f"  images/s, 2 DDP workers (gloo)    {out['images_per_s_2_workers']:.0f}   ({out['ddp_2_over_1_throughput']:.2f}x)")
+    p = save(out, args.json, "orchestration-cpu")
+    if p:
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

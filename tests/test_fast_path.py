@@ -1,0 +1,64 @@
+"""The GPU fast path's switches run unchanged on CPU, and the benchmarks' smallest settings work."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from trainables.loop import build, fit
+from trainables.settings import resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bf16_training_with_fp32_attacks_and_channels_last_on_cpu():
+    comp = build(resolve({"method": "pgd_at", "epochs": 1, "monitor": {"every": 0},
+                          "fast": {"amp": "bf16", "channels_last": "on"}}))
+    assert comp.method.amp_dtype == torch.bfloat16
+    conv = next(m for m in comp.net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    dtypes = []
+    comp.net.register_forward_hook(lambda mod, inp, out: dtypes.append((torch.is_grad_enabled(), inp[0].requires_grad, out.dtype)))
+    x, y = next(iter(comp.loader))
+    comp.method.train_step(x, y)
+    attack = [d for g, req, d in dtypes if req]  # forwards whose input needs a gradient: the attack
+    train = [d for g, req, d in dtypes if not req and g]
+    assert attack and all(d == torch.float32 for d in attack)
+    assert train and all(d == torch.bfloat16 for d in train)
+    hist = fit(comp)
+    assert torch.isfinite(torch.tensor(hist[-1]["loss"]))
+
+
+def test_auto_fast_path_is_off_on_cpu():
+    comp = build(resolve({"method": "natural", "epochs": 1}))
+    assert comp.method.amp_dtype is None and comp.loader.device.type == "cpu"
+
+
+def run(*args):
+    p = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    return p
+
+
+def test_step_cost_benchmark_smallest_setting(tmp_path):
+    out = tmp_path / "s.json"
+    run("bench/step_cost.py", "--shape", "1,8,8", "--methods", "natural,sprout,pgd_at", "--repeats", "1",
+        "--steps", "1", "--warmup", "0", "--json", str(out))
+    r = json.loads(out.read_text())
+    assert set(r["methods"]) == {"natural", "sprout", "pgd_at"} and r["methods"]["natural"]["ratio_to_natural"] == 1.0
+    assert {"device", "model", "batch_size", "machine"} <= set(r)
+
+
+def test_eval_cost_benchmark_smallest_setting(tmp_path):
+    out = tmp_path / "e.json"
+    run("bench/eval_cost.py", "--steps", "2", "--n", "16", "--autoattack-n", "4", "--repeats", "1", "--json", str(out))
+    r = json.loads(out.read_text())
+    assert "pgd2" in r["pgd"] and r["autoattack"]["n"] == 4
+
+
+def test_orchestration_benchmark_smallest_setting(tmp_path):
+    out = tmp_path / "o.json"
+    run("bench/orchestration.py", "--method", "natural", "--epochs", "3", "--json", str(out))
+    r = json.loads(out.read_text())
+    assert r["ray_over_plain_epoch_ratio"] > 0 and r["images_per_s_2_workers"] > 0
