@@ -67,7 +67,7 @@ def _plt():
 
 
 def _match(cell: dict, row: dict) -> bool:
-    from orchestrator.tracking import flatten
+    from trainables.config import flatten
 
     flat = {**flatten(row["config"]), **row["searched"]}
     for k, v in cell.items():
@@ -195,6 +195,7 @@ def importances(done: list[dict]) -> dict[str, float]:
     """Optuna's parameter importances from the completed trials (a fresh in-memory study)."""
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     keys = sorted({k for r in done for k in r["searched"] if isinstance(r["searched"][k], (int, float))})
     trials = []
     for r in done:

@@ -17,7 +17,7 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from trainables.config import build, check, deep_merge, set_nested, to_dict
+from trainables.config import build, check, deep_merge, flatten, set_nested, to_dict
 from trainables.errors import ConfigError
 from trainables.protocols import PROTOCOLS
 from trainables.settings import resolve
@@ -306,7 +306,7 @@ def _validate_stage(stage: StageSpec, where: str, earlier: list[str]) -> None:
                 raise ConfigError(f"{where}: search.params.{k}.when: conditional parameters need algorithm: optuna")
     for k, spec in specs.items():
         for cond in spec.when:
-            if cond not in specs and cond not in _flat(stage.base):
+            if cond not in specs and cond not in flatten(stage.base):
                 raise ConfigError(f"{where}: search.params.{k}.when: {cond!r} is neither a searched parameter nor a base key")
     base = _strip_refs(stage.base)
     try:
@@ -333,7 +333,7 @@ def _validate_stage(stage: StageSpec, where: str, earlier: list[str]) -> None:
             resolve(_strip_refs(trial))
         except ConfigError as e:
             raise ConfigError(f"{where}: search.cases[{i}] ({case['name']}): {e}") from None
-    for key, v in _flat(stage.base).items():
+    for key, v in flatten(stage.base).items():
         if isinstance(v, str) and v.startswith(STAGE_REF):
             _check_ref(v, where, f"base.{key}", earlier)
     if stage.evaluation.transfer_source and stage.evaluation.transfer_source.startswith(STAGE_REF):
@@ -353,17 +353,6 @@ def _check_ref(ref: str, where: str, field_: str, earlier: list[str]) -> None:
     stage = ref[len(STAGE_REF):].split("/", 1)[0]
     if stage not in earlier:
         raise ConfigError(f"{where}: {field_}: {ref!r} refers to stage {stage!r}; expected one of the earlier stages: {', '.join(earlier) or '(none)'}")
-
-
-def _flat(d: Mapping, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _strip_refs(base: dict) -> dict:
@@ -386,7 +375,7 @@ class DefineByRun:
 
     def __init__(self, specs: dict[str, ParamSpec], base: dict):
         self.specs = specs
-        self.flat_base = _flat(base)
+        self.flat_base = flatten(base)
 
     def __call__(self, trial) -> None:
         chosen: dict[str, Any] = {}
@@ -409,7 +398,7 @@ def default_point(specs: dict[str, ParamSpec], base: dict) -> dict[str, Any]:
     (a point with nested keys would be silently ignored)."""
     resolved = to_dict(resolve(_strip_refs(base)))
     point = {}
-    flat = _flat(resolved)
+    flat = flatten(resolved)
     for key, spec in specs.items():
         if spec.when:
             if any(flat.get(c) != v for c, v in spec.when.items()):

@@ -13,7 +13,6 @@ before Ray starts; bad input is one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -188,7 +187,7 @@ def concurrency(plan, requested: int | None) -> int:
 def _ref_target(ref: str, rows: list[dict]) -> str | None:
     """stage:NAME/key=value[,key=value] -> the final checkpoint file of that stage's trial."""
     from orchestrator.study import STAGE_REF
-    from orchestrator.tracking import flatten
+    from trainables.config import flatten
 
     body = ref[len(STAGE_REF):]
     stage, _, cond = body.partition("/")
@@ -237,7 +236,8 @@ def run_stage(stage, plan, *, storage_path: str, tracker, parent_run_id: str, re
     from orchestrator.driver import run_trial, trial_train_config
     from orchestrator.study import DefineByRun, _strip_refs, default_point, grid_size
     from orchestrator.summary import trial_row
-    from orchestrator.tracking import MLflowTrialCallback, Progress, flatten
+    from orchestrator.tracking import MLflowTrialCallback, Progress
+    from trainables.config import flatten
 
     study = plan.study
     search = stage.search

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 from ray import tune
 
+from trainables.config import flatten
 from trainables.errors import ConfigError
 
 RUNS_FILE = "mlflow_runs.json"
@@ -85,17 +86,6 @@ def provenance() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return tags
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _metric_items(result: Mapping[str, Any]) -> dict[str, float]:

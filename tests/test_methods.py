@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.methods import METHODS
-from trainables.methods.sprout import Sprout, SproutConfig, beta_from_rho, soft_cross_entropy
+from trainables.methods.sprout import SproutConfig, beta_from_rho, soft_cross_entropy
 from trainables.models import create_model
 
 SMALL_MODELS = {

@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from orchestrator import reports
 from orchestrator.study import load_raw, parse

@@ -9,7 +9,6 @@ import yaml
 
 from orchestrator.study import (DefineByRun, list_studies, load_raw, optuna_key, parse, plan, default_point,
                                 study_dir)
-from trainables.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

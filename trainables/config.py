@@ -182,6 +182,18 @@ def set_nested(d: dict, path: list[str], value: Any) -> None:
     d[path[-1]] = value
 
 
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level with dotted keys (``method_args.alpha``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 def deep_merge(base: Mapping, override: Mapping) -> dict:
     """``override`` on top of ``base``; mappings merge recursively, everything else replaces."""
     out = dict(base)

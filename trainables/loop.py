@@ -20,6 +20,7 @@ from torch import nn
 
 from .attacks import pgd_linf
 from .checkpoint import load_checkpoint, load_weights
+from .config import to_dict
 from .data import DATASETS, DataBundle, dist_info, get_dataset, make_train_loader, set_loader_epoch
 from .errors import DivergedError
 from .methods import METHODS, Method
@@ -140,19 +141,13 @@ def build(cfg: TrainConfig, *, device: torch.device | None = None, resume: dict[
 def checkpoint_state(comp: Components, epoch: int) -> dict[str, Any]:
     """Everything needed to resume after ``epoch`` completed epochs (CPU tensors)."""
     return {
-        "config": _config_dict(comp.cfg),
+        "config": to_dict(comp.cfg),
         "epoch": epoch,
         "model": {k: v.detach().cpu() for k, v in comp.net.state_dict().items()},
         "optimizer": comp.optimizer.state_dict(),
         "method": comp.method.state_dict(),
         "history": comp.history,
     }
-
-
-def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    from .config import to_dict
-
-    return to_dict(cfg)
 
 
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

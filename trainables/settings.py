@@ -131,6 +131,3 @@ def optim_config(cfg: TrainConfig) -> OptimConfig:
 def method_config(cfg: TrainConfig) -> Any:
     return build(METHODS.get(cfg.method).Config, cfg.method_args, "method_args")
 
-
-def config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return to_dict(cfg)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..attacks import bn_mode, fp32, linf_project, linf_step, trades_inner
 from ..config import check
 from . import register_method
-from .base import Method, trades_outer_loss
+from .base import Method
 
 
 @dataclass(frozen=True)
@@ -61,10 +61,4 @@ class BackwardSmoothing(Method):
         eps = c.eps if c.eps is not None else self.eps
         start = self.smoothing_init(x, eps)
         x_adv = trades_inner(self.net, x, eps=eps, steps=1, step_size=c.step_frac * eps, start=start, bn=c.bn)
-        self.model.train()
-        with self.autocast():
-            logits = self.model(x)
-            logits_adv = self.model(x_adv)
-        loss, ce, kl = trades_outer_loss(logits.float(), logits_adv.float(), y, c.beta)
-        self.descend(loss)
-        return {"loss": loss.detach(), "logits": logits.detach(), "ce": ce.detach(), "kl": kl.detach(), "x_adv": x_adv}
+        return self.trades_update(x, x_adv, y, c.beta)

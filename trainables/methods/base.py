@@ -70,6 +70,25 @@ class Method:
         loss.backward()
         self.optimizer.step()
 
+    def ce_update(self, x_in: torch.Tensor, y: torch.Tensor, **extra: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One descent step on cross entropy at ``x_in`` (clean or adversarial), train mode."""
+        self.model.train()
+        with self.autocast():
+            logits = self.model(x_in)
+            loss = F.cross_entropy(logits.float(), y)
+        self.descend(loss)
+        return {"loss": loss.detach(), "logits": logits.detach(), **extra}
+
+    def trades_update(self, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
+        """One descent step on TRADES' outer loss CE(f(x), y) + beta KL(f(x) || f(x_adv))."""
+        self.model.train()
+        with self.autocast():
+            logits = self.model(x)
+            logits_adv = self.model(x_adv)
+        loss, ce, kl = trades_outer_loss(logits.float(), logits_adv.float(), y, beta)
+        self.descend(loss)
+        return {"loss": loss.detach(), "logits": logits.detach(), "ce": ce.detach(), "kl": kl.detach(), "x_adv": x_adv}
+
     @contextlib.contextmanager
     def training(self) -> Iterator[None]:
         self.model.train()

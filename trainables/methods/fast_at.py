@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch.nn.functional as F
-
 from ..attacks import bn_mode, fp32, input_grad, linf_project, linf_random_start, linf_step
 from ..config import check
 from . import register_method
@@ -40,9 +38,4 @@ class FastAT(Method):
         with bn_mode(self.net, c.bn), fp32(x):
             g = input_grad(self.net, x0, y)
         x_adv = linf_project(linf_step(x0, g, step_size=c.step_frac * eps), x, eps=eps).detach()
-        self.model.train()
-        with self.autocast():
-            logits = self.model(x_adv)
-            loss = F.cross_entropy(logits.float(), y)
-        self.descend(loss)
-        return {"loss": loss.detach(), "logits": logits.detach(), "x_adv": x_adv}
+        return self.ce_update(x_adv, y, x_adv=x_adv)

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch.nn.functional as F
-
 from ..attacks import pgd_linf
 from ..config import check
 from . import register_method
@@ -40,9 +38,4 @@ class PGDAT(Method):
         eps = c.eps if c.eps is not None else self.eps
         x_adv = pgd_linf(self.net, x, y, eps=eps, steps=c.steps, step_size=c.step_frac * eps,
                          random_start=c.random_start, bn=c.bn, generator=self.generator)
-        self.model.train()
-        with self.autocast():
-            logits = self.model(x_adv)
-            loss = F.cross_entropy(logits.float(), y)
-        self.descend(loss)
-        return {"loss": loss.detach(), "logits": logits.detach(), "x_adv": x_adv}
+        return self.ce_update(x_adv, y, x_adv=x_adv)

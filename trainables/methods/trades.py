@@ -8,7 +8,7 @@ from typing import Literal
 from ..attacks import trades_inner
 from ..config import check
 from . import register_method
-from .base import Method, trades_outer_loss
+from .base import Method
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,4 @@ class Trades(Method):
         eps = c.eps if c.eps is not None else self.eps
         x_adv = trades_inner(self.net, x, eps=eps, steps=c.steps, step_size=c.step_frac * eps,
                              bn=c.bn, generator=self.generator)
-        self.model.train()
-        with self.autocast():
-            logits = self.model(x)
-            logits_adv = self.model(x_adv)
-        loss, ce, kl = trades_outer_loss(logits.float(), logits_adv.float(), y, c.beta)
-        self.descend(loss)
-        return {"loss": loss.detach(), "logits": logits.detach(), "ce": ce.detach(), "kl": kl.detach(), "x_adv": x_adv}
+        return self.trades_update(x, x_adv, y, c.beta)
