@@ -139,7 +139,11 @@ def start_ray() -> None:
     node: the ``ray submit`` case); otherwise start a local one."""
     import ray
 
-    kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
+    # The dashboard (ray[default]) must run: without it a trial that ASHA stops early never
+    # releases its worker group's placement group and later trials wait forever. It listens
+    # on 127.0.0.1 only.
+    kw = dict(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
+              configure_logging=True, logging_level="ERROR")
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **kw)
@@ -249,7 +253,8 @@ def run_stage(stage, plan, *, storage_path: str, tracker, parent_run_id: str, re
     epochs = resolve(_strip_refs(stage.base)).epochs
     scheduler = None
     if search.scheduler.type == "asha":
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=search.scheduler.grace_period,
+        scheduler = ASHAScheduler(time_attr="epoch", metric=search.metrics[0], mode=search.modes[0], max_t=epochs,
+                                  grace_period=search.scheduler.grace_period,
                                   reduction_factor=search.scheduler.reduction_factor, stop_last_trials=False)
     multi = len(search.metrics) > 1
     if search.algorithm == "optuna":
@@ -272,9 +277,7 @@ def run_stage(stage, plan, *, storage_path: str, tracker, parent_run_id: str, re
             set_nested(param_space, key.split("."), tune.grid_search(list(spec.values)))
         if search.cases:
             param_space["case"] = tune.grid_search([dict(c) for c in search.cases])
-        tune_config = tune.TuneConfig(scheduler=scheduler, num_samples=search.num_samples, max_concurrent_trials=cap,
-                                      metric=search.metrics[0] if scheduler else None,
-                                      mode=search.modes[0] if scheduler else None)
+        tune_config = tune.TuneConfig(scheduler=scheduler, num_samples=search.num_samples, max_concurrent_trials=cap)
         total = grid_size(search, specs)
     mlflow_cb = MLflowTrialCallback(tracker, parent_run_id=parent_run_id, stage=stage.name, study=study.name,
                                     base=stage.base, refs=refs, tags=tags)

@@ -296,7 +296,8 @@ class Progress(tune.Callback):
                   f"  {result.get('images_per_s', 0):.0f} img/s", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._line(trial, (trial.last_result or {}).get("status", "stopped"))
+        status = (trial.last_result or {}).get("status", "stopped")
+        self._line(trial, "stopped early" if status == "running" else status)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._line(trial, "failed")

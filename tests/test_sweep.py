@@ -89,3 +89,39 @@ def test_two_ddp_workers_agree_with_one_within_noise(tmp_path):
             assert all(t["metrics"]["images_per_s"] > 0 for t in s["trials"])
     for one, two in zip(accs[1], accs[2]):
         assert two > 0.85 and abs(one - two) < 0.05, accs
+
+
+ASHA_STUDY = textwrap.dedent("""
+    name: asha
+    base: {method: sprout, dataset: digits, epochs: 4, monitor: {n: 64, pgd_steps: 3}}
+    search:
+      algorithm: optuna
+      num_samples: 6
+      metric: robust_acc
+      mode: max
+      params:
+        method_args.delta: {type: float, low: 0.0, high: 0.3}
+      scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+    evaluation: {protocol: basic}
+""")
+
+
+def test_asha_stops_trials_early_and_later_trials_still_run(tmp_path):
+    """Early-stopped trials must release their worker groups (the dashboard must run), or
+    later trials wait forever: the timeout below catches that hang."""
+    from mlflow.tracking import MlflowClient
+
+    f = tmp_path / "asha.yaml"
+    f.write_text(ASHA_STUDY)
+    out = tmp_path / "out"
+    sweep("--config", str(f), "--output-dir", str(out), cwd=tmp_path, timeout=600)
+    trials = json.loads((out / "summary.json").read_text())["trials"]
+    statuses = [t["status"] for t in trials]
+    assert len(trials) == 6 and "stopped" in statuses and "completed" in statuses
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = {r.info.run_id: r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])}
+    for t in trials:
+        r = runs[t["mlflow_run_id"]]
+        assert r.info.status == ("FINISHED" if t["status"] == "completed" else "KILLED")
+        assert r.data.tags["trial_status"] == t["status"]
+    assert not [r for r in runs.values() if r.info.status == "RUNNING"]
