@@ -231,8 +231,10 @@ def plan(study: Study, source: str, *, smoke: bool = False, overrides: Mapping[s
     overrides = dict(overrides or {})
     res = study.resources
     res_over = {k: overrides.pop(k) for k in list(overrides) if k in ("num_workers", "gpus_per_worker", "max_concurrent_trials")}
-    if smoke and "gpus_per_worker" not in res_over:
-        res_over["gpus_per_worker"] = 0.0  # a smoke test runs on a laptop's CPUs
+    if smoke:  # a smoke test runs on a laptop's CPUs; DDP stays when the study uses it
+        res_over.setdefault("gpus_per_worker", 0.0)
+        res_over.setdefault("num_workers", min(res.num_workers, 2))
+        res_over.setdefault("cpus_per_worker", 1.0)
     base_over = overrides.pop("base", {})
     if res_over:
         res = replace(res, **res_over)
@@ -289,9 +291,13 @@ def _shrink(sraw: dict, smoke: SmokeSpec) -> dict:
         search["scheduler"] = sched
     s["search"] = search
     ev = dict(s.get("evaluation", {}))
-    ev["protocol"] = "quick"
-    ev["overrides"] = {"n": 100, "autoattack_n": 20, "curve_n": 40, "cw_l2_n": 10, "cw_l2_iterations": 30,
-                       "cw_l2_search_steps": 2, "pgd": [[20, 1], [40, 2]], "cw_linf_steps": 10}
+    from trainables.protocols import get_protocol, smoke_overrides
+
+    try:  # the study's own protocol, every attack kept, budgets cut (bad names fail in validation)
+        protocol = get_protocol(ev.get("protocol", "quick"), ev.get("overrides") or {})
+        ev["overrides"] = {**(ev.get("overrides") or {}), **smoke_overrides(protocol)}
+    except ConfigError:
+        pass
     s["evaluation"] = ev
     return s
 

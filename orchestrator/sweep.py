@@ -369,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.tracking import Tracker, provenance
 
     start_ray()
+    try:
+        cap = concurrency(plan, plan.resources.max_concurrent_trials)  # before anything is logged
+    except ConfigError:
+        ray.shutdown()
+        raise
     tags = provenance()
     tracker = Tracker(tracking_uri, study.name, output_dir)
     parent = tracker.start_parent(study.name, {"study_file": source, "smoke_test": args.smoke_test,
@@ -382,7 +387,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
-    cap = concurrency(plan, plan.resources.max_concurrent_trials)
     rows: list[dict] = []
     refs: dict[str, str] = {}
     t0 = time.time()

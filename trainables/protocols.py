@@ -2,7 +2,7 @@
 every budget are recorded with each result (``protocol`` and ``protocol_budgets``)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .config import build, check, to_dict
@@ -80,11 +80,11 @@ def get_protocol(name: str, overrides: Mapping[str, Any] | None = None) -> Proto
     return build(Protocol, {**to_dict(base), **dict(overrides)}, f"protocol ({name})")
 
 
-def shrink(p: Protocol, n: int) -> Protocol:
-    """The same protocol on at most ``n`` images per attack (smoke tests)."""
-    cap = lambda v: n if v is None else min(v, n)  # noqa: E731
-    return replace(p, n=cap(p.n), autoattack_n=0 if p.autoattack_n == 0 else cap(p.autoattack_n),
-                   cw_l2_n=cap(p.cw_l2_n), curve_n=cap(p.curve_n),
-                   cw_l2_iterations=min(p.cw_l2_iterations, 100), cw_l2_search_steps=min(p.cw_l2_search_steps, 3))
-
-
+def smoke_overrides(p: Protocol) -> dict[str, Any]:
+    """Budgets that keep every attack of ``p`` but run in seconds (smoke tests): 100 images,
+    AutoAttack on 20, at most 40 PGD steps and 2 restarts, C&W-L2 2x30 on 10 images."""
+    pgd = sorted({(min(s, 40), min(r, 2)) for s, r in p.pgd})
+    return {"n": 100, "autoattack_n": 0 if p.autoattack_n == 0 else 20, "curve_n": 40, "cw_l2_n": 10,
+            "cw_l2_iterations": min(p.cw_l2_iterations, 30), "cw_l2_search_steps": min(p.cw_l2_search_steps, 2),
+            "cw_linf_steps": min(p.cw_linf_steps, 10), "targeted_steps": min(p.targeted_steps, 20),
+            "pgd": [list(x) for x in pgd], "transfer_steps": min(p.transfer_steps, 20)}
