@@ -66,6 +66,13 @@ def _plt():
     return plt
 
 
+def _savefig(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+    return path
+
+
 def _match(cell: dict, row: dict) -> bool:
     from trainables.config import flatten
 
@@ -148,10 +155,7 @@ def sensitivity(rows, out, paper):
         ax.set_xlabel("log10 alpha")
         ax.set_ylabel("log10 Mixup a")
         ax.set_title("robust accuracy (min over attacks)")
-        p = out / "sensitivity_heatmap.png"
-        fig.tight_layout()
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
+        p = _savefig(fig, out / "sensitivity_heatmap.png")
         files.append(p)
         text.append(f"![heat map]({p.name})")
         # Pareto front of clean vs robust
@@ -164,10 +168,7 @@ def sensitivity(rows, out, paper):
         ax.set_xlabel("clean accuracy")
         ax.set_ylabel("robust accuracy")
         ax.legend()
-        p = out / "sensitivity_pareto.png"
-        fig.tight_layout()
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
+        p = _savefig(fig, out / "sensitivity_pareto.png")
         files.append(p)
         text += ["", "## Pareto front (clean vs robust)", "", f"![pareto]({p.name})", "",
                  _md_table(["alpha", "Mixup a", "Delta", "gamma_beta", "clean", "robust min"],
@@ -181,10 +182,7 @@ def sensitivity(rows, out, paper):
         fig, ax = plt.subplots(figsize=(5, 3))
         ax.barh(list(imp), list(imp.values()))
         ax.set_xlabel("importance")
-        p = out / "sensitivity_importance.png"
-        fig.tight_layout()
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
+        p = _savefig(fig, out / "sensitivity_importance.png")
         files.append(p)
     else:
         text.append("not enough completed trials with varied parameters to estimate importances")
@@ -247,10 +245,7 @@ def width(rows, out, paper):
         ax.set_xlabel("WRN width k")
         ax.set_ylabel(title)
         ax.legend(fontsize=8)
-    p = out / "width.png"
-    fig.tight_layout()
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
+    p = _savefig(fig, out / "width.png")
     note = [c for c in paper.get("cells", [])]
     text = ["## Accuracy against width", "", f"![width]({p.name})", "",
             _md_table(["method", "width", "clean", "PGD-20", "AutoAttack", "robust min", "masking"], table)]
@@ -292,10 +287,7 @@ def scalability(rows, out, paper):
             ax.set_ylabel("time per epoch / natural")
             ax.set_title(model)
             ax.legend()
-        p = out / "scalability.png"
-        fig.tight_layout()
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
+        p = _savefig(fig, out / "scalability.png")
         files.append(p)
     text = ["## Training cost per epoch", "", "Mean seconds per epoch after the first (start-up excluded); "
             "ratios to natural training on the same model, measured in the same study.", "",
@@ -390,9 +382,6 @@ def beta_plots(rows: list[dict], out: Path) -> list[Path]:
         ax.set_title(f"beta_s * beta_t  ({r['stage']} {r['trial_id'][-5:]})", fontsize=9)
         d = out / "beta"
         d.mkdir(exist_ok=True)
-        p = d / f"beta_{r['stage']}_{r['trial_id']}.png"
-        fig.tight_layout()
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
+        p = _savefig(fig, d / f"beta_{r['stage']}_{r['trial_id']}.png")
         files.append(p)
     return files

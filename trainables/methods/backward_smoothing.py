@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..attacks import bn_mode, fp32, linf_project, linf_step, trades_inner
 from ..config import check
 from . import register_method
-from .base import Method
+from .base import Method, check_budget
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,7 @@ class BackwardSmoothingConfig:
     def validate(self, where: str) -> None:
         check(self.beta >= 0, where, "beta", "a number >= 0", self.beta)
         check(self.gamma >= 0, where, "gamma", "a number >= 0", self.gamma)
-        if self.eps is not None:
-            check(0 <= self.eps <= 1, where, "eps", "a number in [0, 1]", self.eps)
-        check(self.step_frac > 0, where, "step_frac", "a number > 0", self.step_frac)
+        check_budget(where, self.eps, self.step_frac)
 
 
 @register_method("backward_smoothing")

@@ -13,10 +13,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import check
+
 
 @dataclass(frozen=True)
 class NoArgs:
     pass
+
+
+def check_budget(where: str, eps: float | None, step_frac: float) -> None:
+    """The attack budget fields shared by the adversarial methods' configs."""
+    if eps is not None:
+        check(0 <= eps <= 1, where, "eps", "a number in [0, 1]", eps)
+    check(step_frac > 0, where, "step_frac", "a number > 0", step_frac)
 
 
 class Method:

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..attacks import bn_mode, fp32, input_grad, linf_project, linf_random_start, linf_step
-from ..config import check
 from . import register_method
-from .base import Method
+from .base import Method, check_budget
 
 
 @dataclass(frozen=True)
@@ -18,9 +17,7 @@ class FastATConfig:
     bn: Literal["train", "eval"] = "train"
 
     def validate(self, where: str) -> None:
-        if self.eps is not None:
-            check(0 <= self.eps <= 1, where, "eps", "a number in [0, 1]", self.eps)
-        check(self.step_frac > 0, where, "step_frac", "a number > 0", self.step_frac)
+        check_budget(where, self.eps, self.step_frac)
 
 
 @register_method("fast_at")

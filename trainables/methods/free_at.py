@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..config import check
 from . import register_method
-from .base import Method
+from .base import Method, check_budget
 
 
 @dataclass(frozen=True)
@@ -21,9 +21,7 @@ class FreeATConfig:
 
     def validate(self, where: str) -> None:
         check(self.replays >= 1, where, "replays", "an integer >= 1", self.replays)
-        if self.eps is not None:
-            check(0 <= self.eps <= 1, where, "eps", "a number in [0, 1]", self.eps)
-        check(self.step_frac > 0, where, "step_frac", "a number > 0", self.step_frac)
+        check_budget(where, self.eps, self.step_frac)
 
 
 @register_method("free_at")

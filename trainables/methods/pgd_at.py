@@ -8,7 +8,7 @@ from typing import Literal
 from ..attacks import pgd_linf
 from ..config import check
 from . import register_method
-from .base import Method
+from .base import Method, check_budget
 
 
 @dataclass(frozen=True)
@@ -20,10 +20,8 @@ class PGDATConfig:
     bn: Literal["train", "eval"] = "train"  # BatchNorm mode while crafting (Madry: train)
 
     def validate(self, where: str) -> None:
-        if self.eps is not None:
-            check(0 <= self.eps <= 1, where, "eps", "a number in [0, 1]", self.eps)
         check(self.steps >= 1, where, "steps", "an integer >= 1", self.steps)
-        check(self.step_frac > 0, where, "step_frac", "a number > 0", self.step_frac)
+        check_budget(where, self.eps, self.step_frac)
 
 
 @register_method("pgd_at")

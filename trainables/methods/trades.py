@@ -8,7 +8,7 @@ from typing import Literal
 from ..attacks import trades_inner
 from ..config import check
 from . import register_method
-from .base import Method
+from .base import Method, check_budget
 
 
 @dataclass(frozen=True)
@@ -21,10 +21,8 @@ class TradesConfig:
 
     def validate(self, where: str) -> None:
         check(self.beta >= 0, where, "beta", "a number >= 0", self.beta)
-        if self.eps is not None:
-            check(0 <= self.eps <= 1, where, "eps", "a number in [0, 1]", self.eps)
         check(self.steps >= 1, where, "steps", "an integer >= 1", self.steps)
-        check(self.step_frac > 0, where, "step_frac", "a number > 0", self.step_frac)
+        check_budget(where, self.eps, self.step_frac)
 
 
 @register_method("trades")
