@@ -304,7 +304,7 @@ class TensorLoader:
 
 
 def make_train_loader(bundle: DataBundle, *, batch_size: int, seed: int, device: torch.device,
-                      num_workers: int = 4, prepare: Callable | None = None):
+                      num_workers: int = 4):
     """The training loader: a TensorLoader for tensor data (on ``device`` when it is a GPU),
     a DataLoader with a DistributedSampler, pinned memory and workers for folder data."""
     if bundle.x_train is not None:

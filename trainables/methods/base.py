@@ -98,11 +98,6 @@ class Method:
         self.descend(loss)
         return {"loss": loss.detach(), "logits": logits.detach(), "ce": ce.detach(), "kl": kl.detach(), "x_adv": x_adv}
 
-    @contextlib.contextmanager
-    def training(self) -> Iterator[None]:
-        self.model.train()
-        yield
-
     def randn(self, shape: torch.Size) -> torch.Tensor:
         return torch.randn(shape, generator=self.generator, device=self.generator.device).to(self.device)
 
