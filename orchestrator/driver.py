@@ -35,6 +35,42 @@ def trial_train_config(base: Mapping[str, Any], trial_config: Mapping[str, Any],
     return cfg
 
 
+AUTO_BACKEND = "auto"  # resolved per worker group when it starts: nccl or gloo
+
+
+def _cuda_usable() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def torch_config():
+    """Ray's TorchConfig, except that the process-group backend follows what the workers
+    have: NCCL when every worker sees CUDA, gloo otherwise. A node can advertise a GPU that
+    torch cannot use (a simulated cluster, a broken driver); its workers then train on CPU
+    (the worker says so) instead of failing to create an NCCL group."""
+    from dataclasses import replace
+
+    from ray.train.torch import TorchConfig
+    from ray.train.torch.config import _TorchBackend  # Ray's own backend; only its choice of backend changes
+
+    class _AdaptiveBackend(_TorchBackend):
+        def on_start(self, worker_group, backend_config):
+            if backend_config.backend == AUTO_BACKEND:
+                gpus = worker_group.get_resources_per_worker().get("GPU", 0) > 0
+                backend = "nccl" if gpus and all(worker_group.execute(_cuda_usable)) else "gloo"
+                backend_config = replace(backend_config, backend=backend)
+            super().on_start(worker_group, backend_config)
+
+    class AdaptiveTorchConfig(TorchConfig):
+        @property
+        def backend_cls(self):
+            return _AdaptiveBackend
+
+    # a backend TorchTrainer leaves alone (it turns None into "nccl" whenever GPUs are asked for)
+    return AdaptiveTorchConfig(backend=AUTO_BACKEND)
+
+
 def run_trial(trial_config: dict[str, Any], *, payload: dict[str, Any]) -> None:
     import ray.train
     import ray.tune
@@ -52,6 +88,7 @@ def run_trial(trial_config: dict[str, Any], *, payload: dict[str, Any]) -> None:
         resources["GPU"] = gpus
     trainer = TorchTrainer(
         train_loop_per_worker,
+        torch_config=torch_config(),
         train_loop_config={
             "train": train_cfg,
             "protocol": payload["protocol"],

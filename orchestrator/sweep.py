@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import time
@@ -25,6 +26,7 @@ DEFAULT_STUDY = "sensitivity"
 # trial worker groups pack onto whole CPUs/GPUs. Local runs define it; cluster files give it
 # to the head node. Without it, drivers take 0.01 CPU and the concurrency cap counts that.
 DRIVER_RESOURCE = "sweep_driver"
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # left on the head node by `ray up`
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,6 +50,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="override a training-config key in every stage, e.g. data.root=/mnt/imagenet")
     p.add_argument("--skip-data-check", action="store_true",
                    help="do not check data roots on this node (data only on the workers)")
+    c = p.add_argument_group("cluster")
+    c.add_argument("--address", default=None,
+                   help="join this Ray cluster (default: $RAY_ADDRESS; on a `ray up` head node, its cluster; "
+                        "otherwise a private local Ray)")
+    c.add_argument("--cluster-config", default=None,
+                   help="the cluster launcher YAML, to know what the cluster can grow to "
+                        f"(default: {BOOTSTRAP_CONFIG} when present, as on a `ray up` head node)")
+    c.add_argument("--resource-timeout", type=float, default=900.0, metavar="SECONDS",
+                   help="how long to wait for the cluster to provide the first trial's resources (default 900)")
+    c.add_argument("--shared-storage", action="store_true",
+                   help="declare --storage-path a file system every node shares (an NFS mount this "
+                        "sweep does not recognise)")
     return p.parse_args(argv)
 
 
@@ -134,24 +148,36 @@ def pick_output_dir(args, name: str) -> Path:
     return out
 
 
-def start_ray() -> None:
-    """Connect to a running cluster (RAY_ADDRESS, or one started with ``ray start`` on this
-    node: the ``ray submit`` case); otherwise start a local one."""
+def ray_address(args) -> str | None:
+    """The cluster to join: --address, $RAY_ADDRESS, or this node's cluster when it is a head
+    started by `ray up` (where `ray submit` runs us). None: start a private local Ray, never
+    join some other cluster that happens to run on this machine."""
+    if args.address:
+        return args.address
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    if Path(BOOTSTRAP_CONFIG).expanduser().is_file():
+        return "auto"
+    return None
+
+
+def start_ray(address: str | None) -> None:
     import ray
+
+    from trainables.errors import ConfigError
 
     # The dashboard (ray[default]) must run: without it a trial that ASHA stops early never
     # releases its worker group's placement group and later trials wait forever. It listens
     # on 127.0.0.1 only.
     kw = dict(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
               configure_logging=True, logging_level="ERROR")
-    address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **kw)
+        try:
+            ray.init(address=address, **kw)
+        except (ConnectionError, RuntimeError) as e:
+            raise ConfigError(f"Ray address {address}: cannot join ({str(e).splitlines()[0][:200]})") from None
         return
-    try:
-        ray.init(address="auto", **kw)
-    except (ConnectionError, RuntimeError):
-        ray.init(resources={DRIVER_RESOURCE: 10_000}, **kw)
+    ray.init(address="local", resources={DRIVER_RESOURCE: 10_000}, **kw)
 
 
 def driver_resources() -> dict[str, float]:
@@ -160,32 +186,11 @@ def driver_resources() -> dict[str, float]:
     return {DRIVER_RESOURCE: 1} if ray.cluster_resources().get(DRIVER_RESOURCE) else {"CPU": 0.01}
 
 
-def concurrency(plan, requested: int | None) -> int:
-    """Trials that fit at once: Tune does not count a trial's worker group, so cap it here by
-    the cluster's GPUs (or CPUs when the trials use none). An oversubscribed worker group would
-    wait forever instead of failing."""
-    import ray
-
-    from trainables.errors import ConfigError
+def trial_need(plan, driver: dict[str, float] | None = None):
+    from orchestrator.cluster import trial_need as need
 
     res = plan.resources
-    total = ray.cluster_resources()
-    if res.gpus_per_worker > 0:
-        need = res.num_workers * res.gpus_per_worker
-        have = total.get("GPU", 0)
-        if have < need:
-            raise ConfigError(f"resources: a trial needs {need:g} GPUs ({res.num_workers} workers x "
-                              f"{res.gpus_per_worker:g}); the cluster has {have:g}")
-        cap = int(have // need)
-    else:
-        need = res.num_workers * res.cpus_per_worker + driver_resources().get("CPU", 0.0)
-        have = total.get("CPU", 0)
-        if have < need:
-            raise ConfigError(f"resources: a trial needs {need:g} CPUs ({res.num_workers} workers x "
-                              f"{res.cpus_per_worker:g}); the cluster has {have:g}")
-        cap = int(have // need)
-    cap = max(1, cap)
-    return min(cap, requested) if requested else cap
+    return need(res.num_workers, res.cpus_per_worker, res.gpus_per_worker, driver)
 
 
 def _ref_target(ref: str, rows: list[dict]) -> str | None:
@@ -327,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     from trainables.cli import writable_dir
     from trainables.errors import ConfigError
 
+    from orchestrator.cluster import (alive_node_resources, alive_nodes, check_address_reachable, check_storage,
+                                      concurrency, find_cluster_config, is_multi_node, wait_for_first_trial)
     from orchestrator.study import list_studies, load_raw, parse, plan as make_plan
     from orchestrator.tracking import check_tracking_uri, default_tracking_uri, normalize_uri
 
@@ -348,13 +355,25 @@ def main(argv: list[str] | None = None) -> int:
     tracking_uri = normalize_uri(args.tracking_uri) if args.tracking_uri else None
     if tracking_uri and not tracking_uri.startswith("sqlite:"):
         check_tracking_uri(tracking_uri)
+    if not args.resource_timeout > 0:
+        raise ConfigError(f"--resource-timeout: expected a number of seconds > 0, got {args.resource_timeout:g}")
+    address = ray_address(args)
+    if address:
+        check_address_reachable(address)
+    shape = find_cluster_config(args.cluster_config, BOOTSTRAP_CONFIG) if (address or args.cluster_config) else None
+    if shape is not None:  # a trial that can never fit is refused before anything runs
+        concurrency(shape, trial_need(plan), None, [])
     output_dir = pick_output_dir(args, out_name)
     if args.resume and not (output_dir / "mlflow_runs.json").exists():
         raise ConfigError(f"--resume: nothing to resume in {output_dir} (no earlier launch of {study.name} there)")
+    storage_path = args.storage_path or str(output_dir / "ray")
+    multi, why = is_multi_node(shape, [])
+    check_storage(storage_path, multi_node=multi, declared_shared=args.shared_storage, where=why)
+    created = [d for d in (output_dir, None if "://" in storage_path else Path(storage_path).expanduser().resolve())
+               if d is not None and not d.exists()]
     output_dir = writable_dir(output_dir)
     tracking_uri = tracking_uri or default_tracking_uri(output_dir)
     check_tracking_uri(tracking_uri)
-    storage_path = args.storage_path or str(output_dir / "ray")
     if "://" not in storage_path:
         storage_path = str(writable_dir(storage_path, "--storage-path"))
 
@@ -368,11 +387,20 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.summary import table, write_summary
     from orchestrator.tracking import Tracker, provenance
 
-    start_ray()
     try:
-        cap = concurrency(plan, plan.resources.max_concurrent_trials)  # before anything is logged
-    except ConfigError:
+        start_ray(address)
+        # before anything is logged: the cluster as it is now, and (bounded) waiting for it to grow
+        nodes = alive_nodes()
+        if shape is None:
+            multi, why = is_multi_node(None, nodes)
+            check_storage(storage_path, multi_node=multi, declared_shared=args.shared_storage, where=why)
+        need = trial_need(plan, driver_resources())
+        wait_for_first_trial(need, args.resource_timeout)
+        cap = concurrency(shape, need, plan.resources.max_concurrent_trials, alive_node_resources())
+    except BaseException:
         ray.shutdown()
+        for d in created:  # nothing half-written by a launch that never started
+            shutil.rmtree(d, ignore_errors=True)
         raise
     tags = provenance()
     tracker = Tracker(tracking_uri, study.name, output_dir)

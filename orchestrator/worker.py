@@ -9,6 +9,7 @@ evaluation (rank 0). A NaN or infinite loss ends the run with ``status: diverged
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -19,6 +20,7 @@ from trainables.cli import write_json
 
 CHECKPOINT_FILE = "checkpoint.pt"
 EVAL_FILE = "eval.json"
+logger = logging.getLogger(__name__)
 
 
 def _scalars(d: dict[str, Any]) -> dict[str, Any]:
@@ -32,7 +34,26 @@ def _scalars(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_said_cpu_fallback = False
+
+
+def worker_device(assigned):
+    """Ray's device for this worker, or the CPU when Ray assigned a GPU that torch cannot use
+    (the node advertises one, CUDA is absent): said once per worker process, in its log."""
+    global _said_cpu_fallback
+    import torch
+
+    if assigned.type != "cuda" or torch.cuda.is_available():
+        return assigned
+    if not _said_cpu_fallback:
+        _said_cpu_fallback = True
+        logger.warning("this node advertises a GPU (%s) but CUDA is not available to torch: training on CPU "
+                       "with gloo", os.environ.get("CUDA_VISIBLE_DEVICES", "?"))
+    return torch.device("cpu")
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray
     import ray.train
     import ray.train.torch
     import torch
@@ -48,7 +69,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = resolve(config["train"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    device = ray.train.torch.get_device()
+    assigned = ray.train.torch.get_device()
+    device = worker_device(assigned)
+    device_label = device.type if device.type == assigned.type else f"{device.type} (GPU advertised, CUDA unavailable)"
     resume, saved_eval = None, None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -57,9 +80,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if os.path.exists(os.path.join(d, EVAL_FILE)):
                 saved_eval = json.loads(Path(d, EVAL_FILE).read_text())
     comp = build(cfg, device=device, resume=resume, prepare_model=ray.train.torch.prepare_model
-                 if ctx.get_world_size() > 1 else None)
+                 if ctx.get_world_size() > 1 and device.type == "cuda" else None)
     protocol = get_protocol(config["protocol"], config.get("protocol_overrides") or {})
     start_epoch = comp.start_epoch
+    node_id = ray.get_runtime_context().get_node_id()
 
     def final_evaluation() -> dict[str, Any]:
         if saved_eval is not None:
@@ -92,6 +116,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         report["robust_acc"] = metrics.get("monitor_pgd_acc", float("nan"))
         report["status"] = "running"
         report["resumed_from_epoch"] = start_epoch  # > 0 after a worker-group restart
+        report["device"] = device_label
+        report["node_id"] = node_id  # which machine ran this epoch (it changes when a node is lost)
         if metrics["epoch"] == cfg.epochs:
             if rank == 0:
                 report.update(final_evaluation())

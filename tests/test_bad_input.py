@@ -61,6 +61,15 @@ CASES = {
     "init checkpoint of another architecture": (SWEEP, study("base: {model: vgg16, model_args: {width_factor: 0.1}, init_checkpoint: GOOD}\n"),
                                                 "does not match the model vgg16"),
     "truncated init checkpoint": (SWEEP, study("base: {init_checkpoint: BAD}\n"), "truncated or not a torch checkpoint"),
+    "unreachable Ray address": (SWEEP, ["--study", "sensitivity", "--address", "127.0.0.1:9"],
+                                "Ray address 127.0.0.1:9: unreachable"),
+    "trial that never fits the cluster": (SWEEP, ["--study", "sensitivity", "--cluster-config", "GPUYAML", "--gpus-per-worker", "2",
+                                                  "--storage-path", "s3://bucket/sprout"],
+                                          "a worker needs {CPU: 1, GPU: 2}, more than any node type"),
+    "local storage on a multi-node cluster": (SWEEP, ["--study", "sensitivity", "--cluster-config", "GPUYAML"],
+                                              "a local directory"),
+    "non-positive resource timeout": (SWEEP, ["--study", "sensitivity", "--resource-timeout", "0"],
+                                      "--resource-timeout: expected a number of seconds > 0"),
     "train: unknown method": (TRAIN, ["--method", "madry"], "unknown method 'madry'; expected one of:"),
     "train: out-of-range value": (TRAIN, ["--set", "method_args.alpha=2"], "method_args.alpha: expected a number in [0, 1]"),
     "train: unknown key": (TRAIN, ["--set", "method_args.alhpa=0.1"], "method_args: unknown key 'alhpa'"),
@@ -80,7 +89,7 @@ def test_bad_input_is_one_clear_line(case, tmp_path, ckpt):
     good, bad = ckpt
     file_ = tmp_path / "a_file"
     file_.write_text("")
-    subst = lambda s: s.replace("GOOD", str(good)).replace("BAD", str(bad)).replace("FILE", str(file_))  # noqa: E731
+    subst = lambda s: s.replace("GPUYAML", str(ROOT / "cluster" / "gpu.yaml")).replace("GOOD", str(good)).replace("BAD", str(bad)).replace("FILE", str(file_))  # noqa: E731
     out = tmp_path / "out"
     if isinstance(arg, tuple):
         f = tmp_path / "study.yaml"

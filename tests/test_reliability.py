@@ -5,10 +5,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psutil
+from helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "orchestrator" / "sweep.py"
@@ -22,17 +22,6 @@ def write_study(path: Path, text: str) -> Path:
 def start(args, cwd, log):
     return subprocess.Popen([sys.executable, str(SWEEP), *args], cwd=cwd, stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_for(log: Path, text: str, proc, timeout=600):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if text in log.read_text():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"sweep ended before {text!r}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {text!r}")
 
 
 def mlflow_runs(out: Path):

@@ -1,0 +1,317 @@
+"""What the Ray cluster is and what it can grow to: concurrency, feasibility, storage.
+
+A study submitted to an autoscaling cluster usually starts with no GPU worker at all, so the
+cluster's present size says nothing about what a study can use. What it can grow to comes
+from the cluster launcher's config (``--cluster-config``, or ``~/ray_bootstrap_config.yaml``
+on a head node started by ``ray up``, where ``ray submit`` runs the sweep). From it:
+
+- a trial that can never fit (a worker bigger than every node type, or a trial bigger than the
+  whole cluster at its maximum) is refused before anything runs;
+- concurrency is what the cluster can hold at its maximum, divided by a trial's worker group
+  (Tune does not count worker groups, and an oversubscribed one waits forever);
+- whether the cluster is multi-node (then a node-local ``--storage-path`` cannot work).
+
+Without the config, concurrency comes from ``--max-concurrent-trials`` (or what exists now),
+and the sweep waits a bounded time for the first trial's resources to appear, asking the
+autoscaler for them, before it fails naming what is missing. It never waits forever.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from trainables.errors import ConfigError
+
+# File systems that every node of a cluster can share; a --storage-path on one of them is fine
+# on a multi-node cluster (Ray Train needs every node to reach every checkpoint).
+SHARED_FS_TYPES = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "cephfs", "ceph",
+                   "glusterfs", "fuse.gcsfuse", "fuse.s3fs", "fuse.juicefs", "fuse.mountpoint-s3", "wekafs")
+# Providers whose nodes all run on this one machine (so they share its disk).
+SINGLE_HOST_PROVIDERS = ("fake_multinode",)
+
+
+class ResourceError(ConfigError):
+    """The cluster cannot (or did not in time) provide what a trial needs."""
+
+
+@dataclass(frozen=True)
+class NodeType:
+    name: str
+    resources: dict[str, float]  # per node, as Ray will advertise it
+    min_workers: int
+    max_workers: int
+    declared: bool  # False when the config leaves resources to the cloud provider to detect
+
+
+@dataclass(frozen=True)
+class ClusterShape:
+    """The node types of a cluster launcher config and the most nodes it may run."""
+
+    source: str
+    provider: str
+    head_type: str
+    node_types: tuple[NodeType, ...]
+    max_workers: int  # all worker nodes together
+
+    @property
+    def workers(self) -> tuple[NodeType, ...]:
+        return tuple(t for t in self.node_types if t.name != self.head_type)
+
+    @property
+    def can_grow_beyond_head(self) -> bool:
+        return self.max_workers > 0 and any(t.max_workers > 0 for t in self.workers)
+
+    @property
+    def single_host(self) -> bool:
+        return self.provider in SINGLE_HOST_PROVIDERS
+
+
+def read_cluster_config(path: str | os.PathLike) -> ClusterShape:
+    """Parse a Ray cluster launcher config (YAML or JSON) into its node types."""
+    import yaml
+
+    p = Path(path).expanduser()
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise ConfigError(f"--cluster-config {p}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--cluster-config {p}: malformed YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("available_node_types"), Mapping):
+        raise ConfigError(f"--cluster-config {p}: expected a Ray cluster config with available_node_types")
+    types = []
+    for name, t in raw["available_node_types"].items():
+        t = t or {}
+        res = {k: float(v) for k, v in (t.get("resources") or {}).items()}
+        types.append(NodeType(name=str(name), resources=res, min_workers=int(t.get("min_workers", 0) or 0),
+                              max_workers=int(t.get("max_workers", 0) or 0), declared=bool(res)))
+    head = str(raw.get("head_node_type", ""))
+    if head not in {t.name for t in types}:
+        raise ConfigError(f"--cluster-config {p}: head_node_type {head!r} is not one of available_node_types")
+    provider = str((raw.get("provider") or {}).get("type", "unknown"))
+    total = raw.get("max_workers")
+    cap = int(total) if total is not None else sum(t.max_workers for t in types if t.name != head)
+    return ClusterShape(str(p), provider, head, tuple(types), cap)
+
+
+def find_cluster_config(explicit: str | None, bootstrap: str) -> ClusterShape | None:
+    """--cluster-config if given, else the bootstrap config of a `ray up` head node, else None."""
+    if explicit:
+        return read_cluster_config(explicit)
+    boot = Path(bootstrap).expanduser()
+    if boot.is_file():
+        return read_cluster_config(boot)
+    return None
+
+
+# ----------------------------------------------------------------------------- what a trial needs
+@dataclass(frozen=True)
+class TrialNeed:
+    """One trial's worker group: ``num_workers`` bundles of ``bundle`` (a bundle never spans
+    nodes), plus its driver's resources, which live on the head."""
+
+    num_workers: int
+    bundle: dict[str, float]
+    driver: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def counted_bundle(self) -> dict[str, float]:
+        """A worker's bundle with its share of the driver's CPU sliver when the driver takes
+        one (no ``sweep_driver`` resource): counting it keeps a worker group from being
+        squeezed out by the drivers of the trials around it."""
+        b = dict(self.bundle)
+        if self.driver.get("CPU"):
+            b["CPU"] = b.get("CPU", 0.0) + self.driver["CPU"] / self.num_workers
+        return b
+
+    def describe(self) -> str:
+        return f"{self.num_workers} worker(s) x {_fmt(self.bundle)}"
+
+
+def trial_need(num_workers: int, cpus_per_worker: float, gpus_per_worker: float,
+               driver: Mapping[str, float] | None = None) -> TrialNeed:
+    bundle = {"CPU": float(cpus_per_worker)}
+    if gpus_per_worker > 0:
+        bundle["GPU"] = float(gpus_per_worker)
+    return TrialNeed(int(num_workers), bundle, dict(driver or {}))
+
+
+def _fmt(res: Mapping[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(res.items())) + "}"
+
+
+def _fits(bundle: Mapping[str, float], node: Mapping[str, float]) -> bool:
+    return all(node.get(k, 0.0) >= v - 1e-9 for k, v in bundle.items() if v > 0)
+
+
+def _copies(bundle: Mapping[str, float], node: Mapping[str, float]) -> int:
+    """How many ``bundle``s one node holds."""
+    counts = [math.floor(node.get(k, 0.0) / v + 1e-9) for k, v in bundle.items() if v > 0]
+    return min(counts) if counts else 0
+
+
+def max_trials(shape: ClusterShape, need: TrialNeed) -> int:
+    """Trials the cluster holds at once at its largest (the head and every worker type at
+    its max_workers, within the cluster's max_workers), refusing a trial that never fits."""
+    head = next(t for t in shape.node_types if t.name == shape.head_type)
+    hosts = [(head, 1)]
+    if shape.can_grow_beyond_head:
+        # fill the cluster-wide worker budget with the node types that hold the most workers
+        budget = shape.max_workers
+        for t in sorted(shape.workers, key=lambda t: -_copies(need.bundle, t.resources)):
+            n = min(t.max_workers, budget)
+            if n > 0:
+                hosts.append((t, n))
+                budget -= n
+    fitting = [t for t in shape.node_types if _fits(need.bundle, t.resources)]
+    if not fitting:
+        largest = max(shape.node_types, key=lambda t: (t.resources.get("GPU", 0), t.resources.get("CPU", 0)))
+        raise ResourceError(
+            f"resources: a worker needs {_fmt(need.bundle)}, more than any node type of {shape.source} offers "
+            f"(largest: {largest.name} {_fmt(largest.resources)}); lower --gpus-per-worker/cpus_per_worker "
+            f"or add a larger node type")
+    workers_at_max = sum(_copies(need.bundle, t.resources) * n for t, n in hosts)
+    if workers_at_max < need.num_workers:
+        raise ResourceError(
+            f"resources: a trial needs {need.describe()}; {shape.source} can grow to at most "
+            f"{workers_at_max} such worker(s) (max_workers {shape.max_workers}); lower --num-workers")
+    return workers_at_max // need.num_workers
+
+
+def trials_that_fit(nodes_resources: list[Mapping[str, float]], need: TrialNeed) -> int:
+    """Trials that the nodes present now hold at once (bundles packed per node)."""
+    workers = sum(_copies(need.counted_bundle, r) for r in nodes_resources)
+    return workers // need.num_workers
+
+
+def alive_node_resources() -> list[dict[str, float]]:
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def concurrency(shape: ClusterShape | None, need: TrialNeed, requested: int | None,
+                nodes_now: list[Mapping[str, float]]) -> int:
+    """How many trials run at once: bounded by what the cluster can grow to when its config is
+    known, by ``requested`` (--max-concurrent-trials) otherwise, and never more than either."""
+    if shape is not None:
+        cap = max(1, max_trials(shape, need))
+        return min(cap, requested) if requested else cap
+    if requested:
+        return requested
+    return max(1, trials_that_fit(nodes_now, need))
+
+
+def wait_for_first_trial(need: TrialNeed, timeout_s: float, *, poll_s: float = 2.0,
+                         nodes: Callable[[], list[dict[str, float]]] = alive_node_resources,
+                         say: Callable[[str], None] = print) -> None:
+    """Return once the cluster holds one trial's worker group; until then ask the autoscaler
+    for it. After ``timeout_s`` fail with the resources that are missing."""
+    if trials_that_fit(nodes(), need) >= 1:
+        return
+    from ray.autoscaler.sdk import request_resources
+
+    bundles = [dict(need.bundle) for _ in range(need.num_workers)]
+    say(f"waiting up to {timeout_s:.0f} s for the cluster to provide {need.describe()} (asked the autoscaler)")
+    request_resources(bundles=bundles)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(poll_s)
+            if trials_that_fit(nodes(), need) >= 1:
+                return
+        present = nodes()
+        total: dict[str, float] = {}
+        for r in present:
+            for k in ("CPU", "GPU"):
+                total[k] = total.get(k, 0.0) + r.get(k, 0.0)
+        raise ResourceError(
+            f"resources: no room for one trial ({need.describe()}) after waiting {timeout_s:.0f} s "
+            f"(--resource-timeout); the cluster has {len(present)} node(s) with {_fmt(total)} in all; "
+            f"missing: {_missing(need, present)}")
+    finally:
+        request_resources(bundles=[])  # the autoscaler is driven by the trials from here on
+
+
+def _missing(need: TrialNeed, present: list[Mapping[str, float]]) -> str:
+    have = sum(_copies(need.counted_bundle, r) for r in present)
+    short = need.num_workers - have
+    return f"{short} more node slot(s) of {_fmt(need.bundle)}"
+
+
+# ----------------------------------------------------------------------------- storage
+def fs_type(path: str | os.PathLike) -> str | None:
+    """The file-system type of the mount holding ``path`` (Linux /proc/mounts), or None."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    p = os.path.realpath(path)
+    best, kind = "", None
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mnt = parts[1].replace("\\040", " ")
+        if (p == mnt or p.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+            best, kind = mnt, parts[2]
+    return kind
+
+
+def check_storage(storage_path: str, *, multi_node: bool, declared_shared: bool, where: str) -> None:
+    """A node-local --storage-path cannot work on a multi-node cluster: a worker restarted on
+    another node would not find its checkpoints, and Ray Train refuses to sync them."""
+    if "://" in storage_path or not multi_node or declared_shared:
+        return
+    existing = Path(storage_path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    kind = fs_type(existing)
+    if kind in SHARED_FS_TYPES:
+        return
+    raise ConfigError(
+        f"--storage-path {storage_path}: a local directory ({kind or 'unknown'} file system) on a multi-node "
+        f"cluster ({where}); use shared storage: s3://BUCKET/PATH, gs://BUCKET/PATH, or a path on an NFS mount "
+        f"present on every node (add --shared-storage if it is one this check does not recognise)")
+
+
+def is_multi_node(shape: ClusterShape | None, nodes_now: list[Mapping[str, Any]]) -> tuple[bool, str]:
+    """Whether trials may run on more than one machine, and why we think so."""
+    if shape is not None:
+        if shape.single_host:
+            return False, f"{shape.provider} provider: every node runs on this machine"
+        if shape.can_grow_beyond_head:
+            return True, f"{shape.source} allows {shape.max_workers} worker node(s)"
+    hosts = {n.get("NodeManagerHostname") or n.get("NodeManagerAddress") for n in nodes_now}
+    if len(hosts) > 1:
+        return True, f"{len(hosts)} machines are in the cluster now"
+    return False, "one machine"
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+# ----------------------------------------------------------------------------- Ray address
+def check_address_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """An explicit Ray address must answer before we try to join it (``ray.init`` on a dead
+    address retries for a long time)."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"Ray address {address!r}: expected HOST:PORT (or ray://HOST:PORT)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise ConfigError(f"Ray address {address}: unreachable ({e.strerror or type(e).__name__}); "
+                          f"is the cluster up (ray up / ray start --head)?") from None

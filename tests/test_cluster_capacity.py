@@ -1,0 +1,114 @@
+"""What a cluster can grow to, read from its launcher config: concurrency, trials that can
+never fit, the bounded wait for the first trial's resources, and storage on many nodes."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cluster import (ResourceError, check_storage, concurrency, is_multi_node, max_trials,
+                                  read_cluster_config, trial_need, wait_for_first_trial)
+from trainables.errors import ConfigError
+
+CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
+
+
+def write(tmp_path, node_types, head="head", max_workers=None, provider="aws"):
+    cfg = {"cluster_name": "t", "provider": {"type": provider}, "head_node_type": head,
+           "available_node_types": node_types}
+    if max_workers is not None:
+        cfg["max_workers"] = max_workers
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return read_cluster_config(p)
+
+
+HEAD = {"resources": {"CPU": 0, "sweep_driver": 10000}, "max_workers": 0}
+
+
+def test_shipped_gpu_cluster_grows_from_zero_gpus_to_its_max():
+    shape = read_cluster_config(CLUSTER / "gpu.yaml")
+    (worker,) = shape.workers
+    assert worker.min_workers == 0 and worker.resources["GPU"] >= 1
+    assert concurrency(shape, trial_need(1, 1, 1), None, []) == worker.max_workers * int(worker.resources["GPU"])
+    assert concurrency(shape, trial_need(1, 1, 1), 3, []) == 3  # --max-concurrent-trials lowers it
+
+
+def test_concurrency_packs_workers_per_node_and_respects_the_cluster_max(tmp_path):
+    shape = write(tmp_path, {"head": HEAD, "g4": {"resources": {"CPU": 32, "GPU": 4}, "max_workers": 10}}, max_workers=2)
+    # 2 nodes at most (cluster max_workers), 4 one-GPU workers each, 2 workers per trial
+    assert max_trials(shape, trial_need(2, 4, 1)) == 4
+    # a worker of 16 CPUs: 2 per node (CPU-bound), so 2 nodes x 2 = 4 one-worker trials
+    assert max_trials(shape, trial_need(1, 16, 1)) == 4
+
+
+def test_a_worker_bigger_than_every_node_type_is_refused(tmp_path):
+    shape = write(tmp_path, {"head": HEAD, "g1": {"resources": {"CPU": 8, "GPU": 1}, "max_workers": 8}})
+    with pytest.raises(ResourceError, match=r"a worker needs \{CPU: 1, GPU: 2\}, more than any node type"):
+        max_trials(shape, trial_need(1, 1, 2))
+
+
+def test_a_trial_bigger_than_the_whole_cluster_is_refused(tmp_path):
+    shape = write(tmp_path, {"head": HEAD, "g1": {"resources": {"CPU": 8, "GPU": 1}, "max_workers": 8}}, max_workers=3)
+    with pytest.raises(ResourceError, match=r"can grow to at most 3 such worker\(s\)"):
+        max_trials(shape, trial_need(4, 1, 1))
+
+
+def test_without_a_config_concurrency_is_the_flag_or_what_exists(tmp_path):
+    need = trial_need(2, 1, 0, driver={"sweep_driver": 1})
+    assert concurrency(None, need, 5, [{"CPU": 2}]) == 5
+    assert concurrency(None, need, None, [{"CPU": 4}, {"CPU": 2}]) == 3
+    # a driver taking a CPU sliver counts: 2 CPUs hold no 2x1-CPU worker group beside it
+    assert concurrency(None, trial_need(2, 1, 0, driver={"CPU": 0.01}), None, [{"CPU": 4}]) == 1
+
+
+def test_waiting_for_resources_is_bounded_and_names_what_is_missing(monkeypatch):
+    import ray.autoscaler.sdk as sdk
+
+    asked = []
+    monkeypatch.setattr(sdk, "request_resources", lambda bundles=None, **kw: asked.append(bundles))
+    with pytest.raises(ResourceError, match=r"after waiting 1 s \(--resource-timeout\).*missing: 2 more node slot\(s\) of \{CPU: 1, GPU: 1\}"):
+        wait_for_first_trial(trial_need(2, 1, 1), 1.0, poll_s=0.2, nodes=lambda: [{"CPU": 4}], say=lambda s: None)
+    assert asked[0] == [{"CPU": 1.0, "GPU": 1.0}] * 2 and asked[-1] == []  # asked the autoscaler, then withdrew
+
+
+def test_waiting_ends_as_soon_as_a_node_arrives(monkeypatch):
+    import ray.autoscaler.sdk as sdk
+
+    monkeypatch.setattr(sdk, "request_resources", lambda bundles=None, **kw: None)
+    arrivals = iter([[{"CPU": 4}], [{"CPU": 4}], [{"CPU": 4}, {"CPU": 1, "GPU": 1}]])
+    last = []
+
+    def nodes():
+        last[:] = next(arrivals, last)
+        return list(last)
+
+    wait_for_first_trial(trial_need(1, 1, 1), 60.0, poll_s=0.01, nodes=nodes, say=lambda s: None)
+
+
+def test_local_storage_is_refused_on_many_nodes_and_shared_storage_is_not(tmp_path):
+    shape = read_cluster_config(CLUSTER / "gpu.yaml")
+    multi, why = is_multi_node(shape, [])
+    assert multi
+    with pytest.raises(ConfigError, match=r"--storage-path .*multi-node cluster.*s3://BUCKET/PATH, gs://BUCKET/PATH, or a path on an NFS mount"):
+        check_storage(str(tmp_path / "ray"), multi_node=multi, declared_shared=False, where=why)
+    check_storage("s3://bucket/sprout", multi_node=multi, declared_shared=False, where=why)
+    check_storage(str(tmp_path / "nfs"), multi_node=multi, declared_shared=True, where=why)
+    check_storage(str(tmp_path / "ray"), multi_node=False, declared_shared=False, where="one machine")
+
+
+def test_a_fake_multinode_cluster_is_one_machine_and_two_hosts_are_many(tmp_path):
+    fake = write(tmp_path, {"ray.head.default": {"resources": {"CPU": 1}, "max_workers": 0},
+                            "w": {"resources": {"CPU": 1, "GPU": 1}, "max_workers": 2}},
+                 head="ray.head.default", provider="fake_multinode")
+    assert not is_multi_node(fake, [])[0]
+    assert is_multi_node(None, [{"NodeManagerHostname": "a"}, {"NodeManagerHostname": "b"}])[0]
+    assert not is_multi_node(None, [{"NodeManagerHostname": "a"}])[0]
+
+
+def test_a_malformed_cluster_config_is_one_clear_error(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("cluster_name: x\n")
+    with pytest.raises(ConfigError, match="expected a Ray cluster config with available_node_types"):
+        read_cluster_config(p)
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_cluster_config(tmp_path / "missing.yaml")
