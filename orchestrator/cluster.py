@@ -60,7 +60,15 @@ class ClusterShape:
 
     @property
     def workers(self) -> tuple[NodeType, ...]:
-        return tuple(t for t in self.node_types if t.name != self.head_type)
+        """Node types that worker nodes can have (the head's own type too when it allows
+        workers, as the ``local`` provider's single type does)."""
+        return tuple(t for t in self.node_types if t.max_workers > 0)
+
+    @property
+    def fully_declared(self) -> bool:
+        """Every node type states its resources (else what the cluster can grow to is unknown:
+        a cloud provider fills them in only when it starts the node)."""
+        return all(t.declared for t in self.node_types if t.name == self.head_type or t.max_workers > 0)
 
     @property
     def can_grow_beyond_head(self) -> bool:
@@ -82,6 +90,8 @@ def read_cluster_config(path: str | os.PathLike) -> ClusterShape:
         raise ConfigError(f"--cluster-config {p}: cannot read ({e.strerror})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"--cluster-config {p}: malformed YAML ({getattr(e, 'problem', e)})") from None
+    if isinstance(raw, Mapping) and "available_node_types" not in raw and "provider" in raw:
+        raw = _prepared(raw, p)  # a legacy-format file (head_ip/worker_ips): as `ray up` reads it
     if not isinstance(raw, Mapping) or not isinstance(raw.get("available_node_types"), Mapping):
         raise ConfigError(f"--cluster-config {p}: expected a Ray cluster config with available_node_types")
     types = []
@@ -97,6 +107,15 @@ def read_cluster_config(path: str | os.PathLike) -> ClusterShape:
     total = raw.get("max_workers")
     cap = int(total) if total is not None else sum(t.max_workers for t in types if t.name != head)
     return ClusterShape(str(p), provider, head, tuple(types), cap)
+
+
+def _prepared(raw: Mapping[str, Any], p: Path) -> Mapping[str, Any]:
+    from ray.autoscaler._private.util import prepare_config
+
+    try:
+        return prepare_config(dict(raw))
+    except Exception as e:  # noqa: BLE001 - Ray's own validation, any failure is bad input
+        raise ConfigError(f"--cluster-config {p}: not a valid Ray cluster config ({str(e).splitlines()[0][:200]})") from None
 
 
 def find_cluster_config(explicit: str | None, bootstrap: str) -> ClusterShape | None:
@@ -199,7 +218,7 @@ def concurrency(shape: ClusterShape | None, need: TrialNeed, requested: int | No
                 nodes_now: list[Mapping[str, float]]) -> int:
     """How many trials run at once: bounded by what the cluster can grow to when its config is
     known, by ``requested`` (--max-concurrent-trials) otherwise, and never more than either."""
-    if shape is not None:
+    if shape is not None and shape.fully_declared:
         cap = max(1, max_trials(shape, need))
         return min(cap, requested) if requested else cap
     if requested:

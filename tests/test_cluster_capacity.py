@@ -112,3 +112,11 @@ def test_a_malformed_cluster_config_is_one_clear_error(tmp_path):
         read_cluster_config(p)
     with pytest.raises(ConfigError, match="cannot read"):
         read_cluster_config(tmp_path / "missing.yaml")
+
+
+def test_the_on_premises_file_is_read_as_ray_up_reads_it_and_is_multi_node():
+    shape = read_cluster_config(CLUSTER / "local.yaml")
+    assert [t.max_workers for t in shape.workers] == [2] and not shape.fully_declared
+    assert is_multi_node(shape, [])[0]
+    # resources left to detection: concurrency falls back to the flag, nothing is refused
+    assert concurrency(shape, trial_need(1, 1, 8), 4, []) == 4

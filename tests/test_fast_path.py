@@ -62,3 +62,30 @@ def test_orchestration_benchmark_smallest_setting(tmp_path):
     run("bench/orchestration.py", "--method", "natural", "--epochs", "3", "--json", str(out))
     r = json.loads(out.read_text())
     assert r["ray_over_plain_epoch_ratio"] > 0 and r["images_per_s_2_workers"] > 0
+
+
+def test_gpu_acceptance_runs_its_sections_on_cpu_when_asked(tmp_path):
+    """The acceptance command's code path (tiny model, CPU); on a GPU it writes the real figures."""
+    out = tmp_path / "acc.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "gpu_acceptance.py"), "--tiny", "--allow-cpu", "--no-compile",
+           "--sections", "step,train,eval", "--methods", "natural,sprout", "--repeats", "1", "--steps", "1",
+           "--warmup", "1", "--train-epochs", "2", "--autoattack-n", "4", "--json", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    r = json.loads(out.read_text())
+    for key in ("fp32", "bf16"):
+        assert {"natural", "sprout"} == set(r["step"][key]) and r["step"][key]["natural"]["ratio_to_natural"] == 1.0
+        assert r["step"][key]["sprout"]["ms_per_step"] > 0
+    assert set(r["train"]) == {"natural", "sprout", "pgd_at"} and all(v["images_per_s"] > 0 for v in r["train"].values())
+    assert r["eval"]["clean_acc"] > 0.5  # the synthetic data is learnable, so AutoAttack has points to attack
+    assert r["eval"]["pgd20"]["images_per_s"] > 0 and r["eval"]["autoattack"]["images"] == 4
+    assert {"sprout_step_fp32", "sprout_step_bf16", "sprout_images_per_s"} <= set(r["verdict"])
+    assert r["machine"]["cpu"]
+
+
+def test_gpu_acceptance_refuses_to_pretend_without_cuda(tmp_path):
+    if torch.cuda.is_available():
+        return
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_acceptance.py")], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.strip().startswith("error: no CUDA device") and not list(tmp_path.iterdir())
