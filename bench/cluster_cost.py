@@ -42,9 +42,9 @@ def trials(study_name: str) -> list[tuple[dict, object]]:
     """(resolved training config as a dict, the stage's protocol) for every trial of a study
     (grid studies expanded; Optuna studies as num_samples copies of their base)."""
     from orchestrator.study import load_raw, parse, plan
-    from trainables.config import deep_merge, set_nested, to_dict
+    from trainables.schema import deep_merge, set_nested, to_dict
     from trainables.protocols import get_protocol
-    from trainables.settings import resolve
+    from trainables.config import resolve
 
     raw, source = load_raw(name=study_name)
     p = plan(parse(raw, source), source)
@@ -68,14 +68,16 @@ def trials(study_name: str) -> list[tuple[dict, object]]:
 
 
 def eval_passes(proto, aa_per_image: float) -> float:
-    """Forward-backward passes of one evaluation (CIFAR-10 test split sizes)."""
+    """Forward-backward passes of one evaluation (CIFAR-10 test split sizes): PGD runs,
+    AutoAttack and the eps curve, which dominate every protocol."""
     n = proto.n or CIFAR_TEST
-    passes = n * sum(s * r for s, r in proto.pgd)
-    aa_n = n if proto.autoattack_n is None else proto.autoattack_n
-    passes += aa_n * aa_per_image
-    curve_n = proto.curve_n or n
-    points = len([e for e in proto.curve if e > 0])
-    passes += curve_n * points * (aa_per_image if proto.curve_autoattack else 20)
+    pgd, aa, curve = proto.budget("pgd"), proto.budget("autoattack"), proto.budget("curve")
+    passes = n * sum(s * r for s, r in pgd.runs) if pgd else 0.0
+    if aa:
+        passes += (n if aa.n is None else aa.n) * aa_per_image
+    if curve:
+        points = len([e for e in curve.multiples if e > 0])
+        passes += (curve.n or n) * points * (aa_per_image if curve.autoattack and aa else curve.pgd_steps)
     return passes
 
 

@@ -23,7 +23,7 @@ from trainables.attacks import bn_mode, input_grad, pgd_linf  # noqa: E402
 
 def trained_model(device):
     from trainables.loop import build, fit
-    from trainables.settings import resolve
+    from trainables.config import resolve
 
     comp = build(resolve({"method": "natural", "epochs": 5, "monitor": {"every": 0}}), device=device)
     fit(comp)

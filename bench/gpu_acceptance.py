@@ -131,7 +131,7 @@ def section_step(args, device) -> dict[str, Any]:
 
 def _train_one(method: str, args, device, bundle, *, amp: bool, compile_: bool):
     from trainables.loop import build, fit
-    from trainables.settings import resolve
+    from trainables.config import resolve
 
     model, margs = model_spec(args.tiny)
     cfg = resolve({"method": method, "dataset": "cifar10", "model": model, "model_args": margs,

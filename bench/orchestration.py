@@ -32,7 +32,7 @@ def plain(cfg_raw: dict, threads: int) -> list[float]:
     """Per-epoch wall times of the plain loop, checkpointing every epoch like the Ray worker."""
     from trainables.checkpoint import save_checkpoint
     from trainables.loop import build, fit
-    from trainables.settings import resolve
+    from trainables.config import resolve
 
     torch.set_num_threads(threads)
     comp = build(resolve(cfg_raw))

@@ -27,6 +27,12 @@ from typing import Any, Callable, Mapping
 
 from trainables.errors import ConfigError
 
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # left on the head node by `ray up`
+# Per-trial drivers hold one unit of this custom resource instead of a CPU sliver, so that
+# trial worker groups pack onto whole CPUs/GPUs. Local runs define it; cluster files give it
+# to the head node. Without it, drivers take 0.01 CPU and the concurrency cap counts that.
+DRIVER_RESOURCE = "sweep_driver"
+
 # File systems that every node of a cluster can share; a --storage-path on one of them is fine
 # on a multi-node cluster (Ray Train needs every node to reach every checkpoint).
 SHARED_FS_TYPES = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "cephfs", "ceph",
@@ -118,7 +124,7 @@ def _prepared(raw: Mapping[str, Any], p: Path) -> Mapping[str, Any]:
         raise ConfigError(f"--cluster-config {p}: not a valid Ray cluster config ({str(e).splitlines()[0][:200]})") from None
 
 
-def find_cluster_config(explicit: str | None, bootstrap: str) -> ClusterShape | None:
+def find_cluster_config(explicit: str | None, bootstrap: str = BOOTSTRAP_CONFIG) -> ClusterShape | None:
     """--cluster-config if given, else the bootstrap config of a `ray up` head node, else None."""
     if explicit:
         return read_cluster_config(explicit)
@@ -318,7 +324,49 @@ def alive_nodes() -> list[dict[str, Any]]:
     return [n for n in ray.nodes() if n.get("Alive")]
 
 
-# ----------------------------------------------------------------------------- Ray address
+# ----------------------------------------------------------------------------- joining or starting Ray
+def ray_address(explicit: str | None) -> str | None:
+    """The cluster to join: --address, $RAY_ADDRESS, or this node's cluster when it is a head
+    started by `ray up` (where `ray submit` runs us). None: start a private local Ray, never
+    join some other cluster that happens to run on this machine."""
+    if explicit:
+        return explicit
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    if Path(BOOTSTRAP_CONFIG).expanduser().is_file():
+        return "auto"
+    return None
+
+
+def start_ray(address: str | None) -> None:
+    """Join ``address``, or start a private local Ray (never another cluster on this machine)."""
+    import ray
+
+    # The dashboard (ray[default]) must run: without it a trial that ASHA stops early never
+    # releases its worker group's placement group and later trials wait forever. It listens
+    # on 127.0.0.1 only.
+    kw = dict(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
+              configure_logging=True, logging_level="ERROR")
+    if address:
+        try:
+            ray.init(address=address, **kw)
+        except (ConnectionError, RuntimeError) as e:
+            raise ConfigError(f"Ray address {address}: cannot join ({str(e).splitlines()[0][:200]})") from None
+        return
+    ray.init(address="local", resources={DRIVER_RESOURCE: 10_000}, **kw)
+
+
+def driver_resources() -> dict[str, float]:
+    import ray
+
+    return {DRIVER_RESOURCE: 1} if ray.cluster_resources().get(DRIVER_RESOURCE) else {"CPU": 0.01}
+
+
+def plan_need(resources, driver: Mapping[str, float] | None = None) -> TrialNeed:
+    """What one trial of a study's ``resources`` needs."""
+    return trial_need(resources.num_workers, resources.cpus_per_worker, resources.gpus_per_worker, driver)
+
+
 def check_address_reachable(address: str, timeout_s: float = 5.0) -> None:
     """An explicit Ray address must answer before we try to join it (``ray.init`` on a dead
     address retries for a long time)."""

@@ -9,17 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from trainables.config import deep_merge
+from trainables.schema import deep_merge
 
-from .study import STAGE_REF
-
-
-def _resolve_refs(value: Any, refs: Mapping[str, str]) -> Any:
-    if isinstance(value, str) and value.startswith(STAGE_REF):
-        return refs[value]
-    if isinstance(value, dict):
-        return {k: _resolve_refs(v, refs) for k, v in value.items()}
-    return value
+from .stages import substitute
 
 
 def trial_train_config(base: Mapping[str, Any], trial_config: Mapping[str, Any], refs: Mapping[str, str]) -> dict:
@@ -29,7 +21,7 @@ def trial_train_config(base: Mapping[str, Any], trial_config: Mapping[str, Any],
     trial_config = dict(trial_config)
     case = trial_config.pop("case", None)
     merged = deep_merge(base, {k: v for k, v in (case or {}).items() if k != "name"})
-    cfg = _resolve_refs(deep_merge(merged, trial_config), refs)
+    cfg = substitute(deep_merge(merged, trial_config), refs)
     if cfg.get("init_checkpoint") == "random":
         cfg["init_checkpoint"] = None
     return cfg
@@ -93,7 +85,7 @@ def run_trial(trial_config: dict[str, Any], *, payload: dict[str, Any]) -> None:
             "train": train_cfg,
             "protocol": payload["protocol"],
             "protocol_overrides": payload["protocol_overrides"],
-            "transfer_source": _resolve_refs(payload.get("transfer_source"), payload["refs"]),
+            "transfer_source": substitute(payload.get("transfer_source"), payload["refs"]),
             "threads": max(1, int(res["cpus_per_worker"])),
         },
         scaling_config=ray.train.ScalingConfig(num_workers=int(res["num_workers"]), use_gpu=gpus > 0,

@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import yaml
 
+from trainables.masking import describe_flags
+
 REPORTS: dict[str, Callable[..., list[Path]]] = {}
 
 
@@ -25,11 +27,23 @@ def register(name: str):
     return deco
 
 
-def paper_numbers(name: str | None) -> dict[str, Any]:
+PAPER_DIR = Path(__file__).resolve().parent / "paper_numbers"
+
+
+def paper_numbers(name: str | None, where: str = "paper") -> dict[str, Any]:
+    """The paper's published numbers named by a study's ``paper:`` key; an unknown name or a
+    file of the wrong shape is an error, like every other name in a study."""
+    from trainables.errors import ConfigError
+
     if not name:
         return {}
-    path = Path(__file__).resolve().parent / "paper_numbers" / f"{name}.yaml"
-    return yaml.safe_load(path.read_text()) if path.exists() else {}
+    known = sorted(p.stem for p in PAPER_DIR.glob("*.yaml"))
+    if name not in known:
+        raise ConfigError(f"{where}: unknown paper-numbers file {name!r}; expected one of: {', '.join(known)}")
+    data = yaml.safe_load((PAPER_DIR / f"{name}.yaml").read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("cells", []), list):
+        raise ConfigError(f"{where}: {PAPER_DIR / name}.yaml: expected a mapping with a list of cells")
+    return data
 
 
 def _pct(v: Any) -> str:
@@ -51,10 +65,8 @@ def _md_table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def _flags(m: dict) -> str:
-    f = m.get("masking_flags")
-    if f is None:
-        return "-"
-    return ("**FLAGGED**: " + ", ".join(f)) if f else "none"
+    text = describe_flags(m.get("masking_flags"))
+    return text.replace("FLAGGED", "**FLAGGED**")  # the same words as the console, bold in markdown
 
 
 def _plt():
@@ -74,7 +86,7 @@ def _savefig(fig, path: Path) -> Path:
 
 
 def _match(cell: dict, row: dict) -> bool:
-    from trainables.config import flatten
+    from trainables.schema import flatten
 
     flat = {**flatten(row["config"]), **row["searched"]}
     for k, v in cell.items():
@@ -103,8 +115,11 @@ def write_report(study, rows: list[dict], output_dir: Path) -> list[Path]:
     """Write the report named by ``study.report`` plus the beta matrices; returns the files."""
     from orchestrator.summary import table
 
-    fn = REPORTS.get(study.report, REPORTS["generic"])
+    fn = REPORTS[study.report]  # validated with the study
     paper = paper_numbers(study.paper)
+    for r in rows:  # rows from older summaries name no evaluation: the study file says which
+        if not r.get("evaluation"):
+            r["evaluation"] = stage_evaluation(study, r["stage"])
     sections, files = fn(rows, output_dir, paper)
     files += beta_plots(rows, output_dir)
     flagged = [r for r in rows if r["metrics"].get("masking_flags")]
@@ -323,21 +338,52 @@ def _robust_table(rows, paper, key_cols: list[tuple[str, str]], label: Callable[
     return _md_table(head, body)
 
 
+def stage_evaluation(study, stage: str) -> dict:
+    """A stage's ``evaluation`` mapping (protocol and overrides) as the study file gives it."""
+    stages = [s for s in study.stages if isinstance(s, dict)]
+    for s in stages:
+        if s.get("name") == stage:
+            return dict(s.get("evaluation") or {"protocol": "quick"})
+    if not study.evaluation and stages:  # a stage this study does not name: its first stage's
+        return dict(stages[0].get("evaluation") or {"protocol": "quick"})
+    return dict(study.evaluation or {"protocol": "quick"})
+
+
+def protocol_of(row: dict):
+    """The protocol a trial was evaluated with (the stage's, overrides included)."""
+    from trainables.protocols import get_protocol
+
+    ev = row.get("evaluation") or {"protocol": row["metrics"].get("protocol", "basic")}
+    return get_protocol(ev["protocol"], ev.get("overrides"))
+
+
+def attack_columns(rows: list[dict], *, only: tuple[str, ...] | None = None, without: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """Table columns of the attacks the rows' protocols ran, from the attack registry
+    (``only`` / ``without`` select attacks by name)."""
+    from trainables.eval_attacks import ATTACKS
+
+    cols: list[tuple[str, str]] = []
+    for proto in {p.budgets().__repr__(): p for p in (protocol_of(r) for r in rows)}.values():
+        for name, budget in proto.attacks:
+            if (only is None or name in only) and name not in without:
+                cols += [c for c in ATTACKS.get(name).columns(budget) if c not in cols]
+    return cols
+
+
+CLEAN, ROBUST = ("clean", "clean_acc"), ("robust min", "robust_acc")
+
+
 @register("ablation")
 def ablation(rows, out, paper):
-    cols = [("clean", "clean_acc"), ("PGD-20", "pgd20_acc"), ("PGD-100", "pgd100_acc"), ("AutoAttack", "autoattack_acc"),
-            ("robust min", "robust_acc")]
+    cols = [CLEAN, *attack_columns(rows), ROBUST]
     return ["## Module ablation", "", _robust_table(rows, paper, cols, lambda r: [r["searched"].get("case", "?")], ["case"])], []
 
 
 @register("compare")
 def compare(rows, out, paper):
     main = [r for r in rows if r["stage"] == "main"] or rows
-    cols = [("clean", "clean_acc"), ("PGD-20", "pgd20_acc"), ("PGD-100", "pgd100_acc"), ("PGD-200", "pgd200_acc"),
-            ("10xPGD-100", "pgd100x10_acc"), ("C&W-Linf", "cw_linf_acc"), ("C&W-L2", "cw_l2_acc"),
-            ("transfer", "transfer_acc"), ("AutoAttack", "autoattack_acc"), ("robust min", "robust_acc")]
-    inv = [("rotation", "inv_rotation_acc"), ("brightness", "inv_brightness_acc"), ("contrast", "inv_contrast_acc"),
-           ("grayscale", "inv_grayscale_acc")]
+    cols = [CLEAN, *attack_columns(main, without=("invariance",)), ROBUST]
+    inv = attack_columns(main, only=("invariance",))
     lab = lambda r: [r["config"]["model"], r["searched"].get("case", r["config"]["method"])]  # noqa: E731
     return ["## Robustness (Tables 2 and 3, AutoAttack beside)", "",
             _robust_table(main, paper, cols, lab, ["model", "method"]), "",
@@ -352,14 +398,13 @@ def init(rows, out, paper):
         ck = r["searched"].get("init_checkpoint") or "random"
         return [ck.split("method=")[-1] if "method=" in str(ck) else str(ck)]
 
-    cols = [("clean", "clean_acc"), ("PGD-20", "pgd20_acc"), ("AutoAttack", "autoattack_acc"), ("robust min", "robust_acc")]
+    cols = [CLEAN, *attack_columns(sprout, only=("pgd", "autoattack")), ROBUST]
     return ["## SPROUT by starting checkpoint (Figure 8)", "", _robust_table(sprout, paper, cols, lab, ["start"])], []
 
 
 @register("imagenet")
 def imagenet(rows, out, paper):
-    cols = [("clean", "clean_acc")] + [(f"targeted eps {e}", f"pgd_targeted_acc_eps{e}") for e in ("0.005", "0.01", "0.015", "0.02")]
-    cols += [("AutoAttack", "autoattack_acc")]
+    cols = [CLEAN, *attack_columns(rows, only=("targeted", "autoattack"))]
     return ["## ImageNet, random-targeted PGD (Table 4)", "",
             _robust_table(rows, paper, cols, lambda r: [r["config"]["method"]], ["method"])], []
 

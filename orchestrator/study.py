@@ -17,12 +17,18 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from trainables.config import build, check, deep_merge, flatten, set_nested, to_dict
+from trainables.schema import build, check, deep_merge, flatten, set_nested, to_dict
 from trainables.errors import ConfigError
-from trainables.protocols import PROTOCOLS
-from trainables.settings import resolve
 
-STAGE_REF = "stage:"  # "stage:NAME/key=value" -> the final checkpoint of a trial of stage NAME
+from .stages import check_ref, is_ref, strip_refs
+
+
+def resolve(raw):
+    """trainables' config resolution, imported when first needed (it loads torch)."""
+    from trainables.config import resolve as _resolve
+
+    return _resolve(raw)
+
 
 
 @dataclass(frozen=True)
@@ -100,13 +106,17 @@ class SearchSpec:
     def modes(self) -> list[str]:
         return [self.mode] if isinstance(self.mode, str) else list(self.mode)
 
-    def param_specs(self, where: str) -> dict[str, ParamSpec]:
-        out = {}
-        for key, raw in self.params.items():
-            if not isinstance(raw, Mapping):
-                raw = {"values": raw} if isinstance(raw, list) else {"values": [raw]}
-            out[key] = build(ParamSpec, raw, f"{where}.params.{key}")
-        return out
+    def param_specs(self, where: str = "search") -> dict[str, ParamSpec]:
+        """The searched parameters, parsed once (when the stage is validated) and kept."""
+        cached = self.__dict__.get("_specs")
+        if cached is None:
+            cached = {}
+            for key, raw in self.params.items():
+                if not isinstance(raw, Mapping):
+                    raw = {"values": raw} if isinstance(raw, list) else {"values": [raw]}
+                cached[key] = build(ParamSpec, raw, f"{where}.params.{key}")
+            object.__setattr__(self, "_specs", cached)  # frozen: a parse cache, not a change
+        return cached
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,8 @@ class EvaluationSpec:
     transfer_source: str | None = None  # checkpoint path or "stage:NAME/key=value"
 
     def validate(self, where: str) -> None:
+        from trainables.protocols import PROTOCOLS
+
         check(self.protocol in PROTOCOLS, where, "protocol", f"one of {', '.join(PROTOCOLS)}", self.protocol)
 
 
@@ -166,6 +178,13 @@ class Study:
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     smoke: SmokeSpec = field(default_factory=SmokeSpec)
     paper: str | None = None  # paper-numbers file (orchestrator/paper_numbers/NAME.yaml)
+
+    def validate(self, where: str) -> None:
+        from .reports import REPORTS, paper_numbers
+
+        check(self.report in REPORTS, where, "report", f"one of {', '.join(sorted(REPORTS))}", self.report)
+        if self.paper is not None:
+            paper_numbers(self.paper, where=f"{where}.paper" if where else "paper")  # exists and has cells
 
 
 def study_dir() -> Path:
@@ -314,7 +333,7 @@ def _validate_stage(stage: StageSpec, where: str, earlier: list[str]) -> None:
         for cond in spec.when:
             if cond not in specs and cond not in flatten(stage.base):
                 raise ConfigError(f"{where}: search.params.{k}.when: {cond!r} is neither a searched parameter nor a base key")
-    base = _strip_refs(stage.base)
+    base = strip_refs(stage.base)
     try:
         resolve(base)
     except ConfigError as e:
@@ -322,8 +341,8 @@ def _validate_stage(stage: StageSpec, where: str, earlier: list[str]) -> None:
     # every corner of every range must resolve: the search cannot leave the valid domain
     for k, spec in specs.items():
         for v in spec.corners():
-            if isinstance(v, str) and v.startswith(STAGE_REF):
-                _check_ref(v, where, f"search.params.{k}", earlier)
+            if is_ref(v):
+                check_ref(v, f"{where}: search.params.{k}", earlier)
                 continue
             trial = copy.deepcopy(base)
             for ck, cv in spec.when.items():
@@ -336,14 +355,14 @@ def _validate_stage(stage: StageSpec, where: str, earlier: list[str]) -> None:
     for i, case in enumerate(stage.search.cases):
         trial = deep_merge(base, {k: v for k, v in case.items() if k != "name"})
         try:
-            resolve(_strip_refs(trial))
+            resolve(strip_refs(trial))
         except ConfigError as e:
             raise ConfigError(f"{where}: search.cases[{i}] ({case['name']}): {e}") from None
     for key, v in flatten(stage.base).items():
-        if isinstance(v, str) and v.startswith(STAGE_REF):
-            _check_ref(v, where, f"base.{key}", earlier)
-    if stage.evaluation.transfer_source and stage.evaluation.transfer_source.startswith(STAGE_REF):
-        _check_ref(stage.evaluation.transfer_source, where, "evaluation.transfer_source", earlier)
+        if is_ref(v):
+            check_ref(v, f"{where}: base.{key}", earlier)
+    if is_ref(stage.evaluation.transfer_source):
+        check_ref(stage.evaluation.transfer_source, f"{where}: evaluation.transfer_source", earlier)
     from trainables.protocols import get_protocol
 
     try:
@@ -353,20 +372,6 @@ def _validate_stage(stage: StageSpec, where: str, earlier: list[str]) -> None:
     metrics = stage.search.metrics
     if stage.search.scheduler.type == "asha" and metrics[0] not in ("robust_acc", "clean_acc", "loss"):
         raise ConfigError(f"{where}: search.metric: ASHA needs a metric reported every epoch (robust_acc, clean_acc or loss), got {metrics[0]!r}")
-
-
-def _check_ref(ref: str, where: str, field_: str, earlier: list[str]) -> None:
-    stage = ref[len(STAGE_REF):].split("/", 1)[0]
-    if stage not in earlier:
-        raise ConfigError(f"{where}: {field_}: {ref!r} refers to stage {stage!r}; expected one of the earlier stages: {', '.join(earlier) or '(none)'}")
-
-
-def _strip_refs(base: dict) -> dict:
-    """The base with stage references replaced by None (resolved at run time)."""
-    b = copy.deepcopy(base)
-    if isinstance(b.get("init_checkpoint"), str) and b["init_checkpoint"].startswith(STAGE_REF):
-        b["init_checkpoint"] = None
-    return b
 
 
 # ----------------------------------------------------------------------------- search space
@@ -402,7 +407,7 @@ class DefineByRun:
 def default_point(specs: dict[str, ParamSpec], base: dict) -> dict[str, Any]:
     """The resolved defaults of every searched parameter, with Optuna's flattened keys
     (a point with nested keys would be silently ignored)."""
-    resolved = to_dict(resolve(_strip_refs(base)))
+    resolved = to_dict(resolve(strip_refs(base)))
     point = {}
     flat = flatten(resolved)
     for key, spec in specs.items():

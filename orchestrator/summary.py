@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from trainables.cli import write_json
+from trainables.masking import describe_flags
 
 KEY_METRICS = ("clean_acc", "robust_acc", "pgd20_acc", "autoattack_acc", "epoch_time_s", "images_per_s")
 _INTERNAL = {"timestamp", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
@@ -15,18 +16,55 @@ _INTERNAL = {"timestamp", "time_this_iter_s", "time_total_s", "pid", "hostname",
 
 
 def trial_row(*, study: str, stage: str, trial_id: str, config: dict, searched: dict, metrics: dict,
-              status: str, mlflow_run_id: str | None, checkpoint: str | None, error: str | None = None) -> dict:
+              status: str, mlflow_run_id: str | None, checkpoint: str | None, error: str | None = None,
+              evaluation: dict | None = None) -> dict:
     return {"trial_id": trial_id, "stage": stage, "study": study, "config": config, "searched": searched,
+            "evaluation": evaluation or {},
             "metrics": {k: v for k, v in metrics.items() if k not in _INTERNAL}, "status": status,
             "mlflow_run_id": mlflow_run_id, "checkpoint": checkpoint, **({"error": error} if error else {})}
+
+
+def rows_from_results(grid, *, study: str, stage, refs: dict[str, str], tracker) -> list[dict]:
+    """Tune's results as summary rows, sorted by trial id. A trial's config is the resolved one
+    its worker reported; a trial that failed before reporting keeps the config it was given."""
+    import json
+    from pathlib import Path
+
+    from trainables.schema import flatten
+
+    from .driver import trial_train_config
+
+    rows = []
+    for result in grid:
+        metrics = dict(result.metrics or {})
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        given = dict(result.config or {})
+        case = given.get("case")
+        searched = flatten({k: v for k, v in given.items() if k != "case"})
+        if case:
+            searched = {"case": case["name"], **searched}
+        reported = metrics.pop("resolved_config", None)
+        config = json.loads(reported) if reported else trial_train_config(stage.base, given, refs)
+        if result.error is not None:
+            status = "failed"
+        else:
+            status = metrics.get("status") or "stopped"
+            if status == "running":
+                status = "stopped"
+        ck = metrics.get("checkpoint_path") or (result.checkpoint.path if result.checkpoint else None)
+        rows.append(trial_row(study=study, stage=stage.name, trial_id=trial_id, config=config, searched=searched,
+                              metrics=metrics, status=status, mlflow_run_id=tracker.trial_run_id(f"{stage.name}/{trial_id}"),
+                              checkpoint=ck, error=str(result.error).splitlines()[0][:300] if result.error else None,
+                              evaluation={"protocol": stage.evaluation.protocol,
+                                          "overrides": dict(stage.evaluation.overrides or {})}))
+    rows.sort(key=lambda r: r["trial_id"])
+    return rows
 
 
 def write_summary(output_dir: Path, study: str, rows: list[dict], extra: dict | None = None) -> tuple[Path, Path]:
     summary = {"study": study, **(extra or {}), "trials": rows}
     jpath = output_dir / "summary.json"
-    tmp = jpath.with_name("summary.json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, jpath)
+    write_json(jpath, summary)
     cpath = output_dir / "summary.csv"
     searched_keys = sorted({k for r in rows for k in r["searched"]})
     metric_keys = [k for k in KEY_METRICS if any(k in r["metrics"] for r in rows)]
@@ -64,7 +102,7 @@ def table(rows: list[dict]) -> str:
         body.append([r["stage"], r["trial_id"][-5:], r["config"].get("method"),
                      *[_fmt(r["searched"].get(k)) for k in searched], r["status"], _fmt(m.get("clean_acc")),
                      _fmt(m.get("pgd20_acc")), _fmt(m.get("autoattack_acc")), _fmt(m.get("robust_acc")),
-                     _fmt(m.get("epoch_time_s")), ("FLAGGED: " + ",".join(flags)) if flags else ("ok" if flags is not None else "-")])
+                     _fmt(m.get("epoch_time_s")), describe_flags(flags)])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths))]
     lines.append("  ".join("-" * w for w in widths))

@@ -18,7 +18,9 @@ from typing import Any, Mapping
 
 from ray import tune
 
-from trainables.config import flatten
+from trainables.cli import write_json
+from trainables.schema import flatten
+from trainables.masking import describe_flags
 from trainables.errors import ConfigError
 
 RUNS_FILE = "mlflow_runs.json"
@@ -109,7 +111,6 @@ class Tracker:
         exp = self.client.get_experiment_by_name(study)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(study)
         self.state_path = output_dir / RUNS_FILE
-        self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
 
     @property
     def client(self):
@@ -120,13 +121,26 @@ class Tracker:
         return self._client
 
     def __getstate__(self):
-        # Tune pickles its callbacks with the experiment state: drop the client
+        # Tune pickles its callbacks with the experiment state (and a resumed sweep gets them
+        # back from it): keep no client and no copy of the run ids, which live in RUNS_FILE.
         return {**self.__dict__, "_client": None}
 
-    def save(self) -> None:
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2))
-        os.replace(tmp, self.state_path)
+    @property
+    def state(self) -> dict[str, Any]:
+        """The launch's run ids (parent, experiment, one per trial), read from RUNS_FILE: the
+        sweep and the callbacks a resumed Tuner unpickles share it through the file."""
+        return json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        write_json(self.state_path, state)
+
+    def trial_run_id(self, key: str) -> str | None:
+        return self.state.get("trials", {}).get(key)
+
+    def set_trial_run_id(self, key: str, run_id: str) -> None:
+        state = self.state
+        state.setdefault("trials", {})[key] = run_id
+        self.save_state(state)
 
     def start_parent(self, study: str, params: Mapping[str, Any], tags: Mapping[str, str], resume: bool) -> str:
         pid = self.state.get("parent_run_id")
@@ -137,8 +151,7 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=f"{study}-{time.strftime('%Y%m%d-%H%M%S')}",
                                      tags={**tags, "study": study, "kind": "study"})
         pid = run.info.run_id
-        self.state = {"parent_run_id": pid, "experiment_id": self.experiment_id, "trials": {}}
-        self.save()
+        self.save_state({"parent_run_id": pid, "experiment_id": self.experiment_id, "trials": {}})
         self.log_params(pid, params)
         return pid
 
@@ -192,20 +205,28 @@ class MLflowTrialCallback(tune.Callback):
         self.base = dict(base)
         self.refs = dict(refs)
         self.tags = dict(tags)
+        self._described: set[str] = set()  # trials whose resolved config is logged
 
     def _key(self, trial) -> str:
         return f"{self.stage}/{trial.trial_id}"
 
     def run_id(self, trial) -> str | None:
-        return self.tracker.state.get("trials", {}).get(self._key(trial))
+        return self.tracker.trial_run_id(self._key(trial))
 
-    def resolved_config(self, trial) -> dict[str, Any]:
-        from trainables.config import to_dict
-        from trainables.settings import resolve
-
+    def config(self, trial) -> dict[str, Any]:
+        """The trial's config as its worker resolved and reported it; before the first report
+        (or for a trial that failed before one), the config it was given."""
+        reported = (trial.last_result or {}).get("resolved_config")
+        if reported:
+            return json.loads(reported)
         from .driver import trial_train_config
 
-        return to_dict(resolve(trial_train_config(self.base, trial.config, self.refs)))
+        return trial_train_config(self.base, trial.config, self.refs)
+
+    def _describe(self, run_id: str, cfg: Mapping[str, Any]) -> None:
+        self.tracker.client.set_tag(run_id, "model", str(cfg.get("model")))
+        self.tracker.client.set_tag(run_id, "dataset", str(cfg.get("dataset")))
+        self.tracker.log_params(run_id, cfg)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         client = self.tracker.client
@@ -214,17 +235,11 @@ class MLflowTrialCallback(tune.Callback):
             client.update_run(run_id, "RUNNING")
             client.set_tag(run_id, "trial_status", "running")
             return
-        try:
-            cfg = self.resolved_config(trial)
-        except Exception as e:  # noqa: BLE001 - recorded, the trial itself will fail loudly
-            cfg = {"config_error": str(e)}
+        cfg = self.config(trial)  # as given: the resolved config follows with the first result
         tags = {**self.tags, "mlflow.parentRunId": self.parent, "study": self.study, "stage": self.stage,
-                "trial_id": trial.trial_id, "method": str(cfg.get("method")), "model": str(cfg.get("model")),
-                "dataset": str(cfg.get("dataset")), "trial_status": "running"}
+                "trial_id": trial.trial_id, "method": str(cfg.get("method")), "trial_status": "running"}
         run = client.create_run(self.tracker.experiment_id, run_name=f"{self.stage}-{trial.trial_id}", tags=tags)
-        self.tracker.state.setdefault("trials", {})[self._key(trial)] = run.info.run_id
-        self.tracker.save()
-        self.tracker.log_params(run.info.run_id, cfg)
+        self.tracker.set_trial_run_id(self._key(trial), run.info.run_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from mlflow.entities import Metric
@@ -232,6 +247,9 @@ class MLflowTrialCallback(tune.Callback):
         run_id = self.run_id(trial)
         if run_id is None:
             return
+        if result.get("resolved_config") and trial.trial_id not in self._described:
+            self._described.add(trial.trial_id)
+            self._describe(run_id, json.loads(result["resolved_config"]))
         step = int(result.get("epoch", result.get("training_iteration", 0)) or 0)
         ts = int(time.time() * 1000)
         skip = {"training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
@@ -250,7 +268,10 @@ class MLflowTrialCallback(tune.Callback):
         if last.get("masking_flags") is not None:
             client.set_tag(run_id, "masking_flags", ",".join(last.get("masking_flags") or []) or "none")
         try:
-            self.tracker.log_artifact_json(run_id, "config.json", self.resolved_config(trial))
+            cfg = self.config(trial)
+            if trial.trial_id not in self._described:  # failed before its first report
+                self._describe(run_id, cfg)
+            self.tracker.log_artifact_json(run_id, "config.json", cfg)
             ck = last.get("checkpoint_path")
             if ck and Path(ck, "eval.json").exists():
                 client.log_artifact(run_id, str(Path(ck, "eval.json")))
@@ -282,13 +303,17 @@ class Progress(tune.Callback):
         self.done = 0
         self.t0 = time.time()
 
+    def __setstate__(self, state):  # restored with a resumed Tuner: time this launch
+        self.__dict__.update(state)
+        self.t0 = time.time()
+
     def _line(self, trial, status: str) -> None:
         self.done += 1
         m = trial.last_result or {}
         flags = m.get("masking_flags")
         print(f"[{self.stage}] {self.done}/{self.total} trial {trial.trial_id} {status}: "
               f"clean {m.get('clean_acc', float('nan')):.4f}  robust {m.get('robust_acc', float('nan')):.4f}"
-              f"{'  MASKING FLAGS: ' + ','.join(flags) if flags else ''}  ({time.time() - self.t0:.0f}s)", flush=True)
+              f"{'  masking ' + describe_flags(flags) if flags else ''}  ({time.time() - self.t0:.0f}s)", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("epoch") and not result.get("final"):

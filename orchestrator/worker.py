@@ -18,7 +18,8 @@ from typing import Any
 
 from trainables.cli import write_json
 
-CHECKPOINT_FILE = "checkpoint.pt"
+from .stages import CHECKPOINT_FILE
+
 EVAL_FILE = "eval.json"
 logger = logging.getLogger(__name__)
 
@@ -63,10 +64,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from trainables.evaluate import evaluate, load_model_from_checkpoint
     from trainables.loop import build, checkpoint_state, fit
     from trainables.protocols import get_protocol
-    from trainables.settings import resolve
+    from trainables.schema import to_dict
+    from trainables.config import resolve
 
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
-    cfg = resolve(config["train"])
+    cfg = resolve(config["train"])  # the one resolution of this trial's config; reported with every result
+    resolved_json = json.dumps(to_dict(cfg))
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     assigned = ray.train.torch.get_device()
@@ -117,6 +120,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         report["status"] = "running"
         report["resumed_from_epoch"] = start_epoch  # > 0 after a worker-group restart
         report["device"] = device_label
+        report["resolved_config"] = resolved_json
         report["node_id"] = node_id  # which machine ran this epoch (it changes when a node is lost)
         if metrics["epoch"] == cfg.epochs:
             if rank == 0:
@@ -141,5 +145,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             fit(comp, on_epoch_end=on_epoch_end)
     except DivergedError as e:
-        ray.train.report({"status": "diverged", "epoch": e.epoch, "loss": float("nan") if not math.isfinite(e.loss) else e.loss,
+        ray.train.report({"status": "diverged", "resolved_config": resolved_json, "epoch": e.epoch, "loss": float("nan") if not math.isfinite(e.loss) else e.loss,
                           "clean_acc": float("nan"), "robust_acc": float("nan"), "diverged": True})

@@ -51,6 +51,8 @@ CASES = {
     "grid with a range": (SWEEP, study("search: {algorithm: grid, params: {seed: {type: int, low: 0, high: 3}}}\n"), "a grid study lists values"),
     "unknown protocol": (SWEEP, study("evaluation: {protocol: strongest}\n"), "evaluation.protocol: expected one of"),
     "bad resources": (SWEEP, study("resources: {num_workers: 0}\n"), "resources.num_workers: expected an integer >= 1"),
+    "unknown report": (SWEEP, study("report: widht\n"), "report: expected one of"),
+    "unknown paper numbers": (SWEEP, study("paper: table99\n"), "paper: unknown paper-numbers file 'table99'"),
     "unknown study": (SWEEP, ["--study", "widthh"], "unknown study 'widthh'; expected one of:"),
     "missing study file": (SWEEP, ["--config", "/nonexistent/s.yaml"], "no such study file"),
     "unwritable output dir": (SWEEP, ["--study", "sensitivity", "--output-dir", "FILE/out"], "not writable"),

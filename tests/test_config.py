@@ -3,9 +3,9 @@ from typing import Literal
 
 import pytest
 
-from trainables.config import build, parse_number, parse_override
+from trainables.schema import build, parse_number, parse_override
 from trainables.errors import ConfigError
-from trainables.settings import resolve
+from trainables.config import resolve
 
 
 def test_parse_number_fractions_and_errors():
@@ -47,11 +47,11 @@ def test_override_parsing():
 def test_resolve_fills_every_default_and_validates():
     cfg = resolve({"method": "sprout", "dataset": "digits"})
     assert cfg.model == "small_cnn" and cfg.epochs == 15 and cfg.eps == 0.1 and cfg.batch_size == 32
-    assert cfg.method_args["variant"] == "paper" and cfg.method_args["alpha"] == 0.01
-    assert cfg.method_args["theta_steps"] == 1 and cfg.method_args["beta_update"] == "joint"
+    assert cfg.method_args.variant == "paper" and cfg.method_args.alpha == 0.01
+    assert cfg.method_args.theta_steps == 1 and cfg.method_args.beta_update == "joint"
     ref = resolve({"method": "sprout", "method_args": {"variant": "reference"}})
-    assert ref.method_args["concentration"] == "additive" and ref.method_args["theta_steps"] == 3
-    assert resolve({"method": "pgd_at", "dataset": "cifar10"}).optim["weight_decay"] == 2e-4
+    assert ref.method_args.concentration == "additive" and ref.method_args.theta_steps == 3
+    assert resolve({"method": "pgd_at", "dataset": "cifar10"}).optim.weight_decay == 2e-4
     with pytest.raises(ConfigError, match="unknown method 'nope'; expected one of: backward_smoothing"):
         resolve({"method": "nope"})
     with pytest.raises(ConfigError, match=r"method_args\.alpha: expected a number in \[0, 1\]"):
@@ -60,3 +60,15 @@ def test_resolve_fills_every_default_and_validates():
         resolve({"epochs": 0})
     with pytest.raises(ConfigError, match=r"model_args: unknown key 'depth'"):
         resolve({"model": "small_cnn", "model_args": {"depth": 3}})
+
+
+def test_the_names_that_help_lists_are_the_registered_ones():
+    """--help reads names from the source without importing torch; they must not drift."""
+    from trainables.data import list_datasets
+    from trainables.methods import list_methods
+    from trainables.models import list_models
+    from trainables.registry import declared
+
+    assert declared("methods") == list_methods()
+    assert declared("models") == list_models()
+    assert declared("datasets") == list_datasets()

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from trainables.loop import build, fit
-from trainables.settings import resolve
+from trainables.config import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -82,3 +82,27 @@ def test_list_prints_every_study_from_a_copy_of_the_script(tmp_path):
     for name in list_studies():
         assert name in p.stdout
     assert study_dir().name == "search_spaces"
+
+
+PROBE = textwrap.dedent("""
+    import runpy, sys
+    target, args = sys.argv[1], sys.argv[2:]
+    sys.argv = [target, *args]
+    try:
+        if target.endswith(".py"):
+            runpy.run_path(target, run_name="__main__")
+        else:
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+    except SystemExit:
+        pass
+    print("HEAVY", sorted(m for m in ("torch", "ray") if m in sys.modules))
+""")
+
+
+@pytest.mark.parametrize("argv", [["orchestrator/sweep.py", "--help"], ["orchestrator/sweep.py", "--list"],
+                                  ["trainables.train", "--help"]])
+def test_help_and_list_answer_without_loading_torch_or_ray(argv):
+    """Help and listings import neither torch nor Ray, so they answer at once."""
+    p = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "HEAVY []" in p.stdout, p.stdout[-500:]

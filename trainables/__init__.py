@@ -1,7 +1,20 @@
-"""SPROUT and its baselines as Ray-free training methods, with models, data and evaluation."""
-from .data import list_datasets
-from .methods import list_methods
-from .models import list_models
+"""SPROUT and its baselines as Ray-free training methods, with models, data and evaluation.
+
+Importing the package is cheap (no torch): submodules load when used, so command-line help
+and study listings answer at once.
+"""
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["list_datasets", "list_methods", "list_models"]
 __version__ = "0.1.0"
+_LAZY = {"list_datasets": "data", "list_methods": "methods", "list_models": "models"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

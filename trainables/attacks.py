@@ -66,21 +66,22 @@ def cw_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float = 0.0) -> torc
     return (other - true).clamp(min=-kappa)
 
 
-def _attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str, target: torch.Tensor | None) -> torch.Tensor:
+def _attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str, target: torch.Tensor | None,
+                 kappa: float = 0.0) -> torch.Tensor:
     if target is not None:  # targeted: descend CE towards the target == ascend its negative
         return -F.cross_entropy(logits, target, reduction="sum")
     if loss == "ce":
         return F.cross_entropy(logits, y, reduction="sum")
     if loss == "cw":
-        return cw_margin(logits, y, kappa=50.0).sum()
+        return cw_margin(logits, y, kappa=kappa).sum()
     raise ValueError(f"unknown attack loss {loss!r}")
 
 
 def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: str = "ce",
-               target: torch.Tensor | None = None) -> torch.Tensor:
-    """d loss / d x without touching parameter gradients."""
+               target: torch.Tensor | None = None, kappa: float = 0.0) -> torch.Tensor:
+    """d loss / d x without touching parameter gradients (``kappa``: the C&W loss's cap)."""
     x = x.detach().requires_grad_(True)
-    value = _attack_loss(model(x), y, loss, target)
+    value = _attack_loss(model(x), y, loss, target, kappa)
     (g,) = torch.autograd.grad(value, x)
     return g
 
@@ -88,7 +89,7 @@ def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: str 
 def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
              step_size: float, restarts: int = 1, random_start: bool = True, loss: str = "ce",
              target: torch.Tensor | None = None, bn: BNMode = "eval",
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, kappa: float = 0.0) -> torch.Tensor:
     """PGD-L-inf. Returns per-sample worst-case inputs over ``restarts``: an input that any
     restart fools (or, targeted, sends to ``target``) is kept. ``steps=1, step_size=eps,
     random_start=False`` is FGSM."""
@@ -99,7 +100,7 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, 
         for _ in range(max(1, restarts)):
             x_adv = linf_random_start(x, eps=eps, generator=generator) if random_start else x.clone()
             for _ in range(steps):
-                g = input_grad(model, x_adv, y, loss=loss, target=target)
+                g = input_grad(model, x_adv, y, loss=loss, target=target, kappa=kappa)
                 x_adv = linf_project(linf_step(x_adv, g, step_size=step_size), x, eps=eps).detach()
             with torch.no_grad():
                 pred = model(x_adv).argmax(1)

@@ -44,10 +44,19 @@ def writable_dir(path: str | os.PathLike, what: str = "--output-dir") -> Path:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write (temp file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable))
-    os.replace(tmp, path)
+    """Atomic JSON write: a uniquely named temporary file beside ``path``, then a rename, so a
+    reader never sees half a file and two writers never share a temporary name."""
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2, sort_keys=False, default=_jsonable))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _jsonable(o: Any) -> Any:

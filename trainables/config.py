@@ -1,205 +1,129 @@
-"""Typed, frozen configuration: defaults < file < command line, unknown keys and wrong types refused.
+"""The training configuration: typed, frozen, resolved once, saved with every run.
 
-``build(cls, mapping, where)`` turns a plain mapping (from YAML, JSON or ``--set``) into a
-frozen dataclass, naming the offending key (``where.key``) in every error. Numbers may be
-written as fractions (``8/255``); they are parsed explicitly, never with ``eval``.
+Resolution order: data set and method defaults < study file / ``--set`` values. After
+``resolve()`` every default is explicit (model, epochs, eps, the optimizer, the method's
+variant-specific values), so the saved config says exactly what ran.
 """
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from fractions import Fraction
-from typing import Any, Literal, Mapping, TypeVar, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Mapping
 
-import yaml
-
-from .errors import ConfigError
-
-C = TypeVar("C")
+from .schema import build, check, deep_merge
+from .data import DATASETS
+from .methods import METHODS
+from .models import MODELS
 
 
-def parse_number(text: str, where: str) -> float:
-    """Parse ``0.03``, ``1e-3`` or ``8/255`` (a fraction of two numbers) as a float."""
-    s = text.strip()
-    try:
-        if "/" in s:
-            num, den = s.split("/", 1)
-            value = float(Fraction(num.strip())) / float(Fraction(den.strip()))
-        else:
-            value = float(s)
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"{where}: expected a number such as 0.03 or 8/255, got {text!r}") from None
-    return value
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.1  # theta's peak learning rate
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: Literal["piecewise", "cyclic", "cosine", "constant"] = "piecewise"
+    # piecewise: lr *= gamma at each fraction of training; cyclic: the peak's position
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+
+    def validate(self, where: str) -> None:
+        check(self.lr > 0, where, "lr", "a number > 0", self.lr)
+        check(0 <= self.momentum < 1, where, "momentum", "a number in [0, 1)", self.momentum)
+        check(self.weight_decay >= 0, where, "weight_decay", "a number >= 0", self.weight_decay)
+        check(all(0 < m <= 1 for m in self.milestones), where, "milestones",
+              "fractions of training in (0, 1]", self.milestones)
+        check(0 < self.gamma <= 1, where, "gamma", "a number in (0, 1]", self.gamma)
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    if origin is tuple:
-        return "a list"
-    if origin is dict:
-        return "a mapping"
-    return getattr(tp, "__name__", str(tp))
+@dataclass(frozen=True)
+class DataConfig:
+    root: str | None = None  # data directory; CIFAR is downloaded here when missing
+    download: bool = True
+    image_size: int | None = None  # ImageNet crop size (224)
+    loader_workers: int = 4  # DataLoader processes for folder data (ImageNet)
+
+    def validate(self, where: str) -> None:
+        check(self.loader_workers >= 0, where, "loader_workers", "an integer >= 0", self.loader_workers)
+        if self.image_size is not None:
+            check(self.image_size >= 8, where, "image_size", "an integer >= 8", self.image_size)
 
 
-def coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` and convert where unambiguous."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce(value, arg, where)
-            except ConfigError as e:
-                errors.append(e)
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value in allowed:
-            return value
-        raise ConfigError(f"{where}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
-    if origin is tuple:
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item_tp, *_rest) = typing.get_args(tp)
-        return tuple(coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict or tp is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return build(tp, value, where)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            return parse_number(value, where)
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    raise TypeError(f"unsupported annotation {tp!r} at {where}")
+@dataclass(frozen=True)
+class MonitorConfig:
+    """The per-epoch check on a fixed test subset (a monitor, not the final evaluation; it
+    is never used to choose a checkpoint)."""
+
+    every: int = 1  # epochs between checks; 0 = never
+    n: int = 256  # test images
+    pgd_steps: int = 10  # PGD-k at the data set's eps, step eps/4, one random start
+
+    def validate(self, where: str) -> None:
+        check(self.every >= 0, where, "every", "an integer >= 0", self.every)
+        check(self.n >= 1, where, "n", "an integer >= 1", self.n)
+        check(self.pgd_steps >= 1, where, "pgd_steps", "an integer >= 1", self.pgd_steps)
 
 
-def build(cls: type[C], data: Mapping[str, Any] | None, where: str) -> C:
-    """Build the frozen dataclass ``cls`` from ``data``; then run its ``validate()`` if it has one."""
-    data = dict(data or {})
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r}; expected one of: {', '.join(names)}"
-        )
-    kwargs = {k: coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        validate(where)
-    return obj
+@dataclass(frozen=True)
+class FastConfig:
+    """The GPU fast path. ``auto`` turns a feature on when the device is CUDA; on CPU the
+    same code runs unchanged in fp32."""
+
+    amp: Literal["auto", "off", "bf16"] = "auto"  # bf16 autocast for training; attacks stay fp32
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    compile: bool = False  # torch.compile the model
 
 
-def check(cond: bool, where: str, field: str, expected: str, value: Any) -> None:
-    """Raise a ConfigError naming ``where.field`` unless ``cond`` holds."""
-    if not cond:
-        name = f"{where}.{field}" if where else field
-        raise ConfigError(f"{name}: expected {expected}, got {value!r}")
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = "sprout"
+    dataset: str = "digits"
+    model: str | None = None  # None = the data set's default (small_cnn for digits, vgg16 for CIFAR)
+    epochs: int | None = None  # None = the data set's default, else the method's reference value
+    batch_size: int | None = None  # per worker; None = the data set's (32 digits, 128 CIFAR)
+    seed: int = 0
+    eps: float | None = None  # L-inf budget for adversarial training and evaluation; None = data set's
+    init_checkpoint: str | None = None  # start from these weights instead of random ones
+    # The three sub-configs are mappings as written (YAML, --set) and typed after resolve():
+    # the method's Config, the model's args dataclass and an OptimConfig.
+    method_args: dict = field(default_factory=dict)
+    model_args: dict = field(default_factory=dict)
+    optim: dict = field(default_factory=dict)  # over the method's defaults
+    data: DataConfig = field(default_factory=DataConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    fast: FastConfig = field(default_factory=FastConfig)
+    keep_checkpoints: int = 2  # checkpoints kept per trial (older ones are deleted)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def validate(self, where: str) -> None:
+        METHODS.get(self.method)
+        DATASETS.get(self.dataset)
+        if self.model is not None:
+            MODELS.get(self.model)
+        if self.epochs is not None:
+            check(self.epochs >= 1, where, "epochs", "an integer >= 1", self.epochs)
+        if self.batch_size is not None:
+            check(self.batch_size >= 1, where, "batch_size", "an integer >= 1", self.batch_size)
+        if self.eps is not None:
+            check(0 <= self.eps <= 1, where, "eps", "a number in [0, 1] (pixel units)", self.eps)
+        check(self.keep_checkpoints >= 1, where, "keep_checkpoints", "an integer >= 1", self.keep_checkpoints)
 
 
-def to_dict(obj: Any) -> Any:
-    """A dataclass (possibly nested) as plain Python data, tuples as lists."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``a.b=value`` -> (["a", "b"], parsed value). The value is read as YAML (numbers,
-    booleans, lists); fractions like ``8/255`` stay strings and are parsed by the field's type."""
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected key=value")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"--set {item!r}: expected key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
-
-
-def set_nested(d: dict, path: list[str], value: Any) -> None:
-    for p in path[:-1]:
-        nxt = d.get(p)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            d[p] = nxt
-        d = nxt
-    d[path[-1]] = value
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as one level with dotted keys (``method_args.alpha``)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def deep_merge(base: Mapping, override: Mapping) -> dict:
-    """``override`` on top of ``base``; mappings merge recursively, everything else replaces."""
-    out = dict(base)
-    for k, v in override.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
+def resolve(raw: Mapping[str, Any] | TrainConfig) -> TrainConfig:
+    """Validate a raw mapping and fill every default explicitly. The result's ``method_args``,
+    ``model_args`` and ``optim`` are typed configs; ``to_dict`` turns the whole back into plain
+    data at the boundaries (checkpoints, MLflow, the Ray payload). Resolving twice is a no-op."""
+    cfg = raw if isinstance(raw, TrainConfig) else build(TrainConfig, raw, "")
+    method_cls = METHODS.get(cfg.method)
+    data = DATASETS.get(cfg.dataset)
+    model = cfg.model or data.default_model
+    margs = build(MODELS.get(model).args, cfg.model_args, "model_args")
+    meth = build(method_cls.Config, cfg.method_args, "method_args")
+    if hasattr(meth, "resolved"):
+        meth = meth.resolved()
+    optim = cfg.optim if isinstance(cfg.optim, OptimConfig) else build(
+        OptimConfig, deep_merge(deep_merge(method_cls.default_optim, data.optim), cfg.optim), "optim")
+    epochs = cfg.epochs or data.default_epochs or method_cls.default_epochs
+    eps = cfg.eps if cfg.eps is not None else data.eps
+    batch_size = cfg.batch_size or data.batch_size
+    return replace(cfg, model=model, epochs=epochs, eps=eps, batch_size=batch_size, model_args=margs,
+                   method_args=meth, optim=optim)

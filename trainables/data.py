@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .devices import generator, home
 from .errors import DataError
 from .registry import Registry
 
@@ -292,9 +293,7 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self._indices().to(self.device)
-        gen_device = self.device if self.device.type == "cuda" else torch.device("cpu")
-        gen = torch.Generator(device=gen_device).manual_seed(
-            self.seed * 7_919 + self.epoch * 31 + self.rank)
+        gen = generator(self.device, self.seed * 7_919 + self.epoch * 31 + self.rank)
         for i in range(len(self)):
             b = idx[i * self.batch_size: (i + 1) * self.batch_size]
             xb, yb = self.x[b], self.y[b]
@@ -308,7 +307,7 @@ def make_train_loader(bundle: DataBundle, *, batch_size: int, seed: int, device:
     """The training loader: a TensorLoader for tensor data (on ``device`` when it is a GPU),
     a DataLoader with a DistributedSampler, pinned memory and workers for folder data."""
     if bundle.x_train is not None:
-        on_device = device if device.type == "cuda" else torch.device("cpu")
+        on_device = home(device)
         return TensorLoader(bundle.x_train, bundle.y_train, batch_size=batch_size, shuffle=True,
                             augment=bundle.augment, seed=seed, device=on_device)
     from torch.utils.data import DataLoader, DistributedSampler

@@ -9,228 +9,64 @@ prints a table. Every attack runs in fp32 with BatchNorm in eval mode.
 from __future__ import annotations
 
 import argparse
-import logging
-import re
 import time
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .attacks import bn_mode, brightness, contrast, cw_l2, grayscale, input_grad, pgd_linf, rotate
+from .attacks import bn_mode, input_grad
 from .data import DATASETS, DataBundle
+from .devices import generator
+from .eval_attacks import ATTACKS, EvalContext, autoattack, worst_case_keys  # noqa: F401 - autoattack re-exported
 from .masking import run_checks, summarize
-from .metrics import batched, predict
 from .protocols import Protocol, get_protocol
-
-# White-box L-inf accuracies at the protocol's eps; their minimum is the number to trust.
-_LINF_PREFIXES = ("fgsm", "pgd", "cw_linf", "autoattack")
-
-
-def pgd_name(steps: int, restarts: int) -> str:
-    return f"pgd{steps}_acc" if restarts == 1 else f"pgd{steps}x{restarts}_acc"
-
-
-class _AALog(logging.Handler):
-    """Collects AutoAttack's per-attack robust accuracy from its logger."""
-
-    pattern = re.compile(r"robust accuracy after ([A-Z\-]+): ([0-9.]+)%")
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.steps: dict[str, float] = {}
-        self.warnings: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        m = self.pattern.search(msg)
-        if m:
-            self.steps[m.group(1).lower()] = float(m.group(2)) / 100
-        elif record.levelno >= logging.WARNING:
-            self.warnings.append(msg)
-
-
-def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int,
-               device: torch.device, batch_size: int) -> tuple[torch.Tensor, dict[str, float], list[str]]:
-    """AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square), from ``pyautoattack``.
-    Returns adversarial inputs (CPU), robust accuracy after each attack, and its warnings."""
-    from pyautoattack import AutoAttack
-
-    logger = logging.getLogger("auto-attack")
-    handler = _AALog()
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    try:
-        with bn_mode(model, "eval"), torch.autocast(device_type=device.type, enabled=False):
-            aa = AutoAttack(model, norm="Linf", eps=eps, version="standard", device=device, seed=seed)
-            x_adv, _ = aa.run_standard_evaluation(x.to(device), y.to(device), batch_size=batch_size)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-    return x_adv.detach().cpu(), handler.steps, handler.warnings
-
-
-def _violation(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> float:
-    ball = ((x_adv - x).abs() - eps).clamp(min=0).max().item() if len(x) else 0.0
-    box = max((x_adv - 1).clamp(min=0).max().item(), (-x_adv).clamp(min=0).max().item()) if len(x) else 0.0
-    return max(ball, box)
 
 
 def evaluate(model: nn.Module, bundle: DataBundle, protocol: Protocol, *, eps: float | None = None,
              seed: int = 0, device: torch.device | None = None, transfer_source: nn.Module | None = None,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run ``protocol`` on the test split. Returns one flat dict of metrics (see README)."""
+    """Run ``protocol``'s attacks, in the registry's order, on the test split. Returns one flat
+    dict of metrics (see README "Evaluation"), with each attack's seconds in ``attack_seconds``."""
     p = protocol
     device = device or next(model.parameters()).device
     eps = p.eps if p.eps is not None else (eps if eps is not None else DATASETS.get(bundle.name).eps)
-    step = p.step_frac * eps
     x, y = bundle.test_tensors(p.n)
-    n = len(y)
-    bs = p.batch_size
-    gen = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(seed)
-    say = log or (lambda s: None)
     t_start = time.perf_counter()
-
-    r: dict[str, Any] = {"protocol": p.name, "protocol_budgets": p.budgets(), "eps": eps,
-                         "attack_step_size": step, "n_eval": n, "dataset": bundle.name}
-    extra: dict[str, Any] = {"bound_violations": {}}
-    robust: dict[str, torch.Tensor] = {}  # per-image correctness under each attack
-
-    def run(name: str, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], xs=x, ys=y, eps_=eps,
-            target: nn.Module = model) -> torch.Tensor:
-        t0 = time.perf_counter()
-        x_adv = batched(fn, xs, ys, batch_size=bs, device=device)
-        extra["bound_violations"][name] = _violation(x_adv, xs, eps_)
-        ok = predict(target, x_adv, batch_size=bs, device=device) == ys
-        say(f"  {name}: {ok.float().mean().item():.4f} ({time.perf_counter() - t0:.1f}s)")
-        return ok
-
-    clean_ok = predict(model, x, batch_size=bs, device=device) == y
-    r["clean_acc"] = clean_ok.float().mean().item()
-    say(f"  clean: {r['clean_acc']:.4f}")
-
-    def pgd(steps: int, restarts: int = 1, loss: str = "ce", eps_: float = eps, net: nn.Module = model,
-            step_: float | None = None):
-        return lambda xb, yb: pgd_linf(net, xb, yb, eps=eps_, steps=steps, step_size=step_ if step_ else p.step_frac * eps_,
-                                       restarts=restarts, loss=loss, bn="eval", generator=gen)
-
-    if p.fgsm:
-        robust["fgsm"] = run("fgsm", lambda xb, yb: pgd_linf(model, xb, yb, eps=eps, steps=1, step_size=eps,
-                                                              random_start=False, bn="eval"))
-        r["fgsm_acc"] = robust["fgsm"].float().mean().item()
-    for steps, restarts in p.pgd:
-        name = pgd_name(steps, restarts)
-        robust[name[:-4]] = run(name[:-4], pgd(steps, restarts))
-        r[name] = robust[name[:-4]].float().mean().item()
-    if p.cw_linf_steps:
-        robust["cw_linf"] = run("cw_linf", pgd(p.cw_linf_steps, loss="cw"))
-        r["cw_linf_acc"] = robust["cw_linf"].float().mean().item()
-    if p.cw_l2_search_steps:
-        m = n if p.cw_l2_n is None else min(p.cw_l2_n, n)
-        t0 = time.perf_counter()
-        norms = batched(lambda xb, yb: cw_l2(model, xb, yb, search_steps=p.cw_l2_search_steps,
-                                             iterations=p.cw_l2_iterations, bn="eval")[:, None],
-                        x[:m], y[:m], batch_size=bs, device=device).squeeze(1)
-        r["cw_l2_acc"] = (norms > p.cw_l2_radius).float().mean().item()
-        r["cw_l2_radius"] = p.cw_l2_radius
-        r["cw_l2_n"] = m
-        found = norms[torch.isfinite(norms) & (norms > 0)]
-        r["cw_l2_median_norm"] = found.median().item() if len(found) else float("nan")
-        say(f"  cw_l2 @ {p.cw_l2_radius}: {r['cw_l2_acc']:.4f} ({time.perf_counter() - t0:.1f}s)")
-    if p.transfer:
-        if transfer_source is None:
-            r["transfer_skipped"] = "no source model given"
-        else:
-            transfer_source = transfer_source.to(device)
-            ok = run("transfer", pgd(p.transfer_steps, net=transfer_source))
-            r["transfer_acc"] = ok.float().mean().item()
-            same = robust.get(f"pgd{p.transfer_steps}")
-            if same is None:
-                same = run(f"pgd{p.transfer_steps}", pgd(p.transfer_steps))
-            extra["transfer_white_box_acc"] = same.float().mean().item()
-    if p.invariance:
-        for name, fn in (("rotation", lambda t: rotate(t, 10.0)), ("brightness", lambda t: brightness(t, 1.5)),
-                         ("contrast", lambda t: contrast(t, 2.0)), ("grayscale", grayscale)):
-            r[f"inv_{name}_acc"] = (predict(model, fn(x), batch_size=bs, device=device) == y).float().mean().item()
-    if p.autoattack_n != 0:
-        m = n if p.autoattack_n is None else min(p.autoattack_n, n)
-        t0 = time.perf_counter()
-        x_aa, steps, warnings = autoattack(model, x[:m], y[:m], eps=eps, seed=seed, device=device, batch_size=bs)
-        extra["bound_violations"]["autoattack"] = _violation(x_aa, x[:m], eps)
-        aa_ok = predict(model, x_aa, batch_size=bs, device=device) == y[:m]
-        r["autoattack_acc"] = aa_ok.float().mean().item()
-        r["autoattack_n"] = m
-        for k, v in steps.items():
-            r[f"autoattack_after_{k.replace('-', '_')}_acc"] = v
-        if warnings:
-            r["autoattack_warnings"] = warnings
-        extra["autoattack_steps"] = steps
-        extra["autoattack_n"] = m
-        if "pgd20" in robust:
-            extra["autoattack_pgd20_acc"] = robust["pgd20"][:m].float().mean().item()
-        say(f"  autoattack (n={m}): {r['autoattack_acc']:.4f} ({time.perf_counter() - t0:.1f}s)")
-    if p.curve:
-        m = n if p.curve_n is None else min(p.curve_n, n)
-        xs, ys = x[:m], y[:m]
-        r["curve_eps"] = [round(c * eps, 6) for c in p.curve]
-        r["curve_pgd_acc"] = []
-        extra["curve_n"] = m
-        extra["curve_clean_acc"] = clean_ok[:m].float().mean().item()
-        for e in r["curve_eps"]:
-            if e == 0:
-                acc = (predict(model, xs, batch_size=bs, device=device) == ys).float().mean().item()
-            else:
-                acc = run(f"curve_pgd20@{e:.4g}", pgd(20, eps_=e), xs, ys, eps_=e).float().mean().item()
-            r["curve_pgd_acc"].append(acc)
-        if p.curve_autoattack and p.autoattack_n != 0:
-            r["curve_autoattack_acc"] = []
-            for e in r["curve_eps"]:
-                if e == 0:
-                    r["curve_autoattack_acc"].append(extra["curve_clean_acc"])
-                    continue
-                x_aa, _, _ = autoattack(model, xs, ys, eps=e, seed=seed, device=device, batch_size=bs)
-                extra["bound_violations"][f"curve_autoattack@{e:.4g}"] = _violation(x_aa, xs, e)
-                r["curve_autoattack_acc"].append((predict(model, x_aa, batch_size=bs, device=device) == ys).float().mean().item())
-    if p.large_eps > 0:
-        m = n if p.curve_n is None else min(p.curve_n, n)
-        r["large_eps"] = p.large_eps
-        ok = run(f"pgd20@{p.large_eps:g}", pgd(20, eps_=p.large_eps, step_=p.large_eps / 4),
-                 x[:m], y[:m], eps_=p.large_eps)
-        r["large_eps_acc"] = ok.float().mean().item()
-    for e in p.targeted_eps:
-        g = torch.Generator().manual_seed(seed + 1)
-        offset = torch.randint(1, bundle.num_classes, (n,), generator=g)
-        targets = (y + offset) % bundle.num_classes  # a random class other than the true one
-        t0 = time.perf_counter()
-        x_adv = torch.cat([pgd_linf(model, x[i:i + bs].to(device), y[i:i + bs].to(device), eps=e,
-                                    steps=p.targeted_steps, step_size=p.step_frac * e,
-                                    target=targets[i:i + bs].to(device), bn="eval", generator=gen).cpu()
-                           for i in range(0, n, bs)])
-        extra["bound_violations"][f"targeted@{e:g}"] = _violation(x_adv, x, e)
-        r[f"pgd_targeted_acc_eps{e:g}"] = (predict(model, x_adv, batch_size=bs, device=device) == y).float().mean().item()
-        say(f"  targeted pgd @ {e:g}: {r[f'pgd_targeted_acc_eps{e:g}']:.4f} ({time.perf_counter() - t0:.1f}s)")
-
-    # zero input gradients (the fraction of images whose CE gradient is exactly zero)
-    with bn_mode(model, "eval"), torch.enable_grad():
-        zero = 0
-        for i in range(0, n, bs):
-            g = input_grad(model, x[i:i + bs].to(device), y[i:i + bs].to(device))
-            zero += int((g.flatten(1).abs().amax(1) == 0).sum())
-    r["zero_grad_frac"] = zero / max(n, 1)
-
-    linf = {k: v for k, v in r.items() if k.endswith("_acc") and k.startswith(_LINF_PREFIXES)
-            and not k.startswith(("autoattack_after", "pgd_targeted"))}
+    ctx = EvalContext(model=model, bundle=bundle, x=x, y=y, eps=eps, step_frac=p.step_frac, batch_size=p.batch_size,
+                      device=device, seed=seed, gen=generator(device, seed), say=log or (lambda s: None),
+                      transfer_source=transfer_source, protocol=p)
+    ctx.r.update({"protocol": p.name, "protocol_budgets": p.budgets(), "eps": eps, "attack_step_size": p.step_frac * eps,
+                  "n_eval": ctx.n, "dataset": bundle.name})
+    ctx.correct["clean"] = ctx.correct_on(x, y)
+    ctx.r["clean_acc"] = ctx.correct["clean"].float().mean().item()
+    ctx.say(f"  clean: {ctx.r['clean_acc']:.4f}")
+    for name, budget in p.attacks:
+        ATTACKS.get(name).run(ctx, budget)
+    ctx.r["zero_grad_frac"] = zero_grad_frac(ctx)
+    r = ctx.r
+    linf = {k: r[k] for k in worst_case_keys(p) if k in r}
     if linf:
         worst = min(linf, key=linf.get)
         r["robust_acc_min"] = linf[worst]
         r["robust_acc_min_attack"] = worst[:-4]
     if p.checks:
-        r.update(summarize(run_checks(r, extra)))
-    r["max_bound_violation"] = max(extra["bound_violations"].values(), default=0.0)
+        r.update(summarize(run_checks(r, ctx.extra)))
+    r["max_bound_violation"] = max(ctx.extra["bound_violations"].values(), default=0.0)
+    r["attack_seconds"] = {k: round(v, 3) for k, v in ctx.seconds.items()}
     r["eval_time_s"] = time.perf_counter() - t_start
     return r
+
+
+def zero_grad_frac(ctx: EvalContext) -> float:
+    """The fraction of images whose cross-entropy input gradient is exactly zero."""
+    zero = 0
+    bs = ctx.batch_size
+    with bn_mode(ctx.model, "eval"), torch.enable_grad():
+        for i in range(0, ctx.n, bs):
+            g = input_grad(ctx.model, ctx.x[i:i + bs].to(ctx.device), ctx.y[i:i + bs].to(ctx.device))
+            zero += int((g.flatten(1).abs().amax(1) == 0).sum())
+    return zero / max(ctx.n, 1)
 
 
 def format_table(r: dict[str, Any]) -> str:
@@ -260,7 +96,7 @@ def load_model_from_checkpoint(path: str, *, expect_model: str | None = None,
     from .checkpoint import load_checkpoint, load_weights
     from .errors import CheckpointError
     from .loop import build_model
-    from .settings import resolve
+    from .config import resolve
     from dataclasses import replace
 
     state = load_checkpoint(path)
@@ -283,7 +119,7 @@ def load_model_from_checkpoint(path: str, *, expect_model: str | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     from .cli import writable_dir, write_json
-    from .config import parse_override
+    from .schema import parse_override
     from .loop import pick_device
 
     ap = argparse.ArgumentParser(prog="python -m trainables.evaluate", description=__doc__,

@@ -20,13 +20,14 @@ from torch import nn
 
 from .attacks import pgd_linf
 from .checkpoint import load_checkpoint, load_weights
-from .config import to_dict
+from .schema import to_dict
+from .devices import generator, home
 from .data import DATASETS, DataBundle, dist_info, get_dataset, make_train_loader, set_loader_epoch
 from .errors import DivergedError
 from .methods import METHODS, Method
 from .metrics import accuracy, batched
 from .models import create_model
-from .settings import FastConfig, OptimConfig, TrainConfig, method_config, optim_config
+from .config import FastConfig, OptimConfig, TrainConfig
 
 EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]] | None], None]
 
@@ -120,11 +121,11 @@ def build(cfg: TrainConfig, *, device: torch.device | None = None, resume: dict[
         model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.fast.compile:
         model = torch.compile(model)
-    opt_cfg = optim_config(cfg)
+    opt_cfg = cfg.optim
     optimizer = torch.optim.SGD(net.parameters(), lr=opt_cfg.lr, momentum=opt_cfg.momentum,
                                 weight_decay=opt_cfg.weight_decay, nesterov=opt_cfg.nesterov)
     method_cls = METHODS.get(cfg.method)
-    method = method_cls(model, optimizer, method_config(cfg), num_classes=bundle.num_classes,
+    method = method_cls(model, optimizer, cfg.method_args, num_classes=bundle.num_classes,
                         eps=cfg.eps, device=device, amp_dtype=amp_dtype(cfg.fast, device), seed=cfg.seed)
     method.net = net  # attacks run on the unwrapped (uncompiled) model
     loader = make_train_loader(bundle, batch_size=cfg.batch_size, seed=cfg.seed, device=device,
@@ -153,7 +154,7 @@ def checkpoint_state(comp: Components, epoch: int) -> dict[str, Any]:
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     if not (dist.is_available() and dist.is_initialized()):
         return values
-    t = torch.tensor(values, dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    t = torch.tensor(values, dtype=torch.float64, device=home(device))
     dist.all_reduce(t)
     return t.tolist()
 
@@ -164,7 +165,7 @@ def monitor(comp: Components) -> dict[str, float]:
     x, y = comp.bundle.test_tensors(m.n)
     net = comp.net
     eps = comp.cfg.eps
-    gen = torch.Generator(device=comp.device if comp.device.type == "cuda" else "cpu").manual_seed(comp.cfg.seed)
+    gen = generator(comp.device, comp.cfg.seed)
 
     def attack(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return pgd_linf(net, xb, yb, eps=eps, steps=m.pgd_steps, step_size=eps / 4, generator=gen)
@@ -176,7 +177,7 @@ def monitor(comp: Components) -> dict[str, float]:
 def train_epoch(comp: Components, epoch: int) -> dict[str, Any]:
     """One pass over the training data. Returns this epoch's metrics (averaged across ranks)."""
     cfg = comp.cfg
-    opt_cfg = optim_config(cfg)
+    opt_cfg = cfg.optim
     optimizers = [comp.optimizer] + comp.method.extra_optimizers()
     set_loader_epoch(comp.loader, epoch)
     steps = len(comp.loader)

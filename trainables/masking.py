@@ -1,10 +1,22 @@
-"""Automatic gradient-masking checks (the signs listed in REFERENCE.md, after AutoAttack's
-``checks.py``). Each check is a named flag with the numbers behind it; a check whose inputs the
-protocol did not produce is reported as skipped (``ok: null``)."""
+"""Automatic gradient-masking checks, one small registered function each (after AutoAttack's
+``checks.py``). Each returns a named flag with the numbers behind it; a check whose inputs the
+protocol did not produce is reported as skipped (``ok: None``). Thresholds are named
+constants here and stated the same way in the README and in each flag's detail text.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
+
+from .registry import Registry
+
+# Thresholds (accuracies are fractions; one image's worth of accuracy is always noise on top).
+LARGE_EPS_MAX_ACC = 0.05  # PGD at a large eps should bring accuracy to at most this
+RESTARTS_MAX_GAIN = 0.01  # more steps or restarts may lower PGD-20's accuracy by at most 1 point
+SQUARE_MAX_GAIN = 0.002  # Square after the white-box attacks may lower accuracy by at most 0.2 points
+ZERO_GRAD_MAX_FRAC = 0.01  # at most 1 % of inputs with an all-zero input gradient
+BOUND_TOLERANCE = 1e-5  # how far (pixel units) an adversarial input may leave the eps ball or [0, 1]
+AA_MAX_GAP = 0.05  # PGD-20 may exceed AutoAttack on the same images by at most 5 points
 
 
 @dataclass
@@ -15,111 +27,161 @@ class Check:
     values: dict[str, Any]
 
 
-def _noise(n: int) -> float:
+CheckFn = Callable[[dict[str, Any], dict[str, Any]], Check]
+CHECKS: Registry[CheckFn] = Registry("masking check")
+
+
+def masking_check(name: str):
+    """Register ``fn(r, extra) -> Check``: ``r`` is the flat result so far, ``extra`` the
+    attacks' internals (bounds, per-run accuracies, subset sizes) that are not metrics."""
+    return CHECKS.register(name)
+
+
+def noise(n: int) -> float:
     """One test image's worth of accuracy: differences below this are sampling noise."""
     return 1.0 / max(n, 1) + 1e-9
 
 
-def run_checks(r: dict[str, Any], extra: dict[str, Any]) -> list[Check]:
-    """``r`` is the flat result dict so far; ``extra`` holds per-attack internals (bounds,
-    subset accuracies) that are not reported as metrics."""
-    out: list[Check] = []
-    n = int(r.get("n_eval", 1))
-    tol = _noise(n)
+def _skip(name: str, why: str) -> Check:
+    return Check(name, None, why, {})
 
-    curve = r.get("curve_pgd_acc")
-    eps_list = r.get("curve_eps")
-    if curve:
-        nc = extra.get("curve_n", n)
-        bad = [(eps_list[i], curve[i], curve[i + 1]) for i in range(len(curve) - 1) if curve[i + 1] > curve[i] + _noise(nc)]
-        out.append(Check("accuracy_not_monotone_in_eps", not bad,
-                         "PGD accuracy rises with eps at " + ", ".join(f"eps {e:.4g}: {a:.3f} -> {b:.3f}" for e, a, b in bad)
-                         if bad else "PGD accuracy is non-increasing in eps",
-                         {"eps": eps_list, "pgd_acc": curve}))
-        if eps_list and eps_list[0] == 0.0:
-            clean_sub = extra.get("curve_clean_acc", r["clean_acc"])
-            same = abs(curve[0] - clean_sub) < 1e-9
-            out.append(Check("eps0_differs_from_clean", same,
-                             f"accuracy at eps 0 is {curve[0]:.4f}, clean accuracy {clean_sub:.4f}",
-                             {"acc_eps0": curve[0], "clean_acc": clean_sub}))
-    else:
-        out.append(Check("accuracy_not_monotone_in_eps", None, "no eps curve in this protocol", {}))
-        out.append(Check("eps0_differs_from_clean", None, "no eps curve in this protocol", {}))
 
-    if "large_eps_acc" in r:
-        acc = r["large_eps_acc"]
-        out.append(Check("not_zero_at_large_eps", acc <= 0.05,
-                         f"PGD accuracy at eps {r['large_eps']:.3g} is {acc:.3f} (expected <= 0.05)",
-                         {"eps": r["large_eps"], "acc": acc}))
-    else:
-        out.append(Check("not_zero_at_large_eps", None, "large-eps PGD not run", {}))
+@masking_check("accuracy_not_monotone_in_eps")
+def not_monotone(r, extra) -> Check:
+    name = "accuracy_not_monotone_in_eps"
+    curve, eps = r.get("curve_pgd_acc"), r.get("curve_eps")
+    if not curve:
+        return _skip(name, "no eps curve in this protocol")
+    tol = noise(extra.get("curve_n", r.get("n_eval", 1)))
+    bad = [(eps[i], curve[i], curve[i + 1]) for i in range(len(curve) - 1) if curve[i + 1] > curve[i] + tol]
+    detail = ("PGD accuracy rises with eps at " + ", ".join(f"eps {e:.4g}: {a:.3f} -> {b:.3f}" for e, a, b in bad)
+              if bad else "PGD accuracy is non-increasing in eps")
+    return Check(name, not bad, detail, {"eps": eps, "pgd_acc": curve})
 
-    it_keys = [k for k in r if k.startswith("pgd") and k.endswith("_acc") and k[3:-4].replace("x", "").isdigit()]
-    if "fgsm_acc" in r and it_keys:
-        best_it = min(r[k] for k in it_keys)
-        out.append(Check("one_step_beats_iterative", best_it <= r["fgsm_acc"] + tol,
-                         f"FGSM {r['fgsm_acc']:.4f} vs best iterative PGD {best_it:.4f}",
-                         {"fgsm_acc": r["fgsm_acc"], "pgd_best_acc": best_it}))
-    else:
-        out.append(Check("one_step_beats_iterative", None, "FGSM or PGD not run", {}))
 
-    restart_keys = [k for k in it_keys if "x" in k[3:-4]]
-    if "pgd20_acc" in r and restart_keys:
-        strongest = min(restart_keys, key=lambda k: r[k])
-        gap = r["pgd20_acc"] - r[strongest]
-        out.append(Check("more_steps_or_restarts_still_help", gap <= 0.01 + tol,
-                         f"PGD-20 {r['pgd20_acc']:.4f} vs {strongest[:-4]} {r[strongest]:.4f} (gap {gap * 100:.2f} points, expected <= 1)",
-                         {"pgd20_acc": r["pgd20_acc"], strongest: r[strongest], "gap": gap}))
-    else:
-        out.append(Check("more_steps_or_restarts_still_help", None, "PGD-20 or PGD with restarts not run", {}))
+@masking_check("eps0_differs_from_clean")
+def eps0_differs(r, extra) -> Check:
+    name = "eps0_differs_from_clean"
+    curve, eps = r.get("curve_pgd_acc"), r.get("curve_eps")
+    if not curve or not eps or eps[0] != 0.0:
+        return _skip(name, "no eps-0 point on the eps curve")
+    clean = extra.get("curve_clean_acc", r["clean_acc"])
+    same = abs(curve[0] - clean) < 1e-9
+    return Check(name, same, f"accuracy at eps 0 is {curve[0]:.4f}, clean accuracy {clean:.4f}",
+                 {"acc_eps0": curve[0], "clean_acc": clean})
 
+
+@masking_check("not_zero_at_large_eps")
+def not_zero_at_large_eps(r, extra) -> Check:
+    name = "not_zero_at_large_eps"
+    if "large_eps_acc" not in r:
+        return _skip(name, "large-eps PGD not run")
+    acc = r["large_eps_acc"]
+    return Check(name, acc <= LARGE_EPS_MAX_ACC,
+                 f"PGD accuracy at eps {r['large_eps']:.3g} is {acc:.3f} (expected <= {LARGE_EPS_MAX_ACC:g})",
+                 {"eps": r["large_eps"], "acc": acc})
+
+
+@masking_check("one_step_beats_iterative")
+def one_step_beats_iterative(r, extra) -> Check:
+    name = "one_step_beats_iterative"
+    runs = extra.get("pgd_runs") or {}
+    if "fgsm_acc" not in r or not runs:
+        return _skip(name, "FGSM or PGD not run")
+    best = min(runs.values())
+    return Check(name, best <= r["fgsm_acc"] + noise(r.get("n_eval", 1)),
+                 f"FGSM {r['fgsm_acc']:.4f} vs best iterative PGD {best:.4f}",
+                 {"fgsm_acc": r["fgsm_acc"], "pgd_best_acc": best})
+
+
+@masking_check("more_steps_or_restarts_still_help")
+def more_steps_help(r, extra) -> Check:
+    name = "more_steps_or_restarts_still_help"
+    runs = extra.get("pgd_runs") or {}
+    stronger = {k: v for k, v in runs.items() if k[1] > 1}
+    if (20, 1) not in runs or not stronger:
+        return _skip(name, "PGD-20 or PGD with restarts not run")
+    (steps, restarts), acc = min(stronger.items(), key=lambda kv: kv[1])
+    gap = runs[(20, 1)] - acc
+    return Check(name, gap <= RESTARTS_MAX_GAIN + noise(r.get("n_eval", 1)),
+                 f"PGD-20 {runs[(20, 1)]:.4f} vs {restarts}xPGD-{steps} {acc:.4f} (gap {gap * 100:.2f} points, "
+                 f"expected <= {RESTARTS_MAX_GAIN * 100:g})",
+                 {"pgd20_acc": runs[(20, 1)], f"pgd{steps}x{restarts}_acc": acc, "gap": gap})
+
+
+@masking_check("black_box_beats_white_box")
+def black_box_beats_white_box(r, extra) -> Check:
+    name = "black_box_beats_white_box"
     aa = extra.get("autoattack_steps")
-    if aa and "square" in aa and len(aa) > 1:
-        white = min(v for k, v in aa.items() if k != "square")
-        drop = white - aa["square"]
-        ok = drop <= max(0.002, _noise(extra.get("autoattack_n", n)))
-        out.append(Check("black_box_beats_white_box", ok,
-                         f"Square lowered accuracy by {drop * 100:.2f} points after the white-box attacks",
-                         {"after_white_box": white, "after_square": aa["square"]}))
-    else:
-        out.append(Check("black_box_beats_white_box", None, "AutoAttack (with Square) not run", {}))
+    if not aa or "square" not in aa or len(aa) < 2:
+        return _skip(name, "AutoAttack (with Square) not run")
+    white = min(v for k, v in aa.items() if k != "square")
+    drop = white - aa["square"]
+    return Check(name, drop <= max(SQUARE_MAX_GAIN, noise(extra.get("autoattack_n", 1))),
+                 f"Square lowered accuracy by {drop * 100:.2f} points after the white-box attacks "
+                 f"(expected <= {SQUARE_MAX_GAIN * 100:g} or one image)",
+                 {"after_white_box": white, "after_square": aa["square"]})
 
-    if "transfer_acc" in r and "transfer_white_box_acc" in extra:
-        wb = extra["transfer_white_box_acc"]
-        out.append(Check("transfer_beats_white_box", r["transfer_acc"] >= wb - tol,
-                         f"transfer {r['transfer_acc']:.4f} vs white-box PGD {wb:.4f} on the same images",
-                         {"transfer_acc": r["transfer_acc"], "white_box_acc": wb}))
-    else:
-        out.append(Check("transfer_beats_white_box", None, "transfer attack not run", {}))
 
-    if "zero_grad_frac" in r:
-        z = r["zero_grad_frac"]
-        out.append(Check("zero_input_gradients", z <= 0.01,
-                         f"{z * 100:.1f}% of inputs have an all-zero input gradient (expected <= 1%)",
-                         {"zero_grad_frac": z}))
+@masking_check("transfer_beats_white_box")
+def transfer_beats_white_box(r, extra) -> Check:
+    name = "transfer_beats_white_box"
+    if "transfer_acc" not in r or "transfer_white_box_acc" not in extra:
+        return _skip(name, "transfer attack not run")
+    wb = extra["transfer_white_box_acc"]
+    return Check(name, r["transfer_acc"] >= wb - noise(r.get("n_eval", 1)),
+                 f"transfer {r['transfer_acc']:.4f} vs white-box PGD {wb:.4f} on the same images",
+                 {"transfer_acc": r["transfer_acc"], "white_box_acc": wb})
 
-    viol = extra.get("bound_violations", {})
-    if viol:
-        worst = max(viol.values())
-        bad = {k: v for k, v in viol.items() if v > 1e-5}
-        out.append(Check("perturbation_out_of_bounds", not bad,
-                         ("outside the eps ball or [0, 1]: " + ", ".join(f"{k} by {v:.2e}" for k, v in bad.items()))
-                         if bad else f"all adversarial inputs inside the eps ball and [0, 1] (max excess {worst:.1e})",
-                         {"max_violation": viol}))
 
-    if "autoattack_acc" in r and "autoattack_pgd20_acc" in extra:
-        gap = extra["autoattack_pgd20_acc"] - r["autoattack_acc"]
-        out.append(Check("pgd_overestimates_robustness", gap <= 0.05,
-                         f"PGD-20 {extra['autoattack_pgd20_acc']:.4f} vs AutoAttack {r['autoattack_acc']:.4f} "
-                         f"on the same {extra.get('autoattack_n')} images (gap {gap * 100:.1f} points, expected <= 5)",
-                         {"pgd20_acc": extra["autoattack_pgd20_acc"], "autoattack_acc": r["autoattack_acc"], "gap": gap}))
-    return out
+@masking_check("zero_input_gradients")
+def zero_input_gradients(r, extra) -> Check:
+    name = "zero_input_gradients"
+    if "zero_grad_frac" not in r:
+        return _skip(name, "input gradients not measured")
+    z = r["zero_grad_frac"]
+    return Check(name, z <= ZERO_GRAD_MAX_FRAC,
+                 f"{z * 100:.1f}% of inputs have an all-zero input gradient (expected <= {ZERO_GRAD_MAX_FRAC * 100:g}%)",
+                 {"zero_grad_frac": z})
+
+
+@masking_check("perturbation_out_of_bounds")
+def out_of_bounds(r, extra) -> Check:
+    name = "perturbation_out_of_bounds"
+    viol = extra.get("bound_violations") or {}
+    if not viol:
+        return _skip(name, "no attack produced inputs")
+    bad = {k: v for k, v in viol.items() if v > BOUND_TOLERANCE}
+    detail = ("outside the eps ball or [0, 1]: " + ", ".join(f"{k} by {v:.2e}" for k, v in bad.items()) if bad else
+              f"all adversarial inputs inside the eps ball and [0, 1] (max excess {max(viol.values()):.1e}, "
+              f"tolerance {BOUND_TOLERANCE:g})")
+    return Check(name, not bad, detail, {"max_violation": viol})
+
+
+@masking_check("pgd_overestimates_robustness")
+def pgd_overestimates(r, extra) -> Check:
+    name = "pgd_overestimates_robustness"
+    if "autoattack_acc" not in r or "autoattack_pgd20_acc" not in extra:
+        return _skip(name, "AutoAttack or PGD-20 not run")
+    gap = extra["autoattack_pgd20_acc"] - r["autoattack_acc"]
+    return Check(name, gap <= AA_MAX_GAP,
+                 f"PGD-20 {extra['autoattack_pgd20_acc']:.4f} vs AutoAttack {r['autoattack_acc']:.4f} on the same "
+                 f"{extra.get('autoattack_n')} images (gap {gap * 100:.1f} points, expected <= {AA_MAX_GAP * 100:g})",
+                 {"pgd20_acc": extra["autoattack_pgd20_acc"], "autoattack_acc": r["autoattack_acc"], "gap": gap})
+
+
+def run_checks(r: dict[str, Any], extra: dict[str, Any]) -> list[Check]:
+    """Every registered check, in registration order."""
+    return [CHECKS.get(name)(r, extra) for name in CHECKS.ordered()]
 
 
 def summarize(checks: list[Check]) -> dict[str, Any]:
     flags = [c.name for c in checks if c.ok is False]
-    return {
-        "masking_flags": flags,
-        "masking_ok": not flags,
-        "masking_checks": {c.name: asdict(c) for c in checks},
-    }
+    return {"masking_flags": flags, "masking_ok": not flags, "masking_checks": {c.name: asdict(c) for c in checks}}
+
+
+def describe_flags(flags: list[str] | None) -> str:
+    """How a trial's masking flags read in every table: '-' (checks not run), 'ok' or 'FLAGGED: a,b'."""
+    if flags is None:
+        return "-"
+    return ("FLAGGED: " + ",".join(flags)) if flags else "ok"

@@ -1,12 +1,24 @@
-"""Named evaluation protocols: which attacks run with which budgets. The protocol's name and
-every budget are recorded with each result (``protocol`` and ``protocol_budgets``)."""
+"""Named evaluation protocols: a list of (attack, typed budget) plus the images they run on.
+
+A protocol's shared fields (images, batch, eps, PGD step) apply to every attack; each attack's
+own budget is a frozen dataclass declared with the attack (``trainables.eval_attacks``). The
+protocol's name and every budget are recorded with each result (``protocol``,
+``protocol_budgets``).
+
+Overrides (study files' ``evaluation.overrides``, ``trainables.evaluate --set``) name a shared
+field (``n: 1000``), an attack's field (``autoattack.n: 500`` or ``{autoattack: {n: 500}}``), or
+one of the flat names of earlier versions (``autoattack_n``, ``pgd``, ``curve_n``, ...), which
+map onto those. A budget that turns its attack off (``autoattack.n: 0``, ``cw_linf.steps: 0``,
+an empty curve) removes the attack; naming a field of an attack the protocol lacks adds it.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from .config import build, check, to_dict
+from .schema import build, check, to_dict
 from .errors import ConfigError
+from .eval_attacks import ATTACKS, attack_order
 
 
 @dataclass(frozen=True)
@@ -16,75 +28,156 @@ class Protocol:
     batch_size: int = 256
     eps: float | None = None  # L-inf budget; None = the data set's (8/255 CIFAR, 0.1 digits)
     step_frac: float = 0.25  # PGD step as a fraction of eps (the paper: 1/5)
-    fgsm: bool = True  # the one-step attack that the masking check compares with
-    pgd: tuple[tuple[int, int], ...] = ((20, 1),)  # (steps, restarts) -> pgd{steps}[x{restarts}]_acc
-    cw_linf_steps: int = 0  # PGD on the C&W margin loss; 0 = off
-    cw_l2_search_steps: int = 0  # binary-search steps over c; 0 = off
-    cw_l2_iterations: int = 1000
-    cw_l2_radius: float = 0.05  # report accuracy at this L2 radius (pixel units)
-    cw_l2_n: int | None = None  # images for C&W-L2 (None = n)
-    transfer: bool = False  # PGD crafted on a source model (a natural one by default)
-    transfer_steps: int = 20
-    invariance: bool = False  # rotation 10 deg, brightness x1.5, contrast x2, grayscale
-    autoattack_n: int | None = 0  # images for AutoAttack standard; 0 = off, None = n
-    curve: tuple[float, ...] = ()  # eps multiples for the accuracy-versus-eps curve (0 included)
-    curve_n: int | None = None  # images for the curve (None = n)
-    curve_autoattack: bool = False  # AutoAttack at every curve point too
-    large_eps: float = 0.5  # PGD here should reach ~0 accuracy (masking check); 0 = off
-    targeted_eps: tuple[float, ...] = ()  # random-targeted PGD budgets (ImageNet, Table 4)
-    targeted_steps: int = 100
     checks: bool = True  # run the gradient-masking checks
+    attacks: tuple[tuple[str, Any], ...] = ()  # (attack name, its budget), in the registry's order
 
     def validate(self, where: str) -> None:
         if self.n is not None:
             check(self.n >= 1, where, "n", "an integer >= 1 or null", self.n)
+        check(self.batch_size >= 1, where, "batch_size", "an integer >= 1", self.batch_size)
         check(self.step_frac > 0, where, "step_frac", "a number > 0", self.step_frac)
-        check(all(s >= 1 and r >= 1 for s, r in self.pgd), where, "pgd", "pairs (steps >= 1, restarts >= 1)", self.pgd)
         if self.eps is not None:
             check(0 <= self.eps <= 1, where, "eps", "a number in [0, 1]", self.eps)
 
+    def budget(self, attack: str) -> Any | None:
+        """The budget of ``attack`` in this protocol, or None when it does not run."""
+        return dict(self.attacks).get(attack)
+
     def budgets(self) -> dict[str, Any]:
-        return to_dict(self)
+        """What is recorded with every result: the shared fields and each attack's budget."""
+        out = {k: getattr(self, k) for k in ("n", "batch_size", "eps", "step_frac", "checks")}
+        out.update({name: to_dict(b) for name, b in self.attacks})
+        return out
+
+
+SHARED = ("n", "batch_size", "eps", "step_frac", "checks")
+
+
+def make(name: str, *, attacks: Mapping[str, Mapping[str, Any]], **shared: Any) -> Protocol:
+    """A protocol from plain data: shared fields and ``{attack: {budget fields}}``."""
+    return _assemble(Protocol(name=name), shared, {a: dict(f) for a, f in attacks.items()}, f"protocol ({name})")
+
+
+def _assemble(base: Protocol, shared: Mapping[str, Any], fields: Mapping[str, Mapping[str, Any]], where: str) -> Protocol:
+    budgets: dict[str, Any] = dict(base.attacks)
+    for attack, values in fields.items():
+        entry = ATTACKS.get(attack)  # an unknown attack is one clear error naming the known ones
+        current = to_dict(budgets[attack]) if attack in budgets else {}
+        budgets[attack] = build(entry.Budget, {**current, **values}, f"{where}.{attack}")
+    kept = tuple((a, budgets[a]) for a in attack_order() if a in budgets and budgets[a].enabled())
+    try:
+        return build(Protocol, {**{k: getattr(base, k) for k in ("name", *SHARED)}, **shared, "attacks": kept}, where)
+    except ConfigError:
+        raise
+    except TypeError as e:  # a shared value of the wrong shape
+        raise ConfigError(f"{where}: {e}") from None
+
+
+# Flat names of earlier versions -> (attack, budget field); a field of None is an on/off switch
+# of the attack. Still accepted in study files and on the command line, so nothing a user
+# wrote stops working.
+LEGACY: dict[str, tuple[str, str | None]] = {
+    "fgsm": ("fgsm", None), "pgd": ("pgd", "runs"),
+    "cw_linf_steps": ("cw_linf", "steps"),
+    "cw_l2_search_steps": ("cw_l2", "search_steps"), "cw_l2_iterations": ("cw_l2", "iterations"),
+    "cw_l2_radius": ("cw_l2", "radius"), "cw_l2_n": ("cw_l2", "n"),
+    "transfer": ("transfer", None), "transfer_steps": ("transfer", "steps"), "invariance": ("invariance", None),
+    "autoattack_n": ("autoattack", "n"),
+    "curve": ("curve", "multiples"), "curve_n": ("curve", "n"), "curve_autoattack": ("curve", "autoattack"),
+    "large_eps": ("large_eps", "eps"), "targeted_eps": ("targeted", "eps"), "targeted_steps": ("targeted", "steps"),
+}
+
+
+def _split(overrides: Mapping[str, Any], protocol: Protocol) -> tuple[dict, dict, set]:
+    shared: dict[str, Any] = {}
+    fields: dict[str, dict[str, Any]] = {}
+    off: set[str] = set()
+    for key, value in overrides.items():
+        if key in SHARED:
+            shared[key] = value
+        elif key in LEGACY:
+            attack, field = LEGACY[key]
+            if field is None:  # a switch: true keeps (or adds) the attack, false drops it
+                if not value:
+                    off.add(attack)
+                else:
+                    fields.setdefault(attack, {})
+            else:
+                fields.setdefault(attack, {})[field] = value
+                if key == "curve_n":  # the large-eps check ran on the curve's images
+                    fields.setdefault("large_eps", {})["n"] = value
+        elif "." in key:
+            attack, field = key.split(".", 1)
+            fields.setdefault(attack, {})[field] = value
+        elif key in ATTACKS.names():
+            if value is False:
+                off.add(key)
+            elif isinstance(value, Mapping):
+                fields.setdefault(key, {}).update(value)
+            elif value is True:
+                fields.setdefault(key, {})
+            else:
+                raise ConfigError(f"{key}: expected a mapping of budget fields, true or false, got {value!r}")
+        else:
+            raise ConfigError(f"unknown key {key!r}; expected a shared field ({', '.join(SHARED)}), "
+                              f"an attack ({', '.join(ATTACKS.names())}) or ATTACK.FIELD")
+    return shared, fields, off
+
+
+def with_overrides(protocol: Protocol, overrides: Mapping[str, Any] | None) -> Protocol:
+    if not overrides:
+        return protocol
+    where = f"protocol ({protocol.name})"
+    try:
+        shared, fields, off = _split(overrides, protocol)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    base = replace(protocol, attacks=tuple((a, b) for a, b in protocol.attacks if a not in off))
+    if "large_eps" in fields and base.budget("large_eps") is None and set(fields["large_eps"]) == {"n"}:
+        del fields["large_eps"]  # curve_n alone does not switch the large-eps check on
+    return _assemble(base, shared, fields, where)
 
 
 PROTOCOLS: dict[str, Protocol] = {
     # What `python -m trainables.train` reports: clean and PGD-20.
-    "basic": Protocol(name="basic", pgd=((20, 1),), fgsm=False, large_eps=0.0),
+    "basic": make("basic", attacks={"pgd": {"runs": [[20, 1]]}}),
     # Small and complete: every attack family, AutoAttack beside PGD, masking checks. Seconds
     # on digits; the smoke studies use it.
-    "quick": Protocol(name="quick", n=200, pgd=((20, 1), (100, 3)), cw_linf_steps=30,
-                      cw_l2_search_steps=3, cw_l2_iterations=100, cw_l2_n=50, transfer=True,
-                      invariance=True, autoattack_n=100, curve=(0.0, 0.5, 1.0, 2.0, 4.0), curve_n=100),
+    "quick": make("quick", n=200, attacks={
+        "fgsm": {}, "pgd": {"runs": [[20, 1], [100, 3]]}, "cw_linf": {"steps": 30},
+        "cw_l2": {"search_steps": 3, "iterations": 100, "n": 50}, "transfer": {}, "invariance": {},
+        "autoattack": {"n": 100}, "curve": {"multiples": [0.0, 0.5, 1.0, 2.0, 4.0], "n": 100},
+        "large_eps": {"n": 100}}),
     # The SPROUT paper's protocol (Tables 2, 3, 5): PGD-20/100/200 and 10x PGD-100 with step
     # eps/5, C&W-L-inf, C&W-L2 10x1000 at radius 0.05, transfer, invariance; plus AutoAttack.
-    "paper": Protocol(name="paper", n=None, step_frac=0.2, pgd=((20, 1), (100, 1), (200, 1), (100, 10)),
-                      cw_linf_steps=100, cw_l2_search_steps=10, cw_l2_iterations=1000, cw_l2_n=1000,
-                      transfer=True, invariance=True, autoattack_n=None,
-                      curve=(0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0), curve_n=1000),
+    "paper": make("paper", step_frac=0.2, attacks={
+        "fgsm": {}, "pgd": {"runs": [[20, 1], [100, 1], [200, 1], [100, 10]]}, "cw_linf": {"steps": 100},
+        "cw_l2": {"search_steps": 10, "iterations": 1000, "n": 1000}, "transfer": {}, "invariance": {},
+        "autoattack": {"n": None}, "curve": {"multiples": [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0], "n": 1000},
+        "large_eps": {"n": 1000}}),
     # RobustBench-style: AutoAttack standard on the full test split, PGD beside it.
-    "standard": Protocol(name="standard", n=None, pgd=((20, 1), (100, 5)), autoattack_n=None,
-                         curve=(0.0, 0.5, 1.0, 2.0), curve_n=1000, curve_autoattack=True),
+    "standard": make("standard", attacks={
+        "fgsm": {}, "pgd": {"runs": [[20, 1], [100, 5]]}, "autoattack": {"n": None},
+        "curve": {"multiples": [0.0, 0.5, 1.0, 2.0], "n": 1000, "autoattack": True}, "large_eps": {"n": 1000}}),
     # ImageNet (Table 4): random-targeted PGD at eps 0.005 .. 0.02, AutoAttack on 1000 images.
-    "imagenet": Protocol(name="imagenet", n=5000, batch_size=64, pgd=((20, 1),), autoattack_n=1000,
-                         targeted_eps=(0.005, 0.01, 0.015, 0.02), targeted_steps=100, step_frac=0.2,
-                         curve=(0.0, 0.5, 1.0, 2.0), curve_n=500, large_eps=0.25),
+    "imagenet": make("imagenet", n=5000, batch_size=64, step_frac=0.2, attacks={
+        "fgsm": {}, "pgd": {"runs": [[20, 1]]}, "autoattack": {"n": 1000},
+        "curve": {"multiples": [0.0, 0.5, 1.0, 2.0], "n": 500}, "large_eps": {"eps": 0.25, "n": 500},
+        "targeted": {"eps": [0.005, 0.01, 0.015, 0.02], "steps": 100}}),
 }
 
 
 def get_protocol(name: str, overrides: Mapping[str, Any] | None = None) -> Protocol:
     if name not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {name!r}; expected one of: {', '.join(PROTOCOLS)}")
-    base = PROTOCOLS[name]
-    if not overrides:
-        return base
-    return build(Protocol, {**to_dict(base), **dict(overrides)}, f"protocol ({name})")
+    return with_overrides(PROTOCOLS[name], overrides)
 
 
 def smoke_overrides(p: Protocol) -> dict[str, Any]:
     """Budgets that keep every attack of ``p`` but run in seconds (smoke tests): 100 images,
-    AutoAttack on 20, at most 40 PGD steps and 2 restarts, C&W-L2 2x30 on 10 images."""
-    pgd = sorted({(min(s, 40), min(r, 2)) for s, r in p.pgd})
-    return {"n": 100, "autoattack_n": 0 if p.autoattack_n == 0 else 20, "curve_n": 40, "cw_l2_n": 10,
-            "cw_l2_iterations": min(p.cw_l2_iterations, 30), "cw_l2_search_steps": min(p.cw_l2_search_steps, 2),
-            "cw_linf_steps": min(p.cw_linf_steps, 10), "targeted_steps": min(p.targeted_steps, 20),
-            "pgd": [list(x) for x in pgd], "transfer_steps": min(p.transfer_steps, 20)}
+    and each attack's own cut (AutoAttack on 20, at most 40 PGD steps and 2 restarts, ...)."""
+    out: dict[str, Any] = {"n": 100}
+    for name, budget in p.attacks:
+        cut = ATTACKS.get(name).smoke(budget)
+        out.update({f"{name}.{k}": v for k, v in cut.items()})
+    return out

@@ -15,22 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import save_checkpoint
 from .cli import run_main, writable_dir, write_json
-from .config import parse_override, set_nested, to_dict
-from .data import list_datasets
-from .loop import build, fit
-from .methods import list_methods
-from .models import list_models
-from .settings import resolve
+from .schema import parse_override, set_nested, to_dict
+from .registry import declared
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m trainables.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", default="sprout", help=f"one of: {', '.join(list_methods())}")
-    p.add_argument("--model", default=None, help=f"one of: {', '.join(list_models())} (default: the data set's)")
-    p.add_argument("--dataset", default="digits", help=f"one of: {', '.join(list_datasets())}")
+    p.add_argument("--method", default="sprout", help=f"one of: {', '.join(declared('methods'))}")
+    p.add_argument("--model", default=None, help=f"one of: {', '.join(declared('models'))} (default: the data set's)")
+    p.add_argument("--dataset", default="digits", help=f"one of: {', '.join(declared('datasets'))}")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)
@@ -58,10 +53,13 @@ def raw_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)  # --help answers before torch is imported
+    from .checkpoint import save_checkpoint
     from .evaluate import evaluate, format_table
+    from .loop import build, fit
     from .protocols import get_protocol
+    from .config import resolve
 
-    args = parse_args(argv)
     cfg = resolve(raw_config(args))
     protocol = get_protocol(args.protocol)
     comp = build(cfg)  # loads data and any init checkpoint: bad input fails before anything is written

@@ -1,4 +1,4 @@
-"""Backward Smoothing (Chen et al., seeds/003): an initialization found in output space, then
+"""Backward Smoothing (Chen et al., "Efficient Robust Training via Backward Smoothing", AAAI 2022): an initialization found in output space, then
 one TRADES ascent step, then the TRADES outer loss.
 
 1. psi ~ U(-1, 1) in logit space; xi* = one signed step (size eps) from x + 0.001 N(0, 1) that
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks import bn_mode, fp32, linf_project, linf_step, trades_inner
-from ..config import check
+from ..schema import check
 from . import register_method
 from .base import Method, check_budget
 
@@ -39,7 +39,6 @@ class BackwardSmoothing(Method):
     Config = BackwardSmoothingConfig
     default_optim = dict(lr=0.1, momentum=0.9, weight_decay=2e-4, schedule="piecewise", milestones=(0.5, 0.75))
     default_epochs = 100
-    uses_eps = True
 
     def smoothing_init(self, x: torch.Tensor, eps: float) -> torch.Tensor:
         c = self.cfg
@@ -56,7 +55,7 @@ class BackwardSmoothing(Method):
 
     def train_step(self, x, y):
         c = self.cfg
-        eps = c.eps if c.eps is not None else self.eps
+        eps = self.budget_eps(c)
         start = self.smoothing_init(x, eps)
         x_adv = trades_inner(self.net, x, eps=eps, steps=1, step_size=c.step_frac * eps, start=start, bn=c.bn)
         return self.trades_update(x, x_adv, y, c.beta)

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import check
+from ..schema import check
+from ..devices import generator
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,11 @@ def check_budget(where: str, eps: float | None, step_frac: float) -> None:
 class Method:
     name: ClassVar[str] = ""
     Config: ClassVar[type] = NoArgs
-    # Optimizer and schedule defaults from the method's reference code (REFERENCE.md);
+    # Optimizer and schedule defaults from the method's reference code (each method's docstring names it);
     # milestones are fractions of the total number of epochs.
     default_optim: ClassVar[dict[str, Any]] = dict(
         lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="piecewise", milestones=(0.5, 0.75))
     default_epochs: ClassVar[int] = 100
-    uses_eps: ClassVar[bool] = False  # does training depend on the attack budget eps?
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Any, *,
                  num_classes: int, eps: float, device: torch.device,
@@ -50,8 +50,12 @@ class Method:
         self.device = device
         self.amp_dtype = amp_dtype
         self.seed = seed
-        gen_device = device if device.type == "cuda" else torch.device("cpu")
-        self.generator = torch.Generator(device=gen_device).manual_seed(seed + 12345)
+        self.generator = generator(device, seed + 12345)
+
+    def budget_eps(self, cfg: Any) -> float:
+        """The method's own training eps (``method_args.eps``) when it sets one, else the run's."""
+        eps = getattr(cfg, "eps", None)
+        return self.eps if eps is None else eps
 
     # -- hooks ----------------------------------------------------------------------------
     def extra_optimizers(self) -> list[torch.optim.Optimizer]:

@@ -26,11 +26,10 @@ class FastAT(Method):
     # locuslab/fast_adversarial: cyclic lr up to 0.2 over 15 epochs, momentum 0.9, wd 5e-4.
     default_optim = dict(lr=0.2, momentum=0.9, weight_decay=5e-4, schedule="cyclic", milestones=(0.4,))
     default_epochs = 15
-    uses_eps = True
 
     def train_step(self, x, y):
         c = self.cfg
-        eps = c.eps if c.eps is not None else self.eps
+        eps = self.budget_eps(c)
         x0 = linf_random_start(x, eps=eps, generator=self.generator)
         with bn_mode(self.net, c.bn), fp32(x):
             g = input_grad(self.net, x0, y)

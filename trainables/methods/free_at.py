@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import check
+from ..schema import check
 from . import register_method
 from .base import Method, check_budget
 
@@ -29,7 +29,6 @@ class FreeAT(Method):
     Config = FreeATConfig
     default_optim = dict(lr=0.1, momentum=0.9, weight_decay=2e-4, schedule="piecewise", milestones=(0.5, 0.75))
     default_epochs = 25  # 200 / m with m = 8
-    uses_eps = True
 
     def __init__(self, model, optimizer, cfg, **kw):
         super().__init__(model, optimizer, cfg, **kw)
@@ -46,7 +45,7 @@ class FreeAT(Method):
 
     def train_step(self, x, y):
         c = self.cfg
-        eps = c.eps if c.eps is not None else self.eps
+        eps = self.budget_eps(c)
         if self.delta is None or self.delta.shape != x.shape:
             # first batch, or a batch of another size (the last one): keep what overlaps
             fresh = torch.zeros_like(x)

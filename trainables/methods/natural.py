@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from ..config import check
+from ..schema import check
 from . import register_method
 from .base import Method
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..attacks import pgd_linf
-from ..config import check
+from ..schema import check
 from . import register_method
 from .base import Method, check_budget
 
@@ -29,11 +29,10 @@ class PGDAT(Method):
     Config = PGDATConfig
     default_optim = dict(lr=0.1, momentum=0.9, weight_decay=2e-4, schedule="piecewise", milestones=(0.5, 0.75))
     default_epochs = 100
-    uses_eps = True
 
     def train_step(self, x, y):
         c = self.cfg
-        eps = c.eps if c.eps is not None else self.eps
+        eps = self.budget_eps(c)
         x_adv = pgd_linf(self.net, x, y, eps=eps, steps=c.steps, step_size=c.step_frac * eps,
                          random_start=c.random_start, bn=c.bn, generator=self.generator)
         return self.ce_update(x_adv, y, x_adv=x_adv)

@@ -1,4 +1,4 @@
-"""SPROUT: self-progressing robust training (seeds/001, Algorithm 1).
+"""SPROUT: self-progressing robust training (Cheng et al., "Self-Progressing Robust Training", AAAI 2021, Algorithm 1).
 
 Per minibatch: Gaussian augmentation -> Mixup -> training labels drawn from a Dirichlet over
 the mixed label and a learned beta (length K, shared by all samples) -> soft-label cross
@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..config import check
+from ..schema import check
 from . import register_method
 from .base import Method
 
@@ -236,9 +236,3 @@ class Sprout(Method):
         out["beta_mean"] = b.mean()
         out["beta_min"] = b.min()
         return out
-
-
-def beta_products(beta: torch.Tensor) -> torch.Tensor:
-    """The (K, K) matrix beta_s * beta_t (the paper's Figure 4); proportional to |Cov(z_s, z_t)|."""
-    return beta[:, None] * beta[None, :]
-

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..attacks import trades_inner
-from ..config import check
+from ..schema import check
 from . import register_method
 from .base import Method, check_budget
 
@@ -31,11 +31,10 @@ class Trades(Method):
     # TRADES: SGD 0.1, wd 2e-4, 76 epochs, lr / 10 at epoch 75.
     default_optim = dict(lr=0.1, momentum=0.9, weight_decay=2e-4, schedule="piecewise", milestones=(75 / 76,))
     default_epochs = 76
-    uses_eps = True
 
     def train_step(self, x, y):
         c = self.cfg
-        eps = c.eps if c.eps is not None else self.eps
+        eps = self.budget_eps(c)
         x_adv = trades_inner(self.net, x, eps=eps, steps=c.steps, step_size=c.step_frac * eps,
                              bn=c.bn, generator=self.generator)
         return self.trades_update(x, x_adv, y, c.beta)

@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..config import build
+from ..schema import build
 from ..registry import Registry
 
 

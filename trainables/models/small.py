@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..config import check
+from ..schema import check
 from . import register_model
 
 

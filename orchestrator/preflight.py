@@ -1,0 +1,69 @@
+"""Checks that run before Ray starts: data roots, checkpoints named by path, the output
+directory. Bad input fails here in one line, before anything is written."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .stages import is_ref, strip_refs
+
+
+def check_data(plan) -> None:
+    """A missing data root fails here, before Ray starts."""
+    from trainables.data import get_dataset
+    from trainables.errors import DataError
+    from trainables.config import resolve
+
+    seen = set()
+    for stage in plan.stages:
+        cfg = resolve(strip_refs(stage.base))
+        key = (cfg.dataset, cfg.data.root)
+        if key in seen or cfg.dataset == "digits":
+            continue
+        seen.add(key)
+        root = Path(cfg.data.root or "./data").expanduser().resolve()
+        if cfg.dataset == "imagenet" or not cfg.data.download:
+            try:
+                get_dataset(cfg.dataset, root=cfg.data.root, download=False, image_size=cfg.data.image_size)
+            except DataError as e:
+                raise DataError(f"stage {stage.name}: {e}") from None
+        elif not root.parent.exists():
+            raise DataError(f"stage {stage.name}: data.root {root}: its parent directory does not exist")
+
+
+def check_checkpoints(plan) -> None:
+    """Init checkpoints and transfer sources named by path load now (weights_only, matching
+    architecture), not hours later on a worker."""
+    from trainables.evaluate import load_model_from_checkpoint
+    from trainables.loop import build_model
+    from trainables.config import resolve
+
+    for stage in plan.stages:
+        ck = stage.base.get("init_checkpoint")
+        if isinstance(ck, str) and not is_ref(ck) and ck != "random":
+            build_model(resolve(stage.base))
+        src = stage.evaluation.transfer_source
+        if src and not is_ref(src):
+            load_model_from_checkpoint(src)
+
+
+def pick_output_dir(args, name: str) -> Path:
+    """An explicit --output-dir holding an earlier launch needs --resume; the default one
+    moves on to NAME-2, NAME-3, ... so that re-running the main job never mixes two launches."""
+    from trainables.errors import ConfigError
+
+    from .tracking import RUNS_FILE
+
+    if args.output_dir:
+        out = Path(args.output_dir).expanduser().resolve()
+        if (out / RUNS_FILE).exists() and not args.resume:
+            raise ConfigError(f"--output-dir {out}: holds an earlier launch of this study; "
+                              f"pass --resume to continue it or choose another directory")
+        return out
+    out = Path("runs", name).resolve()
+    if args.resume:
+        return out
+    i = 1
+    while (out / RUNS_FILE).exists():
+        i += 1
+        out = Path("runs", f"{name}-{i}").resolve()
+    return out

@@ -1,0 +1,101 @@
+"""Stage references: ``"stage:NAME/key=value[,key=value]"`` names the final checkpoint of the
+completed trial of an earlier stage whose config has those values (the init study starts
+SPROUT from the models its first stage trained). Checked when a study is validated, resolved
+to checkpoint paths between stages, substituted into each trial's config by its driver.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Mapping
+
+from trainables.errors import ConfigError
+
+STAGE_REF = "stage:"
+CHECKPOINT_FILE = "checkpoint.pt"  # what the worker writes into every checkpoint directory
+
+
+def is_ref(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(STAGE_REF)
+
+
+def parse_ref(ref: str, where: str) -> tuple[str, dict[str, str]]:
+    """``stage:NAME/k=v,k2=v2`` -> (NAME, {k: v, k2: v2}); a condition without ``=`` is refused."""
+    stage, _, cond = ref[len(STAGE_REF):].partition("/")
+    wanted = {}
+    for c in filter(None, cond.split(",")):
+        key, eq, value = c.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"{where}: {ref!r}: expected stage:NAME/key=value[,key=value], got the condition {c!r}")
+        wanted[key] = value
+    return stage, wanted
+
+
+def check_ref(ref: str, where: str, earlier: list[str]) -> None:
+    stage, _ = parse_ref(ref, where)
+    if stage not in earlier:
+        raise ConfigError(f"{where}: {ref!r} refers to stage {stage!r}; expected one of the earlier stages: "
+                          f"{', '.join(earlier) or '(none)'}")
+
+
+def strip_refs(base: Mapping[str, Any]) -> dict:
+    """The base with stage references replaced by None (resolved at run time)."""
+    b = copy.deepcopy(dict(base))
+    if is_ref(b.get("init_checkpoint")):
+        b["init_checkpoint"] = None
+    return b
+
+
+def collect_refs(stage) -> set[str]:
+    """Every stage reference a stage's base, search and evaluation use."""
+    found: set[str] = set()
+
+    def walk(v):
+        if is_ref(v):
+            found.add(v)
+        elif isinstance(v, Mapping):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+
+    walk(stage.base)
+    walk(stage.search.params)
+    walk(list(stage.search.cases))
+    walk(stage.evaluation.transfer_source)
+    return found
+
+
+def ref_target(ref: str, rows: list[dict]) -> str | None:
+    """The final checkpoint file of the first completed trial of the named stage that matches."""
+    from trainables.schema import flatten
+
+    stage, wanted = parse_ref(ref, "stage reference")
+    for r in rows:
+        if r["stage"] != stage or r["status"] != "completed" or not r["checkpoint"]:
+            continue
+        flat = flatten(r["config"])
+        if all(str(flat.get(k)) == v for k, v in wanted.items()):
+            return str(Path(r["checkpoint"]) / CHECKPOINT_FILE)
+    return None
+
+
+def resolve_refs_for(stage, rows: list[dict], refs: dict[str, str]) -> dict[str, str]:
+    """``refs`` with every reference of ``stage`` resolved against the earlier stages' rows."""
+    out = dict(refs)
+    for ref in collect_refs(stage):
+        target = ref_target(ref, rows)
+        if target is None:
+            raise ConfigError(f"stage {stage.name}: {ref!r} matches no completed trial of an earlier stage")
+        out[ref] = target
+    return out
+
+
+def substitute(value: Any, refs: Mapping[str, str]) -> Any:
+    """``value`` with stage references replaced by the checkpoint paths in ``refs``."""
+    if is_ref(value):
+        return refs[value]
+    if isinstance(value, dict):
+        return {k: substitute(v, refs) for k, v in value.items()}
+    return value
