@@ -126,7 +126,7 @@ def write_report(study, rows: list[dict], output_dir: Path) -> list[Path]:
     text = [f"# {study.name}", "", study.description, ""]
     if paper.get("source"):
         text += [f"Paper numbers: {paper['source']} (columns marked *paper*).", ""]
-    text += ["Accuracies in %. `robust min` is the lowest accuracy under any attack of the protocol "
+    text += ["Accuracies in %. `robust min` counts an image only if it is correct clean and under every white-box attack of the protocol "
              "(AutoAttack included); PGD alone is an upper bound on robustness.", ""]
     if flagged:
         text += [f"**{len(flagged)} trial(s) have gradient-masking flags**: their PGD numbers are not trustworthy "

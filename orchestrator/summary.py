@@ -10,6 +10,7 @@ from trainables.cli import write_json
 from trainables.masking import describe_flags
 
 KEY_METRICS = ("clean_acc", "robust_acc", "pgd20_acc", "autoattack_acc", "epoch_time_s", "images_per_s")
+PLACEMENT = ("device", "node_id")  # where a trial ran: reported with its results, not a metric
 _INTERNAL = {"timestamp", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
              "iterations_since_restore", "training_iteration", "date", "done", "config", "trial_id",
              "checkpoint_dir_name", "should_checkpoint", "experiment_tag"}
@@ -18,9 +19,12 @@ _INTERNAL = {"timestamp", "time_this_iter_s", "time_total_s", "pid", "hostname",
 def trial_row(*, study: str, stage: str, trial_id: str, config: dict, searched: dict, metrics: dict,
               status: str, mlflow_run_id: str | None, checkpoint: str | None, error: str | None = None,
               evaluation: dict | None = None) -> dict:
+    """One trial of summary.json. Where it ran (``device``, ``node_id``) is kept apart from its
+    metrics, which depend only on the config and seed."""
+    placement = {k: metrics[k] for k in PLACEMENT if k in metrics}
     return {"trial_id": trial_id, "stage": stage, "study": study, "config": config, "searched": searched,
-            "evaluation": evaluation or {},
-            "metrics": {k: v for k, v in metrics.items() if k not in _INTERNAL}, "status": status,
+            "evaluation": evaluation or {}, "placement": placement,
+            "metrics": {k: v for k, v in metrics.items() if k not in _INTERNAL and k not in PLACEMENT}, "status": status,
             "mlflow_run_id": mlflow_run_id, "checkpoint": checkpoint, **({"error": error} if error else {})}
 
 
@@ -107,6 +111,6 @@ def table(rows: list[dict]) -> str:
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in body]
-    lines.append("robust_min: the lowest accuracy under any attack of the protocol (AutoAttack included); "
+    lines.append("robust_min: per image, correct clean and under every white-box attack of the protocol (AutoAttack included); "
                  "pgd20 alone is an upper bound.")
     return "\n".join(lines)

@@ -133,8 +133,8 @@ def test_a_study_on_zero_gpus_scales_up_and_completes(cluster, tmp_path):
     assert len(summary["trials"]) == 2
     for t in summary["trials"]:
         assert t["status"] == "completed" and t["metrics"]["epoch"] == 3
-        assert t["metrics"]["device"] == "cpu (GPU advertised, CUDA unavailable)"
-        assert t["metrics"]["node_id"] in {n["NodeID"] for n in gpu_nodes}
+        assert t["placement"]["device"] == "cpu (GPU advertised, CUDA unavailable)"
+        assert t["placement"]["node_id"] in {n["NodeID"] for n in gpu_nodes}
     check_mlflow(out, summary)
 
 
@@ -176,7 +176,7 @@ def test_a_lost_node_costs_at_most_one_epoch(cluster, tmp_path):
     m = t["metrics"]
     assert t["status"] == "completed" and m["epoch"] == 6
     assert m["resumed_from_epoch"] >= 2, m  # resumed from its last checkpoint: at most one epoch lost
-    assert m["node_id"] != killed  # on another node
+    assert t["placement"]["node_id"] != killed  # on another node
     assert "pgd20_acc" in m and m["clean_acc"] > 0.5
     runs = check_mlflow(out, summary)
     (run,) = runs.values()

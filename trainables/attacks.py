@@ -59,15 +59,18 @@ def linf_project(x_adv: torch.Tensor, x: torch.Tensor, *, eps: float) -> torch.T
 
 
 # ----------------------------------------------------------------------------- losses
-def cw_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float = 0.0) -> torch.Tensor:
-    """Per-sample C&W margin max_{j != y} z_j - z_y, clipped below at -kappa (ascent fools)."""
+def cw_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float = math.inf) -> torch.Tensor:
+    """Per-sample C&W margin max_{j != y} z_j - z_y (ascent fools), capped above at ``kappa``
+    (Madry's C&W loss): once an image is fooled by kappa there is nothing left to gain. The cap
+    is on the success side; a floor on the other side would zero the gradient of every
+    confidently classified image, which would then never be attacked."""
     true = logits.gather(1, y[:, None]).squeeze(1)
     other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
-    return (other - true).clamp(min=-kappa)
+    return (other - true).clamp(max=kappa)
 
 
 def _attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str, target: torch.Tensor | None,
-                 kappa: float = 0.0) -> torch.Tensor:
+                 kappa: float = math.inf) -> torch.Tensor:
     if target is not None:  # targeted: descend CE towards the target == ascend its negative
         return -F.cross_entropy(logits, target, reduction="sum")
     if loss == "ce":
@@ -78,7 +81,7 @@ def _attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str, target: torch
 
 
 def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: str = "ce",
-               target: torch.Tensor | None = None, kappa: float = 0.0) -> torch.Tensor:
+               target: torch.Tensor | None = None, kappa: float = math.inf) -> torch.Tensor:
     """d loss / d x without touching parameter gradients (``kappa``: the C&W loss's cap)."""
     x = x.detach().requires_grad_(True)
     value = _attack_loss(model(x), y, loss, target, kappa)
@@ -89,23 +92,36 @@ def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: str 
 def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
              step_size: float, restarts: int = 1, random_start: bool = True, loss: str = "ce",
              target: torch.Tensor | None = None, bn: BNMode = "eval",
-             generator: torch.Generator | None = None, kappa: float = 0.0) -> torch.Tensor:
+             generator: torch.Generator | None = None, kappa: float = math.inf,
+             keep: Literal["last", "best"] = "last") -> torch.Tensor:
     """PGD-L-inf. Returns per-sample worst-case inputs over ``restarts``: an input that any
-    restart fools (or, targeted, sends to ``target``) is kept. ``steps=1, step_size=eps,
-    random_start=False`` is FGSM."""
+    restart fools (or, targeted, sends to ``target``) is kept. ``keep="best"`` (evaluation)
+    also keeps the first iterate of any step that fools, where the last iterate may have
+    stepped back out; ``"last"`` (training, as the reference codes do) takes each restart's
+    last iterate. ``steps=1, step_size=eps, random_start=False`` is FGSM."""
     x = x.detach()
     best = x.clone()
     done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+
+    def fooled(logits: torch.Tensor) -> torch.Tensor:
+        pred = logits.argmax(1)
+        return (pred == target) if target is not None else (pred != y)
+
     with bn_mode(model, bn), fp32(x):
         for _ in range(max(1, restarts)):
             x_adv = linf_random_start(x, eps=eps, generator=generator) if random_start else x.clone()
             for _ in range(steps):
-                g = input_grad(model, x_adv, y, loss=loss, target=target, kappa=kappa)
+                x_req = x_adv.detach().requires_grad_(True)
+                logits = model(x_req)
+                if keep == "best":  # this iterate's logits are free: keep it where it fools first
+                    new = fooled(logits.detach()) & ~done
+                    best[new] = x_adv[new]
+                    done |= new
+                (g,) = torch.autograd.grad(_attack_loss(logits, y, loss, target, kappa), x_req)
                 x_adv = linf_project(linf_step(x_adv, g, step_size=step_size), x, eps=eps).detach()
             with torch.no_grad():
-                pred = model(x_adv).argmax(1)
-            success = (pred == target) if target is not None else (pred != y)
-            take = ~done  # not fooled by an earlier restart: keep this restart's result
+                success = fooled(model(x_adv))
+            take = ~done  # not fooled by an earlier restart or step: keep this restart's result
             best[take] = x_adv[take]
             done |= success
     return best

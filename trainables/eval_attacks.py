@@ -19,7 +19,7 @@ from torch import nn
 
 from .attacks import bn_mode, brightness, contrast, cw_l2, grayscale, pgd_linf, rotate
 from .schema import check
-from .data import DataBundle
+from .data import DATASETS, DataBundle
 from .metrics import batched, predict
 from .registry import Registry
 
@@ -95,6 +95,11 @@ class EvalContext:
     def correct_on(self, x_adv: torch.Tensor, ys: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
         return predict(net or self.model, x_adv, batch_size=self.batch_size, device=self.device) == ys
 
+    def robust(self, x_adv: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        """Per image: correct when clean AND on ``x_adv`` (an image the model gets wrong clean
+        is never robust, whatever an attack's output does to it). ``ys`` are the first images."""
+        return self.correct_on(x_adv, ys) & self.correct["clean"][:len(ys)]
+
     def attack(self, name: str, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], xs=None, ys=None,
                eps: float | None = None) -> torch.Tensor:
         """Run ``fn`` batch by batch; record its bound violation and seconds; per-image correctness."""
@@ -103,18 +108,20 @@ class EvalContext:
         t0 = time.perf_counter()
         x_adv = batched(fn, xs, ys, batch_size=self.batch_size, device=self.device)
         self.extra["bound_violations"][name] = violation(x_adv, xs, self.eps if eps is None else eps)
-        ok = self.correct_on(x_adv, ys)
+        ok = self.robust(x_adv, ys)
         self.seconds[name] = time.perf_counter() - t0
         self.say(f"  {name}: {ok.float().mean().item():.4f} ({self.seconds[name]:.1f}s)")
         return ok
 
     def pgd(self, steps: int, restarts: int = 1, *, loss: str = "ce", eps: float | None = None,
-            net: nn.Module | None = None, step_size: float | None = None, kappa: float = 0.0):
+            net: nn.Module | None = None, step_size: float | None = None, kappa: float = float("inf"),
+            keep: str = "best"):
+        """PGD on ``net`` (this model by default), keeping the best iterate per image."""
         eps = self.eps if eps is None else eps
         net = self.model if net is None else net
-        step = step_size if step_size else self.step_frac * eps
+        step = self.step_frac * eps if step_size is None else step_size
         return lambda xb, yb: pgd_linf(net, xb, yb, eps=eps, steps=steps, step_size=step, restarts=restarts,
-                                       loss=loss, kappa=kappa, bn="eval", generator=self.gen)
+                                       loss=loss, kappa=kappa, bn="eval", generator=self.gen, keep=keep)
 
 
 def violation(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> float:
@@ -216,13 +223,14 @@ def run_cw_linf(ctx: EvalContext, b: CWLinfBudget) -> None:
 class CWL2Budget:
     search_steps: int = 3  # binary-search steps over the constant c; 0 = off
     iterations: int = 100  # Adam steps per search step
-    radius: float = 0.05  # report accuracy at this L2 radius (pixel units)
+    radius: float | None = None  # report accuracy at this L2 radius (pixel units); None = the data set's
     n: int | None = None  # images (None = the protocol's)
 
     def validate(self, where: str) -> None:
         check(self.search_steps >= 0, where, "search_steps", "an integer >= 0", self.search_steps)
         check(self.iterations >= 1, where, "iterations", "an integer >= 1", self.iterations)
-        check(self.radius > 0, where, "radius", "a number > 0", self.radius)
+        if self.radius is not None:
+            check(self.radius > 0, where, "radius", "a number > 0 or null (the data set's)", self.radius)
         _n(where, self.n)
 
     def enabled(self) -> bool:
@@ -239,12 +247,13 @@ def run_cw_l2(ctx: EvalContext, b: CWL2Budget) -> None:
     norms = batched(lambda xb, yb: cw_l2(ctx.model, xb, yb, search_steps=b.search_steps, iterations=b.iterations,
                                          bn="eval")[:, None], xs, ys, batch_size=ctx.batch_size, device=ctx.device).squeeze(1)
     ctx.seconds["cw_l2"] = time.perf_counter() - t0
-    ctx.r["cw_l2_acc"] = _acc(norms > b.radius)
-    ctx.r["cw_l2_radius"] = b.radius
+    radius = b.radius if b.radius is not None else DATASETS.get(ctx.bundle.name).cw_l2_radius
+    ctx.r["cw_l2_acc"] = _acc((norms > radius) & ctx.correct["clean"][:len(ys)])
+    ctx.r["cw_l2_radius"] = radius
     ctx.r["cw_l2_n"] = len(ys)
     found = norms[torch.isfinite(norms) & (norms > 0)]
     ctx.r["cw_l2_median_norm"] = found.median().item() if len(found) else float("nan")
-    ctx.say(f"  cw_l2 @ {b.radius}: {ctx.r['cw_l2_acc']:.4f} ({ctx.seconds['cw_l2']:.1f}s)")
+    ctx.say(f"  cw_l2 @ {radius:g}: {ctx.r['cw_l2_acc']:.4f} ({ctx.seconds['cw_l2']:.1f}s)")
 
 
 # ----------------------------------------------------------------------------- transfer
@@ -267,7 +276,7 @@ def run_transfer(ctx: EvalContext, b: TransferBudget) -> None:
         ctx.r["transfer_skipped"] = "no source model given"
         return
     source = ctx.transfer_source.to(ctx.device)
-    ok = ctx.attack("transfer", ctx.pgd(b.steps, net=source))
+    ok = ctx.attack("transfer", ctx.pgd(b.steps, net=source, keep="last"))
     ctx.r["transfer_acc"] = _acc(ok)
     same = ctx.correct.get(pgd_key(b.steps, 1))
     if same is None:
@@ -342,7 +351,11 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
     try:
-        with bn_mode(model, "eval"), torch.autocast(device_type=device.type, enabled=False):
+        # AutoAttack seeds torch's global generators with ``seed``: run it on a fork of them, so
+        # that evaluating a model does not change the random stream of whatever runs next
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), bn_mode(model, "eval"), \
+                torch.autocast(device_type=device.type, enabled=False):
             aa = AutoAttack(model, norm="Linf", eps=eps, version="standard", device=device, seed=seed)
             x_adv, _ = aa.run_standard_evaluation(x.to(device), y.to(device), batch_size=batch_size)
     finally:
@@ -363,7 +376,7 @@ def run_aa(ctx: EvalContext, b: AutoAttackBudget) -> None:
     x_aa, steps, warnings = autoattack(ctx.model, xs, ys, eps=ctx.eps, seed=ctx.seed, device=ctx.device,
                                            batch_size=ctx.batch_size)
     ctx.extra["bound_violations"]["autoattack"] = violation(x_aa, xs, ctx.eps)
-    ctx.correct["autoattack"] = ctx.correct_on(x_aa, ys)
+    ctx.correct["autoattack"] = ctx.robust(x_aa, ys)
     ctx.seconds["autoattack"] = time.perf_counter() - t0
     m = len(ys)
     ctx.r["autoattack_acc"] = _acc(ctx.correct["autoattack"])
@@ -407,10 +420,15 @@ def run_curve(ctx: EvalContext, b: CurveBudget) -> None:
     ctx.extra["curve_clean_acc"] = _acc(ctx.correct["clean"][:len(ys)])
     t0 = time.perf_counter()
     for e in ctx.r["curve_eps"]:
-        if e == 0:
-            acc = _acc(ctx.correct_on(xs, ys))
+        name = f"curve_pgd{b.pgd_steps}@{e:.4g}"
+        if e == 0:  # the whole attack pipeline with a zero budget: it must give back the clean input
+            x0 = batched(ctx.pgd(b.pgd_steps, eps=0.0), xs, ys, batch_size=ctx.batch_size, device=ctx.device)
+            ctx.extra["bound_violations"][name] = violation(x0, xs, 0.0)
+            at0 = ctx.correct_on(x0, ys)
+            ctx.extra["eps0_changed"] = int((at0 != ctx.correct["clean"][:len(ys)]).sum())
+            acc = _acc(at0 & ctx.correct["clean"][:len(ys)])
         else:
-            acc = _acc(ctx.attack(f"curve_pgd{b.pgd_steps}@{e:.4g}", ctx.pgd(b.pgd_steps, eps=e), xs, ys, eps=e))
+            acc = _acc(ctx.attack(name, ctx.pgd(b.pgd_steps, eps=e), xs, ys, eps=e))
         ctx.r["curve_pgd_acc"].append(acc)
     if b.autoattack and ctx.protocol is not None and ctx.protocol.budget("autoattack") is not None:
         ctx.r["curve_autoattack_acc"] = []
@@ -421,7 +439,7 @@ def run_curve(ctx: EvalContext, b: CurveBudget) -> None:
             x_aa, _, _ = autoattack(ctx.model, xs, ys, eps=e, seed=ctx.seed, device=ctx.device,
                                         batch_size=ctx.batch_size)
             ctx.extra["bound_violations"][f"curve_autoattack@{e:.4g}"] = violation(x_aa, xs, e)
-            ctx.r["curve_autoattack_acc"].append(_acc(ctx.correct_on(x_aa, ys)))
+            ctx.r["curve_autoattack_acc"].append(_acc(ctx.robust(x_aa, ys)))
     ctx.seconds["curve"] = time.perf_counter() - t0
 
 
@@ -483,7 +501,7 @@ def run_targeted(ctx: EvalContext, b: TargetedBudget) -> None:
                                     steps=b.steps, step_size=ctx.step_frac * e, target=targets[i:i + bs].to(ctx.device),
                                     bn="eval", generator=ctx.gen).cpu() for i in range(0, ctx.n, bs)])
         ctx.extra["bound_violations"][f"targeted@{e:g}"] = violation(x_adv, ctx.x, e)
-        ctx.r[_targeted_key(e)] = _acc(ctx.correct_on(x_adv, ctx.y))
+        ctx.r[_targeted_key(e)] = _acc(ctx.robust(x_adv, ctx.y))
         ctx.seconds[f"targeted@{e:g}"] = time.perf_counter() - t0
         ctx.say(f"  targeted pgd @ {e:g}: {ctx.r[_targeted_key(e)]:.4f} ({ctx.seconds[f'targeted@{e:g}']:.1f}s)")
 

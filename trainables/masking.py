@@ -12,11 +12,13 @@ from .registry import Registry
 
 # Thresholds (accuracies are fractions; one image's worth of accuracy is always noise on top).
 LARGE_EPS_MAX_ACC = 0.05  # PGD at a large eps should bring accuracy to at most this
-RESTARTS_MAX_GAIN = 0.01  # more steps or restarts may lower PGD-20's accuracy by at most 1 point
+RESTARTS_MAX_GAIN = 0.01  # more steps or restarts may lower PGD-20's accuracy by at most 1 point (or one image)
 SQUARE_MAX_GAIN = 0.002  # Square after the white-box attacks may lower accuracy by at most 0.2 points
 ZERO_GRAD_MAX_FRAC = 0.01  # at most 1 % of inputs with an all-zero input gradient
 BOUND_TOLERANCE = 1e-5  # how far (pixel units) an adversarial input may leave the eps ball or [0, 1]
 AA_MAX_GAP = 0.05  # PGD-20 may exceed AutoAttack on the same images by at most 5 points
+EPS0_MAX_CHANGED = 0  # images whose correctness may change through the attack pipeline at eps 0
+_FLOAT = 1e-9  # accuracies are ratios of counts: a value at a threshold is at it, not past it
 
 
 @dataclass
@@ -38,8 +40,8 @@ def masking_check(name: str):
 
 
 def noise(n: int) -> float:
-    """One test image's worth of accuracy: differences below this are sampling noise."""
-    return 1.0 / max(n, 1) + 1e-9
+    """One test image's worth of accuracy: differences up to this are sampling noise."""
+    return 1.0 / max(n, 1) + _FLOAT
 
 
 def _skip(name: str, why: str) -> Check:
@@ -61,14 +63,15 @@ def not_monotone(r, extra) -> Check:
 
 @masking_check("eps0_differs_from_clean")
 def eps0_differs(r, extra) -> Check:
+    """The attack pipeline with a zero budget must hand back inputs the model classifies as it
+    does the clean ones: a broken projection, preprocessing or a randomized model shows here."""
     name = "eps0_differs_from_clean"
-    curve, eps = r.get("curve_pgd_acc"), r.get("curve_eps")
-    if not curve or not eps or eps[0] != 0.0:
+    if "eps0_changed" not in extra:
         return _skip(name, "no eps-0 point on the eps curve")
-    clean = extra.get("curve_clean_acc", r["clean_acc"])
-    same = abs(curve[0] - clean) < 1e-9
-    return Check(name, same, f"accuracy at eps 0 is {curve[0]:.4f}, clean accuracy {clean:.4f}",
-                 {"acc_eps0": curve[0], "clean_acc": clean})
+    changed, m = extra["eps0_changed"], extra.get("curve_n", r.get("n_eval", 0))
+    return Check(name, changed <= EPS0_MAX_CHANGED,
+                 f"{changed} of {m} images change correctness between the clean input and the attack pipeline "
+                 f"at eps 0 (expected {EPS0_MAX_CHANGED})", {"changed": changed, "n": m})
 
 
 @masking_check("not_zero_at_large_eps")
@@ -77,7 +80,7 @@ def not_zero_at_large_eps(r, extra) -> Check:
     if "large_eps_acc" not in r:
         return _skip(name, "large-eps PGD not run")
     acc = r["large_eps_acc"]
-    return Check(name, acc <= LARGE_EPS_MAX_ACC,
+    return Check(name, acc <= LARGE_EPS_MAX_ACC + _FLOAT,
                  f"PGD accuracy at eps {r['large_eps']:.3g} is {acc:.3f} (expected <= {LARGE_EPS_MAX_ACC:g})",
                  {"eps": r["large_eps"], "acc": acc})
 
@@ -103,9 +106,10 @@ def more_steps_help(r, extra) -> Check:
         return _skip(name, "PGD-20 or PGD with restarts not run")
     (steps, restarts), acc = min(stronger.items(), key=lambda kv: kv[1])
     gap = runs[(20, 1)] - acc
-    return Check(name, gap <= RESTARTS_MAX_GAIN + noise(r.get("n_eval", 1)),
+    allowed = max(RESTARTS_MAX_GAIN + _FLOAT, noise(r.get("n_eval", 1)))  # 1 point, or one image when that is more
+    return Check(name, gap <= allowed,
                  f"PGD-20 {runs[(20, 1)]:.4f} vs {restarts}xPGD-{steps} {acc:.4f} (gap {gap * 100:.2f} points, "
-                 f"expected <= {RESTARTS_MAX_GAIN * 100:g})",
+                 f"expected <= {RESTARTS_MAX_GAIN * 100:g} point or one image)",
                  {"pgd20_acc": runs[(20, 1)], f"pgd{steps}x{restarts}_acc": acc, "gap": gap})
 
 
@@ -117,7 +121,7 @@ def black_box_beats_white_box(r, extra) -> Check:
         return _skip(name, "AutoAttack (with Square) not run")
     white = min(v for k, v in aa.items() if k != "square")
     drop = white - aa["square"]
-    return Check(name, drop <= max(SQUARE_MAX_GAIN, noise(extra.get("autoattack_n", 1))),
+    return Check(name, drop <= max(SQUARE_MAX_GAIN + _FLOAT, noise(extra.get("autoattack_n", 1))),
                  f"Square lowered accuracy by {drop * 100:.2f} points after the white-box attacks "
                  f"(expected <= {SQUARE_MAX_GAIN * 100:g} or one image)",
                  {"after_white_box": white, "after_square": aa["square"]})
@@ -140,7 +144,7 @@ def zero_input_gradients(r, extra) -> Check:
     if "zero_grad_frac" not in r:
         return _skip(name, "input gradients not measured")
     z = r["zero_grad_frac"]
-    return Check(name, z <= ZERO_GRAD_MAX_FRAC,
+    return Check(name, z <= ZERO_GRAD_MAX_FRAC + _FLOAT,
                  f"{z * 100:.1f}% of inputs have an all-zero input gradient (expected <= {ZERO_GRAD_MAX_FRAC * 100:g}%)",
                  {"zero_grad_frac": z})
 
@@ -164,7 +168,7 @@ def pgd_overestimates(r, extra) -> Check:
     if "autoattack_acc" not in r or "autoattack_pgd20_acc" not in extra:
         return _skip(name, "AutoAttack or PGD-20 not run")
     gap = extra["autoattack_pgd20_acc"] - r["autoattack_acc"]
-    return Check(name, gap <= AA_MAX_GAP,
+    return Check(name, gap <= AA_MAX_GAP + _FLOAT,
                  f"PGD-20 {extra['autoattack_pgd20_acc']:.4f} vs AutoAttack {r['autoattack_acc']:.4f} on the same "
                  f"{extra.get('autoattack_n')} images (gap {gap * 100:.1f} points, expected <= {AA_MAX_GAP * 100:g})",
                  {"pgd20_acc": extra["autoattack_pgd20_acc"], "autoattack_acc": r["autoattack_acc"], "gap": gap})

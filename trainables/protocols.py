@@ -95,6 +95,11 @@ def _split(overrides: Mapping[str, Any], protocol: Protocol) -> tuple[dict, dict
     for key, value in overrides.items():
         if key in SHARED:
             shared[key] = value
+        elif key in ATTACKS and isinstance(value, (Mapping, bool)):  # {attack: {field: value}} or on/off
+            if value is False:
+                off.add(key)
+            else:
+                fields.setdefault(key, {}).update(value if isinstance(value, Mapping) else {})
         elif key in LEGACY:
             attack, field = LEGACY[key]
             if field is None:  # a switch: true keeps (or adds) the attack, false drops it
@@ -109,15 +114,6 @@ def _split(overrides: Mapping[str, Any], protocol: Protocol) -> tuple[dict, dict
         elif "." in key:
             attack, field = key.split(".", 1)
             fields.setdefault(attack, {})[field] = value
-        elif key in ATTACKS.names():
-            if value is False:
-                off.add(key)
-            elif isinstance(value, Mapping):
-                fields.setdefault(key, {}).update(value)
-            elif value is True:
-                fields.setdefault(key, {})
-            else:
-                raise ConfigError(f"{key}: expected a mapping of budget fields, true or false, got {value!r}")
         else:
             raise ConfigError(f"unknown key {key!r}; expected a shared field ({', '.join(SHARED)}), "
                               f"an attack ({', '.join(ATTACKS.names())}) or ATTACK.FIELD")
