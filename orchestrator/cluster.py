@@ -338,15 +338,15 @@ def ray_address(explicit: str | None) -> str | None:
     return None
 
 
-def start_ray(address: str | None) -> None:
+def start_ray(address: str | None, verbose: bool = False) -> None:
     """Join ``address``, or start a private local Ray (never another cluster on this machine)."""
     import ray
 
     # The dashboard (ray[default]) must run: without it a trial that ASHA stops early never
     # releases its worker group's placement group and later trials wait forever. It listens
     # on 127.0.0.1 only.
-    kw = dict(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
-              configure_logging=True, logging_level="ERROR")
+    kw = dict(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=verbose,
+              configure_logging=True, logging_level="INFO" if verbose else "ERROR")
     if address:
         try:
             ray.init(address=address, **kw)

@@ -78,9 +78,10 @@ def _plt():
     return plt
 
 
-def _savefig(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+def _savefig(fig, path: Path, tight: bool = True) -> Path:
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     _plt().close(fig)
     return path
 
@@ -126,12 +127,20 @@ def write_report(study, rows: list[dict], output_dir: Path) -> list[Path]:
     text = [f"# {study.name}", "", study.description, ""]
     if paper.get("source"):
         text += [f"Paper numbers: {paper['source']} (columns marked *paper*).", ""]
+    searches = sorted({f"{r['stage']}: {r['search']}" for r in rows if r.get("search")})
+    if searches:
+        text += ["Search: " + "; ".join(searches) + ".", ""]
+    precisions = sorted({str(r["metrics"]["precision"]) for r in rows if r["metrics"].get("precision")})
+    if precisions:
+        text += [f"Training forwards ran in {' and '.join(precisions)} (attacks always in fp32; `precision` in "
+                 "each trial's metrics and MLflow params).", ""]
     text += ["Accuracies in %. `robust min` counts an image only if it is correct clean and under every white-box attack of the protocol "
              "(AutoAttack included); PGD alone is an upper bound on robustness.", ""]
     if flagged:
         text += [f"**{len(flagged)} trial(s) have gradient-masking flags**: their PGD numbers are not trustworthy "
                  "(see the `masking` column and each trial's eval.json).", ""]
     text += sections
+    text += beta_section(rows)
     text += ["", "## All trials", "", "```", table(rows), "```", ""]
     path = output_dir / "report.md"
     path.write_text("\n".join(text))
@@ -341,8 +350,8 @@ def _robust_table(rows, paper, key_cols: list[tuple[str, str]], label: Callable[
 def stage_evaluation(study, stage: str) -> dict:
     """A stage's ``evaluation`` mapping (protocol and overrides) as the study file gives it."""
     stages = [s for s in study.stages if isinstance(s, dict)]
-    for s in stages:
-        if s.get("name") == stage:
+    for s in stages:  # the stage itself, or (rows of an older version of the study) its split parts
+        if s.get("name") == stage or str(s.get("name", "")).startswith(f"{stage}-"):
             return dict(s.get("evaluation") or {"protocol": "quick"})
     if not study.evaluation and stages:  # a stage this study does not name: its first stage's
         return dict(stages[0].get("evaluation") or {"protocol": "quick"})
@@ -381,7 +390,7 @@ def ablation(rows, out, paper):
 
 @register("compare")
 def compare(rows, out, paper):
-    main = [r for r in rows if r["stage"] == "main"] or rows
+    main = [r for r in rows if r["stage"].startswith("main")] or rows
     cols = [CLEAN, *attack_columns(main, without=("invariance",)), ROBUST]
     inv = attack_columns(main, only=("invariance",))
     lab = lambda r: [r["config"]["model"], r["searched"].get("case", r["config"]["method"])]  # noqa: E731
@@ -411,22 +420,44 @@ def imagenet(rows, out, paper):
 
 # ----------------------------------------------------------------------------- beta (Figure 4)
 def beta_plots(rows: list[dict], out: Path) -> list[Path]:
-    """For every SPROUT trial, the learned beta as the matrix beta_s * beta_t (Figure 4)."""
-    files = []
-    for r in rows:
-        beta = r["metrics"].get("beta")
-        if not beta:
-            continue
-        plt = _plt()
-        import numpy as np
+    """For every SPROUT trial, beta_s * beta_t (the paper's Figure 4) at the start and at the
+    end of training, side by side, on one colour scale shared by every trial and panel."""
+    import numpy as np
 
-        b = np.asarray(beta, dtype=float)
-        fig, ax = plt.subplots(figsize=(4.5, 4))
-        im = ax.imshow(np.outer(b, b), cmap="magma")
-        fig.colorbar(im, ax=ax)
-        ax.set_title(f"beta_s * beta_t  ({r['stage']} {r['trial_id'][-5:]})", fontsize=9)
-        d = out / "beta"
-        d.mkdir(exist_ok=True)
-        p = _savefig(fig, d / f"beta_{r['stage']}_{r['trial_id']}.png")
-        files.append(p)
+    trials = [(r, np.asarray(r["metrics"]["beta"], float), np.asarray(r["metrics"].get("beta_start") or r["metrics"]["beta"], float))
+              for r in rows if r["metrics"].get("beta")]
+    if not trials:
+        return []
+    vmax = max(max(np.outer(b, b).max(), np.outer(b0, b0).max()) for _, b, b0 in trials)
+    plt = _plt()
+    files = []
+    d = out / "beta"
+    d.mkdir(exist_ok=True)
+    for r, b, b0 in trials:
+        k = len(b)
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+        for ax, vec, when in ((axes[0], b0, "start"), (axes[1], b, "end")):
+            im = ax.imshow(np.outer(vec, vec), cmap="magma", vmin=0.0, vmax=vmax)
+            ax.set_title(f"beta at the {when}", fontsize=9)
+            ax.set_xlabel("class t")
+            ax.set_ylabel("class s")
+            ax.set_xticks(range(k))
+            ax.set_yticks(range(k))
+        fig.colorbar(im, ax=axes, shrink=0.85, label="beta_s * beta_t")
+        drift = r["metrics"].get("beta_drift")
+        fig.suptitle(f"{r['stage']} {r['trial_id']}: beta moved {100 * drift:.2f} % (||end - start|| / ||start||)"
+                     if drift is not None else f"{r['stage']} {r['trial_id']}", fontsize=9)
+        files.append(_savefig(fig, d / f"beta_{r['stage']}_{r['trial_id']}.png", tight=False))
     return files
+
+
+def beta_section(rows: list[dict]) -> list[str]:
+    """How far beta moved in each SPROUT trial: whether it learned anything at all."""
+    sprout = [r for r in rows if r["metrics"].get("beta_drift") is not None]
+    if not sprout:
+        return []
+    table = [[r["stage"], r["trial_id"], _num(100 * r["metrics"]["beta_drift"], "{:.2f}"),
+              _num(r["metrics"].get("beta_mean"), "{:.4f}"), _num(r["metrics"].get("beta_std"), "{:.4f}")] for r in sprout]
+    return ["", "## How far beta moved", "", "Relative change ||beta_end - beta_start|| / ||beta_start|| in %, "
+            "and beta's mean and spread at the end (`beta/*.png`: the start beside the end).", "",
+            _md_table(["stage", "trial", "beta drift %", "beta mean", "beta std"], table)]

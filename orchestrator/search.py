@@ -12,9 +12,36 @@ import os
 from typing import Any
 
 
+def startup_trials(num_samples: int) -> int:
+    """TPE's random start-up trials: a third of the budget, at least 2 and at most 10 (Optuna's
+    default of 10 would leave a 6-trial study without a single model-based suggestion)."""
+    return max(2, min(10, num_samples // 3))
+
+
+def sampler_label(search) -> str:
+    """What the report and MLflow say about the sampler that ran."""
+    if search.algorithm != "optuna":
+        return "grid"
+    objectives = f"{len(search.metrics)} objective{'s' if len(search.metrics) > 1 else ''}"
+    if search.sampler == "tpe":
+        return f"Optuna TPE ({objectives}, {startup_trials(search.num_samples)} random start-up trials)"
+    if search.sampler == "nsga2":
+        return f"Optuna NSGA-II ({objectives}, population 50: random for the first 50 trials)"
+    return f"Optuna random ({objectives})"
+
+
+def make_sampler(search, seed: int):
+    import optuna
+
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if search.sampler == "nsga2":  # only for budgets of many populations
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(search.num_samples))
+
+
 def make_searcher(stage, seed: int, cap: int):
     """(TuneConfig, param_space, number of trials) for a stage's search."""
-    import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -41,10 +68,7 @@ def make_searcher(stage, seed: int, cap: int):
         config = tune.TuneConfig(scheduler=scheduler, num_samples=search.num_samples, max_concurrent_trials=cap)
         return config, param_space, grid_size(search, specs)
     multi = len(search.metrics) > 1
-    if search.sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    else:
-        sampler = optuna.samplers.NSGAIISampler(seed=seed) if multi else optuna.samplers.TPESampler(seed=seed)
+    sampler = make_sampler(search, seed)
     points = [default_point(specs, stage.base)] if search.enqueue_defaults else None
     searcher = OptunaSearch(space=DefineByRun(specs, stage.base), metric=search.metrics if multi else search.metrics[0],
                             mode=search.modes if multi else search.modes[0], points_to_evaluate=points or None,
@@ -75,7 +99,9 @@ def run_stage(stage, plan, *, storage_path: str, tracker, parent_run_id: str, re
                  Progress(stage.name, total)]
     exp_name = f"{plan.study.name}-{stage.name}"
     exp_path = os.path.join(storage_path, exp_name)
-    print(f"[{stage.name}] {total} trial(s), up to {cap} at once, {plan.resources.num_workers} worker(s) each", flush=True)
+    print(f"[{stage.name}] {total} trial(s), up to {cap} at once, {plan.resources.num_workers} worker(s) each; "
+          f"search: {sampler_label(stage.search)}", flush=True)
+    tracker.log_params(parent_run_id, {f"sampler.{stage.name}": sampler_label(stage.search)})
     if resume and tune.Tuner.can_restore(exp_path):
         tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=False,
                                    param_space=param_space or None)

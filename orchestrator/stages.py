@@ -38,6 +38,22 @@ def check_ref(ref: str, where: str, earlier: list[str]) -> None:
                           f"{', '.join(earlier) or '(none)'}")
 
 
+def retarget_refs(value: Any, key: str, new: str) -> Any:
+    """``value`` (any nesting) with every reference's ``key=...`` condition set to ``new``: what
+    ``--smoke-test`` does when it replaces every model with the small one."""
+    if is_ref(value):
+        stage, wanted = parse_ref(value, "stage reference")
+        if key not in wanted:
+            return value
+        wanted[key] = new
+        return f"{STAGE_REF}{stage}/" + ",".join(f"{k}={v}" for k, v in wanted.items())
+    if isinstance(value, Mapping):
+        return {k: retarget_refs(v, key, new) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(retarget_refs(v, key, new) for v in value)
+    return value
+
+
 def strip_refs(base: Mapping[str, Any]) -> dict:
     """The base with stage references replaced by None (resolved at run time)."""
     b = copy.deepcopy(dict(base))

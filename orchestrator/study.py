@@ -20,7 +20,7 @@ import yaml
 from trainables.schema import build, check, deep_merge, flatten, set_nested, to_dict
 from trainables.errors import ConfigError
 
-from .stages import check_ref, is_ref, strip_refs
+from .stages import check_ref, is_ref, retarget_refs, strip_refs
 
 
 def resolve(raw):
@@ -72,7 +72,7 @@ class SchedulerSpec:
 @dataclass(frozen=True)
 class SearchSpec:
     algorithm: Literal["optuna", "grid"] = "grid"
-    sampler: Literal["tpe", "random"] = "tpe"
+    sampler: Literal["tpe", "random", "nsga2"] = "tpe"  # tpe works from the first trials, with one objective or several
     num_samples: int = 1  # Optuna trials; for grid, repeats of the whole grid
     metric: str | tuple[str, ...] = "robust_acc"
     mode: str | tuple[str, ...] = "max"
@@ -309,6 +309,8 @@ def _shrink(sraw: dict, smoke: SmokeSpec) -> dict:
         sched["grace_period"] = 1
         search["scheduler"] = sched
     s["search"] = search
+    if "model" not in smoke.base:  # every model became small_cnn: so do the references' conditions
+        s = retarget_refs(s, "model", "small_cnn")
     ev = dict(s.get("evaluation", {}))
     from trainables.protocols import get_protocol, smoke_overrides
 

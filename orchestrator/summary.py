@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from trainables.cli import write_json
-from trainables.masking import describe_flags
 
 KEY_METRICS = ("clean_acc", "robust_acc", "pgd20_acc", "autoattack_acc", "epoch_time_s", "images_per_s")
 PLACEMENT = ("device", "node_id")  # where a trial ran: reported with its results, not a metric
@@ -37,7 +36,12 @@ def rows_from_results(grid, *, study: str, stage, refs: dict[str, str], tracker)
     from trainables.schema import flatten
 
     from .driver import trial_train_config
+    from .search import sampler_label
+    from .study import default_point
 
+    defaults = None
+    if stage.search.algorithm == "optuna" and stage.search.enqueue_defaults:
+        defaults = {k.replace("/", "."): v for k, v in default_point(stage.search.param_specs(), stage.base).items()}
     rows = []
     for result in grid:
         metrics = dict(result.metrics or {})
@@ -61,6 +65,8 @@ def rows_from_results(grid, *, study: str, stage, refs: dict[str, str], tracker)
                               checkpoint=ck, error=str(result.error).splitlines()[0][:300] if result.error else None,
                               evaluation={"protocol": stage.evaluation.protocol,
                                           "overrides": dict(stage.evaluation.overrides or {})}))
+        rows[-1]["paper_default"] = bool(defaults) and all(searched.get(k) == v for k, v in defaults.items())
+        rows[-1]["search"] = sampler_label(stage.search)
     rows.sort(key=lambda r: r["trial_id"])
     return rows
 
@@ -86,31 +92,67 @@ def write_summary(output_dir: Path, study: str, rows: list[dict], extra: dict | 
     return jpath, cpath
 
 
-def _fmt(v: Any) -> str:
+def _pct(v: Any) -> str:
+    if v is None or not isinstance(v, (int, float)) or math.isnan(v):
+        return "-"
+    return f"{100 * v:.1f}"
+
+
+# short names of searched keys, as a person reads them (MLflow params and tables)
+SHORT_NAMES = {"method_args.lr_beta": "gamma_beta"}
+TABLE_WIDTH = 120
+
+
+def short_name(key: str) -> str:
+    return SHORT_NAMES.get(key, key.split(".")[-1])
+
+
+def _num(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.4g}"
+        return "nan" if math.isnan(v) else f"{v:.3g}"
     return str(v)
 
 
 def table(rows: list[dict]) -> str:
-    """The results table printed at the end of a study."""
+    """The results table printed at the end of a study: accuracies in %, sorted by the
+    per-image worst case, the paper-default trial marked (*), at most TABLE_WIDTH characters
+    (every column is in summary.csv), and a footer saying on how many images each attack ran."""
     searched = sorted({k for r in rows for k in r["searched"]})
-    head = ["stage", "trial", "method", *[k.split(".")[-1] for k in searched], "status", "clean", "pgd20",
-            "autoattack", "robust_min", "s/epoch", "masking"]
+    head = ["trial", "stage", "method", *[short_name(k) for k in searched], "status", "clean%", "pgd20%", "AA%",
+            "robust%", "s/ep", "masking"]
+    order = sorted(rows, key=lambda r: -(r["metrics"].get("robust_acc") if isinstance(r["metrics"].get("robust_acc"), float)
+                                         and not math.isnan(r["metrics"]["robust_acc"]) else -1.0))
     body = []
-    for r in rows:
+    for r in order:
         m = r["metrics"]
         flags = m.get("masking_flags")
-        body.append([r["stage"], r["trial_id"][-5:], r["config"].get("method"),
-                     *[_fmt(r["searched"].get(k)) for k in searched], r["status"], _fmt(m.get("clean_acc")),
-                     _fmt(m.get("pgd20_acc")), _fmt(m.get("autoattack_acc")), _fmt(m.get("robust_acc")),
-                     _fmt(m.get("epoch_time_s")), describe_flags(flags)])
+        masking = "-" if flags is None else (f"{len(flags)} flag(s)" if flags else "ok")
+        body.append([("*" if r.get("paper_default") else "") + r["trial_id"], r["stage"], r["config"].get("method"),
+                     *[_num(r["searched"].get(k)) for k in searched], r["status"], _pct(m.get("clean_acc")),
+                     _pct(m.get("pgd20_acc")), _pct(m.get("autoattack_acc")), _pct(m.get("robust_acc")),
+                     _num(m.get("epoch_time_s")), masking])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in body]
-    lines.append("robust_min: per image, correct clean and under every white-box attack of the protocol (AutoAttack included); "
-                 "pgd20 alone is an upper bound.")
+    keep = len(head)
+    while sum(widths[:keep]) + 2 * (keep - 1) > TABLE_WIDTH and keep > 6:
+        keep -= 1  # the right-most columns go first (summary.csv has them all)
+    fmt = lambda cells: "  ".join(str(x).ljust(w) for x, w in zip(cells[:keep], widths[:keep])).rstrip()  # noqa: E731
+    lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]
+    n = {r["metrics"].get("n_eval") for r in rows if r["metrics"].get("n_eval")}
+    aa = {r["metrics"].get("autoattack_n") for r in rows if r["metrics"].get("autoattack_n")}
+    worst = {r["metrics"].get("robust_acc_min_n") for r in rows if r["metrics"].get("robust_acc_min_n")}
+    foot = []
+    if n:
+        foot.append(f"clean and PGD on {'/'.join(map(str, sorted(n)))} test images")
+    if aa:
+        foot.append(f"AutoAttack on {'/'.join(map(str, sorted(aa)))}")
+    if worst:
+        foot.append(f"robust% (per image: correct clean and under every white-box attack) on {'/'.join(map(str, sorted(worst)))}")
+    if foot:
+        lines.append("; ".join(foot) + ".")
+    if any(r.get("paper_default") for r in rows):
+        lines.append("* the paper's default hyperparameters. PGD alone is an upper bound on robustness.")
+    else:
+        lines.append("PGD alone is an upper bound on robustness.")
     return "\n".join(lines)

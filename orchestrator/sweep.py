@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training-config key in every stage, e.g. data.root=/mnt/imagenet")
+    p.add_argument("--verbose", action="store_true", help="show the workers' logs and Ray's, Tune's and Optuna's messages")
     p.add_argument("--skip-data-check", action="store_true",
                    help="do not check data roots on this node (data only on the workers)")
     c = p.add_argument_group("cluster")
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.tracking import Tracker, provenance
 
     try:
-        cluster.start_ray(address)
+        cluster.start_ray(address, verbose=args.verbose)
         # before anything is logged: the cluster as it is now, and (bounded) waiting for it to grow
         if shape is None:
             multi, why = cluster.is_multi_node(None, cluster.alive_nodes())
@@ -198,9 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows))
     print(f"\nwrote {jpath}, {cpath}" + (f" and {len(report_files)} report file(s)" if report_files else ""))
-    print(f"open the MLflow UI:  mlflow ui --backend-store-uri {tracking_uri}" if tracking_uri.startswith("sqlite")
+    print(f"open the MLflow UI:  {mlflow_ui_command(tracking_uri)}" if tracking_uri.startswith("sqlite")
           else f"MLflow: {tracking_uri}")
     return 0
+
+
+def mlflow_ui_command(tracking_uri: str) -> str:
+    """A command that works pasted into a new shell: this interpreter's own MLflow (no venv to
+    activate), bound to 127.0.0.1."""
+    return f"{sys.executable} -m mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
 
 
 def cli() -> None:

@@ -21,9 +21,16 @@ from ray import tune
 from trainables.cli import write_json
 from trainables.schema import flatten
 from trainables.masking import describe_flags
+
+from .stages import CHECKPOINT_FILE
+from .summary import short_name
 from trainables.errors import ConfigError
 
 RUNS_FILE = "mlflow_runs.json"
+# Results that are settings, not measurements: MLflow params, not metrics.
+SETTINGS = ("eps", "n_eval", "autoattack_n", "final", "attack_step_size", "large_eps", "cw_l2_radius", "cw_l2_n",
+            "robust_acc_min_n")
+CHECKPOINT_ARTIFACT_MAX = 50 * 2**20  # a final checkpoint up to this size is also logged as an artifact
 
 
 def default_tracking_uri(output_dir: Path) -> str:
@@ -109,7 +116,15 @@ class Tracker:
         self._client = None
         self.output_dir = output_dir
         exp = self.client.get_experiment_by_name(study)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(study)
+        if exp is None:
+            # a local store keeps its artifacts in the study's output directory, which is then
+            # self-contained (a server keeps them where it was told to)
+            location = (output_dir / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+            self.experiment_id = self.client.create_experiment(study, artifact_location=location)
+        else:
+            self.experiment_id = exp.experiment_id
+        # the MLflow UI opens the experiment on its training runs, not its GenAI view
+        self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")
         self.state_path = output_dir / RUNS_FILE
 
     @property
@@ -238,8 +253,12 @@ class MLflowTrialCallback(tune.Callback):
         cfg = self.config(trial)  # as given: the resolved config follows with the first result
         tags = {**self.tags, "mlflow.parentRunId": self.parent, "study": self.study, "stage": self.stage,
                 "trial_id": trial.trial_id, "method": str(cfg.get("method")), "trial_status": "running"}
+        searched = {k: v for k, v in flatten({k: v for k, v in trial.config.items() if k != "case"}).items()}
+        tags["searched_params"] = ",".join(short_name(k) for k in searched)
         run = client.create_run(self.tracker.experiment_id, run_name=f"{self.stage}-{trial.trial_id}", tags=tags)
         self.tracker.set_trial_run_id(self._key(trial), run.info.run_id)
+        # the searched values under the names a person reads (alpha, gamma_beta), beside the dotted config
+        self.tracker.log_params(run.info.run_id, {short_name(k): v for k, v in searched.items()})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from mlflow.entities import Metric
@@ -250,10 +269,21 @@ class MLflowTrialCallback(tune.Callback):
         if result.get("resolved_config") and trial.trial_id not in self._described:
             self._described.add(trial.trial_id)
             self._describe(run_id, json.loads(result["resolved_config"]))
+            if result.get("precision"):  # what the training forwards ran in (fast.amp=auto decides per method)
+                self.tracker.log_params(run_id, {"precision": result["precision"]})
         step = int(result.get("epoch", result.get("training_iteration", 0)) or 0)
         ts = int(time.time() * 1000)
         skip = {"training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
-                "iterations_since_restore", "pid", "done"}
+                "iterations_since_restore", "pid", "done", *SETTINGS, "resumed_from_epoch"}
+        if not result.get("final"):
+            # per epoch the search objective repeats the monitor (monitor_*): MLflow keeps one
+            # series per meaning, and clean_acc / robust_acc only from the final evaluation
+            skip |= {"clean_acc", "robust_acc"}
+        settings = {k: result[k] for k in SETTINGS if k in result}
+        if settings:
+            self.tracker.log_params(run_id, settings)
+        if result.get("resumed_from_epoch"):
+            self.tracker.client.set_tag(run_id, "resumed_from_epoch", str(result["resumed_from_epoch"]))
         metrics = [Metric(k, v, ts, step) for k, v in _metric_items(result).items() if k not in skip]
         for i in range(0, len(metrics), 500):
             self.tracker.client.log_batch(run_id, metrics=metrics[i:i + 500])
@@ -273,8 +303,12 @@ class MLflowTrialCallback(tune.Callback):
                 self._describe(run_id, cfg)
             self.tracker.log_artifact_json(run_id, "config.json", cfg)
             ck = last.get("checkpoint_path")
+            if ck:
+                client.set_tag(run_id, "checkpoint", str(Path(ck, CHECKPOINT_FILE)))
             if ck and Path(ck, "eval.json").exists():
                 client.log_artifact(run_id, str(Path(ck, "eval.json")))
+            if ck and Path(ck, CHECKPOINT_FILE).exists() and Path(ck, CHECKPOINT_FILE).stat().st_size <= CHECKPOINT_ARTIFACT_MAX:
+                client.log_artifact(run_id, str(Path(ck, CHECKPOINT_FILE)))
             if error:
                 self.tracker.log_artifact_json(run_id, "error.json", {"error": error})
         finally:

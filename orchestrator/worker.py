@@ -101,8 +101,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         out["masking_details"] = [f"{n}: {r['masking_checks'][n]['detail']}" for n in r.get("masking_flags", [])]
         out["_eval"] = r
         out["robust_acc"] = r.get("robust_acc_min", float("nan"))
-        if hasattr(comp.method, "beta"):
+        if hasattr(comp.method, "beta"):  # SPROUT: beta at the start and at the end (Figure 4)
             out["beta"] = [round(float(b), 6) for b in comp.method.beta.cpu()]
+            out["beta_start"] = [round(float(b), 6) for b in comp.method.beta_start.cpu()]
         times = [h["epoch_time_s"] for h in comp.history]
         # the first epoch carries start-up costs (allocation, compilation): leave it out when we can
         steady = times[1:] if len(times) > 1 else times

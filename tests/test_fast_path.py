@@ -89,3 +89,14 @@ def test_gpu_acceptance_refuses_to_pretend_without_cuda(tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_acceptance.py")], capture_output=True, text=True,
                        timeout=120, cwd=tmp_path)
     assert p.returncode == 2 and p.stderr.strip().startswith("error: no CUDA device") and not list(tmp_path.iterdir())
+
+
+def test_precision_benchmark_smallest_setting(tmp_path):
+    out = tmp_path / "precision.json"
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "precision.py"), "--methods", "sprout", "--epochs", "1",
+                        "--n", "10", "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    r = json.loads(out.read_text())["methods"]["sprout"]
+    assert set(r) >= {"fp32", "bf16", "bf16_minus_fp32", "keep_fp32"}
+    assert 0 <= r["fp32"]["robust"] <= r["fp32"]["clean"] <= 100
+    assert "robust" in r["bf16_minus_fp32"]

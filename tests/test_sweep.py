@@ -39,7 +39,7 @@ def test_smoke_sensitivity_writes_summary_and_table(smoke):
     assert {"method_args.alpha": 0.01, "method_args.mixup_a": 0.2, "method_args.delta": 0.1,
             "method_args.lr_beta": 0.01} in firsts
     assert (out / "summary.csv").read_text().count("\n") == 4
-    assert "robust_min" in p.stdout and "mlflow ui --backend-store-uri sqlite:////" in p.stdout
+    assert "robust%" in p.stdout and "-m mlflow ui --backend-store-uri sqlite:////" in p.stdout
 
 
 def test_smoke_sensitivity_mlflow_parent_and_children(smoke):
@@ -63,6 +63,75 @@ def test_smoke_sensitivity_mlflow_parent_and_children(smoke):
             assert k in r.data.metrics, k
         assert len(client.get_metric_history(r.info.run_id, "loss")) == 3  # one per epoch
         assert {"config.json", "eval.json"} <= {a.path for a in client.list_artifacts(r.info.run_id)}
+
+
+def test_smoke_table_is_a_person_readable_summary(smoke):
+    """Percentages, the full trial ids of the progress lines, the paper-default trial marked,
+    rows sorted by the worst case, a footer with image counts, at most 120 characters wide."""
+    out, p = smoke
+    s = json.loads((out / "summary.json").read_text())
+    lines = p.stdout[p.stdout.index("trial  "):].splitlines()
+    table = lines[:lines.index(next(x for x in lines if x.startswith("wrote ")))]
+    assert max(len(x) for x in table) <= 120
+    body = table[2:2 + len(s["trials"])]
+    ids = [row.split()[0].lstrip("*") for row in body]
+    assert sorted(ids) == sorted(t["trial_id"] for t in s["trials"])
+    for t in s["trials"]:
+        assert f"trial {t['trial_id']} epoch 1:" in p.stdout  # the same id in the progress lines
+    default = [t for t in s["trials"] if t["paper_default"]]
+    assert len(default) == 1 and any(row.startswith("*" + default[0]["trial_id"]) for row in body)
+    robust = [t["metrics"]["robust_acc"] for t in sorted(s["trials"], key=lambda t: ids.index(t["trial_id"]))]
+    assert robust == sorted(robust, reverse=True)
+    best = max(s["trials"], key=lambda t: t["metrics"]["robust_acc"])
+    assert f"{100 * best['metrics']['robust_acc']:.1f}" in body[0]  # percentages
+    assert "AutoAttack on 20" in p.stdout and "test images" in p.stdout
+
+
+def test_smoke_search_is_model_based_and_says_so(smoke):
+    from mlflow.tracking import MlflowClient
+
+    out, p = smoke
+    assert "search: Optuna TPE (2 objectives, 2 random start-up trials)" in p.stdout
+    s = json.loads((out / "summary.json").read_text())
+    parent = MlflowClient(f"sqlite:///{out / 'mlflow.db'}").get_run(s["mlflow_parent_run_id"])
+    assert parent.data.params["sampler.main"].startswith("Optuna TPE")
+    assert "Optuna TPE" in (out / "report.md").read_text()
+
+
+def test_smoke_mlflow_layout_compares_trials_well(smoke):
+    from mlflow.tracking import MlflowClient
+
+    out, p = smoke
+    s = json.loads((out / "summary.json").read_text())
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sensitivity")
+    assert exp.artifact_location == (out / "mlartifacts").resolve().as_uri()  # the output directory is self-contained
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert not (out.parent / "mlruns").exists()
+    for t in s["trials"]:
+        r = client.get_run(t["mlflow_run_id"])
+        for setting in ("eps", "n_eval", "autoattack_n", "final"):
+            assert setting in r.data.params and setting not in r.data.metrics, setting
+        assert "resumed_from_epoch" not in r.data.metrics
+        # one series per meaning: the monitor per epoch, the final evaluation once
+        assert len(client.get_metric_history(r.info.run_id, "monitor_clean_acc")) == 3
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "clean_acc")] == [3]
+        assert {"alpha", "mixup_a", "delta", "gamma_beta"} <= set(r.data.params)
+        assert r.data.tags["searched_params"] == "alpha,mixup_a,delta,gamma_beta"
+        assert r.data.params["precision"] == "fp32"
+        assert Path(r.data.tags["checkpoint"]).is_file()
+        arts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert "checkpoint.pt" in arts and Path(exp.artifact_location[len("file://"):]).is_dir()
+
+
+def test_printed_mlflow_command_works_in_a_new_shell(smoke):
+    out, p = smoke
+    line = next(x for x in p.stdout.splitlines() if x.startswith("open the MLflow UI:"))
+    cmd = line.split(":", 1)[1].split()
+    assert cmd[0] == sys.executable and cmd[1:4] == ["-m", "mlflow", "ui"]
+    assert cmd[-4:] == ["--host", "127.0.0.1", "--port", "5000"]
+    v = subprocess.run([cmd[0], "-m", "mlflow", "--version"], capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert v.returncode == 0, v.stderr[-500:]
 
 
 DDP_STUDY = textwrap.dedent("""

@@ -25,6 +25,9 @@ class OptimConfig:
     # piecewise: lr *= gamma at each fraction of training; cyclic: the peak's position
     milestones: tuple[float, ...] = (0.5, 0.75)
     gamma: float = 0.1
+    # cyclic only: (lowest, highest) momentum, cycled against the lr (lowest at the lr's peak),
+    # as torch's CyclicLR does by default; empty = momentum fixed
+    momentum_cycle: tuple[float, ...] = ()
 
     def validate(self, where: str) -> None:
         check(self.lr > 0, where, "lr", "a number > 0", self.lr)
@@ -33,6 +36,9 @@ class OptimConfig:
         check(all(0 < m <= 1 for m in self.milestones), where, "milestones",
               "fractions of training in (0, 1]", self.milestones)
         check(0 < self.gamma <= 1, where, "gamma", "a number in (0, 1]", self.gamma)
+        if self.momentum_cycle:
+            check(len(self.momentum_cycle) == 2 and 0 <= self.momentum_cycle[0] <= self.momentum_cycle[1] < 1,
+                  where, "momentum_cycle", "[lowest, highest] momentum in [0, 1)", self.momentum_cycle)
 
 
 @dataclass(frozen=True)

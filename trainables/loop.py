@@ -57,15 +57,25 @@ def lr_factor(opt: OptimConfig, epochs: int, t: float) -> float:
     return 1.0
 
 
-def set_lr(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
+def set_lr(optimizers: list[torch.optim.Optimizer], factor: float, opt_cfg: OptimConfig | None = None) -> None:
+    """Scale every optimizer's lr by ``factor``; with a momentum cycle, the model optimizer's
+    momentum goes the other way (highest at factor 0, lowest at the lr's peak)."""
     for opt in optimizers:
         for g in opt.param_groups:
             g.setdefault("initial_lr", g["lr"])
             g["lr"] = g["initial_lr"] * factor
+    if opt_cfg is not None and opt_cfg.schedule == "cyclic" and opt_cfg.momentum_cycle:
+        low, high = opt_cfg.momentum_cycle
+        for g in optimizers[0].param_groups:
+            g["momentum"] = high - (high - low) * factor
 
 
-def amp_dtype(fast: FastConfig, device: torch.device) -> torch.dtype | None:
-    if fast.amp == "bf16" or (fast.amp == "auto" and device.type == "cuda"):
+def amp_dtype(fast: FastConfig, device: torch.device, method_cls: type[Method] | None = None) -> torch.dtype | None:
+    """bf16 when asked; under ``auto``, on the GPU for methods whose robustness bf16 was
+    measured not to cost (``Method.bf16_default``, from bench/precision.py); else fp32."""
+    if fast.amp == "bf16":
+        return torch.bfloat16
+    if fast.amp == "auto" and device.type == "cuda" and (method_cls is None or method_cls.bf16_default):
         return torch.bfloat16
     return None
 
@@ -126,7 +136,7 @@ def build(cfg: TrainConfig, *, device: torch.device | None = None, resume: dict[
                                 weight_decay=opt_cfg.weight_decay, nesterov=opt_cfg.nesterov)
     method_cls = METHODS.get(cfg.method)
     method = method_cls(model, optimizer, cfg.method_args, num_classes=bundle.num_classes,
-                        eps=cfg.eps, device=device, amp_dtype=amp_dtype(cfg.fast, device), seed=cfg.seed)
+                        eps=cfg.eps, device=device, amp_dtype=amp_dtype(cfg.fast, device, method_cls), seed=cfg.seed)
     method.net = net  # attacks run on the unwrapped (uncompiled) model
     loader = make_train_loader(bundle, batch_size=cfg.batch_size, seed=cfg.seed, device=device,
                                num_workers=cfg.data.loader_workers)
@@ -190,7 +200,7 @@ def train_epoch(comp: Components, epoch: int) -> dict[str, Any]:
     for i, (x, y) in enumerate(comp.loader):
         x = x.to(comp.device, non_blocking=True)
         y = y.to(comp.device, non_blocking=True)
-        set_lr(optimizers, lr_factor(opt_cfg, cfg.epochs, epoch + i / max(steps, 1)))
+        set_lr(optimizers, lr_factor(opt_cfg, cfg.epochs, epoch + i / max(steps, 1)), opt_cfg)
         out = comp.method.train_step(x, y)
         # accumulate on the device: no host sync per step, no autograd graph kept alive
         loss_sum += out["loss"].float() * len(y)
@@ -213,11 +223,8 @@ def train_epoch(comp: Components, epoch: int) -> dict[str, Any]:
         "epoch_time_s": slowest / world,
         "images_per_s": seen_total / max(slowest / world, 1e-9),
     }
-    if hasattr(comp.method, "beta"):
-        beta = comp.method.beta
-        metrics["beta_mean"] = beta.mean().item()
-        metrics["beta_min"] = beta.min().item()
-        metrics["beta_max"] = beta.max().item()
+    metrics["precision"] = "bf16" if comp.method.amp_dtype == torch.bfloat16 else "fp32"  # of the training forwards
+    metrics.update(comp.method.epoch_metrics())
     return metrics
 
 

@@ -37,7 +37,8 @@ class BackwardSmoothingConfig:
 @register_method("backward_smoothing")
 class BackwardSmoothing(Method):
     Config = BackwardSmoothingConfig
-    default_optim = dict(lr=0.1, momentum=0.9, weight_decay=2e-4, schedule="piecewise", milestones=(0.5, 0.75))
+    # jinghuichen/BackwardSmoothing train_trades_backward.py: SGD 0.1, momentum 0.9, wd 5e-4, /10 at 50 % and 75 %
+    default_optim = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="piecewise", milestones=(0.5, 0.75))
     default_epochs = 100
 
     def smoothing_init(self, x: torch.Tensor, eps: float) -> torch.Tensor:

@@ -37,6 +37,9 @@ class Method:
     default_optim: ClassVar[dict[str, Any]] = dict(
         lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="piecewise", milestones=(0.5, 0.75))
     default_epochs: ClassVar[int] = 100
+    # Under fast.amp=auto, train in bf16 on the GPU. False for a method that bf16 was measured
+    # to cost more than 2 points of robust accuracy (bench/precision.py, README "Precision").
+    bf16_default: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Any, *,
                  num_classes: int, eps: float, device: torch.device,
@@ -51,6 +54,10 @@ class Method:
         self.amp_dtype = amp_dtype
         self.seed = seed
         self.generator = generator(device, seed + 12345)
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Method-specific figures reported after every epoch (SPROUT: beta's summary)."""
+        return {}
 
     def budget_eps(self, cfg: Any) -> float:
         """The method's own training eps (``method_args.eps``) when it sets one, else the run's."""

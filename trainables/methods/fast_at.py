@@ -23,8 +23,11 @@ class FastATConfig:
 @register_method("fast_at")
 class FastAT(Method):
     Config = FastATConfig
-    # locuslab/fast_adversarial: cyclic lr up to 0.2 over 15 epochs, momentum 0.9, wd 5e-4.
-    default_optim = dict(lr=0.2, momentum=0.9, weight_decay=5e-4, schedule="cyclic", milestones=(0.4,))
+    # locuslab/fast_adversarial: torch's CyclicLR from 0 up to 0.2 and back over 15 epochs, peak at
+    # half way (step_size_up = step_size_down), momentum cycled inversely 0.9 -> 0.8 at the peak
+    # -> 0.9 (CyclicLR's defaults), wd 5e-4.
+    default_optim = dict(lr=0.2, momentum=0.9, weight_decay=5e-4, schedule="cyclic", milestones=(0.5,),
+                         momentum_cycle=(0.8, 0.9))
     default_epochs = 15
 
     def train_step(self, x, y):

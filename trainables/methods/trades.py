@@ -29,7 +29,9 @@ class TradesConfig:
 class Trades(Method):
     Config = TradesConfig
     # TRADES: SGD 0.1, wd 2e-4, 76 epochs, lr / 10 at epoch 75.
-    default_optim = dict(lr=0.1, momentum=0.9, weight_decay=2e-4, schedule="piecewise", milestones=(75 / 76,))
+    # yaodongyu/TRADES train_trades_cifar10.py: adjust_learning_rate sets lr/10 from epoch 75 of
+    # 1..76, i.e. for the last two epochs (0-based 74 and 75): the drop is at 74/76 of training.
+    default_optim = dict(lr=0.1, momentum=0.9, weight_decay=2e-4, schedule="piecewise", milestones=(74 / 76,))
     default_epochs = 76
 
     def train_step(self, x, y):

@@ -141,7 +141,9 @@ class _PreActBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = F.relu(self.bn1(x))
-        sc = self.shortcut(o) if self.shortcut is not None else x
+        # locuslab/fast_adversarial preact_resnet.py: the projection shortcut takes the block's
+        # input x, not the pre-activated o (kuangliu's pytorch-cifar uses o)
+        sc = self.shortcut(x) if self.shortcut is not None else x
         y = self.conv1(o)
         y = self.conv2(F.relu(self.bn2(y)))
         return y + sc
