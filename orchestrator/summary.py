@@ -147,10 +147,11 @@ def table(rows: list[dict]) -> str:
         foot.append(f"clean and PGD on {'/'.join(map(str, sorted(n)))} test images")
     if aa:
         foot.append(f"AutoAttack on {'/'.join(map(str, sorted(aa)))}")
-    if worst:
-        foot.append(f"robust% (per image: correct clean and under every white-box attack) on {'/'.join(map(str, sorted(worst)))}")
     if foot:
         lines.append("; ".join(foot) + ".")
+    if worst:
+        lines.append(f"robust%: correct clean and under every white-box attack, on {'/'.join(map(str, sorted(worst)))} "
+                     "images (the number to trust).")
     if any(r.get("paper_default") for r in rows):
         lines.append("* the paper's default hyperparameters. PGD alone is an upper bound on robustness.")
     else:
