@@ -19,7 +19,7 @@ from .attacks import bn_mode, input_grad
 from .data import DATASETS, DataBundle
 from .devices import generator
 from .eval_attacks import ATTACKS, EvalContext, autoattack, worst_case_keys  # noqa: F401 - autoattack re-exported
-from .masking import run_checks, summarize
+from .masking import describe_flags, run_checks, summarize
 from .protocols import Protocol, get_protocol
 
 
@@ -91,13 +91,12 @@ def format_table(r: dict[str, Any]) -> str:
         lines.append("  note: no AutoAttack in this protocol; PGD numbers are upper bounds on robustness")
     flags = r.get("masking_flags")
     if flags is not None:
-        if flags:
-            lines.append("  GRADIENT-MASKING FLAGS: " + ", ".join(flags))
-            for name in flags:
-                lines.append(f"    {name}: {r['masking_checks'][name]['detail']}")
-        else:
-            ran = sum(1 for c in r.get("masking_checks", {}).values() if c["ok"] is not None)
-            lines.append(f"  masking checks: none flagged ({ran} run)")
+        ran = sum(1 for c in r.get("masking_checks", {}).values() if c["ok"] is not None)
+        lines.append(f"  masking checks ({ran} run): {describe_flags(flags)}")
+        for name in flags:
+            lines.append(f"    {name}: {r['masking_checks'][name]['detail']}")
+    for name, seconds in (r.get("attack_seconds") or {}).items():
+        lines.append(f"  seconds {name:<{max(1, w - 8)}}  {seconds:.1f}")
     return "\n".join(lines)
 
 
