@@ -32,7 +32,6 @@ BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # left on the head node by `ra
 # trial worker groups pack onto whole CPUs/GPUs. Local runs define it; cluster files give it
 # to the head node. Without it, drivers take 0.01 CPU and the concurrency cap counts that.
 DRIVER_RESOURCE = "sweep_driver"
-TOKEN_FILE = Path("~/.ray/auth_token")  # Ray's token; `ray start` turns token auth on when it exists
 
 # File systems that every node of a cluster can share; a --storage-path on one of them is fine
 # on a multi-node cluster (Ray Train needs every node to reach every checkpoint).
@@ -349,10 +348,6 @@ def start_ray(address: str | None, verbose: bool = False) -> None:
     kw = dict(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=verbose,
               configure_logging=True, logging_level="INFO" if verbose else "ERROR")
     if address:
-        if address != "auto" and "RAY_AUTH_MODE" not in os.environ and TOKEN_FILE.expanduser().is_file():
-            # Ray enables token auth for an explicit address only when told to; `ray start` on
-            # this machine enabled it because this token exists, so the cluster expects it
-            os.environ["RAY_AUTH_MODE"] = "token"
         try:
             ray.init(address=address, **kw)
         except (ConnectionError, RuntimeError) as e:

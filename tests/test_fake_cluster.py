@@ -46,14 +46,13 @@ CLUSTER = {
 ADDRESS = "127.0.0.1:6379"  # the fake provider's nodes join the GCS on the default port
 
 
-def ray_env(auth: bool = True, **extra) -> dict:
-    """This environment without RAY_* variables. ``auth``: state Ray's token mode as `ray start`
-    decides it (on when ~/.ray/auth_token exists), for the head and for helpers that join it;
-    the sweep gets no mode and must work it out itself, as under `ray submit`."""
+def ray_env(**extra) -> dict:
+    """This environment without RAY_* variables, and Ray's token authentication off for the
+    simulated cluster (every process of it, the sweep included, runs on this machine; Ray 2.60
+    otherwise turns it on from ~/.ray/auth_token for `ray start` but not for a client joining
+    an explicit address)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(RAY_USAGE_STATS_ENABLED="0", **extra)
-    if auth:
-        env["RAY_AUTH_MODE"] = "token" if (Path.home() / ".ray" / "auth_token").is_file() else "disabled"
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", **extra)
     return env
 
 
@@ -93,7 +92,7 @@ def submit(d: Path, args: list[str], log: Path) -> subprocess.Popen:
     job.mkdir()
     shutil.copy(ROOT / "orchestrator" / "sweep.py", job / "sweep.py")
     return subprocess.Popen([sys.executable, "sweep.py", *args], cwd=job, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env=ray_env(auth=False, RAY_ADDRESS=ADDRESS), start_new_session=True)
+                            env=ray_env(RAY_ADDRESS=ADDRESS), start_new_session=True)
 
 
 def finish(proc: subprocess.Popen, log: Path, timeout: float = 900) -> None:
