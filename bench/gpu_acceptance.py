@@ -73,24 +73,12 @@ def peak_gib(device: torch.device) -> float | None:
     return round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None
 
 
-def make_method(name: str, tiny: bool, batch: int, device: torch.device, *, amp: bool, compile_: bool):
-    from trainables.methods import METHODS
-    from trainables.methods.sprout import SproutConfig
-    from trainables.models import create_model
+def make_method(name: str, tiny: bool, device: torch.device, *, amp: bool, compile_: bool):
+    from bench.step_cost import make_method as build
 
     model, margs = model_spec(tiny)
-    torch.manual_seed(0)
-    net = create_model(model, margs, num_classes=10, in_channels=3, image_size=32)
-    net = net.to(device, memory_format=torch.channels_last) if device.type == "cuda" else net.to(device)
-    trained = torch.compile(net) if compile_ else net
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    cls = METHODS.get("sprout" if name.startswith("sprout") else name)
-    cfg = SproutConfig(variant="reference") if name == "sprout_reference" else cls.Config()
-    cfg = cfg.resolved() if hasattr(cfg, "resolved") else cfg
-    m = cls(trained, opt, cfg, num_classes=10, eps=8 / 255, device=device,
-            amp_dtype=torch.bfloat16 if amp else None)
-    m.net = net  # attacks run on the uncompiled model, as in the training loop
-    return m
+    return build(name, model, margs, (3, 32, 32), 10, device, torch.bfloat16 if amp else None,
+                 channels_last=device.type == "cuda", compile_=compile_)
 
 
 def section_step(args, device) -> dict[str, Any]:
@@ -105,7 +93,7 @@ def section_step(args, device) -> dict[str, Any]:
             methods, peaks = {}, {}
             for n in names:
                 peak_reset(device)
-                methods[n] = make_method(n, args.tiny, args.batch_size, device, amp=amp, compile_=compile_)
+                methods[n] = make_method(n, args.tiny, device, amp=amp, compile_=compile_)
                 for _ in range(args.warmup + (3 if compile_ else 0)):
                     methods[n].train_step(x, y)
                 sync(device)

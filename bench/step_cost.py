@@ -31,10 +31,15 @@ FB_COUNT = {"natural": 1, "sprout": 1, "sprout_reference": 4, "pgd_at": 11, "tra
             "fast_at": 2, "backward_smoothing": 4}
 
 
-def make_method(name: str, model: str, margs: dict, shape, classes: int, device, amp):
+def make_method(name: str, model: str, margs: dict, shape, classes: int, device, amp, *,
+                channels_last: bool | None = None, compile_: bool = False):
+    """A method ready to step on a fresh model. channels_last: default on CUDA with amp;
+    compile_: torch.compile the trained model (attacks keep the plain one, as in the loop)."""
     torch.manual_seed(0)
     net = create_model(model, margs, num_classes=classes, in_channels=shape[0], image_size=shape[1]).to(device)
-    if amp is not None and device.type == "cuda":
+    if channels_last is None:
+        channels_last = amp is not None and device.type == "cuda"
+    if channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     key = "sprout" if name.startswith("sprout") else name
@@ -42,7 +47,10 @@ def make_method(name: str, model: str, margs: dict, shape, classes: int, device,
     cfg = SproutConfig(variant="reference").resolved() if name == "sprout_reference" else cls.Config()
     if hasattr(cfg, "resolved"):
         cfg = cfg.resolved()
-    return cls(net, opt, cfg, num_classes=classes, eps=8 / 255, device=device, amp_dtype=amp)
+    m = cls(torch.compile(net) if compile_ else net, opt, cfg, num_classes=classes, eps=8 / 255, device=device,
+            amp_dtype=amp)
+    m.net = net
+    return m
 
 
 def main(argv=None) -> int:
