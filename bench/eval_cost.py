@@ -60,7 +60,7 @@ def main(argv=None) -> int:
         ratio = t / (k * fb_s)
         out["pgd"][f"pgd{k}"] = {"images_per_s": round(args.n / t, 1), "ratio_to_k_passes": round(ratio, 3)}
         print(f"{'PGD-' + str(k):<12}{args.n / t:>10.1f}{ratio:>11.2f}x")
-    from trainables.evaluate import autoattack
+    from trainables.eval_attacks import autoattack
 
     m = min(args.autoattack_n, len(y))
     t = timed(lambda: autoattack(net, x[:m].cpu(), y[:m].cpu(), eps=eps, seed=0, device=device, batch_size=256), device)

@@ -215,9 +215,7 @@ def trials_that_fit(nodes_resources: list[Mapping[str, float]], need: TrialNeed)
 
 
 def alive_node_resources() -> list[dict[str, float]]:
-    import ray
-
-    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    return [dict(n["Resources"]) for n in alive_nodes()]
 
 
 def concurrency(shape: ClusterShape | None, need: TrialNeed, requested: int | None,

@@ -372,7 +372,7 @@ def attack_columns(rows: list[dict], *, only: tuple[str, ...] | None = None, wit
     from trainables.eval_attacks import ATTACKS
 
     cols: list[tuple[str, str]] = []
-    for proto in {p.budgets().__repr__(): p for p in (protocol_of(r) for r in rows)}.values():
+    for proto in map(protocol_of, rows):
         for name, budget in proto.attacks:
             if (only is None or name in only) and name not in without:
                 cols += [c for c in ATTACKS.get(name).columns(budget) if c not in cols]

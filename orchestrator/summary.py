@@ -31,7 +31,6 @@ def rows_from_results(grid, *, study: str, stage, refs: dict[str, str], tracker)
     """Tune's results as summary rows, sorted by trial id. A trial's config is the resolved one
     its worker reported; a trial that failed before reporting keeps the config it was given."""
     import json
-    from pathlib import Path
 
     from trainables.schema import flatten
 

@@ -221,12 +221,20 @@ class MLflowTrialCallback(tune.Callback):
         self.refs = dict(refs)
         self.tags = dict(tags)
         self._described: set[str] = set()  # trials whose resolved config is logged
+        self._run_ids: dict[str, str] = {}
 
     def _key(self, trial) -> str:
         return f"{self.stage}/{trial.trial_id}"
 
     def run_id(self, trial) -> str | None:
-        return self.tracker.trial_run_id(self._key(trial))
+        """The trial's MLflow run (read from the run file once, then remembered: it never changes)."""
+        key = self._key(trial)
+        if key not in self._run_ids:
+            run_id = self.tracker.trial_run_id(key)
+            if run_id is None:
+                return None
+            self._run_ids[key] = run_id
+        return self._run_ids[key]
 
     def config(self, trial) -> dict[str, Any]:
         """The trial's config as its worker resolved and reported it; before the first report
@@ -253,10 +261,11 @@ class MLflowTrialCallback(tune.Callback):
         cfg = self.config(trial)  # as given: the resolved config follows with the first result
         tags = {**self.tags, "mlflow.parentRunId": self.parent, "study": self.study, "stage": self.stage,
                 "trial_id": trial.trial_id, "method": str(cfg.get("method")), "trial_status": "running"}
-        searched = {k: v for k, v in flatten({k: v for k, v in trial.config.items() if k != "case"}).items()}
+        searched = flatten({k: v for k, v in trial.config.items() if k != "case"})
         tags["searched_params"] = ",".join(short_name(k) for k in searched)
         run = client.create_run(self.tracker.experiment_id, run_name=f"{self.stage}-{trial.trial_id}", tags=tags)
         self.tracker.set_trial_run_id(self._key(trial), run.info.run_id)
+        self._run_ids[self._key(trial)] = run.info.run_id
         # the searched values under the names a person reads (alpha, gamma_beta), beside the dotted config
         self.tracker.log_params(run.info.run_id, {short_name(k): v for k, v in searched.items()})
 

@@ -508,13 +508,6 @@ def run_targeted(ctx: EvalContext, b: TargetedBudget) -> None:
 
 # ----------------------------------------------------------------------------- derived views
 def worst_case_keys(protocol) -> list[str]:
-    """Metric keys whose minimum is the per-protocol worst case (white-box L-inf at eps)."""
+    """Metric keys of the white-box L-inf attacks at the protocol's eps: the attacks whose
+    per-image results make the worst case (``robust_acc_min``)."""
     return [k for name, b in protocol.attacks for k in ATTACKS.get(name).worst_case(b)]
-
-
-def protocol_columns(protocol) -> Columns:
-    """Results-table columns of a protocol: clean, each attack's, and the worst case."""
-    cols = [("clean", "clean_acc")]
-    for name, b in protocol.attacks:
-        cols += ATTACKS.get(name).columns(b)
-    return cols + [("robust min", "robust_acc")]

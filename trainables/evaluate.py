@@ -18,7 +18,7 @@ from torch import nn
 from .attacks import bn_mode, input_grad
 from .data import DATASETS, DataBundle
 from .devices import generator
-from .eval_attacks import ATTACKS, EvalContext, autoattack, worst_case_keys  # noqa: F401 - autoattack re-exported
+from .eval_attacks import ATTACKS, EvalContext, worst_case_keys
 from .masking import describe_flags, run_checks, summarize
 from .protocols import Protocol, get_protocol
 
