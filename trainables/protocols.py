@@ -67,8 +67,6 @@ def _assemble(base: Protocol, shared: Mapping[str, Any], fields: Mapping[str, Ma
     kept = tuple((a, budgets[a]) for a in attack_order() if a in budgets and budgets[a].enabled())
     try:
         return build(Protocol, {**{k: getattr(base, k) for k in ("name", *SHARED)}, **shared, "attacks": kept}, where)
-    except ConfigError:
-        raise
     except TypeError as e:  # a shared value of the wrong shape
         raise ConfigError(f"{where}: {e}") from None
 
@@ -88,7 +86,7 @@ LEGACY: dict[str, tuple[str, str | None]] = {
 }
 
 
-def _split(overrides: Mapping[str, Any], protocol: Protocol) -> tuple[dict, dict, set]:
+def _split(overrides: Mapping[str, Any]) -> tuple[dict, dict, set]:
     shared: dict[str, Any] = {}
     fields: dict[str, dict[str, Any]] = {}
     off: set[str] = set()
@@ -125,7 +123,7 @@ def with_overrides(protocol: Protocol, overrides: Mapping[str, Any] | None) -> P
         return protocol
     where = f"protocol ({protocol.name})"
     try:
-        shared, fields, off = _split(overrides, protocol)
+        shared, fields, off = _split(overrides)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     base = replace(protocol, attacks=tuple((a, b) for a, b in protocol.attacks if a not in off))
