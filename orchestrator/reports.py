@@ -15,6 +15,7 @@ from typing import Any, Callable
 import yaml
 
 from trainables.masking import describe_flags
+from trainables.schema import to_dict
 
 REPORTS: dict[str, Callable[..., list[Path]]] = {}
 
@@ -349,13 +350,10 @@ def _robust_table(rows, paper, key_cols: list[tuple[str, str]], label: Callable[
 
 def stage_evaluation(study, stage: str) -> dict:
     """A stage's ``evaluation`` mapping (protocol and overrides) as the study file gives it."""
-    stages = [s for s in study.stages if isinstance(s, dict)]
-    for s in stages:  # the stage itself, or (rows of an older version of the study) its split parts
-        if s.get("name") == stage or str(s.get("name", "")).startswith(f"{stage}-"):
-            return dict(s.get("evaluation") or {"protocol": "quick"})
-    if not study.evaluation and stages:  # a stage this study does not name: its first stage's
-        return dict(stages[0].get("evaluation") or {"protocol": "quick"})
-    return dict(study.evaluation or {"protocol": "quick"})
+    for s in study.stages:  # the stage itself, or (rows of an older version of the study) its split parts
+        if s.name == stage or s.name.startswith(f"{stage}-"):
+            return to_dict(s.evaluation)
+    return to_dict(study.stages[0].evaluation)  # a stage this study does not name: its first stage's
 
 
 def protocol_of(row: dict):

@@ -40,6 +40,12 @@ def make_sampler(search, seed: int):
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(search.num_samples))
 
 
+def trial_dirname(trial) -> str:
+    """A trial's directory is named by its id, as the console, the summary and MLflow name it
+    (Tune's default spells the searched values, with Optuna's "method_args/alpha" keys, into it)."""
+    return f"trial_{trial.trial_id}"
+
+
 def make_searcher(stage, seed: int, cap: int):
     """(TuneConfig, param_space, number of trials) for a stage's search."""
     from ray import tune
@@ -65,7 +71,8 @@ def make_searcher(stage, seed: int, cap: int):
             set_nested(param_space, key.split("."), tune.grid_search(list(spec.values)))
         if search.cases:
             param_space["case"] = tune.grid_search([dict(c) for c in search.cases])
-        config = tune.TuneConfig(scheduler=scheduler, num_samples=search.num_samples, max_concurrent_trials=cap)
+        config = tune.TuneConfig(scheduler=scheduler, num_samples=search.num_samples, max_concurrent_trials=cap,
+                                 trial_dirname_creator=trial_dirname)
         return config, param_space, grid_size(search, specs)
     multi = len(search.metrics) > 1
     sampler = make_sampler(search, seed)
@@ -74,7 +81,7 @@ def make_searcher(stage, seed: int, cap: int):
                             mode=search.modes if multi else search.modes[0], points_to_evaluate=points or None,
                             sampler=sampler)
     config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=search.num_samples,
-                             max_concurrent_trials=cap)
+                             max_concurrent_trials=cap, trial_dirname_creator=trial_dirname)
     return config, {}, search.num_samples
 
 

@@ -167,17 +167,21 @@ class SmokeSpec:
 
 @dataclass(frozen=True)
 class Study:
+    """A study file, parsed and validated: every stage typed, its base merged with the shared one.
+
+    A file without ``stages:`` gives its ``search`` and ``evaluation`` at the top level (one stage,
+    named ``main``); a file with ``stages:`` gives them inside each stage."""
+
     name: str
     description: str = ""
     report: str = "generic"  # which report to write (orchestrator.reports)
     seed: int = 0
-    base: dict = field(default_factory=dict)  # shared by every stage
-    search: dict = field(default_factory=dict)  # single-stage shorthand
-    evaluation: dict = field(default_factory=dict)
-    stages: tuple[dict, ...] = ()
+    base: dict = field(default_factory=dict)  # shared by every stage (already merged into each)
+    stages: tuple[StageSpec, ...] = ()
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     smoke: SmokeSpec = field(default_factory=SmokeSpec)
     paper: str | None = None  # paper-numbers file (orchestrator/paper_numbers/NAME.yaml)
+    staged: bool = field(default=False, init=False, repr=False)  # the file lists stages (errors say stages[i])
 
     def validate(self, where: str) -> None:
         from .reports import REPORTS, paper_numbers
@@ -185,6 +189,8 @@ class Study:
         check(self.report in REPORTS, where, "report", f"one of {', '.join(sorted(REPORTS))}", self.report)
         if self.paper is not None:
             paper_numbers(self.paper, where=f"{where}.paper" if where else "paper")  # exists and has cells
+        names = [s.name for s in self.stages]
+        check(len(set(names)) == len(names), where, "stages", "distinct stage names", names)
 
 
 def study_dir() -> Path:
@@ -228,15 +234,54 @@ def load_raw(name: str | None = None, path: str | None = None) -> tuple[dict, st
 
 
 def parse(raw: Mapping[str, Any], where: str) -> Study:
+    """The whole study file checked in one pass: top-level keys, every stage (its merged base
+    resolved, every search-range corner resolved, its protocol and stage references), the
+    report and paper names. Nothing is left raw for a later step to discover."""
+    raw = dict(raw)
+    staged = "stages" in raw
+    if staged:
+        stray = [k for k in ("search", "evaluation") if k in raw]
+        if stray:
+            raise ConfigError(f"{where}: {stray[0]}: give it inside each entry of stages (a study with stages has no top-level {stray[0]})")
+        stage_raws = raw.pop("stages")
+        if not isinstance(stage_raws, list) or not stage_raws:
+            raise ConfigError(f"{where}: stages: expected a non-empty list of stages, got {stage_raws!r}")
+    else:
+        stage_raws = [{"name": "main", "search": raw.pop("search", {}), "evaluation": raw.pop("evaluation", {})}]
     try:
-        return build(Study, raw, "")
+        study = build(Study, raw, "")
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+    stages = []
+    for i, sraw in enumerate(stage_raws):
+        at = f"{where}: stages[{i}]" if staged else where
+        if not isinstance(sraw, Mapping):
+            raise ConfigError(f"{at}: expected a mapping, got {sraw!r}")
+        sraw = dict(sraw)
+        sraw["base"] = deep_merge(study.base, sraw.get("base") or {})
+        sraw["base"].setdefault("seed", study.seed)
+        stages.append(_build_stage(sraw, at, staged, [s.name for s in stages]))
+    study = replace(study, stages=tuple(stages))
+    object.__setattr__(study, "staged", staged)  # frozen: set once, while parsing
+    try:
+        study.validate("")  # stage names distinct
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return study
+
+
+def _build_stage(sraw: Mapping[str, Any], where: str, staged: bool, earlier: list[str]) -> StageSpec:
+    try:
+        stage = build(StageSpec, sraw, "stages" if staged else "")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    _validate_stage(stage, where, earlier)
+    return stage
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A validated study, ready to run: stages with merged bases and parsed searches."""
+    """A study as it will run: its stages after ``--smoke-test`` and command-line overrides."""
 
     study: Study
     source: str
@@ -246,7 +291,8 @@ class Plan:
 
 
 def plan(study: Study, source: str, *, smoke: bool = False, overrides: Mapping[str, Any] | None = None) -> Plan:
-    """Merge, shrink (smoke), override and validate every stage."""
+    """The parsed study with ``--smoke-test`` and the command line applied; a stage that changed is
+    checked again by the same rules (an override can leave the valid domain)."""
     overrides = dict(overrides or {})
     res = study.resources
     res_over = {k: overrides.pop(k) for k in list(overrides) if k in ("num_workers", "gpus_per_worker", "max_concurrent_trials")}
@@ -258,31 +304,23 @@ def plan(study: Study, source: str, *, smoke: bool = False, overrides: Mapping[s
     if res_over:
         res = replace(res, **res_over)
         res.validate("resources")
+    new_seed = "seed" in overrides
     seed = overrides.pop("seed", study.seed)
     num_samples = overrides.pop("num_samples", None)
-    stage_raws = list(study.stages) or [{"name": "main", "search": study.search, "evaluation": study.evaluation}]
+    if not (smoke or base_over or new_seed or num_samples is not None):
+        return Plan(study, source, study.stages, res, seed)
     stages = []
-    for i, sraw in enumerate(stage_raws):
-        where = f"{source}: stages[{i}]" if study.stages else source
-        if not isinstance(sraw, Mapping):
-            raise ConfigError(f"{where}: expected a mapping")
-        sraw = dict(sraw)
-        sraw["base"] = deep_merge(deep_merge(study.base, sraw.get("base", {})), base_over)
-        if not study.stages:
-            sraw.setdefault("search", study.search)
-        sraw["base"].setdefault("seed", seed)
-        if "seed" in overrides or seed != study.seed:
+    for i, stage in enumerate(study.stages):
+        where = f"{source}: stages[{i}]" if study.staged else source
+        sraw = to_dict(stage)
+        sraw["base"] = deep_merge(sraw["base"], base_over)
+        if new_seed:
             sraw["base"]["seed"] = seed
         if smoke:
             sraw = _shrink(sraw, study.smoke)
-        try:
-            stage = build(StageSpec, sraw, "stages" if study.stages else "")
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
         if num_samples is not None:
-            stage = replace(stage, search=replace(stage.search, num_samples=num_samples))
-        _validate_stage(stage, where, [s.name for s in stages])
-        stages.append(stage)
+            sraw["search"]["num_samples"] = num_samples
+        stages.append(_build_stage(sraw, where, study.staged, [s.name for s in stages]))
     return Plan(study, source, tuple(stages), res, seed)
 
 
@@ -337,9 +375,12 @@ def _validate_stage(stage: StageSpec, where: str, earlier: list[str]) -> None:
                 raise ConfigError(f"{where}: search.params.{k}.when: {cond!r} is neither a searched parameter nor a base key")
     base = strip_refs(stage.base)
     try:
-        resolve(base)
+        epochs = resolve(base).epochs
     except ConfigError as e:
         raise ConfigError(f"{where}: base: {e}") from None
+    grace = stage.search.scheduler.grace_period
+    if stage.search.scheduler.type == "asha" and grace > epochs:
+        raise ConfigError(f"{where}: search.scheduler.grace_period: expected at most the {epochs} epochs a trial trains, got {grace}")
     # every corner of every range must resolve: the search cannot leave the valid domain
     for k, spec in specs.items():
         for v in spec.corners():

@@ -39,6 +39,10 @@ def test_smoke_sensitivity_writes_summary_and_table(smoke):
     assert {"method_args.alpha": 0.01, "method_args.mixup_a": 0.2, "method_args.delta": 0.1,
             "method_args.lr_beta": 0.01} in firsts
     assert (out / "summary.csv").read_text().count("\n") == 4
+    # Tune's trial directories are named by the trial id people see, not by Optuna's "a/b" keys
+    exp = out / "ray" / "sensitivity-main"
+    assert {d.name for d in exp.iterdir() if d.is_dir() and d.name.startswith("trial_")} == \
+        {f"trial_{t['trial_id']}" for t in s["trials"]}
     assert "robust%" in p.stdout and "-m mlflow ui --backend-store-uri sqlite:////" in p.stdout
 
 
