@@ -191,3 +191,64 @@ def test_autoattack_leaves_the_global_random_state_alone(natural, digits):
     assert torch.equal(torch.get_rng_state(), before)
     b, _, _ = autoattack(natural, x, y, eps=0.1, seed=5, device=torch.device("cpu"), batch_size=8)
     assert torch.equal(a, b) and not math.isnan(float(a.sum()))
+
+
+# ----------------------------------------------------------------------------- cost cuts that change no number
+def _pgd_to_the_end(model, x, y, *, eps, steps, step_size, restarts, generator, loss="ce", kappa=math.inf):
+    """PGD as it ran before inputs left the attack at their first fooling iterate: every input,
+    every step, every restart (the reference the early exit must reproduce)."""
+    from trainables.attacks import _attack_loss, linf_project, linf_random_start, linf_step
+
+    best, done = x.clone(), torch.zeros(len(x), dtype=torch.bool)
+    for _ in range(restarts):
+        x_adv = linf_random_start(x, eps=eps, generator=generator)
+        for _ in range(steps):
+            x_req = x_adv.detach().requires_grad_(True)
+            logits = model(x_req)
+            new = (logits.detach().argmax(1) != y) & ~done
+            best[new] = x_adv[new]
+            done |= new
+            (g,) = torch.autograd.grad(_attack_loss(logits, y, loss, None, kappa), x_req)
+            x_adv = linf_project(linf_step(x_adv, g, step_size=step_size), x, eps=eps).detach()
+        with torch.no_grad():
+            success = model(x_adv).argmax(1) != y
+        best[~done] = x_adv[~done]
+        done |= success
+    return best
+
+
+@pytest.mark.parametrize("eps,steps,restarts,loss", [(0.1, 20, 1, "ce"), (0.1, 30, 3, "ce"), (0.1, 10, 2, "cw")])
+def test_pgd_early_exit_gives_what_attacking_every_input_to_the_end_gives(natural, digits, eps, steps, restarts, loss):
+    x, y = digits.test_tensors(96)
+    kw = dict(eps=eps, steps=steps, step_size=eps / 4, restarts=restarts, loss=loss, kappa=50.0)
+    ref = _pgd_to_the_end(natural, x, y, generator=torch.Generator().manual_seed(3), **kw)
+    fast = pgd_linf(natural, x, y, keep="best", bn="eval", generator=torch.Generator().manual_seed(3), **kw)
+    fooled = (natural(ref).argmax(1) != y)
+    assert 0 < int(fooled.sum()) < len(y)  # some inputs leave early, some stay to the end
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-6)
+
+
+def test_autoattack_curve_never_rises_and_attacks_only_what_is_still_standing(natural, digits, monkeypatch):
+    import trainables.eval_attacks as ea
+
+    calls = []
+    real = ea.autoattack
+
+    def spy(model, x, y, *, eps, **kw):
+        calls.append((round(eps, 6), len(x)))
+        return real(model, x, y, eps=eps, **kw)
+
+    monkeypatch.setattr(ea, "autoattack", spy)
+    p = get_protocol("standard", {"n": 40, "autoattack.n": 20, "curve.n": 30, "pgd": {"runs": [[10, 1]]},
+                                   "curve.multiples": [0.0, 0.5, 1.0, 2.0], "large_eps": False})
+    r = evaluate(natural, digits, p, eps=0.05, seed=0, device=torch.device("cpu"))
+    aa = r["curve_autoattack_acc"]
+    assert all(b <= a for a, b in zip(aa, aa[1:])), aa
+    clean30 = int(round(r["curve_autoattack_acc"][0] * 30))
+    assert calls[0] == (0.05, 20)  # the protocol's own run
+    assert calls[1] == (0.025, clean30)  # the smallest eps: every clean-correct curve image
+    standing = int(round(aa[1] * 30))
+    assert calls[2][0] == 0.05 and calls[2][1] <= min(10, standing)  # only images the protocol's run did not cover
+    if len(calls) > 3:  # the largest eps: only what no smaller eps broke
+        assert calls[3][0] == 0.1 and calls[3][1] == int(round(aa[2] * 30))
+    assert aa[2] <= r["autoattack_acc"] * 20 / 30 + 10 / 30 + 1e-6

@@ -98,32 +98,58 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, 
     restart fools (or, targeted, sends to ``target``) is kept. ``keep="best"`` (evaluation)
     also keeps the first iterate of any step that fools, where the last iterate may have
     stepped back out; ``"last"`` (training, as the reference codes do) takes each restart's
-    last iterate. ``steps=1, step_size=eps, random_start=False`` is FGSM."""
+    last iterate. ``steps=1, step_size=eps, random_start=False`` is FGSM.
+
+    With ``keep="best"`` an input leaves the attack at its first fooling iterate: later steps
+    and restarts run on the inputs still standing (as AutoAttack's APGD does). The result is
+    the same as attacking every input to the end (inputs are attacked independently: BatchNorm
+    in eval mode, a summed loss, the random starts drawn for the whole batch), at the cost of
+    the inputs that are still standing: a non-robust model is broken in a few steps."""
     x = x.detach()
     best = x.clone()
     done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
 
-    def fooled(logits: torch.Tensor) -> torch.Tensor:
+    def fooled(logits: torch.Tensor, yy: torch.Tensor, tt: torch.Tensor | None) -> torch.Tensor:
         pred = logits.argmax(1)
-        return (pred == target) if target is not None else (pred != y)
+        return (pred == tt) if tt is not None else (pred != yy)
 
     with bn_mode(model, bn), fp32(x):
         for _ in range(max(1, restarts)):
-            x_adv = linf_random_start(x, eps=eps, generator=generator) if random_start else x.clone()
+            start = linf_random_start(x, eps=eps, generator=generator) if random_start else x.clone()
+            if keep == "last":
+                x_adv = start
+                for _ in range(steps):
+                    x_req = x_adv.detach().requires_grad_(True)
+                    (g,) = torch.autograd.grad(_attack_loss(model(x_req), y, loss, target, kappa), x_req)
+                    x_adv = linf_project(linf_step(x_adv, g, step_size=step_size), x, eps=eps).detach()
+                with torch.no_grad():
+                    success = fooled(model(x_adv), y, target)
+                take = ~done  # not fooled by an earlier restart: keep this restart's result
+                best[take] = x_adv[take]
+                done |= success
+                continue
+            idx = (~done).nonzero().squeeze(1)  # the inputs no earlier restart fooled
+            x_adv, x0, y0 = start[idx], x[idx], y[idx]
+            t0 = target[idx] if target is not None else None
             for _ in range(steps):
+                if not len(idx):
+                    break
                 x_req = x_adv.detach().requires_grad_(True)
                 logits = model(x_req)
-                if keep == "best":  # this iterate's logits are free: keep it where it fools first
-                    new = fooled(logits.detach()) & ~done
-                    best[new] = x_adv[new]
-                    done |= new
-                (g,) = torch.autograd.grad(_attack_loss(logits, y, loss, target, kappa), x_req)
-                x_adv = linf_project(linf_step(x_adv, g, step_size=step_size), x, eps=eps).detach()
-            with torch.no_grad():
-                success = fooled(model(x_adv))
-            take = ~done  # not fooled by an earlier restart or step: keep this restart's result
-            best[take] = x_adv[take]
-            done |= success
+                (g,) = torch.autograd.grad(_attack_loss(logits, y0, loss, t0, kappa), x_req)
+                new = fooled(logits.detach(), y0, t0)  # this iterate fools: keep it, stop attacking it
+                if new.any():
+                    best[idx[new]] = x_adv[new]
+                    done[idx[new]] = True
+                    stay = ~new
+                    idx, x_adv, x0, y0, g = idx[stay], x_adv[stay], x0[stay], y0[stay], g[stay]
+                    t0 = t0[stay] if t0 is not None else None
+                x_adv = linf_project(linf_step(x_adv, g, step_size=step_size), x0, eps=eps).detach()
+            if len(idx):
+                with torch.no_grad():
+                    success = fooled(model(x_adv), y0, t0)
+                best[idx] = x_adv  # still standing: this restart's last iterate
+                done[idx] |= success
     return best
 
 
