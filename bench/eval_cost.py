@@ -1,11 +1,16 @@
-"""Evaluation cost: PGD-k and AutoAttack throughput against the cost of k forward-backward passes.
+"""Evaluation cost: each protocol's seconds per model against the training it checks, PGD-k and
+AutoAttack throughput against the cost of k forward-backward passes, and what PGD's early exit
+saves.
 
-    python bench/eval_cost.py                      # small CNN on digits-shaped inputs, CPU
+    python bench/eval_cost.py                      # small CNN on digits, CPU, 1 thread (a sweep trial's)
     python bench/eval_cost.py --json bench/results/eval_cost-cpu.json
+    python bench/eval_cost.py --protocols quick,standard-smoke --epochs 10
 
-PGD-k should cost about k input-gradient passes (plus one forward for the final check);
-the ratio column says how close it is. AutoAttack's cost depends on how many points survive
-each of its attacks, so it is reported as images per second on a trained model.
+Per protocol and model (natural and SPROUT, trained here for --epochs as the main job trains):
+evaluation seconds, the ratio to the training seconds and each attack's seconds. ``X-smoke``
+is protocol X with --smoke-test's budgets (the width smoke study runs ``standard-smoke``).
+PGD-k should cost about k input-gradient passes; the early-exit column is the time of PGD that
+attacks every image to the end divided by the time of the evaluation's PGD (same result).
 """
 from __future__ import annotations
 
@@ -21,13 +26,78 @@ from bench.common import device_name, median, save, timed  # noqa: E402
 from trainables.attacks import bn_mode, input_grad, pgd_linf  # noqa: E402
 
 
-def trained_model(device):
+def trained_model(device, method: str = "natural", epochs: int = 5):
+    """A digits model and its training seconds (the loop's own epoch times, monitor off)."""
     from trainables.loop import build, fit
     from trainables.config import resolve
 
-    comp = build(resolve({"method": "natural", "epochs": 5, "monitor": {"every": 0}}), device=device)
+    comp = build(resolve({"method": method, "epochs": epochs, "monitor": {"every": 0}}), device=device)
     fit(comp)
-    return comp.net.eval(), comp.bundle
+    return comp.net.eval(), comp.bundle, sum(h["epoch_time_s"] for h in comp.history)
+
+
+def pgd_to_the_end(net, x, y, *, eps, steps, step_size, restarts, generator):
+    """PGD that attacks every image for every step and restart (what the early exit replaced)."""
+    from trainables.attacks import _attack_loss, linf_project, linf_random_start, linf_step
+
+    best, done = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    with bn_mode(net, "eval"):
+        for _ in range(restarts):
+            x_adv = linf_random_start(x, eps=eps, generator=generator)
+            for _ in range(steps):
+                x_req = x_adv.detach().requires_grad_(True)
+                logits = net(x_req)
+                new = (logits.detach().argmax(1) != y) & ~done
+                best[new], done = x_adv[new], done | new
+                (g,) = torch.autograd.grad(_attack_loss(logits, y, "ce", None), x_req)
+                x_adv = linf_project(linf_step(x_adv, g, step_size=step_size), x, eps=eps).detach()
+            with torch.no_grad():
+                success = net(x_adv).argmax(1) != y
+            best[~done] = x_adv[~done]
+            done |= success
+    return best
+
+
+def protocol_costs(names: list[str], methods: list[str], epochs: int, device) -> list[dict]:
+    """Each protocol on each model: evaluation seconds, per attack, and the ratio to training."""
+    from trainables.evaluate import evaluate
+    from trainables.protocols import get_protocol, smoke_overrides
+
+    rows = []
+    print(f"\nprotocols on digits models trained {epochs} epochs ({torch.get_num_threads()} thread(s)):")
+    print(f"{'model':<10}{'protocol':<17}{'train s':>9}{'eval s':>9}{'eval/train':>12}  slowest attacks (s)")
+    for method in methods:
+        net, bundle, train_s = trained_model(device, method, epochs)
+        for name in names:
+            base = name.removesuffix("-smoke")
+            p = get_protocol(base)
+            if name.endswith("-smoke"):
+                p = get_protocol(base, smoke_overrides(p))
+            r = evaluate(net, bundle, p, seed=0, device=device)
+            secs = r["attack_seconds"]
+            top = sorted(secs.items(), key=lambda kv: -kv[1])[:4]
+            rows.append({"model": method, "protocol": name, "train_s": round(train_s, 2), "eval_s": round(r["eval_time_s"], 2),
+                         "ratio": round(r["eval_time_s"] / train_s, 2), "attack_seconds": secs,
+                         "robust_acc_min": r.get("robust_acc_min"), "autoattack_acc": r.get("autoattack_acc")})
+            print(f"{method:<10}{name:<17}{train_s:>9.1f}{r['eval_time_s']:>9.1f}{r['eval_time_s'] / train_s:>11.1f}x  "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in top))
+    return rows
+
+
+def early_exit(methods: list[str], epochs: int, n: int, device) -> dict:
+    """PGD-100 x 3 to the end against the evaluation's PGD, on each model (same images, same seed)."""
+    out = {}
+    print(f"\nPGD-100x3 on {n} images: attacking every image to the end / the evaluation's early exit")
+    for method in methods:
+        net, bundle, _ = trained_model(device, method, epochs)
+        x, y = bundle.test_tensors(n)
+        x, y = x.to(device), y.to(device)
+        kw = dict(eps=0.1, steps=100, step_size=0.025, restarts=3)
+        t_end = timed(lambda: pgd_to_the_end(net, x, y, generator=torch.Generator().manual_seed(0), **kw), device)
+        t_fast = timed(lambda: pgd_linf(net, x, y, keep="best", generator=torch.Generator().manual_seed(0), **kw), device)
+        out[method] = {"to_the_end_s": round(t_end, 2), "early_exit_s": round(t_fast, 2), "speedup": round(t_end / t_fast, 2)}
+        print(f"  {method:<10}{t_end:>8.1f}s / {t_fast:>6.1f}s = {t_end / t_fast:.2f}x")
+    return out
 
 
 def main(argv=None) -> int:
@@ -38,9 +108,14 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (a sweep trial has 1 per CPU it holds)")
+    ap.add_argument("--protocols", default="quick,standard-smoke", help="comma-separated; '' skips this part")
+    ap.add_argument("--methods", default="natural,sprout")
+    ap.add_argument("--epochs", type=int, default=10, help="training epochs of the models the protocols check")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    net, bundle = trained_model(device)
+    net, bundle, _ = trained_model(device)
     x, y = bundle.test_tensors(args.n)
     x, y = x.to(device), y.to(device)
     eps = 0.1
@@ -66,6 +141,10 @@ def main(argv=None) -> int:
     t = timed(lambda: autoattack(net, x[:m].cpu(), y[:m].cpu(), eps=eps, seed=0, device=device, batch_size=256), device)
     out["autoattack"] = {"images_per_s": round(m / t, 2), "n": m, "equivalent_passes_per_image": round(t / (fb_s / args.n) / m, 1)}
     print(f"{'AutoAttack':<12}{m / t:>10.2f}   (~{out['autoattack']['equivalent_passes_per_image']:.0f} input-gradient passes per image)")
+    methods = [m for m in args.methods.split(",") if m]
+    out["early_exit"] = early_exit(methods, args.epochs, args.n, device)
+    if args.protocols:
+        out["protocols"] = protocol_costs([p for p in args.protocols.split(",") if p], methods, args.epochs, device)
     p = save(out, args.json, f"eval_cost-{device.type}")
     if p:
         print(f"wrote {p}")

@@ -345,6 +345,12 @@ def start_ray(address: str | None, verbose: bool = False) -> None:
     # on 127.0.0.1 only.
     kw = dict(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=verbose,
               configure_logging=True, logging_level="INFO" if verbose else "ERROR")
+    if not verbose:
+        # Tune's start-of-experiment box (its legacy reporter at verbose 0 prints nothing), and
+        # the local raylet's warning that trial drivers and worker groups start more Python
+        # processes than it has CPUs (they are expected here: drivers hold no CPU)
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "16")
     if address:
         try:
             ray.init(address=address, **kw)

@@ -87,6 +87,8 @@ def run_trial(trial_config: dict[str, Any], *, payload: dict[str, Any]) -> None:
             "protocol_overrides": payload["protocol_overrides"],
             "transfer_source": substitute(payload.get("transfer_source"), payload["refs"]),
             "threads": max(1, int(res["cpus_per_worker"])),
+            "console": payload.get("console"),  # where the final evaluation's per-attack lines go
+            "label": f"[{payload.get('stage', 'main')}] trial {trial_id}",
         },
         scaling_config=ray.train.ScalingConfig(num_workers=int(res["num_workers"]), use_gpu=gpus > 0,
                                                resources_per_worker=resources),

@@ -86,7 +86,8 @@ def make_searcher(stage, seed: int, cap: int):
 
 
 def run_stage(stage, plan, *, storage_path: str, tracker, parent_run_id: str, refs: dict[str, str],
-              cap: int, resume: bool, tags: dict[str, str], driver_resources: dict[str, float]) -> list[dict]:
+              cap: int, resume: bool, tags: dict[str, str], driver_resources: dict[str, float],
+              console=None) -> list[dict]:
     """Run (or resume) one stage; its trials as summary rows."""
     from ray import tune
 
@@ -98,12 +99,13 @@ def run_stage(stage, plan, *, storage_path: str, tracker, parent_run_id: str, re
 
     payload = {"base": stage.base, "resources": to_dict(plan.resources), "storage_path": storage_path,
                "protocol": stage.evaluation.protocol, "protocol_overrides": stage.evaluation.overrides,
-               "transfer_source": stage.evaluation.transfer_source, "refs": refs}
+               "transfer_source": stage.evaluation.transfer_source, "refs": refs, "stage": stage.name,
+               "console": console}
     trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), driver_resources)
     tune_config, param_space, total = make_searcher(stage, plan.seed, cap)
     callbacks = [MLflowTrialCallback(tracker, parent_run_id=parent_run_id, stage=stage.name, study=plan.study.name,
                                      base=stage.base, refs=refs, tags=tags),
-                 Progress(stage.name, total)]
+                 Progress(stage.name, total, console)]
     exp_name = f"{plan.study.name}-{stage.name}"
     exp_path = os.path.join(storage_path, exp_name)
     print(f"[{stage.name}] {total} trial(s), up to {cap} at once, {plan.resources.num_workers} worker(s) each; "

@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.study import load_raw, parse, plan as make_plan
     from orchestrator.tracking import RUNS_FILE, check_tracking_uri, default_tracking_uri, normalize_uri
 
+    if not args.verbose:  # MLflow announces every table it creates (read when MLflow is imported)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     # -- everything below until ray.init is validation: nothing is written on bad input
     raw, source = load_raw(name=args.study or (None if args.config else DEFAULT_STUDY), path=args.config)
     study = parse(raw, source)
@@ -141,8 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.search import run_stage
     from orchestrator.stages import resolve_refs_for
     from orchestrator.summary import table, write_summary
-    from orchestrator.tracking import Tracker, provenance
+    from orchestrator.tracking import Tracker, console_lines, provenance
 
+    if not args.verbose:  # Optuna announces every study it creates
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         cluster.start_ray(address, verbose=args.verbose)
         # before anything is logged: the cluster as it is now, and (bounded) waiting for it to grow
@@ -153,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         need = cluster.plan_need(plan.resources, driver)
         cluster.wait_for_first_trial(need, args.resource_timeout)
         cap = cluster.concurrency(shape, need, plan.resources.max_concurrent_trials, cluster.alive_node_resources())
+        console = console_lines()
     except BaseException:
         ray.shutdown()
         for d in created:  # nothing half-written by a launch that never started
@@ -178,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         for stage in plan.stages:
             refs = resolve_refs_for(stage, rows, refs)
             rows += run_stage(stage, plan, storage_path=storage_path, tracker=tracker, parent_run_id=parent,
-                              refs=refs, cap=cap, resume=args.resume, tags=tags, driver_resources=driver)
+                              refs=refs, cap=cap, resume=args.resume, tags=tags, driver_resources=driver,
+                              console=console)
         jpath, cpath = write_summary(output_dir, study.name, rows, {"study_file": source, "smoke_test": args.smoke_test,
                                                                    "mlflow_parent_run_id": parent,
                                                                    "tracking_uri": tracking_uri,

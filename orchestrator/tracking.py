@@ -337,14 +337,46 @@ class MLflowTrialCallback(tune.Callback):
         self._finish(trial, "failed", "FAILED", error=str(getattr(trial, "error_file", "") or "trial raised"))
 
 
-class Progress(tune.Callback):
-    """One console line per epoch and per finished trial (Tune's own table is kept quiet)."""
+class ConsoleLines:
+    """Lines from trials to the sweep's console (a Ray actor): a worker's final evaluation says
+    each attack's accuracy and seconds while it runs, which Tune's results (one per epoch)
+    cannot carry. Workers send without waiting; ``Progress`` prints what arrived."""
 
-    def __init__(self, stage: str, total: int):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def put(self, line: str) -> None:
+        self.lines.append(line)
+
+    def drain(self) -> list[str]:
+        out, self.lines = self.lines, []
+        return out
+
+
+def console_lines():
+    """The actor behind ``ConsoleLines`` (no CPU of its own; it lives as long as the sweep's Ray)."""
+    import ray
+
+    return ray.remote(num_cpus=0)(ConsoleLines).remote()
+
+
+class Progress(tune.Callback):
+    """One console line per epoch (the first with the trial's searched values), one per attack
+    of each final evaluation, and one per finished trial; Tune's own table is kept quiet."""
+
+    def __init__(self, stage: str, total: int, console=None):
         self.stage = stage
         self.total = total
         self.done = 0
         self.t0 = time.time()
+        self.console = console
+        self.said: set[str] = set()
+        self._last_drain = 0.0
+
+    def __getstate__(self):  # pickled with the Tuner's state: an actor handle of this launch is not
+        state = dict(self.__dict__)
+        state["console"] = None
+        return state
 
     def __setstate__(self, state):  # restored with a resumed Tuner: time this launch
         self.__dict__.update(state)
@@ -358,14 +390,45 @@ class Progress(tune.Callback):
               f"clean {m.get('clean_acc', float('nan')):.4f}  robust {m.get('robust_acc', float('nan')):.4f}"
               f"{'  masking ' + describe_flags(flags) if flags else ''}  ({time.time() - self.t0:.0f}s)", flush=True)
 
+    def drain(self, force: bool = False) -> None:
+        """Print what trials said since the last call (at most once a second unless forced)."""
+        if self.console is None or (not force and time.time() - self._last_drain < 1.0):
+            return
+        self._last_drain = time.time()
+        import ray
+
+        try:
+            lines = ray.get(self.console.drain.remote(), timeout=10)
+        except Exception:  # the console is a convenience: never let it stop a study
+            return
+        for line in lines:
+            print(line, flush=True)
+
+    def on_step_end(self, iteration, trials, **info):
+        self.drain()
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("epoch") and not result.get("final"):
+            first = ""
+            if trial.trial_id not in self.said:
+                self.said.add(trial.trial_id)
+                searched = flatten({k: v for k, v in trial.config.items() if k != "case"})
+                case = (trial.config.get("case") or {}).get("name")
+                values = ([f"case={case}"] if case else []) + [f"{short_name(k)}={_short(v)}" for k, v in searched.items()]
+                first = f"  [{' '.join(values)}]" if values else ""
             print(f"[{self.stage}] trial {trial.trial_id} epoch {result['epoch']}: loss {result.get('loss', float('nan')):.4f}"
-                  f"  {result.get('images_per_s', 0):.0f} img/s", flush=True)
+                  f"  monitor clean {result.get('clean_acc', float('nan')):.3f} robust {result.get('robust_acc', float('nan')):.3f}"
+                  f"  {result.get('images_per_s', 0):.0f} img/s{first}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self.drain(force=True)
         status = (trial.last_result or {}).get("status", "stopped")
         self._line(trial, "stopped early" if status == "running" else status)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.drain(force=True)
         self._line(trial, "failed")
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

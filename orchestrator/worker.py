@@ -95,12 +95,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             source = None
             if config.get("transfer_source"):
                 source, _, _ = load_model_from_checkpoint(config["transfer_source"])
+            console, label = config.get("console"), config.get("label", "")
+            say = None
+            if console is not None:
+                def say(line: str) -> None:  # to the sweep's console, without waiting for it
+                    console.put.remote(f"{label} eval {line.strip()}")
             r = evaluate(comp.net, comp.bundle, protocol, eps=cfg.eps, seed=cfg.seed, device=device,
-                         transfer_source=source)
+                         transfer_source=source, log=say)
         out = {k: v for k, v in r.items() if k not in ("protocol_budgets", "masking_checks")}
         out["masking_details"] = [f"{n}: {r['masking_checks'][n]['detail']}" for n in r.get("masking_flags", [])]
         out["_eval"] = r
         out["robust_acc"] = r.get("robust_acc_min", float("nan"))
+        for name, seconds in (r.get("attack_seconds") or {}).items():  # MLflow: seconds/<attack>
+            out[f"seconds/{name.replace('@', '_at_')}"] = seconds
         if hasattr(comp.method, "beta"):  # SPROUT: beta at the start and at the end (Figure 4)
             out["beta"] = [round(float(b), 6) for b in comp.method.beta.cpu()]
             out["beta_start"] = [round(float(b), 6) for b in comp.method.beta_start.cpu()]

@@ -52,9 +52,14 @@ def test_step_cost_benchmark_smallest_setting(tmp_path):
 
 def test_eval_cost_benchmark_smallest_setting(tmp_path):
     out = tmp_path / "e.json"
-    run("bench/eval_cost.py", "--steps", "2", "--n", "16", "--autoattack-n", "4", "--repeats", "1", "--json", str(out))
+    run("bench/eval_cost.py", "--steps", "2", "--n", "16", "--autoattack-n", "4", "--repeats", "1", "--json", str(out),
+        "--protocols", "basic", "--methods", "natural", "--epochs", "1")
     r = json.loads(out.read_text())
     assert "pgd2" in r["pgd"] and r["autoattack"]["n"] == 4
+    assert r["early_exit"]["natural"]["speedup"] > 0
+    (row,) = r["protocols"]
+    assert row["protocol"] == "basic" and row["eval_s"] > 0 and abs(row["ratio"] - row["eval_s"] / row["train_s"]) < 0.05
+    assert "pgd20" in row["attack_seconds"]
 
 
 def test_orchestration_benchmark_smallest_setting(tmp_path):

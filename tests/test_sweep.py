@@ -91,6 +91,25 @@ def test_smoke_table_is_a_person_readable_summary(smoke):
     assert "AutoAttack on 20" in p.stdout and "test images" in p.stdout
 
 
+def test_smoke_console_follows_each_trial_through_training_and_evaluation(smoke):
+    """Per epoch: the id, the searched values on the first line, loss, monitor accuracies,
+    images/s; during the final evaluation, a line per attack with its accuracy and seconds;
+    none of Ray's, Tune's or Optuna's own noise."""
+    out, p = smoke
+    s = json.loads((out / "summary.json").read_text())
+    for t in s["trials"]:
+        first = next(x for x in p.stdout.splitlines() if f"trial {t['trial_id']} epoch 1:" in x)
+        assert "monitor clean" in first and "img/s" in first and "alpha=" in first and "gamma_beta=" in first
+        evals = [x for x in p.stdout.splitlines() if x.startswith(f"[main] trial {t['trial_id']} eval ")]
+        names = {x.split(" eval ")[1].split(":")[0].split(" ")[0] for x in evals}
+        assert {"clean", "pgd20", "autoattack"} <= names, evals
+        assert all(x.endswith("s)") for x in evals if " eval clean" not in x and "skipped" not in x), evals
+    both = p.stdout + p.stderr
+    for noise in ("INFO", "Trial status", "[I 20", "Configuration for experiment", "View detailed results",
+                  "maximum expected startup concurrency"):
+        assert noise not in both, noise
+
+
 def test_smoke_search_is_model_based_and_says_so(smoke):
     from mlflow.tracking import MlflowClient
 
@@ -123,6 +142,7 @@ def test_smoke_mlflow_layout_compares_trials_well(smoke):
         assert {"alpha", "mixup_a", "delta", "gamma_beta"} <= set(r.data.params)
         assert r.data.tags["searched_params"] == "alpha,mixup_a,delta,gamma_beta"
         assert r.data.params["precision"] == "fp32"
+        assert {"seconds/autoattack", "seconds/pgd20"} <= set(r.data.metrics)  # what each attack cost
         assert Path(r.data.tags["checkpoint"]).is_file()
         arts = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert "checkpoint.pt" in arts and Path(exp.artifact_location[len("file://"):]).is_dir()

@@ -274,6 +274,7 @@ def run_transfer(ctx: EvalContext, b: TransferBudget) -> None:
     """PGD crafted on a source model (a natural one by default), evaluated on this one."""
     if ctx.transfer_source is None:
         ctx.r["transfer_skipped"] = "no source model given"
+        ctx.say("  transfer: skipped (no source model given)")
         return
     source = ctx.transfer_source.to(ctx.device)
     ok = ctx.attack("transfer", ctx.pgd(b.steps, net=source, keep="last"))
@@ -302,9 +303,12 @@ INVARIANCE_KEYS = ["inv_rotation_acc", "inv_brightness_acc", "inv_contrast_acc",
                  columns=lambda b: [(k[4:-4], k) for k in INVARIANCE_KEYS])
 def run_invariance(ctx: EvalContext, b: InvarianceBudget) -> None:
     """Accuracy under rotation, brightness, contrast and grayscale (no attack)."""
+    t0 = time.perf_counter()
     for name, fn in (("rotation", lambda t: rotate(t, b.rotation_deg)), ("brightness", lambda t: brightness(t, b.brightness)),
                      ("contrast", lambda t: contrast(t, b.contrast)), ("grayscale", grayscale)):
         ctx.r[f"inv_{name}_acc"] = _acc(ctx.correct_on(fn(ctx.x), ctx.y))
+    ctx.seconds["invariance"] = time.perf_counter() - t0
+    ctx.say("  invariance: " + " ".join(f"{k[4:-4]} {ctx.r[k]:.4f}" for k in INVARIANCE_KEYS) + f" ({ctx.seconds['invariance']:.1f}s)")
 
 
 # ----------------------------------------------------------------------------- AutoAttack
