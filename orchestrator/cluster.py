@@ -87,15 +87,10 @@ class ClusterShape:
 
 def read_cluster_config(path: str | os.PathLike) -> ClusterShape:
     """Parse a Ray cluster launcher config (YAML or JSON) into its node types."""
-    import yaml
+    from trainables.schema import load_yaml_file
 
     p = Path(path).expanduser()
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise ConfigError(f"--cluster-config {p}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--cluster-config {p}: malformed YAML ({getattr(e, 'problem', e)})") from None
+    raw = load_yaml_file(p, "--cluster-config", aliases=True)
     if isinstance(raw, Mapping) and "available_node_types" not in raw and "provider" in raw:
         raw = _prepared(raw, p)  # a legacy-format file (head_ip/worker_ips): as `ray up` reads it
     if not isinstance(raw, Mapping) or not isinstance(raw.get("available_node_types"), Mapping):
@@ -286,10 +281,19 @@ def fs_type(path: str | os.PathLike) -> str | None:
     return kind
 
 
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "file")  # what Ray's storage (pyarrow) opens
+
+
 def check_storage(storage_path: str, *, multi_node: bool, declared_shared: bool, where: str) -> None:
     """A node-local --storage-path cannot work on a multi-node cluster: a worker restarted on
     another node would not find its checkpoints, and Ray Train refuses to sync them."""
-    if "://" in storage_path or not multi_node or declared_shared:
+    if "://" in storage_path:
+        scheme = storage_path.split("://", 1)[0]
+        if scheme not in STORAGE_SCHEMES:
+            raise ConfigError(f"--storage-path {storage_path}: unknown scheme {scheme!r}; expected a directory or "
+                              f"one of {', '.join(s + '://' for s in STORAGE_SCHEMES)}")
+        return
+    if not multi_node or declared_shared:
         return
     existing = Path(storage_path)
     while not existing.exists() and existing != existing.parent:

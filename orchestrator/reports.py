@@ -12,10 +12,8 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from trainables.masking import describe_flags
-from trainables.schema import to_dict
+from trainables.schema import load_yaml_file, to_dict
 
 REPORTS: dict[str, Callable[..., list[Path]]] = {}
 
@@ -41,7 +39,7 @@ def paper_numbers(name: str | None, where: str = "paper") -> dict[str, Any]:
     known = sorted(p.stem for p in PAPER_DIR.glob("*.yaml"))
     if name not in known:
         raise ConfigError(f"{where}: unknown paper-numbers file {name!r}; expected one of: {', '.join(known)}")
-    data = yaml.safe_load((PAPER_DIR / f"{name}.yaml").read_text())
+    data = load_yaml_file(PAPER_DIR / f"{name}.yaml")
     if not isinstance(data, dict) or not isinstance(data.get("cells", []), list):
         raise ConfigError(f"{where}: {PAPER_DIR / name}.yaml: expected a mapping with a list of cells")
     return data

@@ -95,6 +95,7 @@ def run_stage(stage, plan, *, storage_path: str, tracker, parent_run_id: str, re
 
     from .driver import run_trial
     from .summary import rows_from_results
+    from .interrupts import InterruptWatch
     from .tracking import MLflowTrialCallback, Progress
 
     payload = {"base": stage.base, "resources": to_dict(plan.resources), "storage_path": storage_path,
@@ -105,7 +106,7 @@ def run_stage(stage, plan, *, storage_path: str, tracker, parent_run_id: str, re
     tune_config, param_space, total = make_searcher(stage, plan.seed, cap)
     callbacks = [MLflowTrialCallback(tracker, parent_run_id=parent_run_id, stage=stage.name, study=plan.study.name,
                                      base=stage.base, refs=refs, tags=tags),
-                 Progress(stage.name, total, console)]
+                 Progress(stage.name, total, console), InterruptWatch()]
     exp_name = f"{plan.study.name}-{stage.name}"
     exp_path = os.path.join(storage_path, exp_name)
     print(f"[{stage.name}] {total} trial(s), up to {cap} at once, {plan.resources.num_workers} worker(s) each; "

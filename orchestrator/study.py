@@ -11,13 +11,14 @@ trainables applies.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
 
-from trainables.schema import build, check, deep_merge, flatten, set_nested, to_dict
+from trainables.schema import build, check, deep_merge, flatten, load_yaml_file, set_nested, to_dict
 from trainables.errors import ConfigError
 
 from .stages import check_ref, is_ref, retarget_refs, strip_refs
@@ -186,6 +187,9 @@ class Study:
     def validate(self, where: str) -> None:
         from .reports import REPORTS, paper_numbers
 
+        check(bool(STUDY_NAME.match(self.name)) and ".." not in self.name, where, "name",
+              "a plain name (letters, digits, '_', '-', '.'; it names directories)", self.name)
+        check(0 <= self.seed < 2**32, where, "seed", "an integer in [0, 2^32)", self.seed)
         check(self.report in REPORTS, where, "report", f"one of {', '.join(sorted(REPORTS))}", self.report)
         if self.paper is not None:
             paper_numbers(self.paper, where=f"{where}.paper" if where else "paper")  # exists and has cells
@@ -211,22 +215,24 @@ def list_studies() -> dict[str, str]:
     return out
 
 
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # used in directory and experiment names
+
+
 def load_raw(name: str | None = None, path: str | None = None) -> tuple[dict, str]:
-    """The study mapping and where it came from (for error messages)."""
+    """The study mapping and where it came from (for error messages). ``--study`` takes a
+    shipped study's plain name; a path goes through ``--config``."""
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
             raise ConfigError(f"--config {p}: no such study file")
     else:
+        if not STUDY_NAME.match(name or "") or ".." in name:
+            raise ConfigError(f"--study {name!r}: expected the name of a shipped study ({', '.join(list_studies())}); "
+                              "give a file with --config")
         p = study_dir() / f"{name}.yaml"
         if not p.is_file():
             raise ConfigError(f"unknown study {name!r}; expected one of: {', '.join(list_studies())}")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{p}: malformed YAML{at}: {getattr(e, 'problem', e)}") from None
+    raw = load_yaml_file(p)
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level, got {type(raw).__name__}")
     raw.setdefault("name", p.stem)
@@ -361,6 +367,31 @@ def _shrink(sraw: dict, smoke: SmokeSpec) -> dict:
     return s
 
 
+# what every trial reports per epoch (trainables.loop) and with its final result (orchestrator.worker)
+EPOCH_METRICS = ("loss", "train_acc", "lr", "epoch_time_s", "images_per_s", "monitor_clean_acc", "monitor_pgd_acc",
+                 "clean_acc", "robust_acc")
+FINAL_METRICS = ("mean_epoch_time_s", "mean_images_per_s")
+
+
+def reported_metrics(stage: StageSpec) -> set[str]:
+    """The metric names a stage's trials report: the loop's, the method's, the protocol's."""
+    from trainables.eval_attacks import metric_keys
+    from trainables.methods import METHODS
+    from trainables.protocols import get_protocol
+
+    methods = {stage.base.get("method", "sprout")}
+    for key, spec in stage.search.param_specs().items():
+        if key == "method":
+            methods |= set(spec.values or ())
+    methods |= {c["method"] for c in stage.search.cases if "method" in c}
+    out = set(EPOCH_METRICS) | set(FINAL_METRICS)
+    for m in methods:
+        if m in METHODS:
+            out |= set(METHODS.get(m).epoch_metric_names)
+    out |= set(metric_keys(get_protocol(stage.evaluation.protocol, stage.evaluation.overrides)))
+    return out
+
+
 def _validate_stage(stage: StageSpec, where: str, earlier: list[str]) -> None:
     specs = stage.search.param_specs(f"{where}: search")
     if stage.search.algorithm == "grid":
@@ -413,6 +444,11 @@ def _validate_stage(stage: StageSpec, where: str, earlier: list[str]) -> None:
     except ConfigError as e:
         raise ConfigError(f"{where}: evaluation: {e}") from None
     metrics = stage.search.metrics
+    known = reported_metrics(stage)
+    for m in metrics:
+        if m not in known:
+            raise ConfigError(f"{where}: search.metric: {m!r} is not reported by this stage's trials; expected one of: "
+                              f"{', '.join(sorted(known))}")
     if stage.search.scheduler.type == "asha" and metrics[0] not in ("robust_acc", "clean_acc", "loss"):
         raise ConfigError(f"{where}: search.metric: ASHA needs a metric reported every epoch (robust_acc, clean_acc or loss), got {metrics[0]!r}")
 

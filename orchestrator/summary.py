@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 from typing import Any
 
-from trainables.cli import write_json
+from trainables.cli import one_line, write_json
 
 KEY_METRICS = ("clean_acc", "robust_acc", "pgd20_acc", "autoattack_acc", "epoch_time_s", "images_per_s")
 PLACEMENT = ("device", "node_id")  # where a trial ran: reported with its results, not a metric
@@ -25,6 +26,33 @@ def trial_row(*, study: str, stage: str, trial_id: str, config: dict, searched: 
             "evaluation": evaluation or {}, "placement": placement,
             "metrics": {k: v for k, v in metrics.items() if k not in _INTERNAL and k not in PLACEMENT}, "status": status,
             "mlflow_run_id": mlflow_run_id, "checkpoint": checkpoint, **({"error": error} if error else {})}
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def error_cause(err: BaseException | str | None, limit: int = 300) -> str | None:
+    """A failed trial's cause as a person reads it: the innermost exception's type and first
+    line (through Tune's, Ray's and Ray Train's wrappers), without colour codes or banners."""
+    if err is None:
+        return None
+    e, seen = err, set()
+    while isinstance(e, BaseException) and id(e) not in seen:
+        seen.add(id(e))
+        inner = (getattr(e, "cause", None) or getattr(e, "controller_failure", None)
+                 or next(iter((getattr(e, "worker_failures", None) or {}).values()), None) or e.__cause__)
+        if not isinstance(inner, BaseException):
+            break
+        e = inner
+    text = _ANSI.sub("", str(e))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(("Traceback", "File "))]
+    if isinstance(e, BaseException):
+        # a RayTaskError's text is a banner and a traceback; its last line is "Type: message"
+        first = next((ln for ln in reversed(lines) if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", ln)), None)
+        line = first or (f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__)
+    else:
+        line = next((ln for ln in reversed(lines) if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", ln)), lines[-1] if lines else "")
+    return line[:limit]
 
 
 def rows_from_results(grid, *, study: str, stage, refs: dict[str, str], tracker) -> list[dict]:
@@ -61,7 +89,7 @@ def rows_from_results(grid, *, study: str, stage, refs: dict[str, str], tracker)
         ck = metrics.get("checkpoint_path") or (result.checkpoint.path if result.checkpoint else None)
         rows.append(trial_row(study=study, stage=stage.name, trial_id=trial_id, config=config, searched=searched,
                               metrics=metrics, status=status, mlflow_run_id=tracker.trial_run_id(f"{stage.name}/{trial_id}"),
-                              checkpoint=ck, error=str(result.error).splitlines()[0][:300] if result.error else None,
+                              checkpoint=ck, error=error_cause(result.error),
                               evaluation={"protocol": stage.evaluation.protocol,
                                           "overrides": dict(stage.evaluation.overrides or {})}))
         rows[-1]["paper_default"] = bool(defaults) and all(searched.get(k) == v for k, v in defaults.items())
@@ -155,4 +183,7 @@ def table(rows: list[dict]) -> str:
         lines.append("* the paper's default hyperparameters. PGD alone is an upper bound on robustness.")
     else:
         lines.append("PGD alone is an upper bound on robustness.")
+    for r in rows:
+        if r.get("error"):
+            lines.append(one_line(f"failed {r['trial_id']}: {r['error']}", TABLE_WIDTH))
     return "\n".join(lines)

@@ -24,10 +24,13 @@ from typing import Any
 from orchestrator.cluster import BOOTSTRAP_CONFIG  # cheap: no torch, no Ray
 
 DEFAULT_STUDY = "sensitivity"
+EXIT_ALL_FAILED = 1  # the study ran, wrote its summary, and no trial completed
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="sweep.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from trainables.cli import Parser  # cheap: no torch, no Ray
+
+    p = Parser(prog="sweep.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--study", default=None, help=f"a study under search_spaces/ (default: {DEFAULT_STUDY})")
     g.add_argument("--config", default=None, help="your own study file")
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     import ray
 
-    from orchestrator import reports
+    from orchestrator import interrupts, reports
     from orchestrator.search import run_stage
     from orchestrator.stages import resolve_refs_for
     from orchestrator.summary import table, write_summary
@@ -165,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         for d in created:  # nothing half-written by a launch that never started
             shutil.rmtree(d, ignore_errors=True)
         raise
+    interrupts.install()  # Ctrl-C / SIGTERM: the study stops, its runs say KILLED, exit 130 / 143
     tags = provenance()
     tracker = Tracker(tracking_uri, study.name, output_dir)
     parent = tracker.start_parent(study.name, {"study_file": source, "smoke_test": args.smoke_test,
@@ -172,12 +176,6 @@ def main(argv: list[str] | None = None) -> int:
                                                "stages": [s.name for s in plan.stages]},
                                   {**tags, "description": study.description[:500]}, resume=args.resume)
 
-    def on_term(signum, frame):  # a polite kill still closes the MLflow runs
-        tracker.mark_interrupted()
-        tracker.finish_parent("KILLED")
-        sys.exit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_term)
     rows: list[dict] = []
     refs: dict[str, str] = {}
     t0 = time.time()
@@ -187,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += run_stage(stage, plan, storage_path=storage_path, tracker=tracker, parent_run_id=parent,
                               refs=refs, cap=cap, resume=args.resume, tags=tags, driver_resources=driver,
                               console=console)
+            if interrupts.received():  # Tune stopped gracefully and returned: not a finished study
+                raise interrupts.Interrupted(interrupts.received())
         jpath, cpath = write_summary(output_dir, study.name, rows, {"study_file": source, "smoke_test": args.smoke_test,
                                                                    "mlflow_parent_run_id": parent,
                                                                    "tracking_uri": tracking_uri,
@@ -198,6 +198,14 @@ def main(argv: list[str] | None = None) -> int:
         tracker.client.set_tag(parent, "trials", str(len(rows)))
         tracker.client.set_tag(parent, "trials_failed", str(len(failed)))
         tracker.finish_parent("FINISHED")
+    except (KeyboardInterrupt, interrupts.Interrupted) as e:
+        signum = interrupts.received() or signal.SIGINT
+        tracker.mark_interrupted()
+        tracker.finish_parent("KILLED")
+        ray.shutdown()
+        print(f"interrupted ({signal.Signals(signum).name}): no summary written; continue with --resume "
+              f"--output-dir {output_dir}", file=sys.stderr)
+        return getattr(e, "exit_code", 128 + signum)
     except BaseException:
         tracker.mark_interrupted()
         tracker.finish_parent("FAILED")
@@ -209,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwrote {jpath}, {cpath}" + (f" and {len(report_files)} report file(s)" if report_files else ""))
     print(f"open the MLflow UI:  {mlflow_ui_command(tracking_uri)}" if tracking_uri.startswith("sqlite")
           else f"MLflow: {tracking_uri}")
+    if rows and all(r["status"] == "failed" for r in rows):
+        print(f"error: every trial failed (first: {rows[0].get('error', 'no cause recorded')})", file=sys.stderr)
+        return EXIT_ALL_FAILED
     return 0
 
 

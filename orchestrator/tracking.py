@@ -42,7 +42,7 @@ def normalize_uri(uri: str) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         rel = uri[len("sqlite:///"):]
         return f"sqlite:///{Path(rel).expanduser().resolve()}"
-    if "://" not in uri:
+    if "://" not in uri or (uri.startswith("sqlite:") and not uri.startswith("sqlite:///")):
         raise ConfigError(f"--tracking-uri {uri!r}: expected sqlite:////ABS/PATH/mlflow.db or http(s)://HOST:PORT")
     return uri
 
@@ -62,12 +62,17 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     if uri.startswith(("http://", "https://")):
         import urllib.request
 
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+        try:  # a real MLflow API call: a server that answers /health but is not MLflow is refused here
+            url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+            with urllib.request.urlopen(url, timeout=timeout) as r:
                 if r.status >= 400:
                     raise OSError(f"HTTP {r.status}")
-        except Exception as e:  # noqa: BLE001 - any failure means unreachable
-            raise ConfigError(f"--tracking-uri {uri}: MLflow tracking server unreachable ({type(e).__name__}: {e})") from None
+                body = json.loads(r.read(1 << 20) or b"{}")
+            if not isinstance(body, dict) or not set(body) <= {"experiments", "next_page_token"}:
+                raise ValueError("the answer is not an MLflow experiments list")
+        except Exception as e:  # noqa: BLE001 - any failure means unusable
+            raise ConfigError(f"--tracking-uri {uri}: MLflow tracking server unreachable or not MLflow "
+                              f"({type(e).__name__}: {str(e)[:200]})") from None
         return
     if uri.startswith("databricks"):
         return
@@ -334,7 +339,10 @@ class MLflowTrialCallback(tune.Callback):
             self._finish(trial, "stopped", "KILLED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trial, "failed", "FAILED", error=str(getattr(trial, "error_file", "") or "trial raised"))
+        cause = trial_error(trial)
+        if self.run_id(trial) is not None:
+            self.tracker.client.set_tag(self.run_id(trial), "error", cause)
+        self._finish(trial, "failed", "FAILED", error=cause)
 
 
 class ConsoleLines:
@@ -427,7 +435,18 @@ class Progress(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.drain(force=True)
-        self._line(trial, "failed")
+        self._line(trial, f"failed ({trial_error(trial)})")
+
+
+def trial_error(trial) -> str:
+    """The first line of the exception that ended a failed trial (Tune keeps it on the trial)."""
+    from .summary import error_cause
+
+    try:
+        err = trial.get_error()
+    except Exception:  # noqa: BLE001 - an error file Tune could not read: say what we know
+        err = None
+    return error_cause(err) or "the trial raised (no error recorded)"
 
 
 def _short(v: Any) -> str:

@@ -35,6 +35,14 @@ def _scalars(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def console_say(config: dict[str, Any]):
+    """The final evaluation's per-attack lines, to the sweep's console without waiting for it."""
+    console, label = config.get("console"), config.get("label", "")
+    if console is None:
+        return None
+    return lambda line: console.put.remote(f"{label} eval {line.strip()}")
+
+
 _said_cpu_fallback = False
 
 
@@ -95,13 +103,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             source = None
             if config.get("transfer_source"):
                 source, _, _ = load_model_from_checkpoint(config["transfer_source"])
-            console, label = config.get("console"), config.get("label", "")
-            say = None
-            if console is not None:
-                def say(line: str) -> None:  # to the sweep's console, without waiting for it
-                    console.put.remote(f"{label} eval {line.strip()}")
             r = evaluate(comp.net, comp.bundle, protocol, eps=cfg.eps, seed=cfg.seed, device=device,
-                         transfer_source=source, log=say)
+                         transfer_source=source, log=console_say(config))
         out = {k: v for k, v in r.items() if k not in ("protocol_budgets", "masking_checks")}
         out["masking_details"] = [f"{n}: {r['masking_checks'][n]['detail']}" for n in r.get("masking_flags", [])]
         out["_eval"] = r

@@ -58,6 +58,35 @@ CASES = {
                                        "search: give it inside each entry of stages"),
     "ASHA grace period longer than training": (SWEEP, study("base: {epochs: 2}\nsearch: {scheduler: {type: asha, grace_period: 5}}\n"),
                                                "search.scheduler.grace_period: expected at most the 2 epochs a trial trains, got 5"),
+    # issue 13: every name, number and file checked before Ray starts
+    "metric name typo": (SWEEP, study("search: {metric: robust_accc}\n"), "search.metric: 'robust_accc' is not reported"),
+    "duplicate YAML key": (SWEEP, study("base: {epochs: 1}\nbase: {epochs: 100000}\n"), "duplicate key 'base'"),
+    "YAML alias bomb": (SWEEP, study("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+                                     "c: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n"), "YAML aliases (*name) are not accepted"),
+    "non-UTF-8 study file": (SWEEP, ("bytes", b"name: x\ndescription: \xff\xfe\n"), "not UTF-8 text"),
+    "oversized study file": (SWEEP, study("# " + "x" * (1 << 20) + "\n"), "expected at most 1048576"),
+    "study name outside runs/": (SWEEP, study("name: ../../ESCAPED\n"), "name: expected a plain name"),
+    "study path given as a name": (SWEEP, ["--study", "../../etc/passwd"], "expected the name of a shipped study"),
+    "abbreviated flag": (SWEEP, ["--study", "sensitivity", "--smok"], "unrecognized arguments: --smok"),
+    "zero samples": (SWEEP, ["--study", "sensitivity", "--num-samples", "0"], "num_samples: expected an integer >= 1"),
+    "negative samples": (SWEEP, ["--study", "sensitivity", "--num-samples", "-3"], "num_samples: expected an integer >= 1"),
+    "negative seed": (SWEEP, ["--study", "sensitivity", "--seed", "-1"], "seed: expected an integer in [0, 2^32)"),
+    "huge seed": (SWEEP, study("base: {seed: 100000000000000000000}\n"), "seed: expected an integer in [0, 2^32)"),
+    "infinite learning rate": (SWEEP, ["--study", "sensitivity", "--set", "optim.lr=inf"], "optim.lr: expected a finite number"),
+    "infinite Delta": (SWEEP, ["--study", "sensitivity", "--set", "method_args.delta=inf"], "expected a finite number"),
+    "absurd WRN width": (SWEEP, study("base: {model: wrn, model_args: {width: 1000000}}\n"),
+                         "model_args.width: expected an integer in [1, 32]"),
+    "unknown device": (SWEEP, ["--study", "sensitivity", "--set", "device=bogus"], "device: expected auto, cpu, cuda or cuda:N"),
+    "relative SQLite URI": (SWEEP, ["--study", "sensitivity", "--tracking-uri", "sqlite://x.db"], "expected sqlite:////ABS/PATH"),
+    "unknown storage scheme": (SWEEP, ["--study", "sensitivity", "--storage-path", "bogus://x"], "unknown scheme 'bogus'"),
+    "zero evaluation batch": (SWEEP, study("evaluation: {protocol: quick, overrides: {batch_size: 0}}\n"),
+                              "batch_size: expected an integer >= 1"),
+    "evaluate: zero batch": (EVAL, ["--checkpoint", "GOOD", "--set", "batch_size=0"], "batch_size: expected an integer >= 1"),
+    "evaluate: negative AutoAttack images": (EVAL, ["--checkpoint", "GOOD", "--set", "autoattack_n=-1"],
+                                             "n: expected an integer >= 0"),
+    "evaluate: CUDA without CUDA": (EVAL, ["--checkpoint", "GOOD", "--device", "cuda:7"], "device cuda:7: not available here"),
+    "evaluate: empty checkpoint": (EVAL, ["--checkpoint", "EMPTY"], "empty (0 bytes)"),
+    "train: abbreviated flag": (TRAIN, ["--meth", "natural"], "unrecognized arguments: --meth"),
     "unknown study": (SWEEP, ["--study", "widthh"], "unknown study 'widthh'; expected one of:"),
     "missing study file": (SWEEP, ["--config", "/nonexistent/s.yaml"], "no such study file"),
     "unwritable output dir": (SWEEP, ["--study", "sensitivity", "--output-dir", "FILE/out"], "not writable"),
@@ -96,11 +125,17 @@ def test_bad_input_is_one_clear_line(case, tmp_path, ckpt):
     good, bad = ckpt
     file_ = tmp_path / "a_file"
     file_.write_text("")
-    subst = lambda s: s.replace("GPUYAML", str(ROOT / "cluster" / "gpu.yaml")).replace("GOOD", str(good)).replace("BAD", str(bad)).replace("FILE", str(file_))  # noqa: E731
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    subst = lambda s: (s.replace("GPUYAML", str(ROOT / "cluster" / "gpu.yaml")).replace("GOOD", str(good))  # noqa: E731
+                       .replace("BAD", str(bad)).replace("FILE", str(file_)).replace("EMPTY", str(empty)))
     out = tmp_path / "out"
     if isinstance(arg, tuple):
         f = tmp_path / "study.yaml"
-        f.write_text(subst(arg[1]))
+        if arg[0] == "bytes":
+            f.write_bytes(arg[1])
+        else:
+            f.write_text(subst(arg[1]))
         args = ["--config", str(f)]
     else:
         args = [subst(a) for a in arg]
@@ -111,5 +146,6 @@ def test_bad_input_is_one_clear_line(case, tmp_path, ckpt):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], p.stderr
     assert "Traceback" not in p.stderr
-    assert not out.exists() and not (tmp_path / "runs").exists()  # nothing written
+    assert len(lines[0]) <= 700  # a bounded line, whatever the input quoted
+    assert not out.exists() and not (tmp_path / "runs").exists() and not (tmp_path.parent / "ESCAPED").exists()
     assert "Started a local Ray instance" not in p.stdout + p.stderr

@@ -135,3 +135,44 @@ def test_same_seed_same_metrics_through_the_orchestrator(tmp_path):
         ckpts = [p for p in (out / "ray").glob("train-*/checkpoint_*") if p.is_dir()]
         assert len(ckpts) == 2
     assert results[0] == results[1]
+
+
+STUDY_INT = """
+    name: ctrlc
+    base: {method: natural, dataset: digits, epochs: 6}
+    search: {algorithm: grid, params: {seed: {values: [0, 1]}}}
+    evaluation: {protocol: basic}
+    resources: {max_concurrent_trials: 1}
+"""
+
+
+def test_ctrl_c_is_a_failure_that_leaves_the_study_resumable(tmp_path):
+    """SIGINT to the process group (a terminal's Ctrl-C) mid-training: exit 130, no summary,
+    the MLflow parent and the running child KILLED; --resume then finishes every trial once."""
+    study = write_study(tmp_path / "s.yaml", STUDY_INT)
+    out = tmp_path / "out"
+    log = tmp_path / "log1.txt"
+    proc = start(["--config", str(study), "--output-dir", str(out)], tmp_path, log)
+    try:
+        wait_for(log, "epoch 2:", proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert code == 130, text[-3000:]
+    assert "interrupted (SIGINT)" in text and "--resume" in text and "Traceback" not in text
+    assert not (out / "summary.json").exists()
+    runs = mlflow_runs(out)
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.status for r in parent] == ["KILLED"]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    log2 = tmp_path / "log2.txt"
+    proc2 = start(["--config", str(study), "--output-dir", str(out), "--resume"], tmp_path, log2)
+    assert proc2.wait(timeout=900) == 0, log2.read_text()[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert sorted(t["status"] for t in s["trials"]) == ["completed", "completed"]
+    assert len({t["trial_id"] for t in s["trials"]}) == 2
+    children = [r for r in mlflow_runs(out) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)

@@ -1,11 +1,12 @@
 """Shared command-line plumbing: one clear line and a non-zero exit for bad input."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from .errors import ConfigError, DivergedError
 
@@ -19,7 +20,7 @@ def run_main(fn: Callable[[], int | None]) -> None:
     try:
         code = fn()
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except DivergedError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -28,6 +29,28 @@ def run_main(fn: Callable[[], int | None]) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with whole option names only (``--smok`` is not ``--smoke-test``) and a usage
+    error as one line, like every other bad input."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {one_line(message)} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+MAX_MESSAGE = 600  # an error line quotes what it refused; a huge value must not make a huge line
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` on one line, at most ``limit`` characters (the rest elided, its length said)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def writable_dir(path: str | os.PathLike, what: str = "--output-dir") -> Path:

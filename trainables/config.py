@@ -6,6 +6,7 @@ variant-specific values), so the saved config says exactly what ran.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Mapping
 
@@ -51,7 +52,7 @@ class DataConfig:
     def validate(self, where: str) -> None:
         check(self.loader_workers >= 0, where, "loader_workers", "an integer >= 0", self.loader_workers)
         if self.image_size is not None:
-            check(self.image_size >= 8, where, "image_size", "an integer >= 8", self.image_size)
+            check(8 <= self.image_size <= 1024, where, "image_size", "an integer in [8, 1024]", self.image_size)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,9 @@ class TrainConfig:
         if self.eps is not None:
             check(0 <= self.eps <= 1, where, "eps", "a number in [0, 1] (pixel units)", self.eps)
         check(self.keep_checkpoints >= 1, where, "keep_checkpoints", "an integer >= 1", self.keep_checkpoints)
+        check(0 <= self.seed < 2**32, where, "seed", "an integer in [0, 2^32)", self.seed)
+        check(bool(re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device)), where, "device",
+              "auto, cpu, cuda or cuda:N", self.device)
 
 
 def resolve(raw: Mapping[str, Any] | TrainConfig) -> TrainConfig:

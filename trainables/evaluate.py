@@ -101,9 +101,11 @@ def format_table(r: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- CLI
-def load_model_from_checkpoint(path: str, *, expect_model: str | None = None,
-                               data_root: str | None = None) -> tuple[nn.Module, Any, DataBundle]:
-    """Model, resolved config and data of one of our checkpoints."""
+def load_model_from_checkpoint(path: str, *, expect_model: str | None = None, data_root: str | None = None,
+                               download: bool | None = None) -> tuple[nn.Module, Any, DataBundle]:
+    """Model, resolved config and data of one of our checkpoints. ``data_root`` and
+    ``download`` (when given) replace what the checkpoint's config says: the command line
+    decides where data is read and whether anything is fetched, not a file."""
     from .checkpoint import load_checkpoint, load_weights
     from .errors import CheckpointError
     from .loop import build_model
@@ -115,8 +117,10 @@ def load_model_from_checkpoint(path: str, *, expect_model: str | None = None,
         raise CheckpointError(f"{path}: holds no training config (not written by trainables)")
     raw = dict(state["config"])
     raw["init_checkpoint"] = None
-    if data_root is not None:
-        raw["data"] = {**raw.get("data", {}), "root": data_root}
+    if download is not None:  # the command line decides both (trainables.evaluate)
+        raw["data"] = {**(raw.get("data") or {}), "root": data_root, "download": download}
+    elif data_root is not None:
+        raw["data"] = {**(raw.get("data") or {}), "root": data_root}
     cfg = resolve(raw)
     if expect_model is not None and expect_model != cfg.model:
         raise CheckpointError(f"{path}: checkpoint architecture is {cfg.model}, not the requested {expect_model}")
@@ -129,11 +133,11 @@ def load_model_from_checkpoint(path: str, *, expect_model: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import writable_dir, write_json
+    from .cli import Parser, writable_dir, write_json
     from .schema import parse_override
     from .loop import pick_device
 
-    ap = argparse.ArgumentParser(prog="python -m trainables.evaluate", description=__doc__,
+    ap = Parser(prog="python -m trainables.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--protocol", default="quick", help="basic, quick, paper, standard or imagenet")
@@ -141,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transfer-source", default=None, help="checkpoint the transfer attack is crafted on")
     ap.add_argument("--model", default=None, help="expected architecture (refused if the checkpoint differs)")
     ap.add_argument("--n", type=int, default=None, help="test images (overrides the protocol)")
-    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--data-root", default=None, help="where the test data is (default: the data set's own default)")
+    ap.add_argument("--download", action="store_true", help="fetch the data set when it is missing (CIFAR)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a protocol budget")
@@ -153,12 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.n is not None:
         overrides["n"] = args.n
     protocol = get_protocol(args.protocol, overrides)
-    model, cfg, bundle = load_model_from_checkpoint(args.checkpoint, expect_model=args.model, data_root=args.data_root)
+    model, cfg, bundle = load_model_from_checkpoint(args.checkpoint, expect_model=args.model, data_root=args.data_root,
+                                                    download=args.download)
     source = None
     if args.transfer_source:
-        source, _, _ = load_model_from_checkpoint(args.transfer_source, data_root=args.data_root)
-    out = writable_dir(args.output_dir)
+        source, _, _ = load_model_from_checkpoint(args.transfer_source, data_root=args.data_root, download=args.download)
     device = pick_device(args.device)
+    out = writable_dir(args.output_dir)
     model.to(device)
     results = evaluate(model, bundle, protocol, eps=cfg.eps, seed=args.seed, device=device,
                        transfer_source=source, log=print)

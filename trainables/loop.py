@@ -41,7 +41,13 @@ def seed_everything(seed: int) -> None:
 def pick_device(spec: str = "auto") -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+    device = torch.device(spec)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        from .errors import ConfigError
+
+        raise ConfigError(f"device {spec}: not available here ({torch.cuda.device_count()} CUDA device(s)); "
+                          "use auto or cpu")
+    return device
 
 
 def lr_factor(opt: OptimConfig, epochs: int, t: float) -> float:

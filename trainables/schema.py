@@ -7,9 +7,11 @@ written as fractions (``8/255``); they are parsed explicitly, never with ``eval`
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, Literal, Mapping, TypeVar, Union
 
 import yaml
@@ -17,6 +19,59 @@ import yaml
 from .errors import ConfigError
 
 C = TypeVar("C")
+
+
+MAX_FILE_BYTES = 1 << 20  # a study, cluster or paper-numbers file is a few KB
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses duplicate keys (the last would silently win) and aliases (an
+    alias bomb expands a small file into gigabytes; no file of ours needs them)."""
+
+    aliases = False
+
+    def compose_node(self, parent, index):
+        if not self.aliases and self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(None, None, "YAML aliases (*name) are not accepted",
+                                                    event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _AliasLoader(_StrictLoader):
+    aliases = True  # Ray's cluster files may share node settings through anchors
+
+
+def load_yaml_file(path: str | Path, what: str = "", *, aliases: bool = False) -> Any:
+    """A YAML file we read (study, cluster, paper numbers): at most 1 MiB, UTF-8, no duplicate
+    keys, no aliases unless asked. Any problem is one ConfigError naming the file and, for
+    YAML, the line."""
+    p = Path(path)
+    label = f"{what} {p}".strip()
+    try:
+        size = p.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(f"{label}: {size} bytes; expected at most {MAX_FILE_BYTES} (a study file is a few KB)")
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{label}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{label}: cannot read ({e.strerror or e})") from None
+    try:
+        return yaml.load(text, Loader=_AliasLoader if aliases else _StrictLoader)  # noqa: S506 (SafeLoader subclasses)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{label}: malformed YAML{at}: {getattr(e, 'problem', e)}") from None
 
 
 def parse_number(text: str, where: str) -> float:
@@ -113,10 +168,14 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            return parse_number(value, where)
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+            out = float(value)
+        elif isinstance(value, str):
+            out = parse_number(value, where)
+        else:
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(out):  # no config value means anything at inf or nan
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return out
     if tp is str:
         if isinstance(value, str):
             return value

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli import run_main, writable_dir, write_json
+from .cli import Parser, run_main, writable_dir, write_json
 from .schema import parse_override, set_nested, to_dict
 from .registry import declared
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m trainables.train", description=__doc__,
+    p = Parser(prog="python -m trainables.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="sprout", help=f"one of: {', '.join(declared('methods'))}")
     p.add_argument("--model", default=None, help=f"one of: {', '.join(declared('models'))} (default: the data set's)")

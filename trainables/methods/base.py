@@ -55,6 +55,8 @@ class Method:
         self.seed = seed
         self.generator = generator(device, seed + 12345)
 
+    epoch_metric_names: tuple[str, ...] = ()  # the keys epoch_metrics() returns (studies may search on them)
+
     def epoch_metrics(self) -> dict[str, float]:
         """Method-specific figures reported after every epoch (SPROUT: beta's summary)."""
         return {}

@@ -172,6 +172,8 @@ class Sprout(Method):
             with torch.no_grad():
                 self.rho.clamp_(min=self.cfg.beta_min)
 
+    epoch_metric_names = ("beta_mean", "beta_std", "beta_min", "beta_max", "beta_drift")
+
     def epoch_metrics(self) -> dict[str, float]:
         """beta's mean and spread, and how far it moved: ||beta - beta_start|| / ||beta_start||."""
         b, b0 = self.beta.float(), self.beta_start.float()

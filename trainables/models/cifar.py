@@ -62,7 +62,9 @@ class WRNArgs:
 
     def validate(self, where: str) -> None:
         check(self.depth >= 10 and (self.depth - 4) % 6 == 0, where, "depth", "6n+4 with n >= 1 (10, 16, 28, 34, ...)", self.depth)
-        check(self.width >= 1, where, "width", "an integer >= 1", self.width)
+        # WRN-34-32 has ~470M parameters; wider does not fit one GPU's memory for training
+        check(1 <= self.width <= 32, where, "width", "an integer in [1, 32]", self.width)
+        check(self.depth <= 130, where, "depth", "at most 130", self.depth)
         check(0.0 <= self.dropout < 1.0, where, "dropout", "a number in [0, 1)", self.dropout)
 
 
@@ -125,7 +127,7 @@ class PreActArgs:
     normalize: bool = False
 
     def validate(self, where: str) -> None:
-        check(self.width >= 1, where, "width", "an integer >= 1", self.width)
+        check(1 <= self.width <= 512, where, "width", "an integer in [1, 512]", self.width)
 
 
 class _PreActBlock(nn.Module):

@@ -15,7 +15,7 @@ class SmallCNNArgs:
     normalize: bool = False
 
     def validate(self, where: str) -> None:
-        check(self.width >= 1, where, "width", "an integer >= 1", self.width)
+        check(1 <= self.width <= 1024, where, "width", "an integer in [1, 1024]", self.width)
 
 
 @register_model("small_cnn", SmallCNNArgs)
