@@ -152,92 +152,130 @@ def generic(rows, out, paper):
 
 
 # ----------------------------------------------------------------------------- sensitivity
+CONTOUR_MIN_TRIALS = 15  # below this a contour over 2 of 4 parameters interpolates more than it shows
+IMPORTANCE_MIN_TRIALS = 20  # below this fANOVA importances are said to be unreliable
+
+
 @register("sensitivity")
 def sensitivity(rows, out, paper):
-    plt = _plt()
-    done = [r for r in rows if r["status"] == "completed"]
-    files, text = [], ["## Robust accuracy over (alpha, Mixup a)", ""]
-    pts = [(r["searched"].get("method_args.alpha"), r["searched"].get("method_args.mixup_a"),
-            r["metrics"].get("robust_acc"), r["metrics"].get("clean_acc")) for r in done]
-    pts = [p for p in pts if None not in p and not math.isnan(p[2])]
-    if pts:
-        a, m, rob, clean = map(list, zip(*pts))
-        fig, ax = plt.subplots(figsize=(5.5, 4.5))
-        if len(pts) >= 4:
-            try:
-                import numpy as np
+    """Optuna's own plots of the search (Pareto front, slices, parallel coordinates, a contour
+    when there are enough trials, importances with a caveat), the paper-default trial marked."""
+    done = [r for r in rows if r["status"] == "completed" and _finite(r["metrics"].get("robust_acc"))
+            and _finite(r["metrics"].get("clean_acc"))]
+    if not done:
+        return ["no completed trial to plot"], []
+    import warnings
 
-                tc = ax.tricontourf(np.log10(a), np.log10(m), rob, levels=12, cmap="viridis", alpha=0.6)
-                fig.colorbar(tc, ax=ax, label="robust accuracy")
-            except (RuntimeError, ValueError):
-                pass  # degenerate triangulation: the scatter below still shows every trial
-        sc = ax.scatter([math.log10(v) for v in a], [math.log10(v) for v in m], c=rob, cmap="viridis",
-                        edgecolors="k", s=60)
-        if len(pts) < 4:
-            fig.colorbar(sc, ax=ax, label="robust accuracy")
-        ax.set_xlabel("log10 alpha")
-        ax.set_ylabel("log10 Mixup a")
-        ax.set_title("robust accuracy (min over attacks)")
-        p = _savefig(fig, out / "sensitivity_heatmap.png")
+    import optuna
+    import optuna.visualization.matplotlib as ovm
+
+    plt = _plt()
+    study, default = search_study(done)
+    robust = lambda t: t.values[1]  # noqa: E731
+    files: list[Path] = []
+    text = [f"{len(done)} completed trial(s); ★ marks the paper's defaults (alpha 0.01, Mixup a 0.2, Delta 0.1, "
+            "gamma_beta 0.01). Robust accuracy is the per-image worst case over the white-box attacks.", ""]
+
+    def save(ax, name: str, title: str) -> None:
+        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+        p = _savefig(fig, out / f"sensitivity_{name}.png", tight=False)  # Optuna lays its figures out
         files.append(p)
-        text.append(f"![heat map]({p.name})")
-        # Pareto front of clean vs robust
-        front = [i for i in range(len(pts)) if not any(
-            (clean[j] >= clean[i] and rob[j] >= rob[i]) and (clean[j] > clean[i] or rob[j] > rob[i]) for j in range(len(pts)))]
-        fig, ax = plt.subplots(figsize=(5, 4))
-        ax.scatter(clean, rob, c="lightgray", edgecolors="k", label="trials")
-        fr = sorted(front, key=lambda i: clean[i])
-        ax.plot([clean[i] for i in fr], [rob[i] for i in fr], "o-", color="C3", label="Pareto front")
-        ax.set_xlabel("clean accuracy")
-        ax.set_ylabel("robust accuracy")
-        ax.legend()
-        p = _savefig(fig, out / "sensitivity_pareto.png")
-        files.append(p)
-        text += ["", "## Pareto front (clean vs robust)", "", f"![pareto]({p.name})", "",
-                 _md_table(["alpha", "Mixup a", "Delta", "gamma_beta", "clean", "robust min"],
-                           [[_num(done[i]["searched"].get("method_args.alpha")), _num(done[i]["searched"].get("method_args.mixup_a")),
-                             _num(done[i]["searched"].get("method_args.delta")), _num(done[i]["searched"].get("method_args.lr_beta")),
-                             _pct(clean[i]), _pct(rob[i])] for i in fr])]
-    imp = importances(done)
-    text += ["", "## Parameter importances (Optuna, fANOVA on robust accuracy)", ""]
-    if imp:
-        text.append(_md_table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in imp.items()]))
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ax.barh(list(imp), list(imp.values()))
-        ax.set_xlabel("importance")
-        p = _savefig(fig, out / "sensitivity_importance.png")
-        files.append(p)
-    else:
-        text.append("not enough completed trials with varied parameters to estimate importances")
+        text.extend([f"## {title}", "", f"![{name}]({p.name})", ""])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = ovm.plot_pareto_front(study, target_names=["clean accuracy", "robust accuracy"])
+        if default is not None:
+            ax.scatter(*default.values, marker="*", s=260, c="gold", edgecolors="k", zorder=5, label="paper defaults")
+            ax.legend(loc="best", fontsize=8)
+        save(ax, "pareto", "Pareto front (clean vs robust)")
+        params = list(study.trials[0].params)
+        ax = ovm.plot_slice(study, target=robust, target_name="robust accuracy")
+        axes = list(ax.flat) if hasattr(ax, "flat") else [ax]
+        if default is not None:
+            for a, k in zip(axes, params):
+                a.scatter([default.params[k]], [default.values[1]], marker="*", s=200, c="gold", edgecolors="k", zorder=5)
+        save(ax, "slice", "Robust accuracy against each parameter (one point per trial)")
+        ax = ovm.plot_parallel_coordinate(study, target=robust, target_name="robust accuracy")
+        save(ax, "parallel", "Parallel coordinates")
+        if len(done) >= CONTOUR_MIN_TRIALS and {"alpha", "mixup_a"} <= set(params):
+            ax = ovm.plot_contour(study, params=["alpha", "mixup_a"], target=robust, target_name="robust accuracy")
+            save(ax, "contour", "Robust accuracy over (alpha, Mixup a), interpolated")
+        else:
+            text += [f"No contour: {len(done)} trial(s) (a contour needs at least {CONTOUR_MIN_TRIALS}; the slices "
+                     "above show every trial as it is).", ""]
+        imp = importances(done)
+        if imp:
+            ax = ovm.plot_param_importances(study, target=robust, target_name="robust accuracy", evaluator=fanova())
+            save(ax, "importance", "Parameter importances (Optuna, fANOVA on robust accuracy)")
+            text.append(_md_table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in imp.items()]))
+            if len(done) < IMPORTANCE_MIN_TRIALS:
+                text += ["", f"Caveat: {len(done)} trials; importances estimated from fewer than "
+                         f"{IMPORTANCE_MIN_TRIALS} trials are unreliable (they rank what varied, not what matters)."]
+        else:
+            text.append("Not enough completed trials with varied parameters to estimate importances.")
+    plt.close("all")
+    text += ["", "## Trials", "", _md_table(
+        ["trial", *params, "clean", "robust min"],
+        [[("★ " if r.get("paper_default") else "") + r["trial_id"],
+          *[_num(_short_searched(r).get(k)) for k in params], _pct(r["metrics"]["clean_acc"]), _pct(r["metrics"]["robust_acc"])]
+         for r in sorted(done, key=lambda r: -r["metrics"]["robust_acc"])])]
     return text, files
 
 
-def importances(done: list[dict]) -> dict[str, float]:
-    """Optuna's parameter importances from the completed trials (a fresh in-memory study)."""
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _short_searched(r: dict) -> dict[str, Any]:
+    from .summary import short_name
+
+    return {short_name(k): v for k, v in r["searched"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def search_study(done: list[dict]):
+    """The completed trials as an in-memory two-objective Optuna study (clean, robust), for
+    Optuna's plots; and the paper-default trial among them (or None)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    keys = sorted({k for r in done for k in r["searched"] if isinstance(r["searched"][k], (int, float))})
-    trials = []
+    keys = sorted({k for r in done for k in _short_searched(r)})
+    dists = {}
+    for k in keys:
+        vals = [float(_short_searched(r)[k]) for r in done if k in _short_searched(r)]
+        lo, hi = min(vals), max(vals)
+        log = lo > 0 and hi / lo >= 10  # the searched ranges of alpha, a and gamma_beta are log-scale
+        dists[k] = optuna.distributions.FloatDistribution(lo, hi if hi > lo else lo + 1e-9, log=log)
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    default = None
     for r in done:
-        v = r["metrics"].get("robust_acc")
-        if v is None or math.isnan(v) or any(k not in r["searched"] for k in keys):
+        sv = _short_searched(r)
+        if any(k not in sv for k in keys):
             continue
-        params = {k: float(r["searched"][k]) for k in keys}
-        dists = {}
-        for k in keys:
-            vals = [float(x["searched"][k]) for x in done if k in x["searched"]]
-            lo, hi = min(vals), max(vals)
-            if lo == hi:
-                hi = lo + 1e-9
-            dists[k] = optuna.distributions.FloatDistribution(lo, hi)
-        trials.append(optuna.trial.create_trial(params=params, distributions=dists, value=v))
-    if len(trials) < 3 or not keys:
+        t = optuna.trial.create_trial(params={k: float(sv[k]) for k in keys}, distributions=dists,
+                                      values=[r["metrics"]["clean_acc"], r["metrics"]["robust_acc"]])
+        study.add_trial(t)
+        if r.get("paper_default"):
+            default = t
+    return study, default
+
+
+def fanova():
+    """fANOVA, seeded (Optuna 5's default, PED-ANOVA, ranks what makes a target low)."""
+    import optuna
+
+    return optuna.importance.FanovaImportanceEvaluator(seed=0)
+
+
+def importances(done: list[dict]) -> dict[str, float]:
+    """Optuna's parameter importances (fANOVA) for robust accuracy over the completed trials."""
+    import optuna
+
+    study, _ = search_study(done)
+    if len(study.trials) < 3 or not study.trials[0].params:
         return {}
-    study = optuna.create_study(direction="maximize")
-    study.add_trials(trials)
     try:
-        return dict(optuna.importance.get_param_importances(study))
+        return dict(optuna.importance.get_param_importances(study, target=lambda t: t.values[1], evaluator=fanova()))
     except (RuntimeError, ValueError, ZeroDivisionError):
         return {}
 

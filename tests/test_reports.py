@@ -25,23 +25,41 @@ def study(name):
     return parse(raw, src)
 
 
-def test_sensitivity_report_heatmap_pareto_importances(tmp_path):
+def _sensitivity_rows(n):
     import random
 
     rnd = random.Random(0)
     rows = []
-    for i in range(8):
-        s = {"method_args.alpha": rnd.uniform(0.001, 0.5), "method_args.mixup_a": rnd.uniform(0.05, 2),
-             "method_args.delta": rnd.uniform(0, 0.3), "method_args.lr_beta": rnd.uniform(0.001, 0.5)}
+    for i in range(n):
+        s = {"method_args.alpha": 10 ** rnd.uniform(-3, -0.3), "method_args.mixup_a": 10 ** rnd.uniform(-1.3, 0.3),
+             "method_args.delta": rnd.uniform(0, 0.3), "method_args.lr_beta": 10 ** rnd.uniform(-3, -0.3)}
+        if i == 0:
+            s = {"method_args.alpha": 0.01, "method_args.mixup_a": 0.2, "method_args.delta": 0.1, "method_args.lr_beta": 0.01}
         rows.append(row(trial=f"t_{i:05d}", searched=s, metrics={"robust_acc": 0.3 + s["method_args.delta"],
                                                                    "clean_acc": 0.95 - s["method_args.delta"],
                                                                    "beta": [1.0 + j / 10 for j in range(10)]}))
-    files = reports.write_report(study("sensitivity"), rows, tmp_path)
+        rows[-1]["paper_default"] = i == 0
+    return rows
+
+
+def test_sensitivity_report_uses_optunas_plots_and_says_what_few_trials_cannot_show(tmp_path):
+    files = reports.write_report(study("sensitivity"), _sensitivity_rows(8), tmp_path)
     names = {f.name for f in files}
-    assert {"report.md", "sensitivity_heatmap.png", "sensitivity_pareto.png", "sensitivity_importance.png"} <= names
+    assert {"report.md", "sensitivity_pareto.png", "sensitivity_slice.png", "sensitivity_parallel.png",
+            "sensitivity_importance.png"} <= names
+    assert "sensitivity_contour.png" not in names  # 8 trials over 4 parameters: no interpolated picture
     assert sum(1 for f in files if f.name.startswith("beta_")) == 8  # Figure 4 for every SPROUT trial
     text = (tmp_path / "report.md").read_text()
-    assert "Pareto front" in text and "method_args.delta" in text
+    assert "No contour: 8 trial(s)" in text and "Caveat: 8 trials" in text
+    assert "★ t_00000" in text and "delta" in text  # the paper-default trial marked, short parameter names
+    # the importances rank delta (the only parameter robust accuracy depends on here) first
+    assert text.index("| delta |") < text.index("| alpha |")
+
+
+def test_sensitivity_report_draws_a_contour_when_there_are_enough_trials(tmp_path):
+    files = reports.write_report(study("sensitivity"), _sensitivity_rows(reports.IMPORTANCE_MIN_TRIALS), tmp_path)
+    assert "sensitivity_contour.png" in {f.name for f in files}
+    assert "Caveat" not in (tmp_path / "report.md").read_text()
 
 
 def test_width_report_plots_each_method_against_width(tmp_path):
