@@ -46,9 +46,24 @@ def check_checkpoints(plan) -> None:
             load_model_from_checkpoint(src)
 
 
-def pick_output_dir(args, name: str) -> Path:
+def _check_same_study(runs_file: Path, study: str) -> None:
+    import json
+
+    from trainables.errors import ConfigError
+
+    try:
+        earlier = json.loads(runs_file.read_text()).get("study")
+    except (OSError, ValueError, AttributeError):
+        return  # nothing to resume is said by the caller; an unreadable file by the tracker
+    if earlier and earlier != study:
+        raise ConfigError(f"--resume: {runs_file.parent} holds a launch of study {earlier!r}, not {study!r}; "
+                          "resume it with its own study file or choose another --output-dir")
+
+
+def pick_output_dir(args, name: str, study: str) -> Path:
     """An explicit --output-dir holding an earlier launch needs --resume; the default one
-    moves on to NAME-2, NAME-3, ... so that re-running the main job never mixes two launches."""
+    moves on to NAME-2, NAME-3, ... so that re-running the main job never mixes two launches.
+    ``--resume`` continues only a launch of the same study."""
     from trainables.errors import ConfigError
 
     from .tracking import RUNS_FILE
@@ -58,9 +73,12 @@ def pick_output_dir(args, name: str) -> Path:
         if (out / RUNS_FILE).exists() and not args.resume:
             raise ConfigError(f"--output-dir {out}: holds an earlier launch of this study; "
                               f"pass --resume to continue it or choose another directory")
-        return out
-    out = Path("runs", name).resolve()
+    else:
+        out = Path("runs", name).resolve()
     if args.resume:
+        _check_same_study(out / RUNS_FILE, study)
+        return out
+    if args.output_dir:
         return out
     i = 1
     while (out / RUNS_FILE).exists():

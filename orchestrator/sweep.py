@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = cluster.find_cluster_config(args.cluster_config) if (address or args.cluster_config) else None
     if shape is not None:  # a trial that can never fit is refused before anything runs
         cluster.concurrency(shape, cluster.plan_need(plan.resources), None, [])
-    output_dir = pick_output_dir(args, out_name)
+    output_dir = pick_output_dir(args, out_name, study.name)
     if args.resume and not (output_dir / RUNS_FILE).exists():
         raise ConfigError(f"--resume: nothing to resume in {output_dir} (no earlier launch of {study.name} there)")
     storage_path = args.storage_path or str(output_dir / "ray")

@@ -171,7 +171,7 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=f"{study}-{time.strftime('%Y%m%d-%H%M%S')}",
                                      tags={**tags, "study": study, "kind": "study"})
         pid = run.info.run_id
-        self.save_state({"parent_run_id": pid, "experiment_id": self.experiment_id, "trials": {}})
+        self.save_state({"parent_run_id": pid, "experiment_id": self.experiment_id, "study": study, "trials": {}})
         self.log_params(pid, params)
         return pid
 

@@ -149,3 +149,16 @@ def test_bad_input_is_one_clear_line(case, tmp_path, ckpt):
     assert len(lines[0]) <= 700  # a bounded line, whatever the input quoted
     assert not out.exists() and not (tmp_path / "runs").exists() and not (tmp_path.parent / "ESCAPED").exists()
     assert "Started a local Ray instance" not in p.stdout + p.stderr
+
+
+def test_resume_refuses_another_studys_output_directory(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mlflow_runs.json").write_text('{"parent_run_id": "x", "study": "width", "trials": {}}')
+    p = subprocess.run(SWEEP + ["--study", "sensitivity", "--resume", "--output-dir", str(out)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert p.returncode == 2, p.stderr
+    (line,) = p.stderr.strip().splitlines()
+    assert "holds a launch of study 'width', not 'sensitivity'" in line
+    assert sorted(f.name for f in out.iterdir()) == ["mlflow_runs.json"]  # nothing else written
+    assert "Started a local Ray instance" not in p.stdout + p.stderr

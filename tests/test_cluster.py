@@ -20,7 +20,28 @@ def test_cluster_file_passes_rays_validation(path):
 
     config = prepare_config(yaml.safe_load(path.read_text()))
     validate_config(config)
-    assert config["file_mounts"] and any("pip install -e" in c for c in config["setup_commands"])
+    assert config["file_mounts"]
+    installs = [c for c in config["setup_commands"] if "pip install" in c and " -e " in c]
+    assert installs and all("-c ~/sprout-orchestrator/cluster/constraints.txt" in c for c in installs)
+
+
+def test_constraints_pin_every_dependency_the_cluster_installs():
+    """The cluster installs exact versions (the ones the tests passed with), for every
+    dependency the project declares."""
+    import re
+    import tomllib
+
+    pins = {}
+    for line in (CLUSTER / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"not an exact pin: {line}"
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    deps = tomllib.loads((CLUSTER.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        name = re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.-]+", dep).group(0)).lower()
+        assert name in pins, f"{name} is not pinned in cluster/constraints.txt"
+    assert pins["torch"] != "2.13.0"  # the CPU-only file of that version breaks torchvision
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -31,8 +52,20 @@ def test_services_bind_to_localhost_and_no_credentials(path):
     assert "mlflow server" in cmds and "--host 127.0.0.1" in cmds and "0.0.0.0" not in text
     assert "sweep_driver" in cmds  # per-trial drivers do not take GPU-node CPUs
     lowered = text.lower()
-    for secret in ("aws_secret_access_key", "aws_access_key_id", "password", "token:"):
+    for secret in ("aws_secret_access_key", "aws_access_key_id", "password", "token:", "ray_auth_token="):
         assert secret not in lowered
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_every_node_runs_ray_with_token_authentication(path):
+    """The token is generated locally (never in the repository), copied by `ray up`, and every
+    `ray start` (head and workers) and the submitted sweep run with RAY_AUTH_MODE=token."""
+    cfg = yaml.safe_load(path.read_text())
+    starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c]
+    assert starts and all(c.strip().startswith("RAY_AUTH_MODE=token ray start") for c in starts)
+    assert cfg["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
+    assert any("export RAY_AUTH_MODE=token" in c for c in cfg["head_setup_commands"])
+    assert "auth_token" in (CLUSTER.parent / ".gitignore").read_text().split()  # never committed
 
 
 def test_invalid_cluster_file_is_refused():
