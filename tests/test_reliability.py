@@ -130,7 +130,8 @@ def test_same_seed_same_metrics_through_the_orchestrator(tmp_path):
                            capture_output=True, text=True, cwd=tmp_path, timeout=900)
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
         (t,) = json.loads((out / "summary.json").read_text())["trials"]
-        results.append({k: v for k, v in t["metrics"].items() if not ("time" in k or "per_s" in k or k in ("checkpoint_path",))})
+        results.append({k: v for k, v in t["metrics"].items()
+                        if not ("time" in k or "per_s" in k or k.startswith("seconds/") or k in ("checkpoint_path",))})
         # disk: of 4 epoch checkpoints only the last keep_checkpoints (2) remain
         ckpts = [p for p in (out / "ray").glob("train-*/checkpoint_*") if p.is_dir()]
         assert len(ckpts) == 2
