@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import device_name, median, save, timed  # noqa: E402
-from trainables.attacks import bn_mode, input_grad, pgd_linf  # noqa: E402
+from trainables.attacks import bn_mode, input_grad, pgd_linf, pgd_linf_to_the_end  # noqa: E402
 
 
 def trained_model(device, method: str = "natural", epochs: int = 5):
@@ -34,28 +34,6 @@ def trained_model(device, method: str = "natural", epochs: int = 5):
     comp = build(resolve({"method": method, "epochs": epochs, "monitor": {"every": 0}}), device=device)
     fit(comp)
     return comp.net.eval(), comp.bundle, sum(h["epoch_time_s"] for h in comp.history)
-
-
-def pgd_to_the_end(net, x, y, *, eps, steps, step_size, restarts, generator):
-    """PGD that attacks every image for every step and restart (what the early exit replaced)."""
-    from trainables.attacks import _attack_loss, linf_project, linf_random_start, linf_step
-
-    best, done = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    with bn_mode(net, "eval"):
-        for _ in range(restarts):
-            x_adv = linf_random_start(x, eps=eps, generator=generator)
-            for _ in range(steps):
-                x_req = x_adv.detach().requires_grad_(True)
-                logits = net(x_req)
-                new = (logits.detach().argmax(1) != y) & ~done
-                best[new], done = x_adv[new], done | new
-                (g,) = torch.autograd.grad(_attack_loss(logits, y, "ce", None), x_req)
-                x_adv = linf_project(linf_step(x_adv, g, step_size=step_size), x, eps=eps).detach()
-            with torch.no_grad():
-                success = net(x_adv).argmax(1) != y
-            best[~done] = x_adv[~done]
-            done |= success
-    return best
 
 
 def protocol_costs(names: list[str], methods: list[str], epochs: int, device) -> list[dict]:
@@ -93,7 +71,7 @@ def early_exit(methods: list[str], epochs: int, n: int, device) -> dict:
         x, y = bundle.test_tensors(n)
         x, y = x.to(device), y.to(device)
         kw = dict(eps=0.1, steps=100, step_size=0.025, restarts=3)
-        t_end = timed(lambda: pgd_to_the_end(net, x, y, generator=torch.Generator().manual_seed(0), **kw), device)
+        t_end = timed(lambda: pgd_linf_to_the_end(net, x, y, generator=torch.Generator().manual_seed(0), **kw), device)
         t_fast = timed(lambda: pgd_linf(net, x, y, keep="best", generator=torch.Generator().manual_seed(0), **kw), device)
         out[method] = {"to_the_end_s": round(t_end, 2), "early_exit_s": round(t_fast, 2), "speedup": round(t_end / t_fast, 2)}
         print(f"  {method:<10}{t_end:>8.1f}s / {t_fast:>6.1f}s = {t_end / t_fast:.2f}x")

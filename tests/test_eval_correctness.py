@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.attacks import cw_margin, pgd_linf
+from trainables.attacks import cw_margin, pgd_linf, pgd_linf_to_the_end
 from trainables.eval_attacks import EvalContext
 from trainables.evaluate import evaluate, worst_case
 from trainables.masking import (AA_MAX_GAP, EPS0_MAX_CHANGED, LARGE_EPS_MAX_ACC, RESTARTS_MAX_GAIN, SQUARE_MAX_GAIN,
@@ -194,34 +194,11 @@ def test_autoattack_leaves_the_global_random_state_alone(natural, digits):
 
 
 # ----------------------------------------------------------------------------- cost cuts that change no number
-def _pgd_to_the_end(model, x, y, *, eps, steps, step_size, restarts, generator, loss="ce", kappa=math.inf):
-    """PGD as it ran before inputs left the attack at their first fooling iterate: every input,
-    every step, every restart (the reference the early exit must reproduce)."""
-    from trainables.attacks import _attack_loss, linf_project, linf_random_start, linf_step
-
-    best, done = x.clone(), torch.zeros(len(x), dtype=torch.bool)
-    for _ in range(restarts):
-        x_adv = linf_random_start(x, eps=eps, generator=generator)
-        for _ in range(steps):
-            x_req = x_adv.detach().requires_grad_(True)
-            logits = model(x_req)
-            new = (logits.detach().argmax(1) != y) & ~done
-            best[new] = x_adv[new]
-            done |= new
-            (g,) = torch.autograd.grad(_attack_loss(logits, y, loss, None, kappa), x_req)
-            x_adv = linf_project(linf_step(x_adv, g, step_size=step_size), x, eps=eps).detach()
-        with torch.no_grad():
-            success = model(x_adv).argmax(1) != y
-        best[~done] = x_adv[~done]
-        done |= success
-    return best
-
-
 @pytest.mark.parametrize("eps,steps,restarts,loss", [(0.1, 20, 1, "ce"), (0.1, 30, 3, "ce"), (0.1, 10, 2, "cw")])
 def test_pgd_early_exit_gives_what_attacking_every_input_to_the_end_gives(natural, digits, eps, steps, restarts, loss):
     x, y = digits.test_tensors(96)
     kw = dict(eps=eps, steps=steps, step_size=eps / 4, restarts=restarts, loss=loss, kappa=50.0)
-    ref = _pgd_to_the_end(natural, x, y, generator=torch.Generator().manual_seed(3), **kw)
+    ref = pgd_linf_to_the_end(natural, x, y, generator=torch.Generator().manual_seed(3), **kw)
     fast = pgd_linf(natural, x, y, keep="best", bn="eval", generator=torch.Generator().manual_seed(3), **kw)
     fooled = (natural(ref).argmax(1) != y)
     assert 0 < int(fooled.sum()) < len(y)  # some inputs leave early, some stay to the end

@@ -153,6 +153,31 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, 
     return best
 
 
+def pgd_linf_to_the_end(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
+                        step_size: float, restarts: int = 1, generator: torch.Generator | None = None,
+                        loss: str = "ce", kappa: float = math.inf) -> torch.Tensor:
+    """``pgd_linf(keep="best")`` as it ran before the early exit: every input, every step, every
+    restart. The reference the early exit must reproduce (tests) and the cost it saves (bench)."""
+    x = x.detach()
+    best, done = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    with bn_mode(model, "eval"), fp32(x):
+        for _ in range(max(1, restarts)):
+            x_adv = linf_random_start(x, eps=eps, generator=generator)
+            for _ in range(steps):
+                x_req = x_adv.detach().requires_grad_(True)
+                logits = model(x_req)
+                new = (logits.detach().argmax(1) != y) & ~done
+                best[new] = x_adv[new]
+                done |= new
+                (g,) = torch.autograd.grad(_attack_loss(logits, y, loss, None, kappa), x_req)
+                x_adv = linf_project(linf_step(x_adv, g, step_size=step_size), x, eps=eps).detach()
+            with torch.no_grad():
+                success = model(x_adv).argmax(1) != y
+            best[~done] = x_adv[~done]
+            done |= success
+    return best
+
+
 def trades_inner(model: nn.Module, x: torch.Tensor, *, eps: float, steps: int, step_size: float,
                  start: torch.Tensor | None = None, bn: BNMode = "eval",
                  generator: torch.Generator | None = None, init_std: float = 0.001) -> torch.Tensor:
