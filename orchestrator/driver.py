@@ -2,8 +2,9 @@
 and calls ``fit()`` (the V2 pattern; ``Tuner(trainer)`` is deprecated).
 
 The Train run is named after the Tune trial id (``train-<trial_id>``) under the study's
-storage path, so a trial that is restarted (after a driver crash and ``--resume``) resumes
-from its last registered checkpoint instead of starting over.
+storage path. A trial that ``--resume`` runs again (its driver died or was interrupted) is
+given its first Train run's name, so it resumes from that run's last checkpoint instead of
+starting over (``orchestrator.ledger``).
 """
 from __future__ import annotations
 
@@ -69,9 +70,11 @@ def run_trial(trial_config: dict[str, Any], *, payload: dict[str, Any]) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from .ledger import config_key
     from .worker import train_loop_per_worker
 
     trial_id = ray.tune.get_context().get_trial_id()
+    train_run = (payload.get("resumes") or {}).get(config_key(trial_config)) or f"train-{trial_id}"
     res = payload["resources"]
     train_cfg = trial_train_config(payload["base"], trial_config, payload["refs"])
     gpus = float(res["gpus_per_worker"])
@@ -93,7 +96,7 @@ def run_trial(trial_config: dict[str, Any], *, payload: dict[str, Any]) -> None:
         scaling_config=ray.train.ScalingConfig(num_workers=int(res["num_workers"]), use_gpu=gpus > 0,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=f"train-{trial_id}",
+            name=train_run,
             storage_path=payload["storage_path"],
             failure_config=ray.train.FailureConfig(max_failures=int(res["max_failures"])),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=int(train_cfg.get("keep_checkpoints", 2))),

@@ -60,6 +60,23 @@ def _check_same_study(runs_file: Path, study: str) -> None:
                           "resume it with its own study file or choose another --output-dir")
 
 
+def check_same_plan(runs_file: Path, fingerprint: str) -> None:
+    """--resume runs the study its launch ran: the same stages, budgets, search and seed after
+    --smoke-test and the command line (trials are matched to their records by config)."""
+    import json
+
+    from trainables.errors import ConfigError
+
+    try:
+        earlier = json.loads(runs_file.read_text()).get("plan")
+    except (OSError, ValueError, AttributeError):
+        return
+    if earlier and earlier != fingerprint:
+        raise ConfigError(f"--resume: the study, --smoke-test or the command-line values differ from the launch in "
+                          f"{runs_file.parent} (plan {fingerprint}, launched as {earlier}); resume with the same "
+                          "file and options, or start a new launch in another --output-dir")
+
+
 def pick_output_dir(args, name: str, study: str) -> Path:
     """An explicit --output-dir holding an earlier launch needs --resume; the default one
     moves on to NAME-2, NAME-3, ... so that re-running the main job never mixes two launches.

@@ -1,14 +1,12 @@
 """One stage of a study as a Ray Tune experiment: the searcher (Optuna or a grid), the
-scheduler (ASHA), the per-trial driver with its resources, and the Tuner, created or restored.
+scheduler (ASHA), the per-trial driver with its resources, and the Tuner.
 
-On ``--resume`` the Tuner is restored with Ray's public API (``Tuner.restore``). The restored
-run config carries the callbacks pickled at launch; they find this launch's MLflow runs
-through the output directory's run file (``orchestrator.tracking.RUNS_FILE``), so they need no
-replacing.
+Every launch builds a new Tuner from the study and the trials recorded by earlier launches of
+it (``orchestrator.ledger``); ``Tuner.restore`` is never called, so nothing Tune pickled into
+the storage path is ever loaded.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 
@@ -46,19 +44,21 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def make_searcher(stage, seed: int, cap: int):
-    """(TuneConfig, param_space, number of trials) for a stage's search."""
+def make_searcher(stage, seed: int, cap: int, records: list[dict], name: str):
+    """(TuneConfig, trials still to run, resume map) for a stage's search, given the trials its
+    earlier launches recorded (none on a first launch). See ``orchestrator.ledger``."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from trainables.schema import set_nested
-
+    from . import ledger
     from .stages import strip_refs
-    from .study import DefineByRun, default_point, grid_size, resolve
+    from .study import DefineByRun, default_point, resolve
 
     search = stage.search
     specs = search.param_specs(stage.name)
+    ended, unfinished = ledger.split(records)
+    resumes = ledger.resume_map(unfinished)
     scheduler = None
     if search.scheduler.type == "asha":
         epochs = resolve(strip_refs(stage.base)).epochs
@@ -66,58 +66,60 @@ def make_searcher(stage, seed: int, cap: int):
                                   grace_period=search.scheduler.grace_period,
                                   reduction_factor=search.scheduler.reduction_factor, stop_last_trials=False)
     if search.algorithm == "grid":
-        param_space: dict[str, Any] = {}
-        for key, spec in specs.items():
-            set_nested(param_space, key.split("."), tune.grid_search(list(spec.values)))
-        if search.cases:
-            param_space["case"] = tune.grid_search([dict(c) for c in search.cases])
-        config = tune.TuneConfig(scheduler=scheduler, num_samples=search.num_samples, max_concurrent_trials=cap,
-                                 trial_dirname_creator=trial_dirname)
-        return config, param_space, grid_size(search, specs)
-    multi = len(search.metrics) > 1
-    sampler = make_sampler(search, seed)
-    points = [default_point(specs, stage.base)] if search.enqueue_defaults else None
-    searcher = OptunaSearch(space=DefineByRun(specs, stage.base), metric=search.metrics if multi else search.metrics[0],
-                            mode=search.modes if multi else search.modes[0], points_to_evaluate=points or None,
-                            sampler=sampler)
-    config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=search.num_samples,
+        configs = [r["config"] for r in unfinished] + ledger.remaining_grid(search, records)
+        searcher = ledger.FixedConfigs(configs)
+        todo = len(configs)
+    else:
+        multi = len(search.metrics) > 1
+        points = [ledger.optuna_params(r["config"]) for r in unfinished]
+        if search.enqueue_defaults and not records:
+            points.append(default_point(specs, stage.base))
+        sampler = make_sampler(search, seed)
+        searcher = OptunaSearch(space=DefineByRun(specs, stage.base), metric=search.metrics if multi else search.metrics[0],
+                                mode=search.modes if multi else search.modes[0], points_to_evaluate=points or None,
+                                sampler=sampler, study_name=name,
+                                storage=ledger.seeded_study(search, sampler, ended, name))
+        todo = max(0, search.num_samples - len(ended))
+    config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=max(1, todo),
                              max_concurrent_trials=cap, trial_dirname_creator=trial_dirname)
-    return config, {}, search.num_samples
+    return config, todo, resumes
 
 
 def run_stage(stage, plan, *, storage_path: str, tracker, parent_run_id: str, refs: dict[str, str],
-              cap: int, resume: bool, tags: dict[str, str], driver_resources: dict[str, float],
-              console=None) -> list[dict]:
-    """Run (or resume) one stage; its trials as summary rows."""
+              cap: int, tags: dict[str, str], driver_resources: dict[str, float], console=None) -> list[dict]:
+    """Run one stage, or what an earlier launch left of it; its trials as summary rows."""
     from ray import tune
 
     from trainables.schema import to_dict
 
+    from . import ledger
     from .driver import run_trial
-    from .summary import rows_from_results
     from .interrupts import InterruptWatch
+    from .summary import rows_from_records
     from .tracking import MLflowTrialCallback, Progress
 
+    exp_name = f"{plan.study.name}-{stage.name}"
+    records = ledger.stage_records(tracker.state, stage.name)
+    tune_config, todo, resumes = make_searcher(stage, plan.seed, cap, records, exp_name)
+    ended = len(ledger.split(records)[0])
     payload = {"base": stage.base, "resources": to_dict(plan.resources), "storage_path": storage_path,
                "protocol": stage.evaluation.protocol, "protocol_overrides": stage.evaluation.overrides,
                "transfer_source": stage.evaluation.transfer_source, "refs": refs, "stage": stage.name,
-               "console": console}
+               "console": console, "resumes": resumes}
     trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), driver_resources)
-    tune_config, param_space, total = make_searcher(stage, plan.seed, cap)
-    callbacks = [MLflowTrialCallback(tracker, parent_run_id=parent_run_id, stage=stage.name, study=plan.study.name,
-                                     base=stage.base, refs=refs, tags=tags),
-                 Progress(stage.name, total, console), InterruptWatch()]
-    exp_name = f"{plan.study.name}-{stage.name}"
-    exp_path = os.path.join(storage_path, exp_name)
-    print(f"[{stage.name}] {total} trial(s), up to {cap} at once, {plan.resources.num_workers} worker(s) each; "
+    total = ended + todo
+    callbacks = [ledger.TrialLedger(tracker, stage.name, resumes),
+                 MLflowTrialCallback(tracker, parent_run_id=parent_run_id, stage=stage.name, study=plan.study.name,
+                                     base=stage.base, refs=refs, tags=tags, resumes=resumes),
+                 Progress(stage.name, total, console, done=ended), InterruptWatch()]
+    again = f", {ended} ended earlier, {len(resumes)} resumed from their checkpoints" if records else ""
+    print(f"[{stage.name}] {total} trial(s){again}, up to {cap} at once, {plan.resources.num_workers} worker(s) each; "
           f"search: {sampler_label(stage.search)}", flush=True)
     tracker.log_params(parent_run_id, {f"sampler.{stage.name}": sampler_label(stage.search)})
-    if resume and tune.Tuner.can_restore(exp_path):
-        tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=False,
-                                   param_space=param_space or None)
-    else:
-        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
-                           run_config=tune.RunConfig(name=exp_name, storage_path=storage_path,
-                                                     callbacks=callbacks, verbose=0))
-    grid = tuner.fit()
-    return rows_from_results(grid, study=plan.study.name, stage=stage, refs=refs, tracker=tracker)
+    if todo > 0:
+        # a new Tuner on every launch: Tune's pickled state (tuner.pkl, searcher state) is never read
+        tune.Tuner(trainable, tune_config=tune_config,
+                   run_config=tune.RunConfig(name=exp_name, storage_path=storage_path, callbacks=callbacks,
+                                             verbose=0)).fit()
+    return rows_from_records(ledger.stage_records(tracker.state, stage.name), study=plan.study.name, stage=stage,
+                             refs=refs, tracker=tracker)

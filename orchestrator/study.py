@@ -501,10 +501,3 @@ def default_point(specs: dict[str, ParamSpec], base: dict) -> dict[str, Any]:
                 continue
             point[optuna_key(key)] = v
     return point
-
-
-def grid_size(search: SearchSpec, specs: dict[str, ParamSpec]) -> int:
-    n = max(1, len(search.cases))
-    for spec in specs.values():
-        n *= len(spec.values)
-    return n * search.num_samples

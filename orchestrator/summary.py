@@ -55,9 +55,10 @@ def error_cause(err: BaseException | str | None, limit: int = 300) -> str | None
     return line[:limit]
 
 
-def rows_from_results(grid, *, study: str, stage, refs: dict[str, str], tracker) -> list[dict]:
-    """Tune's results as summary rows, sorted by trial id. A trial's config is the resolved one
-    its worker reported; a trial that failed before reporting keeps the config it was given."""
+def rows_from_records(records: list[dict], *, study: str, stage, refs: dict[str, str], tracker) -> list[dict]:
+    """A stage's trial records (``orchestrator.ledger``) as summary rows, sorted by trial id. A
+    trial's config is the resolved one its worker reported; a trial that failed before
+    reporting keeps the config it was given."""
     import json
 
     from trainables.schema import flatten
@@ -70,30 +71,26 @@ def rows_from_results(grid, *, study: str, stage, refs: dict[str, str], tracker)
     if stage.search.algorithm == "optuna" and stage.search.enqueue_defaults:
         defaults = {k.replace("/", "."): v for k, v in default_point(stage.search.param_specs(), stage.base).items()}
     rows = []
-    for result in grid:
-        metrics = dict(result.metrics or {})
-        trial_id = metrics.get("trial_id") or Path(result.path).name
-        given = dict(result.config or {})
+    for record in records:
+        metrics = dict(record.get("metrics") or {})
+        trial_id = record["trial_id"]
+        given = dict(record.get("config") or {})
         case = given.get("case")
         searched = flatten({k: v for k, v in given.items() if k != "case"})
         if case:
             searched = {"case": case["name"], **searched}
         reported = metrics.pop("resolved_config", None)
         config = json.loads(reported) if reported else trial_train_config(stage.base, given, refs)
-        if result.error is not None:
-            status = "failed"
-        else:
-            status = metrics.get("status") or "stopped"
-            if status == "running":
-                status = "stopped"
-        ck = metrics.get("checkpoint_path") or (result.checkpoint.path if result.checkpoint else None)
+        status = record.get("status", "stopped")
         rows.append(trial_row(study=study, stage=stage.name, trial_id=trial_id, config=config, searched=searched,
                               metrics=metrics, status=status, mlflow_run_id=tracker.trial_run_id(f"{stage.name}/{trial_id}"),
-                              checkpoint=ck, error=error_cause(result.error),
+                              checkpoint=record.get("checkpoint"), error=record.get("error"),
                               evaluation={"protocol": stage.evaluation.protocol,
                                           "overrides": dict(stage.evaluation.overrides or {})}))
         rows[-1]["paper_default"] = bool(defaults) and all(searched.get(k) == v for k, v in defaults.items())
         rows[-1]["search"] = sampler_label(stage.search)
+        if record.get("resumes"):
+            rows[-1]["resumed_from_trial"] = record["resumes"]
     rows.sort(key=lambda r: r["trial_id"])
     return rows
 

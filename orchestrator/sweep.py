@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     from trainables.errors import ConfigError
 
     from orchestrator import cluster
-    from orchestrator.preflight import check_checkpoints, check_data, pick_output_dir
+    from orchestrator.ledger import plan_fingerprint
+    from orchestrator.preflight import check_checkpoints, check_data, check_same_plan, pick_output_dir
     from orchestrator.study import load_raw, parse, plan as make_plan
     from orchestrator.tracking import RUNS_FILE, check_tracking_uri, default_tracking_uri, normalize_uri
 
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = pick_output_dir(args, out_name, study.name)
     if args.resume and not (output_dir / RUNS_FILE).exists():
         raise ConfigError(f"--resume: nothing to resume in {output_dir} (no earlier launch of {study.name} there)")
+    fingerprint = plan_fingerprint(plan)
+    if args.resume:
+        check_same_plan(output_dir / RUNS_FILE, fingerprint)
     storage_path = args.storage_path or str(output_dir / "ray")
     multi, why = cluster.is_multi_node(shape, [])
     cluster.check_storage(storage_path, multi_node=multi, declared_shared=args.shared_storage, where=why)
@@ -174,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parent = tracker.start_parent(study.name, {"study_file": source, "smoke_test": args.smoke_test,
                                                "seed": plan.seed, "resources": plan.resources.__dict__,
                                                "stages": [s.name for s in plan.stages]},
-                                  {**tags, "description": study.description[:500]}, resume=args.resume)
+                                  {**tags, "description": study.description[:500]}, resume=args.resume,
+                                  fingerprint=fingerprint)
 
     rows: list[dict] = []
     refs: dict[str, str] = {}
@@ -183,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         for stage in plan.stages:
             refs = resolve_refs_for(stage, rows, refs)
             rows += run_stage(stage, plan, storage_path=storage_path, tracker=tracker, parent_run_id=parent,
-                              refs=refs, cap=cap, resume=args.resume, tags=tags, driver_resources=driver,
+                              refs=refs, cap=cap, tags=tags, driver_resources=driver,
                               console=console)
             if interrupts.received():  # Tune stopped gracefully and returned: not a finished study
                 raise interrupts.Interrupted(interrupts.received())

@@ -3,7 +3,7 @@
 Every MLflow write happens in the sweep (Tune driver) process through a Tune callback, so a
 SQLite store has a single writer and Tune's view of a trial (finished, stopped, diverged,
 failed) is what MLflow records: no trial run is left RUNNING. Runs interrupted by a killed
-driver are marked KILLED when the study is resumed.
+driver are marked KILLED when the study is resumed; a trial run again goes on in its old run.
 """
 from __future__ import annotations
 
@@ -141,14 +141,14 @@ class Tracker:
         return self._client
 
     def __getstate__(self):
-        # Tune pickles its callbacks with the experiment state (and a resumed sweep gets them
-        # back from it): keep no client and no copy of the run ids, which live in RUNS_FILE.
+        # Tune pickles its callbacks with the experiment state it saves (the sweep never loads
+        # it back): keep no client in it.
         return {**self.__dict__, "_client": None}
 
     @property
     def state(self) -> dict[str, Any]:
-        """The launch's run ids (parent, experiment, one per trial), read from RUNS_FILE: the
-        sweep and the callbacks a resumed Tuner unpickles share it through the file."""
+        """The launch's run ids (parent, experiment, one per trial) and its trial records
+        (``orchestrator.ledger``), read from RUNS_FILE, which every launch of the study shares."""
         return json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
 
     def save_state(self, state: dict[str, Any]) -> None:
@@ -162,7 +162,8 @@ class Tracker:
         state.setdefault("trials", {})[key] = run_id
         self.save_state(state)
 
-    def start_parent(self, study: str, params: Mapping[str, Any], tags: Mapping[str, str], resume: bool) -> str:
+    def start_parent(self, study: str, params: Mapping[str, Any], tags: Mapping[str, str], resume: bool,
+                     fingerprint: str = "") -> str:
         pid = self.state.get("parent_run_id")
         if resume and pid:
             self.client.update_run(pid, "RUNNING")
@@ -171,7 +172,8 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=f"{study}-{time.strftime('%Y%m%d-%H%M%S')}",
                                      tags={**tags, "study": study, "kind": "study"})
         pid = run.info.run_id
-        self.save_state({"parent_run_id": pid, "experiment_id": self.experiment_id, "study": study, "trials": {}})
+        self.save_state({"parent_run_id": pid, "experiment_id": self.experiment_id, "study": study, "plan": fingerprint,
+                         "trials": {}, "ledger": {}})
         self.log_params(pid, params)
         return pid
 
@@ -217,8 +219,10 @@ class MLflowTrialCallback(tune.Callback):
     artifacts, and ends the run with the trial's real status."""
 
     def __init__(self, tracker: Tracker, *, parent_run_id: str, stage: str, study: str,
-                 base: Mapping[str, Any], refs: Mapping[str, str], tags: Mapping[str, str]):
+                 base: Mapping[str, Any], refs: Mapping[str, str], tags: Mapping[str, str],
+                 resumes: Mapping[str, str] | None = None):
         self.tracker = tracker
+        self.resumes = dict(resumes or {})  # config key -> Train run of a trial run again: its MLflow run goes on
         self.parent = parent_run_id
         self.stage = stage
         self.study = study
@@ -237,7 +241,13 @@ class MLflowTrialCallback(tune.Callback):
         if key not in self._run_ids:
             run_id = self.tracker.trial_run_id(key)
             if run_id is None:
-                return None
+                from .ledger import config_key
+
+                train_run = self.resumes.get(config_key(trial.config))
+                run_id = train_run and self.tracker.trial_run_id(f"{self.stage}/{train_run.removeprefix('train-')}")
+                if not run_id:
+                    return None
+                self.tracker.set_trial_run_id(key, run_id)
             self._run_ids[key] = run_id
         return self._run_ids[key]
 
@@ -372,10 +382,10 @@ class Progress(tune.Callback):
     """One console line per epoch (the first with the trial's searched values), one per attack
     of each final evaluation, and one per finished trial; Tune's own table is kept quiet."""
 
-    def __init__(self, stage: str, total: int, console=None):
+    def __init__(self, stage: str, total: int, console=None, done: int = 0):
         self.stage = stage
         self.total = total
-        self.done = 0
+        self.done = done  # trials an earlier launch ended
         self.t0 = time.time()
         self.console = console
         self.said: set[str] = set()
@@ -385,10 +395,6 @@ class Progress(tune.Callback):
         state = dict(self.__dict__)
         state["console"] = None
         return state
-
-    def __setstate__(self, state):  # restored with a resumed Tuner: time this launch
-        self.__dict__.update(state)
-        self.t0 = time.time()
 
     def _line(self, trial, status: str) -> None:
         self.done += 1
@@ -424,6 +430,8 @@ class Progress(tune.Callback):
                 case = (trial.config.get("case") or {}).get("name")
                 values = ([f"case={case}"] if case else []) + [f"{short_name(k)}={_short(v)}" for k, v in searched.items()]
                 first = f"  [{' '.join(values)}]" if values else ""
+                if result.get("resumed_from_epoch"):
+                    first += f"  (resumed from its epoch-{result['resumed_from_epoch']} checkpoint)"
             print(f"[{self.stage}] trial {trial.trial_id} epoch {result['epoch']}: loss {result.get('loss', float('nan')):.4f}"
                   f"  monitor clean {result.get('clean_acc', float('nan')):.3f} robust {result.get('robust_acc', float('nan')):.3f}"
                   f"  {result.get('images_per_s', 0):.0f} img/s{first}", flush=True)

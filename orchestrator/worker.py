@@ -2,8 +2,8 @@
 
 Every rank calls ``ray.train.report`` once per epoch; rank 0 attaches the checkpoint (model,
 optimizer, method state such as SPROUT's beta, epoch, config). A restarted worker group
-resumes from ``ray.train.get_checkpoint()``; an epoch is safe to re-run because its data
-order depends only on (seed, epoch). The last epoch's report also carries the final
+resumes from ``ray.train.get_checkpoint()``, or from the one before it when that one is
+unusable; an epoch is safe to re-run because its data order depends only on (seed, epoch). The last epoch's report also carries the final
 evaluation (rank 0). A NaN or infinite loss ends the run with ``status: diverged``.
 """
 from __future__ import annotations
@@ -35,12 +35,13 @@ def _scalars(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def console_say(config: dict[str, Any]):
-    """The final evaluation's per-attack lines, to the sweep's console without waiting for it."""
+def console_say(config: dict[str, Any], what: str = "eval"):
+    """Lines to the sweep's console without waiting for it (the final evaluation's attacks, a
+    checkpoint fallback)."""
     console, label = config.get("console"), config.get("label", "")
     if console is None:
         return None
-    return lambda line: console.put.remote(f"{label} eval {line.strip()}")
+    return lambda line: console.put.remote(f"{label} {what} {line.strip()}")
 
 
 _said_cpu_fallback = False
@@ -61,13 +62,53 @@ def worker_device(assigned):
     return torch.device("cpu")
 
 
+def _checkpoint_candidates(latest):
+    """The latest checkpoint, then the run's earlier ones, newest first (Ray names them by time)."""
+    import pyarrow.fs
+
+    import ray.train
+
+    parent, name = latest.path.rstrip("/").rsplit("/", 1)
+    try:
+        infos = latest.filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
+    except OSError:
+        infos = []
+    earlier = sorted((i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory
+                      and i.base_name.startswith("checkpoint_") and i.base_name < name), reverse=True)
+    return [latest] + [ray.train.Checkpoint(f"{parent}/{n}", filesystem=latest.filesystem) for n in earlier]
+
+
+def load_resume_state(latest, say=None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(training state, saved final evaluation or None) from the latest checkpoint Ray hands a
+    restarted worker group; a truncated or foreign one is said in the log and the previous one
+    is used. None usable is one clear error naming the latest."""
+    from trainables.checkpoint import load_checkpoint
+    from trainables.errors import CheckpointError
+
+    first_error = None
+    for ckpt in _checkpoint_candidates(latest):
+        with ckpt.as_directory() as d:
+            try:
+                state = load_checkpoint(os.path.join(d, CHECKPOINT_FILE))
+                saved = json.loads(Path(d, EVAL_FILE).read_text()) if os.path.exists(os.path.join(d, EVAL_FILE)) else None
+            except (CheckpointError, ValueError) as e:
+                first_error = first_error or e
+                logger.warning("checkpoint %s is unusable (%s): trying the one before it", ckpt.path, e)
+                continue
+        if ckpt is not latest:
+            logger.warning("resuming from %s instead of the unusable latest checkpoint %s", ckpt.path, latest.path)
+            if say is not None:
+                say(f"latest checkpoint unusable ({first_error}); resuming from the one before it")
+        return state, saved
+    raise CheckpointError(f"no usable checkpoint to resume from in {latest.path.rsplit('/', 1)[0]}: {first_error}")
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray
     import ray.train
     import ray.train.torch
     import torch
 
-    from trainables.checkpoint import load_checkpoint
     from trainables.errors import DivergedError
     from trainables.evaluate import evaluate, load_model_from_checkpoint
     from trainables.loop import build, checkpoint_state, fit
@@ -86,10 +127,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     resume, saved_eval = None, None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
-        with ckpt.as_directory() as d:
-            resume = load_checkpoint(os.path.join(d, CHECKPOINT_FILE))
-            if os.path.exists(os.path.join(d, EVAL_FILE)):
-                saved_eval = json.loads(Path(d, EVAL_FILE).read_text())
+        resume, saved_eval = load_resume_state(ckpt, console_say(config, "resume") if rank == 0 else None)
     comp = build(cfg, device=device, resume=resume, prepare_model=ray.train.torch.prepare_model
                  if ctx.get_world_size() > 1 and device.type == "cuda" else None)
     protocol = get_protocol(config["protocol"], config.get("protocol_overrides") or {})

@@ -1,0 +1,113 @@
+"""--resume from the study's own trial records (orchestrator.ledger), in-process: which trials
+end, run again or are new; an Optuna study seeded with what ended; a resuming worker falling
+back to the checkpoint before an unusable latest one. The end-to-end cycles (Ctrl-C, a killed
+driver) are in test_reliability.py."""
+import json
+import math
+
+import optuna
+import pytest
+import torch
+
+from orchestrator import ledger
+from orchestrator.study import load_raw, parse, plan
+
+
+def stage_of(name: str, smoke: bool = True):
+    raw, src = load_raw(name=name)
+    return plan(parse(raw, src), src, smoke=smoke).stages[0]
+
+
+def test_a_resumed_grid_runs_the_unfinished_trials_again_and_only_the_points_left():
+    search = stage_of("width").search
+    points = ledger.grid_points(search)
+    assert len(points) == len({ledger.config_key(p) for p in points}) >= 3
+    records = [{"trial_id": "a", "config": points[0], "status": "completed"},
+               {"trial_id": "b", "config": points[1], "status": "failed"},
+               {"trial_id": "c", "config": points[2], "status": "running", "train_run": "train-x"}]
+    ended, unfinished = ledger.split(records)
+    assert [r["trial_id"] for r in ended] == ["a", "b"] and [r["trial_id"] for r in unfinished] == ["c"]
+    assert ledger.remaining_grid(search, records) == points[3:]
+    # the unfinished trial goes on in the Train run it first had (train-x), found by its config
+    assert ledger.resume_map(unfinished) == {ledger.config_key(points[2]): "train-x"}
+
+
+def test_two_unfinished_trials_with_one_config_start_again_instead_of_sharing_a_train_run():
+    cfg = {"seed": 1}
+    unfinished = [{"trial_id": "a", "config": cfg, "status": "running"},
+                  {"trial_id": "b", "config": cfg, "status": "running"},
+                  {"trial_id": "c", "config": {"seed": 2}, "status": "running"}]
+    assert ledger.resume_map(unfinished) == {ledger.config_key({"seed": 2}): "train-c"}
+
+
+def test_a_grid_searched_num_samples_times_is_matched_as_a_multiset():
+    search = stage_of("width").search
+    from dataclasses import replace
+
+    twice = replace(search, num_samples=2)
+    object.__setattr__(twice, "_specs", search.param_specs())
+    points = ledger.grid_points(twice)
+    assert len(points) == 2 * len(ledger.grid_points(search))
+    done = [{"trial_id": "a", "config": points[0], "status": "completed"}]
+    assert len(ledger.remaining_grid(twice, done)) == len(points) - 1
+
+
+def test_an_optuna_study_is_seeded_with_the_ended_trials_and_their_values():
+    search = stage_of("sensitivity").search
+    base = {"method_args": {"alpha": 0.01, "mixup_a": 0.2, "delta": 0.1, "lr_beta": 0.1}}
+    ended = [{"config": base, "metrics": {m: 0.5 + i for i, m in enumerate(search.metrics)}},
+             {"config": base, "metrics": {m: float("nan") for m in search.metrics}},  # diverged
+             {"config": base, "metrics": {}}]  # failed before a result
+    storage = ledger.seeded_study(search, optuna.samplers.RandomSampler(seed=0), ended, "s")
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL"]
+    assert trials[0].values == [0.5 + i for i in range(len(search.metrics))]
+    assert trials[0].params == {"method_args/alpha": 0.01, "method_args/mixup_a": 0.2, "method_args/delta": 0.1,
+                                "method_args/lr_beta": 0.1}
+
+
+def test_the_plan_fingerprint_changes_with_what_trials_would_run():
+    raw, src = load_raw(name="sensitivity")
+    study = parse(raw, src)
+    a = ledger.plan_fingerprint(plan(study, src, smoke=True))
+    assert a == ledger.plan_fingerprint(plan(study, src, smoke=True))
+    assert a != ledger.plan_fingerprint(plan(study, src, smoke=False))
+    assert a != ledger.plan_fingerprint(plan(study, src, smoke=True, overrides={"base": {"epochs": 2}}))
+    assert a != ledger.plan_fingerprint(plan(study, src, smoke=True, overrides={"seed": 5}))
+
+
+def _write_ckpt(d, epoch):
+    d.mkdir(parents=True)
+    torch.save({"format": "sprout-orchestrator/1", "epoch": epoch, "model": {"w": torch.ones(2)}}, d / "checkpoint.pt")
+
+
+def test_a_resuming_worker_falls_back_to_the_checkpoint_before_an_unusable_latest_one(tmp_path):
+    import ray.train
+
+    from orchestrator.worker import load_resume_state
+    from trainables.errors import CheckpointError
+
+    run = tmp_path / "train-x"
+    _write_ckpt(run / "checkpoint_2026-01-01_00-00-01.000000", 1)
+    _write_ckpt(run / "checkpoint_2026-01-01_00-00-02.000000", 2)
+    _write_ckpt(run / "checkpoint_2026-01-01_00-00-03.000000", 3)
+    (run / "checkpoint_manager_snapshot.json").write_text("{}")
+    latest = run / "checkpoint_2026-01-01_00-00-03.000000"
+    state, saved = load_resume_state(ray.train.Checkpoint(str(latest)))
+    assert state["epoch"] == 3 and saved is None
+    said = []
+    (latest / "checkpoint.pt").write_bytes(b"")  # 0 bytes
+    state, _ = load_resume_state(ray.train.Checkpoint(str(latest)), said.append)
+    assert state["epoch"] == 2 and len(said) == 1 and "unusable" in said[0]
+    mid = run / "checkpoint_2026-01-01_00-00-02.000000"
+    (mid / "checkpoint.pt").write_bytes((mid / "checkpoint.pt").read_bytes()[:200])  # truncated
+    assert load_resume_state(ray.train.Checkpoint(str(latest)))[0]["epoch"] == 1
+    (run / "checkpoint_2026-01-01_00-00-01.000000" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="no usable checkpoint to resume from in .*train-x"):
+        load_resume_state(ray.train.Checkpoint(str(latest)))
+
+
+def test_a_record_keeps_only_what_json_can_hold():
+    rec = ledger._plain({"a": float("nan"), "b": (1, 2), "c": object})
+    assert math.isnan(rec["a"]) and rec["b"] == [1, 2] and isinstance(rec["c"], str)
+    assert json.loads(json.dumps(rec))["b"] == [1, 2]
