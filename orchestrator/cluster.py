@@ -340,8 +340,30 @@ def ray_address(explicit: str | None) -> str | None:
     return None
 
 
-def start_ray(address: str | None, verbose: bool = False) -> None:
-    """Join ``address``, or start a private local Ray (never another cluster on this machine)."""
+SOCKET_DIR_MAX = 37  # Ray's sockets are <temp>/session_<time>_<pid>/sockets/<name>: 107 bytes at most in all
+
+
+def ray_temp_dir(output_dir: Path) -> str:
+    """Where a private local Ray keeps its session files and logs: ``<output>/ray-tmp``, not
+    /tmp/ray. Unix socket paths are limited to 107 bytes, so when that path is too long Ray is
+    given a short link to it in a fresh directory under $TMPDIR, removed when the sweep exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    real = output_dir / "ray-tmp"
+    real.mkdir(parents=True, exist_ok=True)
+    if len(str(real).encode()) <= SOCKET_DIR_MAX:
+        return str(real)
+    link_dir = Path(tempfile.mkdtemp(prefix="sprout-ray-"))
+    (link_dir / "t").symlink_to(real, target_is_directory=True)
+    atexit.register(shutil.rmtree, link_dir, ignore_errors=True)
+    return str(link_dir / "t")
+
+
+def start_ray(address: str | None, verbose: bool = False, temp_dir: str | None = None) -> None:
+    """Join ``address``, or start a private local Ray (never another cluster on this machine)
+    with its session files in ``temp_dir``."""
     import ray
 
     # The dashboard (ray[default]) must run: without it a trial that ASHA stops early never
@@ -359,9 +381,12 @@ def start_ray(address: str | None, verbose: bool = False) -> None:
         try:
             ray.init(address=address, **kw)
         except (ConnectionError, RuntimeError) as e:
-            raise ConfigError(f"Ray address {address}: cannot join ({str(e).splitlines()[0][:200]})") from None
+            hint = ("" if os.environ.get("RAY_AUTH_MODE") == "token" else
+                    "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and put its token in "
+                    "~/.ray/auth_token")
+            raise ConfigError(f"Ray address {address}: cannot join ({str(e).splitlines()[0][:200]}){hint}") from None
         return
-    ray.init(address="local", resources={DRIVER_RESOURCE: 10_000}, **kw)
+    ray.init(address="local", resources={DRIVER_RESOURCE: 10_000}, **({"_temp_dir": temp_dir} if temp_dir else {}), **kw)
 
 
 def driver_resources() -> dict[str, float]:

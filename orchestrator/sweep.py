@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster.check_storage(storage_path, multi_node=multi, declared_shared=args.shared_storage, where=why)
     created = [d for d in (output_dir, None if "://" in storage_path else Path(storage_path).expanduser().resolve())
                if d is not None and not d.exists()]
-    output_dir = writable_dir(output_dir)
+    output_dir = writable_dir(output_dir, private=True)
     tracking_uri = tracking_uri or default_tracking_uri(output_dir)
     check_tracking_uri(tracking_uri)
     if "://" not in storage_path:
@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        cluster.start_ray(address, verbose=args.verbose)
+        cluster.start_ray(address, verbose=args.verbose,
+                          temp_dir=None if address else cluster.ray_temp_dir(output_dir))
         # before anything is logged: the cluster as it is now, and (bounded) waiting for it to grow
         if shape is None:
             multi, why = cluster.is_multi_node(None, cluster.alive_nodes())

@@ -141,15 +141,36 @@ def test_same_seed_same_metrics_through_the_orchestrator(tmp_path):
 STUDY_INT = """
     name: ctrlc
     base: {method: natural, dataset: digits, epochs: 6}
-    search: {algorithm: grid, params: {seed: {values: [0, 1]}}}
+    search: {algorithm: optuna, sampler: random, num_samples: 2, params: {seed: {type: int, low: 0, high: 1000}}}
     evaluation: {protocol: basic}
     resources: {max_concurrent_trials: 1}
 """
 
+PAYLOAD = "import os\nos.system('touch {marker}')\n"
+
+
+def plant_pickles(directory: Path, marker: Path) -> int:
+    """Replace every pickle Tune wrote (tuner.pkl, searcher state) with one that runs code."""
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (exec, (PAYLOAD.format(marker=marker),))
+
+    n = 0
+    for f in directory.rglob("*.pkl"):
+        f.write_bytes(pickle.dumps(Evil()))
+        n += 1
+    return n
+
 
 def test_ctrl_c_is_a_failure_that_leaves_the_study_resumable(tmp_path):
     """SIGINT to the process group (a terminal's Ctrl-C) mid-training: exit 130, no summary,
-    the MLflow parent and the running child KILLED; --resume then finishes every trial once."""
+    the MLflow parent and the running child KILLED. --resume then finishes every trial once,
+    the interrupted one from its checkpoint (the one before the latest, which is made unusable),
+    and loads none of Tune's pickles (replaced by ones that would run code)."""
+    from trainables.checkpoint import load_checkpoint
+
     study = write_study(tmp_path / "s.yaml", STUDY_INT)
     out = tmp_path / "out"
     log = tmp_path / "log1.txt"
@@ -169,11 +190,29 @@ def test_ctrl_c_is_a_failure_that_leaves_the_study_resumable(tmp_path):
     parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert [r.info.status for r in parent] == ["KILLED"]
     assert not [r for r in runs if r.info.status == "RUNNING"]
+    # Ray's session files went to the output directory, not /tmp/ray; the directory is private
+    assert list((out / "ray-tmp").glob("session_*"))
+    assert out.stat().st_mode & 0o077 == 0
+    # the interrupted trial's latest checkpoint becomes unusable: it resumes from the one before
+    (train_run,) = [d for d in (out / "ray").glob("train-*") if d.is_dir()]
+    ckpts = sorted(d for d in train_run.glob("checkpoint_*") if d.is_dir())
+    assert len(ckpts) >= 2
+    previous = load_checkpoint(ckpts[-2] / "checkpoint.pt")["epoch"]
+    (ckpts[-1] / "checkpoint.pt").write_bytes((ckpts[-1] / "checkpoint.pt").read_bytes()[:500])
+    marker = tmp_path / "PWNED"
+    assert plant_pickles(out / "ray", marker) >= 1
     log2 = tmp_path / "log2.txt"
     proc2 = start(["--config", str(study), "--output-dir", str(out), "--resume"], tmp_path, log2)
     assert proc2.wait(timeout=900) == 0, log2.read_text()[-3000:]
+    assert not marker.exists(), "--resume loaded a pickle from the storage path"
     s = json.loads((out / "summary.json").read_text())
     assert sorted(t["status"] for t in s["trials"]) == ["completed", "completed"]
     assert len({t["trial_id"] for t in s["trials"]}) == 2
+    (resumed,) = [t for t in s["trials"] if t.get("resumed_from_trial")]
+    assert resumed["metrics"]["resumed_from_epoch"] == previous
+    assert f"train-{resumed['resumed_from_trial']}" == train_run.name
     children = [r for r in mlflow_runs(out) if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
+    # the resumed trial's epochs went on in its first MLflow run
+    (first,) = [r for r in children if r.data.tags["trial_id"] == resumed["resumed_from_trial"]]
+    assert first.info.run_id == resumed["mlflow_run_id"]

@@ -53,14 +53,19 @@ def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
-def writable_dir(path: str | os.PathLike, what: str = "--output-dir") -> Path:
-    """Create ``path`` if needed and check that files can be written there."""
+def writable_dir(path: str | os.PathLike, what: str = "--output-dir", private: bool = False) -> Path:
+    """Create ``path`` if needed and check that files can be written there. A directory created
+    ``private`` is readable by its owner only (results, checkpoints and the MLflow database)."""
+    import tempfile
+
     p = Path(path).expanduser().resolve()
     try:
+        created = not p.exists()
         p.mkdir(parents=True, exist_ok=True)
-        probe = p / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        if created and private:
+            p.chmod(0o700)
+        with tempfile.TemporaryFile(dir=p):
+            pass
     except OSError as e:
         raise ConfigError(f"{what} {p}: not writable ({e.strerror or e})") from None
     return p

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.transfer_source:
         source, _, _ = load_model_from_checkpoint(args.transfer_source, data_root=args.data_root, download=args.download)
     device = pick_device(args.device)
-    out = writable_dir(args.output_dir)
+    out = writable_dir(args.output_dir, private=True)
     model.to(device)
     results = evaluate(model, bundle, protocol, eps=cfg.eps, seed=args.seed, device=device,
                        transfer_source=source, log=print)

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = resolve(raw_config(args))
     protocol = get_protocol(args.protocol)
     comp = build(cfg)  # loads data and any init checkpoint: bad input fails before anything is written
-    out = writable_dir(args.output_dir)
+    out = writable_dir(args.output_dir, private=True)
     t0 = time.perf_counter()
     history = fit(comp, log=print)
     train_time = time.perf_counter() - t0
