@@ -1,5 +1,11 @@
 """Every kind of bad input: one clear line naming the problem, a non-zero exit, no traceback,
-nothing written, and (for the sweep) no Ray start."""
+nothing written, and (for the sweep) no Ray start.
+
+Most cases call the command's ``main`` in this process, through the same ``run_main`` its
+console entry point uses, with ``ray.init`` made to fail the test if anything calls it (a fresh
+interpreter per case cost ~5 s each, most of the file's time). The cases in ``SUBPROCESS`` run
+the real command in a fresh interpreter, as a user would."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +96,12 @@ CASES = {
     "unknown study": (SWEEP, ["--study", "widthh"], "unknown study 'widthh'; expected one of:"),
     "missing study file": (SWEEP, ["--config", "/nonexistent/s.yaml"], "no such study file"),
     "unwritable output dir": (SWEEP, ["--study", "sensitivity", "--output-dir", "FILE/out"], "not writable"),
+    "server that answers /health but is not MLflow": (SWEEP, ["--study", "sensitivity", "--tracking-uri", "HEALTHURL"],
+                                                       "MLflow tracking server unreachable or not MLflow"),
+    "stage reference without =value": (SWEEP, study("stages:\n  - {name: a}\n  - {name: b, base: {init_checkpoint: 'stage:a/method'}}\n"),
+                                       "expected stage:NAME/key=value[,key=value], got the condition 'method'"),
+    "absurd WRN width from the command line": (SWEEP, ["--study", "width", "--set", "model_args.width=1e6"],
+                                               "model_args.width: expected an integer"),
     "unreachable MLflow server": (SWEEP, ["--study", "sensitivity", "--tracking-uri", "http://127.0.0.1:9"],
                                   "MLflow tracking server unreachable"),
     "bad MLflow URI": (SWEEP, ["--study", "sensitivity", "--tracking-uri", "mlflow.db"], "expected sqlite:////ABS/PATH"),
@@ -119,8 +131,68 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def health_server():
+    """An HTTP server that answers 200 "OK" to every GET, like a health endpoint: not MLflow."""
+    import http.server
+    import threading
+
+    class OK(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OK)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+# one case per command, and the ones whose failure comes from outside Python (YAML, a socket)
+SUBPROCESS = {"malformed YAML", "YAML alias bomb", "abbreviated flag", "unreachable Ray address", "train: unknown method",
+              "train: abbreviated flag", "evaluate: truncated checkpoint", "evaluate: CUDA without CUDA"}
+
+
+def _main_of(cmd):
+    if cmd is SWEEP:
+        from orchestrator.sweep import main
+    elif cmd is TRAIN:
+        from trainables.train import main
+    else:
+        from trainables.evaluate import main
+    return main
+
+
+def run_in_process(cmd, args, cwd, monkeypatch, capfd) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``cmd``'s main on ``args``, run as its entry point runs it."""
+    import ray
+
+    from trainables.cli import run_main
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray was started for bad input")
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(ray, "init", no_ray)
+    main = _main_of(cmd)
+    env = dict(os.environ)  # the sweep sets some library defaults in the environment
+    capfd.readouterr()
+    try:
+        with pytest.raises(SystemExit) as e:
+            run_main(lambda: main(args))
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+    out, err = capfd.readouterr()
+    return e.value.code, out, err
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_is_one_clear_line(case, tmp_path, ckpt):
+def test_bad_input_is_one_clear_line(case, tmp_path, ckpt, health_server, monkeypatch, capfd):
     cmd, arg, message = CASES[case]
     good, bad = ckpt
     file_ = tmp_path / "a_file"
@@ -128,7 +200,8 @@ def test_bad_input_is_one_clear_line(case, tmp_path, ckpt):
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
     subst = lambda s: (s.replace("GPUYAML", str(ROOT / "cluster" / "gpu.yaml")).replace("GOOD", str(good))  # noqa: E731
-                       .replace("BAD", str(bad)).replace("FILE", str(file_)).replace("EMPTY", str(empty)))
+                       .replace("BAD", str(bad)).replace("FILE", str(file_)).replace("EMPTY", str(empty))
+                       .replace("HEALTHURL", health_server))
     out = tmp_path / "out"
     if isinstance(arg, tuple):
         f = tmp_path / "study.yaml"
@@ -141,14 +214,18 @@ def test_bad_input_is_one_clear_line(case, tmp_path, ckpt):
         args = [subst(a) for a in arg]
     if "--output-dir" not in args:
         args += ["--output-dir", str(out)]
-    p = subprocess.run(cmd + args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert p.returncode == 2, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], p.stderr
-    assert "Traceback" not in p.stderr
+    if case in SUBPROCESS:
+        p = subprocess.run(cmd + args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        code, stdout, stderr = p.returncode, p.stdout, p.stderr
+    else:
+        code, stdout, stderr = run_in_process(cmd, args, tmp_path, monkeypatch, capfd)
+    assert code == 2, (code, stdout[-2000:], stderr[-2000:])
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
+    assert "Traceback" not in stderr
     assert len(lines[0]) <= 700  # a bounded line, whatever the input quoted
     assert not out.exists() and not (tmp_path / "runs").exists() and not (tmp_path.parent / "ESCAPED").exists()
-    assert "Started a local Ray instance" not in p.stdout + p.stderr
+    assert "Started a local Ray instance" not in stdout + stderr
 
 
 def test_resume_refuses_another_studys_output_directory(tmp_path):
@@ -161,4 +238,21 @@ def test_resume_refuses_another_studys_output_directory(tmp_path):
     (line,) = p.stderr.strip().splitlines()
     assert "holds a launch of study 'width', not 'sensitivity'" in line
     assert sorted(f.name for f in out.iterdir()) == ["mlflow_runs.json"]  # nothing else written
+    assert "Started a local Ray instance" not in p.stdout + p.stderr
+
+
+def test_resume_refuses_a_launch_that_ran_another_plan(tmp_path):
+    """--resume with other options (here --smoke-test, not given at launch) than the launch had:
+    its trials would not match their records."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mlflow_runs.json").write_text('{"parent_run_id": "x", "study": "sensitivity", "plan": "0123456789abcdef", '
+                                          '"trials": {}, "ledger": {}}')
+    p = subprocess.run(SWEEP + ["--study", "sensitivity", "--smoke-test", "--resume", "--output-dir", str(out)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert p.returncode == 2, p.stderr
+    (line,) = p.stderr.strip().splitlines()
+    assert "--resume: the study, --smoke-test or the command-line values differ from the launch" in line
+    assert "launched as 0123456789abcdef" in line
+    assert sorted(f.name for f in out.iterdir()) == ["mlflow_runs.json"]
     assert "Started a local Ray instance" not in p.stdout + p.stderr

@@ -119,3 +119,16 @@ def test_init_study_smoke_runs_both_stages_as_one_command(tmp_path):
     pretrain_ck = {t["config"]["method"]: t["checkpoint"] for t in s["trials"] if t["stage"] == "pretrain"}
     assert starts["stage:pretrain/method=pgd_at"] == str(Path(pretrain_ck["pgd_at"]) / "checkpoint.pt")
     assert (tmp_path / "report.md").exists() and list((tmp_path / "beta").glob("*.png"))
+
+
+def test_a_paper_numbers_file_of_the_wrong_shape_is_one_clear_error(tmp_path, monkeypatch):
+    import pytest
+
+    from trainables.errors import ConfigError
+
+    (tmp_path / "listed.yaml").write_text("- 1\n- 2\n")
+    (tmp_path / "cells_not_a_list.yaml").write_text("cells: {a: 1}\n")
+    monkeypatch.setattr(reports, "PAPER_DIR", tmp_path)
+    for name in ("listed", "cells_not_a_list"):
+        with pytest.raises(ConfigError, match=f"paper: .*{name}.yaml: expected a mapping with a list of cells"):
+            reports.paper_numbers(name)
