@@ -60,21 +60,28 @@ def _check_same_study(runs_file: Path, study: str) -> None:
                           "resume it with its own study file or choose another --output-dir")
 
 
-def check_same_plan(runs_file: Path, fingerprint: str) -> None:
+def resumed_launch(runs_file: Path, fingerprint: str, storage_path: str | None) -> str | None:
     """--resume runs the study its launch ran: the same stages, budgets, search and seed after
-    --smoke-test and the command line (trials are matched to their records by config)."""
+    --smoke-test and the command line (trials are matched to their records by config), with
+    its checkpoints where the launch put them. Returns the launch's storage path (used when
+    --storage-path is not given again)."""
     import json
 
     from trainables.errors import ConfigError
 
     try:
-        earlier = json.loads(runs_file.read_text()).get("plan")
+        state = json.loads(runs_file.read_text())
+        earlier, stored = state.get("plan"), state.get("storage_path")
     except (OSError, ValueError, AttributeError):
-        return
+        return None
     if earlier and earlier != fingerprint:
         raise ConfigError(f"--resume: the study, --smoke-test or the command-line values differ from the launch in "
                           f"{runs_file.parent} (plan {fingerprint}, launched as {earlier}); resume with the same "
                           "file and options, or start a new launch in another --output-dir")
+    if storage_path and stored and storage_path != stored:
+        raise ConfigError(f"--resume: --storage-path {storage_path} is not where the launch in {runs_file.parent} keeps "
+                          f"its checkpoints ({stored}); leave it out or give that path")
+    return stored
 
 
 def pick_output_dir(args, name: str, study: str) -> Path:

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from orchestrator import cluster
     from orchestrator.ledger import plan_fingerprint
-    from orchestrator.preflight import check_checkpoints, check_data, check_same_plan, pick_output_dir
+    from orchestrator.preflight import check_checkpoints, check_data, pick_output_dir, resumed_launch
     from orchestrator.study import load_raw, parse, plan as make_plan
     from orchestrator.tracking import RUNS_FILE, check_tracking_uri, default_tracking_uri, normalize_uri
 
@@ -127,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and not (output_dir / RUNS_FILE).exists():
         raise ConfigError(f"--resume: nothing to resume in {output_dir} (no earlier launch of {study.name} there)")
     fingerprint = plan_fingerprint(plan)
+    storage_path = args.storage_path and (args.storage_path if "://" in args.storage_path
+                                          else str(Path(args.storage_path).expanduser().resolve()))
     if args.resume:
-        check_same_plan(output_dir / RUNS_FILE, fingerprint)
-    storage_path = args.storage_path or str(output_dir / "ray")
+        storage_path = resumed_launch(output_dir / RUNS_FILE, fingerprint, storage_path) or storage_path
+    storage_path = storage_path or str(output_dir / "ray")
     multi, why = cluster.is_multi_node(shape, [])
     cluster.check_storage(storage_path, multi_node=multi, declared_shared=args.shared_storage, where=why)
     created = [d for d in (output_dir, None if "://" in storage_path else Path(storage_path).expanduser().resolve())
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                                                "seed": plan.seed, "resources": plan.resources.__dict__,
                                                "stages": [s.name for s in plan.stages]},
                                   {**tags, "description": study.description[:500]}, resume=args.resume,
-                                  fingerprint=fingerprint)
+                                  launch={"plan": fingerprint, "storage_path": storage_path})
 
     rows: list[dict] = []
     refs: dict[str, str] = {}

@@ -163,7 +163,9 @@ class Tracker:
         self.save_state(state)
 
     def start_parent(self, study: str, params: Mapping[str, Any], tags: Mapping[str, str], resume: bool,
-                     fingerprint: str = "") -> str:
+                     launch: Mapping[str, Any] | None = None) -> str:
+        """The study's parent run: a new one, or on ``--resume`` the launch's own. ``launch``
+        (its plan fingerprint and storage path) is kept in the run file for later resumes."""
         pid = self.state.get("parent_run_id")
         if resume and pid:
             self.client.update_run(pid, "RUNNING")
@@ -172,7 +174,7 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=f"{study}-{time.strftime('%Y%m%d-%H%M%S')}",
                                      tags={**tags, "study": study, "kind": "study"})
         pid = run.info.run_id
-        self.save_state({"parent_run_id": pid, "experiment_id": self.experiment_id, "study": study, "plan": fingerprint,
+        self.save_state({"parent_run_id": pid, "experiment_id": self.experiment_id, "study": study, **(launch or {}),
                          "trials": {}, "ledger": {}})
         self.log_params(pid, params)
         return pid

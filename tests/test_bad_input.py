@@ -256,3 +256,23 @@ def test_resume_refuses_a_launch_that_ran_another_plan(tmp_path):
     assert "launched as 0123456789abcdef" in line
     assert sorted(f.name for f in out.iterdir()) == ["mlflow_runs.json"]
     assert "Started a local Ray instance" not in p.stdout + p.stderr
+
+
+def test_resume_refuses_another_storage_path(tmp_path, monkeypatch, capfd):
+    """--resume with a --storage-path other than the launch's: its checkpoints are not there."""
+    from orchestrator.ledger import plan_fingerprint
+    from orchestrator.study import load_raw, parse, plan
+
+    raw, src = load_raw(name="sensitivity")
+    fingerprint = plan_fingerprint(plan(parse(raw, src), src, smoke=True))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mlflow_runs.json").write_text('{"parent_run_id": "x", "study": "sensitivity", "plan": "%s", '
+                                          '"storage_path": "/data/launch", "trials": {}, "ledger": {}}' % fingerprint)
+    code, stdout, stderr = run_in_process(SWEEP, ["--study", "sensitivity", "--smoke-test", "--resume", "--output-dir",
+                                                  str(out), "--storage-path", str(tmp_path / "elsewhere")],
+                                          tmp_path, monkeypatch, capfd)
+    assert code == 2, stderr
+    (line,) = stderr.strip().splitlines()
+    assert "is not where the launch in" in line and "(/data/launch)" in line
+    assert sorted(f.name for f in out.iterdir()) == ["mlflow_runs.json"] and not (tmp_path / "elsewhere").exists()
