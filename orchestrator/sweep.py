@@ -223,8 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows))
     print(f"\nwrote {jpath}, {cpath}" + (f" and {len(report_files)} report file(s)" if report_files else ""))
-    print(f"open the MLflow UI:  {mlflow_ui_command(tracking_uri)}" if tracking_uri.startswith("sqlite")
-          else f"MLflow: {tracking_uri}")
+    if tracking_uri.startswith("sqlite"):
+        print(f"open the MLflow UI:  {mlflow_ui_command(tracking_uri)}")
+        # the UI's start page is MLflow's GenAI overview; the study's trials are in its runs table
+        print(f"  then http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs (the study's training runs)")
+    else:
+        print(f"MLflow: {tracking_uri.rstrip('/')}/#/experiments/{tracker.experiment_id}/runs")
     if rows and all(r["status"] == "failed" for r in rows):
         print(f"error: every trial failed (first: {rows[0].get('error', 'no cause recorded')})", file=sys.stderr)
         return EXIT_ALL_FAILED

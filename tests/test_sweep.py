@@ -1,5 +1,6 @@
 """End to end through local Ray on CPU: the sensitivity smoke study, and DDP over gloo."""
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -154,6 +155,9 @@ def test_printed_mlflow_command_works_in_a_new_shell(smoke):
     cmd = line.split(":", 1)[1].split()
     assert cmd[0] == sys.executable and cmd[1:4] == ["-m", "mlflow", "ui"]
     assert cmd[-4:] == ["--host", "127.0.0.1", "--port", "5000"]
+    # and where the study's runs are (the UI's start page is its GenAI overview)
+    after = p.stdout.splitlines()[p.stdout.splitlines().index(line) + 1]
+    assert re.fullmatch(r"  then http://127\.0\.0\.1:5000/#/experiments/\d+/runs \(the study's training runs\)", after), after
     v = subprocess.run([cmd[0], "-m", "mlflow", "--version"], capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
     assert v.returncode == 0, v.stderr[-500:]
 
