@@ -70,21 +70,22 @@ class TrialLedger(tune.Callback):
         return f"{self.stage}/{trial.trial_id}"
 
     def _update(self, trial, **fields) -> None:
+        """One read and one write of the run file: this trial's record, and the earlier record
+        it replaces when it resumes that one's Train run."""
         state = self.tracker.state
         records = state.setdefault("ledger", {})
-        record = records.setdefault(self._key(trial), {"stage": self.stage, "trial_id": trial.trial_id})
+        key = self._key(trial)
+        record = records.setdefault(key, {"stage": self.stage, "trial_id": trial.trial_id})
         record.update(fields)
+        if fields.get("resumes"):
+            for other, old in records.items():
+                if old.get("train_run") == record["train_run"] and other != key:
+                    old["superseded_by"] = trial.trial_id
         self.tracker.save_state(state)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         config = _plain(trial.config)
         train_run = self.resumes.get(config_key(config))
-        if train_run:  # the old record is replaced by this one
-            state = self.tracker.state
-            for key, old in state.get("ledger", {}).items():
-                if old.get("train_run") == train_run and key != self._key(trial):
-                    old["superseded_by"] = trial.trial_id
-            self.tracker.save_state(state)
         self._update(trial, config=config, status="running", train_run=train_run or f"train-{trial.trial_id}",
                      **({"resumes": train_run.removeprefix("train-")} if train_run else {}))
 

@@ -3,8 +3,9 @@
 Every rank calls ``ray.train.report`` once per epoch; rank 0 attaches the checkpoint (model,
 optimizer, method state such as SPROUT's beta, epoch, config). A restarted worker group
 resumes from ``ray.train.get_checkpoint()``, or from the one before it when that one is
-unusable; an epoch is safe to re-run because its data order depends only on (seed, epoch). The last epoch's report also carries the final
-evaluation (rank 0). A NaN or infinite loss ends the run with ``status: diverged``.
+unusable; an epoch is safe to re-run because its data order depends only on (seed, epoch).
+The last epoch's report also carries the final evaluation (rank 0). A NaN or infinite loss
+ends the run with ``status: diverged``.
 """
 from __future__ import annotations
 

@@ -111,3 +111,28 @@ def test_a_record_keeps_only_what_json_can_hold():
     rec = ledger._plain({"a": float("nan"), "b": (1, 2), "c": object})
     assert math.isnan(rec["a"]) and rec["b"] == [1, 2] and isinstance(rec["c"], str)
     assert json.loads(json.dumps(rec))["b"] == [1, 2]
+
+
+def test_a_trial_that_resumes_another_replaces_its_record():
+    """The ledger callback on a resumed trial: its record names the first Train run and the
+    first record is superseded, so the summary lists the trial once."""
+    from types import SimpleNamespace
+
+    store = {"ledger": {}}
+
+    class FakeTracker:  # Tracker's state / save_state, in memory
+        @property
+        def state(self):
+            return json.loads(json.dumps(store))
+
+        def save_state(self, state):
+            store.clear()
+            store.update(state)
+
+    cfg = {"seed": 1}
+    ledger.TrialLedger(FakeTracker(), "main").on_trial_start(0, [], SimpleNamespace(trial_id="a", config=cfg))
+    resumed = ledger.TrialLedger(FakeTracker(), "main", {ledger.config_key(cfg): "train-a"})
+    resumed.on_trial_start(0, [], SimpleNamespace(trial_id="b", config=cfg))
+    assert store["ledger"]["main/a"]["superseded_by"] == "b"
+    assert store["ledger"]["main/b"]["train_run"] == "train-a" and store["ledger"]["main/b"]["resumes"] == "a"
+    assert [r["trial_id"] for r in ledger.stage_records(store, "main")] == ["b"]
