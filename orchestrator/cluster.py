@@ -361,9 +361,17 @@ def ray_temp_dir(output_dir: Path) -> str:
     return str(link_dir / "t")
 
 
-def start_ray(address: str | None, verbose: bool = False, temp_dir: str | None = None) -> None:
+# What ray.init raises when the local node's processes did not come up in time: its raylet
+# waits a fixed 15 s for the dashboard agent's port file and exits after it, and ray.init waits a
+# fixed 30 s for the raylet (ray-project/ray#65983). On a loaded machine (a busy head node, two
+# cores shared with other work) both happen; neither wait can be set, so the start is tried again.
+SLOW_START = "timed out during startup"
+
+
+def start_ray(address: str | None, verbose: bool = False, temp_dir: str | None = None,
+              say: Callable[[str], None] = print) -> None:
     """Join ``address``, or start a private local Ray (never another cluster on this machine)
-    with its session files in ``temp_dir``."""
+    with its session files in ``temp_dir``; a local start that times out is tried once more."""
     import ray
 
     # The dashboard (ray[default]) must run: without it a trial that ASHA stops early never
@@ -386,7 +394,15 @@ def start_ray(address: str | None, verbose: bool = False, temp_dir: str | None =
                     "~/.ray/auth_token")
             raise ConfigError(f"Ray address {address}: cannot join ({str(e).splitlines()[0][:200]}){hint}") from None
         return
-    ray.init(address="local", resources={DRIVER_RESOURCE: 10_000}, **({"_temp_dir": temp_dir} if temp_dir else {}), **kw)
+    local = dict(address="local", resources={DRIVER_RESOURCE: 10_000}, **({"_temp_dir": temp_dir} if temp_dir else {}), **kw)
+    try:
+        ray.init(**local)
+    except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this
+        if SLOW_START not in str(e):
+            raise
+        say("ray: the local Ray did not start in time (the machine is busy); starting it once more")
+        ray.shutdown()
+        ray.init(**local)
 
 
 def driver_resources() -> dict[str, float]:

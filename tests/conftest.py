@@ -1,3 +1,11 @@
+"""Shared fixtures, and the two tiers.
+
+The fast tier (``pytest -m "not slow"``, about 2 minutes) holds every unit test: no Ray, no
+AutoAttack, no training beyond a few seconds. Everything else is marked ``slow``. A test that is
+not marked slow and calls ``ray.init`` in this process fails (``_no_ray_in_the_fast_tier``).
+
+What is expensive is made once per session and shared by the tests that only read it: the
+smoke sweep (``smoke_sweep``) and a naturally trained digits model (``natural_digits``)."""
 import os
 import sys
 from pathlib import Path
@@ -18,8 +26,46 @@ def digits():
     return get_dataset("digits")
 
 
+@pytest.fixture(scope="session")
+def natural_digits(digits):
+    """A small CNN trained naturally for 8 epochs on digits (eval mode; about 3 s). Shared: no
+    test may change its weights."""
+    from trainables.config import resolve
+    from trainables.loop import build, fit
+
+    comp = build(resolve({"method": "natural", "epochs": 8, "monitor": {"every": 0}}))
+    fit(comp)
+    net = comp.net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)  # attacks need input gradients only; a test that trains it fails
+    return net
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory):
+    """The README's main job with --smoke-test (the sensitivity study, 3 Optuna trials, the quick
+    protocol with AutoAttack), run once per session through local Ray; its output directory and
+    completed process. The tests that read it are in tests/test_sweep.py."""
+    from helpers import sweep
+
+    out = tmp_path_factory.mktemp("sens")
+    return out, sweep("--smoke-test", "--output-dir", str(out), cwd=out)
+
+
 @pytest.fixture
 def tiny_batch():
     """8 random 1x8x8 images in [0, 1] with labels of 10 classes."""
     g = torch.Generator().manual_seed(0)
     return torch.rand(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_in_the_fast_tier(request, monkeypatch):
+    """The fast tier starts no Ray: a test not marked slow that calls ray.init fails here."""
+    if request.node.get_closest_marker("slow") is None and "ray" in sys.modules:
+        import ray
+
+        def refuse(*a, **k):
+            raise AssertionError(f"{request.node.nodeid} starts Ray: mark it @pytest.mark.slow")
+
+        monkeypatch.setattr(ray, "init", refuse)

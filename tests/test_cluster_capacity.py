@@ -120,3 +120,40 @@ def test_the_on_premises_file_is_read_as_ray_up_reads_it_and_is_multi_node():
     assert is_multi_node(shape, [])[0]
     # resources left to detection: concurrency falls back to the flag, nothing is refused
     assert concurrency(shape, trial_need(1, 1, 8), 4, []) == 4
+
+
+def test_a_local_ray_that_times_out_at_start_is_started_once_more_and_says_so(monkeypatch, tmp_path):
+    """A loaded machine: the first ray.init gives up waiting for its raylet (Ray's own error);
+    the sweep starts Ray once more, with the same settings, and says so in one line. Any other
+    failure, and a second time-out, reach the caller unchanged."""
+    import ray
+
+    from orchestrator import cluster
+
+    timeout = Exception("The current node timed out during startup. This could happen because some of the "
+                        "raylet failed to startup or the GCS has become overloaded.")
+    calls, lines = [], []
+
+    def fake_init(**kw):
+        calls.append(kw)
+        if len(calls) in failures:
+            raise failures[len(calls)]
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    failures = {1: timeout}
+    cluster.start_ray(None, temp_dir=str(tmp_path), say=lines.append)
+    assert calls[1] == "shutdown" and calls[0] == calls[2] and calls[0]["_temp_dir"] == str(tmp_path)
+    assert len(lines) == 1 and "once more" in lines[0]
+
+    calls.clear(), lines.clear()
+    failures = {1: timeout, 3: timeout}
+    with pytest.raises(Exception, match="timed out during startup"):
+        cluster.start_ray(None, say=lines.append)
+    assert len([c for c in calls if c != "shutdown"]) == 2 and len(lines) == 1
+
+    calls.clear(), lines.clear()
+    failures = {1: RuntimeError("something else")}
+    with pytest.raises(RuntimeError, match="something else"):
+        cluster.start_ray(None, say=lines.append)
+    assert len(calls) == 1 and not lines

@@ -28,13 +28,8 @@ class Scaled(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def natural(digits):
-    from trainables.config import resolve
-    from trainables.loop import build, fit
-
-    comp = build(resolve({"method": "natural", "epochs": 8, "monitor": {"every": 0}}))
-    fit(comp)
-    return comp.net.eval()
+def natural(natural_digits):
+    return natural_digits  # trained once per session (conftest.py)
 
 
 # ----------------------------------------------------------------------------- C&W margin
@@ -116,6 +111,7 @@ def test_worst_case_is_per_image_over_the_images_every_attack_ran_on():
     assert w["robust_acc_min_attacks"] == ["pgd20", "autoattack"]
 
 
+@pytest.mark.slow  # AutoAttack
 def test_the_reported_worst_case_is_at_most_every_attack_on_the_same_images(natural, digits):
     p = get_protocol("quick", {"n": 80, "autoattack_n": 40, "curve_n": 40, "cw_l2_n": 10, "transfer": False})
     r = evaluate(natural, digits, p, seed=0)
@@ -181,6 +177,7 @@ def test_every_registered_check_has_a_boundary_test():
 
 
 # ----------------------------------------------------------------------------- AutoAttack's random state
+@pytest.mark.slow  # AutoAttack
 def test_autoattack_leaves_the_global_random_state_alone(natural, digits):
     from trainables.eval_attacks import autoattack
 
@@ -205,6 +202,7 @@ def test_pgd_early_exit_gives_what_attacking_every_input_to_the_end_gives(natura
     torch.testing.assert_close(fast, ref, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # AutoAttack
 def test_autoattack_curve_never_rises_and_attacks_only_what_is_still_standing(natural, digits, monkeypatch):
     import trainables.eval_attacks as ea
 
@@ -216,16 +214,18 @@ def test_autoattack_curve_never_rises_and_attacks_only_what_is_still_standing(na
         return real(model, x, y, eps=eps, **kw)
 
     monkeypatch.setattr(ea, "autoattack", spy)
-    p = get_protocol("standard", {"n": 40, "autoattack.n": 20, "curve.n": 30, "pgd": {"runs": [[10, 1]]},
+    n_aa, n_curve = 10, 16  # AutoAttack's images, and the curve's (a superset)
+    p = get_protocol("standard", {"n": 40, "autoattack.n": n_aa, "curve.n": n_curve, "pgd": {"runs": [[10, 1]]},
                                    "curve.multiples": [0.0, 0.5, 1.0, 2.0], "large_eps": False})
     r = evaluate(natural, digits, p, eps=0.05, seed=0, device=torch.device("cpu"))
     aa = r["curve_autoattack_acc"]
     assert all(b <= a for a, b in zip(aa, aa[1:])), aa
-    clean30 = int(round(r["curve_autoattack_acc"][0] * 30))
-    assert calls[0] == (0.05, 20)  # the protocol's own run
-    assert calls[1] == (0.025, clean30)  # the smallest eps: every clean-correct curve image
-    standing = int(round(aa[1] * 30))
-    assert calls[2][0] == 0.05 and calls[2][1] <= min(10, standing)  # only images the protocol's run did not cover
+    clean_n = int(round(r["curve_autoattack_acc"][0] * n_curve))
+    assert calls[0] == (0.05, n_aa)  # the protocol's own run
+    assert calls[1] == (0.025, clean_n)  # the smallest eps: every clean-correct curve image
+    standing = int(round(aa[1] * n_curve))
+    # only images the protocol's run did not cover
+    assert calls[2][0] == 0.05 and calls[2][1] <= min(n_curve - n_aa, standing)
     if len(calls) > 3:  # the largest eps: only what no smaller eps broke
-        assert calls[3][0] == 0.1 and calls[3][1] == int(round(aa[2] * 30))
-    assert aa[2] <= r["autoattack_acc"] * 20 / 30 + 10 / 30 + 1e-6
+        assert calls[3][0] == 0.1 and calls[3][1] == int(round(aa[2] * n_curve))
+    assert aa[2] <= r["autoattack_acc"] * n_aa / n_curve + (n_curve - n_aa) / n_curve + 1e-6

@@ -23,6 +23,8 @@ import psutil
 from helpers import wait_for
 import pytest
 
+pytestmark = pytest.mark.slow  # a simulated Ray cluster
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 HEAD_RESOURCES = {"CPU": 1, "sweep_driver": 10000}

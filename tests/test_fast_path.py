@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from trainables.loop import build, fit
@@ -41,6 +42,7 @@ def run(*args):
     return p
 
 
+@pytest.mark.slow
 def test_step_cost_benchmark_smallest_setting(tmp_path):
     out = tmp_path / "s.json"
     run("bench/step_cost.py", "--shape", "1,8,8", "--methods", "natural,sprout,pgd_at", "--repeats", "1",
@@ -50,6 +52,7 @@ def test_step_cost_benchmark_smallest_setting(tmp_path):
     assert {"device", "model", "batch_size", "machine"} <= set(r)
 
 
+@pytest.mark.slow
 def test_eval_cost_benchmark_smallest_setting(tmp_path):
     out = tmp_path / "e.json"
     run("bench/eval_cost.py", "--steps", "2", "--n", "16", "--autoattack-n", "4", "--repeats", "1", "--json", str(out),
@@ -62,6 +65,7 @@ def test_eval_cost_benchmark_smallest_setting(tmp_path):
     assert "pgd20" in row["attack_seconds"]
 
 
+@pytest.mark.slow
 def test_orchestration_benchmark_smallest_setting(tmp_path):
     out = tmp_path / "o.json"
     run("bench/orchestration.py", "--method", "natural", "--epochs", "3", "--json", str(out))
@@ -69,6 +73,7 @@ def test_orchestration_benchmark_smallest_setting(tmp_path):
     assert r["ray_over_plain_epoch_ratio"] > 0 and r["images_per_s_2_workers"] > 0
 
 
+@pytest.mark.slow
 def test_gpu_acceptance_runs_its_sections_on_cpu_when_asked(tmp_path):
     """The acceptance command's code path (tiny model, CPU); on a GPU it writes the real figures."""
     out = tmp_path / "acc.json"
@@ -96,6 +101,7 @@ def test_gpu_acceptance_refuses_to_pretend_without_cuda(tmp_path):
     assert p.returncode == 2 and p.stderr.strip().startswith("error: no CUDA device") and not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_precision_benchmark_smallest_setting(tmp_path):
     out = tmp_path / "precision.json"
     p = subprocess.run([sys.executable, str(ROOT / "bench" / "precision.py"), "--methods", "sprout", "--epochs", "1",

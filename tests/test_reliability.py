@@ -8,7 +8,10 @@ import textwrap
 from pathlib import Path
 
 import psutil
+import pytest
 from helpers import wait_for
+
+pytestmark = pytest.mark.slow  # every test here starts Ray
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "orchestrator" / "sweep.py"
@@ -58,21 +61,21 @@ def test_killed_worker_restarts_from_its_last_checkpoint(tmp_path):
     assert "pgd20_acc" in m and m["clean_acc"] > 0.5
 
 
-STUDY4 = """
+STUDY3 = """
     name: dk
     base: {method: natural, dataset: digits, epochs: 4, monitor: {every: 0}}
-    search: {algorithm: grid, params: {seed: {values: [0, 1, 2, 3]}}}
+    search: {algorithm: grid, params: {seed: {values: [0, 1, 2]}}}
     evaluation: {protocol: basic}
     resources: {max_concurrent_trials: 1}
 """
 
 
 def test_killed_driver_resumes_without_rerunning_completed_trials(tmp_path):
-    study = write_study(tmp_path / "s.yaml", STUDY4)
+    study = write_study(tmp_path / "s.yaml", STUDY3)
     out = tmp_path / "out"
     log = tmp_path / "log1.txt"
     proc = start(["--config", str(study), "--output-dir", str(out)], tmp_path, log)
-    wait_for(log, "2/4 trial", proc)
+    wait_for(log, "2/3 trial", proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, no clean-up
     proc.wait()
     done_first = [line.split()[3] for line in log.read_text().splitlines() if " completed:" in line]
@@ -90,52 +93,61 @@ def test_killed_driver_resumes_without_rerunning_completed_trials(tmp_path):
         assert f"trial {trial_id} epoch" not in rerun, f"{trial_id} was re-run"
     s = json.loads((out / "summary.json").read_text())
     ids = [t["trial_id"] for t in s["trials"]]
-    assert len(ids) == 4 == len(set(ids)) and set(done_first) <= set(ids)
+    assert len(ids) == 3 == len(set(ids)) and set(done_first) <= set(ids)
     assert all(t["status"] == "completed" for t in s["trials"])
     runs = mlflow_runs(out)
     assert not [r for r in runs if r.info.status == "RUNNING"]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
 
 
-def test_diverging_trial_is_recorded_and_the_study_goes_on(tmp_path):
-    study = write_study(tmp_path / "s.yaml", """
-        name: dv
-        base: {method: natural, dataset: digits, epochs: 3, monitor: {every: 0}}
-        search: {algorithm: grid, params: {optim.lr: {values: [0.1, 1.0e+20]}}}
-        evaluation: {protocol: basic}
-    """)
+DETDIV = """
+    name: detdiv
+    base: {method: sprout, dataset: digits, epochs: 3, monitor: {n: 64}}
+    search: {algorithm: grid, params: {optim.lr: {values: [0.1, 0.1, 1.0e+20]}}}
+    evaluation: {protocol: basic}
+"""
+
+
+@pytest.fixture(scope="module")
+def detdiv(tmp_path_factory):
+    """One sweep, --seed 7, three SPROUT trials: two identical (the same seed must give the same
+    numbers, through two separate trial processes) and one whose lr makes it diverge."""
+    tmp_path = tmp_path_factory.mktemp("detdiv")
+    study = write_study(tmp_path / "s.yaml", DETDIV)
     out = tmp_path / "out"
-    p = subprocess.run([sys.executable, str(SWEEP), "--config", str(study), "--output-dir", str(out)],
+    p = subprocess.run([sys.executable, str(SWEEP), "--config", str(study), "--output-dir", str(out), "--seed", "7"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    trials = {t["searched"]["optim.lr"]: t for t in json.loads((out / "summary.json").read_text())["trials"]}
-    assert trials[0.1]["status"] == "completed" and trials[1e20]["status"] == "diverged"
+    return out, json.loads((out / "summary.json").read_text())["trials"]
+
+
+def test_diverging_trial_is_recorded_and_the_study_goes_on(detdiv):
+    out, trials = detdiv
+    by_lr = {}
+    for t in trials:
+        by_lr.setdefault(t["searched"]["optim.lr"], []).append(t)
+    assert [t["status"] for t in by_lr[0.1]] == ["completed", "completed"]
+    (bad,) = by_lr[1e20]
+    assert bad["status"] == "diverged"
     runs = {r.info.run_id: r for r in mlflow_runs(out)}
-    bad = runs[trials[1e20]["mlflow_run_id"]]
-    assert bad.info.status == "FAILED" and bad.data.tags["trial_status"] == "diverged"
-    assert runs[trials[0.1]["mlflow_run_id"]].info.status == "FINISHED"
+    assert runs[bad["mlflow_run_id"]].info.status == "FAILED"
+    assert runs[bad["mlflow_run_id"]].data.tags["trial_status"] == "diverged"
+    assert all(runs[t["mlflow_run_id"]].info.status == "FINISHED" for t in by_lr[0.1])
 
 
-def test_same_seed_same_metrics_through_the_orchestrator(tmp_path):
-    study = write_study(tmp_path / "s.yaml", """
-        name: det
-        base: {method: sprout, dataset: digits, epochs: 4, monitor: {n: 64}}
-        evaluation: {protocol: basic}
-    """)
-    results = []
-    for i in range(2):
-        out = tmp_path / f"out{i}"
-        p = subprocess.run([sys.executable, str(SWEEP), "--config", str(study), "--output-dir", str(out), "--seed", "7"],
-                           capture_output=True, text=True, cwd=tmp_path, timeout=900)
-        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-        (t,) = json.loads((out / "summary.json").read_text())["trials"]
-        results.append({k: v for k, v in t["metrics"].items()
-                        if not ("time" in k or "per_s" in k or k.startswith("seconds/") or k in ("checkpoint_path",))})
-        # disk: of 4 epoch checkpoints only the last keep_checkpoints (2) remain
-        ckpts = [p for p in (out / "ray").glob("train-*/checkpoint_*") if p.is_dir()]
-        assert len(ckpts) == 2
+def test_same_seed_same_metrics_through_the_orchestrator(detdiv):
+    out, trials = detdiv
+    same = [t for t in trials if t["searched"]["optim.lr"] == 0.1]
+    assert len(same) == 2 and same[0]["trial_id"] != same[1]["trial_id"]
+    results = [{k: v for k, v in t["metrics"].items()
+                if not ("time" in k or "per_s" in k or k.startswith("seconds/") or k in ("checkpoint_path",))}
+               for t in same]
     assert results[0] == results[1]
+    # disk: of 3 epoch checkpoints only the last keep_checkpoints (2) remain, per trial
+    for t in same:
+        ckpts = [p for p in (out / "ray" / f"train-{t['trial_id']}").glob("checkpoint_*") if p.is_dir()]
+        assert len(ckpts) == 2, ckpts
 
 
 STUDY_INT = """

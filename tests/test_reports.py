@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 from orchestrator import reports
 from orchestrator.study import load_raw, parse
@@ -105,6 +106,7 @@ def test_imagenet_and_init_reports(tmp_path):
     assert "| natural |" in text and "| random |" in text
 
 
+@pytest.mark.slow  # starts Ray, 7 trials
 def test_init_study_smoke_runs_both_stages_as_one_command(tmp_path):
     """The starting checkpoints come from the first stage of the same command."""
     p = subprocess.run([sys.executable, str(ROOT / "orchestrator" / "sweep.py"), "--study", "init", "--smoke-test",
@@ -122,8 +124,6 @@ def test_init_study_smoke_runs_both_stages_as_one_command(tmp_path):
 
 
 def test_a_paper_numbers_file_of_the_wrong_shape_is_one_clear_error(tmp_path, monkeypatch):
-    import pytest
-
     from trainables.errors import ConfigError
 
     (tmp_path / "listed.yaml").write_text("- 1\n- 2\n")

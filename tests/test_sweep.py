@@ -7,22 +7,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import sweep
 
-ROOT = Path(__file__).resolve().parents[1]
-SWEEP = ROOT / "orchestrator" / "sweep.py"
-
-
-def sweep(*args, cwd, timeout=900):
-    p = subprocess.run([sys.executable, str(SWEEP), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return p
+pytestmark = pytest.mark.slow  # every test here starts Ray
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sens")
-    p = sweep("--smoke-test", "--output-dir", str(out), cwd=out)
-    return out, p
+@pytest.fixture
+def smoke(smoke_sweep):
+    """The session's one smoke sweep (conftest.py): these tests only read what it wrote."""
+    return smoke_sweep
 
 
 def test_smoke_sensitivity_writes_summary_and_table(smoke):
@@ -89,7 +82,7 @@ def test_smoke_table_is_a_person_readable_summary(smoke):
     assert robust == sorted(robust, reverse=True)
     best = max(s["trials"], key=lambda t: t["metrics"]["robust_acc"])
     assert f"{100 * best['metrics']['robust_acc']:.1f}" in body[0]  # percentages
-    assert "AutoAttack on 20" in p.stdout and "test images" in p.stdout
+    assert "AutoAttack on 10" in p.stdout and "test images" in p.stdout
 
 
 def test_smoke_console_follows_each_trial_through_training_and_evaluation(smoke):
@@ -168,6 +161,7 @@ DDP_STUDY = textwrap.dedent("""
     base: {method: natural, dataset: digits, epochs: 6, batch_size: BATCH, monitor: {every: 0}}
     search: {algorithm: grid, params: {seed: {values: [0, 1]}}}
     evaluation: {protocol: basic}
+    resources: {cpus_per_worker: 0.5}  # both trials at once, also with 2 workers each
 """)
 
 
@@ -200,6 +194,7 @@ ASHA_STUDY = textwrap.dedent("""
         method_args.delta: {type: float, low: 0.0, high: 0.3}
       scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
     evaluation: {protocol: basic}
+    resources: {cpus_per_worker: 0.5}  # 4 trials at once on 2 CPUs: trial start-up overlaps
 """)
 
 

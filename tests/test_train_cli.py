@@ -21,6 +21,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # the runs fixture trains 3 methods for 10 epochs
 def test_robust_methods_beat_natural_under_pgd(runs):
     pgd = {m: r["final"]["pgd20_acc"] for m, (_, r) in runs.items()}
     clean = {m: r["final"]["clean_acc"] for m, (_, r) in runs.items()}
@@ -29,6 +30,7 @@ def test_robust_methods_beat_natural_under_pgd(runs):
     assert pgd["pgd_at"] > pgd["natural"] + 0.05, pgd
 
 
+@pytest.mark.slow  # the runs fixture trains 3 methods for 10 epochs
 def test_outputs_hold_config_history_and_checkpoint(runs):
     import torch
 
@@ -39,6 +41,7 @@ def test_outputs_hold_config_history_and_checkpoint(runs):
     assert ck["epoch"] == 10 and "rho" in ck["method"] and ck["config"]["model"] == "small_cnn"
 
 
+@pytest.mark.slow  # the runs fixture trains 3 methods for 10 epochs
 def test_same_seed_same_numbers(runs, tmp_path):
     main(["--method", "sprout", "--epochs", "10", "--seed", "0", "--output-dir", str(tmp_path), "--set", "monitor.every=0"])
     again = json.loads((tmp_path / "metrics.json").read_text())
@@ -47,6 +50,7 @@ def test_same_seed_same_numbers(runs, tmp_path):
     assert again["final"]["pgd20_acc"] == first["final"]["pgd20_acc"]
 
 
+@pytest.mark.slow  # the runs fixture trains 3 methods for 10 epochs
 def test_start_from_a_checkpoint(runs, tmp_path):
     src = runs["natural"][0] / "checkpoint.pt"
     main(["--method", "sprout", "--epochs", "1", "--init-checkpoint", str(src), "--output-dir", str(tmp_path)])

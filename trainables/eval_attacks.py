@@ -372,7 +372,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
                  metrics=lambda b: ["autoattack_acc", "autoattack_n", "autoattack_after_apgd_ce_acc", "autoattack_after_apgd_t_acc",
                                     "autoattack_after_fab_t_acc", "autoattack_after_square_acc"],
                  columns=lambda b: [("AutoAttack", "autoattack_acc")], worst_case=lambda b: ["autoattack_acc"],
-                 smoke=lambda b: {"n": 20})
+                 smoke=lambda b: {"n": 10})
 def run_aa(ctx: EvalContext, b: AutoAttackBudget) -> None:
     """AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square)."""
     xs, ys = ctx.first(b.n)
@@ -413,8 +413,17 @@ class CurveBudget:
         return bool(self.multiples) and self.n != 0
 
 
+def _curve_smoke(b: CurveBudget) -> dict[str, Any]:
+    """PGD on 40 images; with AutoAttack, on AutoAttack's smoke images and only at eps 0, the
+    protocol's eps (its own AutoAttack run, reused) and above: a point below the protocol's eps
+    is a whole AutoAttack run on every clean-correct image, the cost of a smoke trial twice over."""
+    if not b.autoattack:
+        return {"n": 40}
+    return {"n": 10, "multiples": [m for m in b.multiples if m == 0 or m >= 1]}
+
+
 @register_attack("curve", CurveBudget, metrics=lambda b: ["curve_eps", "curve_pgd_acc"] + (["curve_autoattack_acc"] if b.autoattack else []),
-                 columns=lambda b: [], smoke=lambda b: {"n": 40 if not b.autoattack else 20})
+                 columns=lambda b: [], smoke=lambda b: _curve_smoke(b))
 def run_curve(ctx: EvalContext, b: CurveBudget) -> None:
     """Accuracy against eps: PGD (and AutoAttack if asked) at each multiple of eps.
 

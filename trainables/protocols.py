@@ -169,7 +169,7 @@ def get_protocol(name: str, overrides: Mapping[str, Any] | None = None) -> Proto
 
 def smoke_overrides(p: Protocol) -> dict[str, Any]:
     """Budgets that keep every attack of ``p`` but run in seconds (smoke tests): 100 images,
-    and each attack's own cut (AutoAttack on 20, at most 40 PGD steps and 2 restarts, ...)."""
+    and each attack's own cut (AutoAttack on 10, at most 40 PGD steps and 2 restarts, ...)."""
     out: dict[str, Any] = {"n": 100}
     for name, budget in p.attacks:
         cut = ATTACKS.get(name).smoke(budget)
