@@ -327,17 +327,36 @@ def alive_nodes() -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- joining or starting Ray
-def ray_address(explicit: str | None) -> str | None:
+def ray_address(explicit: str | None, say: Callable[[str], None] = print) -> str | None:
     """The cluster to join: --address, $RAY_ADDRESS, or this node's cluster when it is a head
-    started by `ray up` (where `ray submit` runs us). None: start a private local Ray, never
-    join some other cluster that happens to run on this machine."""
+    started by `ray up` (where `ray submit` runs us) and that cluster still runs. None: start a
+    private local Ray, never join some other cluster that happens to run on this machine."""
     if explicit:
         return explicit
     if os.environ.get("RAY_ADDRESS"):
         return os.environ["RAY_ADDRESS"]
     if Path(BOOTSTRAP_CONFIG).expanduser().is_file():
-        return "auto"
+        # `ray down` leaves the file behind: it says this was a head node, not that it is one
+        if local_ray_running():
+            say(f"ray: joining the cluster of this head node ({BOOTSTRAP_CONFIG} and a running Ray)")
+            return "auto"
+        say(f"ray: {BOOTSTRAP_CONFIG} is here but no Ray runs on this machine (a head node after `ray down`): "
+            "starting a private local Ray")
     return None
+
+
+def local_ray_running() -> bool:
+    """Whether a Ray cluster's GCS server runs on this machine."""
+    import psutil
+
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            cmd = proc.info["cmdline"] or []
+            if proc.info["name"] == "gcs_server" or (cmd and os.path.basename(cmd[0]) == "gcs_server"):
+                return True
+        except (psutil.Error, OSError):
+            continue
+    return False
 
 
 SOCKET_DIR_MAX = 37  # Ray's sockets are <temp>/session_<time>_<pid>/sockets/<name>: 107 bytes at most in all

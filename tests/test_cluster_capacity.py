@@ -157,3 +157,23 @@ def test_a_local_ray_that_times_out_at_start_is_started_once_more_and_says_so(mo
     with pytest.raises(RuntimeError, match="something else"):
         cluster.start_ray(None, say=lines.append)
     assert len(calls) == 1 and not lines
+
+
+def test_a_stale_bootstrap_file_does_not_turn_a_local_run_into_a_failed_join(monkeypatch, tmp_path):
+    """`ray down` leaves ~/ray_bootstrap_config.yaml on the head: the sweep joins that node's
+    cluster only while a Ray runs there, and says which it chose."""
+    from orchestrator import cluster
+
+    stale = tmp_path / "ray_bootstrap_config.yaml"
+    stale.write_text("cluster_name: gone\n")
+    monkeypatch.setattr(cluster, "BOOTSTRAP_CONFIG", str(stale))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    lines = []
+    monkeypatch.setattr(cluster, "local_ray_running", lambda: False)
+    assert cluster.ray_address(None, say=lines.append) is None
+    assert "no Ray runs on this machine" in lines[-1] and "private local Ray" in lines[-1]
+    monkeypatch.setattr(cluster, "local_ray_running", lambda: True)
+    assert cluster.ray_address(None, say=lines.append) == "auto" and "joining" in lines[-1]
+    assert cluster.ray_address("10.0.0.1:6379", say=lines.append) == "10.0.0.1:6379" and len(lines) == 2
+    stale.unlink()
+    assert cluster.ray_address(None, say=lines.append) is None and len(lines) == 2  # a plain machine: nothing said
