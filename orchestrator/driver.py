@@ -88,6 +88,7 @@ def run_trial(trial_config: dict[str, Any], *, payload: dict[str, Any]) -> None:
             "train": train_cfg,
             "protocol": payload["protocol"],
             "protocol_overrides": payload["protocol_overrides"],
+            "screen": payload.get("screen", "screen"),
             "transfer_source": substitute(payload.get("transfer_source"), payload["refs"]),
             "threads": max(1, int(res["cpus_per_worker"])),
             "console": payload.get("console"),  # where the final evaluation's per-attack lines go

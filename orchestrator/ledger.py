@@ -217,7 +217,7 @@ def seeded_study(search, sampler, ended: list[dict], name: str):
     dists = {optuna_key(k): distribution(s) for k, s in search.param_specs().items()}
     for r in ended:
         params = {k: v for k, v in optuna_params(r["config"]).items() if k in dists}
-        values = [(r.get("metrics") or {}).get(m) for m in search.metrics]
+        values = [(r.get("metrics") or {}).get(m) for m in search.objectives]  # what Optuna was told
         ok = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions={k: dists[k] for k in params},

@@ -129,6 +129,15 @@ def write_report(study, rows: list[dict], output_dir: Path) -> list[Path]:
     searches = sorted({f"{r['stage']}: {r['search']}" for r in rows if r.get("search")})
     if searches:
         text += ["Search: " + "; ".join(searches) + ".", ""]
+    selected = [r for r in rows if r.get("selected_on") == "validation"]
+    if selected:
+        nval = sorted({r["metrics"]["val/n_eval"] for r in selected if r["metrics"].get("val/n_eval")})
+        ntest = sorted({r["metrics"]["n_eval"] for r in selected if r["metrics"].get("n_eval")})
+        finalists = [r["trial_id"] for r in selected if r.get("finalist")]
+        text += [f"Selected on validation ({'/'.join(map(str, nval))} images held out of the training split; the "
+                 f"search saw only those numbers), evaluated on test ({'/'.join(map(str, ntest))} images). "
+                 f"Finalists (^): {', '.join(finalists) or 'none'}. Every accuracy below is the test split's unless "
+                 "named `val`; `summary.json` has each one's 95 % interval (`ci95`).", ""]
     precisions = sorted({str(r["metrics"]["precision"]) for r in rows if r["metrics"].get("precision")})
     if precisions:
         text += [f"Training forwards ran in {' and '.join(precisions)} (attacks always in fp32; `precision` in "
@@ -215,11 +224,14 @@ def sensitivity(rows, out, paper):
         else:
             text.append("Not enough completed trials with varied parameters to estimate importances.")
     plt.close("all")
-    text += ["", "## Trials", "", _md_table(
-        ["trial", *params, "clean", "robust min"],
-        [[("★ " if r.get("paper_default") else "") + r["trial_id"],
-          *[_num(_short_searched(r).get(k)) for k in params], _pct(r["metrics"]["clean_acc"]), _pct(r["metrics"]["robust_acc"])]
-         for r in sorted(done, key=lambda r: -r["metrics"]["robust_acc"])])]
+    val = lambda r, k: r["metrics"].get(f"val/{k}")  # noqa: E731
+    text += ["", "## Trials", "", "Ordered by the validation worst case the search selected on; ^ marks the finalists.", "",
+             _md_table(["trial", *params, "val clean", "val robust min", "clean", "robust min"],
+                       [[("^ " if r.get("finalist") else "") + ("★ " if r.get("paper_default") else "") + r["trial_id"],
+                         *[_num(_short_searched(r).get(k)) for k in params], _pct(val(r, "clean_acc")),
+                         _pct(val(r, "robust_acc")), _pct(r["metrics"]["clean_acc"]), _pct(r["metrics"]["robust_acc"])]
+                        for r in sorted(done, key=lambda r: -(val(r, "robust_acc") if _finite(val(r, "robust_acc"))
+                                                              else r["metrics"]["robust_acc"]))])]
     return text, files
 
 

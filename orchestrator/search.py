@@ -62,7 +62,7 @@ def make_searcher(stage, seed: int, cap: int, records: list[dict], name: str):
     scheduler = None
     if search.scheduler.type == "asha":
         epochs = resolve(strip_refs(stage.base)).epochs
-        scheduler = ASHAScheduler(time_attr="epoch", metric=search.metrics[0], mode=search.modes[0], max_t=epochs,
+        scheduler = ASHAScheduler(time_attr="epoch", metric=search.objectives[0], mode=search.modes[0], max_t=epochs,
                                   grace_period=search.scheduler.grace_period,
                                   reduction_factor=search.scheduler.reduction_factor, stop_last_trials=False)
     if search.algorithm == "grid":
@@ -75,7 +75,9 @@ def make_searcher(stage, seed: int, cap: int, records: list[dict], name: str):
         if search.enqueue_defaults and not records:
             points.append(default_point(specs, stage.base))
         sampler = make_sampler(search, seed)
-        searcher = OptunaSearch(space=DefineByRun(specs, stage.base), metric=search.metrics if multi else search.metrics[0],
+        # the objectives are validation numbers (study.SearchSpec.objectives): no test-split
+        # number reaches Optuna or ASHA
+        searcher = OptunaSearch(space=DefineByRun(specs, stage.base), metric=search.objectives if multi else search.objectives[0],
                                 mode=search.modes if multi else search.modes[0], points_to_evaluate=points or None,
                                 sampler=sampler, study_name=name,
                                 storage=ledger.seeded_study(search, sampler, ended, name))
@@ -104,6 +106,7 @@ def run_stage(stage, plan, *, storage_path: str, tracker, parent_run_id: str, re
     ended = len(ledger.split(records)[0])
     payload = {"base": stage.base, "resources": to_dict(plan.resources), "storage_path": storage_path,
                "protocol": stage.evaluation.protocol, "protocol_overrides": stage.evaluation.overrides,
+               "screen": stage.evaluation.screen,
                "transfer_source": stage.evaluation.transfer_source, "refs": refs, "stage": stage.name,
                "console": console, "resumes": resumes}
     trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), driver_resources)

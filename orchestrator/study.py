@@ -104,6 +104,18 @@ class SearchSpec:
         return [self.metric] if isinstance(self.metric, str) else list(self.metric)
 
     @property
+    def selects(self) -> bool:
+        """An Optuna search or an ASHA scheduler chooses among trials: it may see only numbers
+        measured on the validation split."""
+        return self.algorithm == "optuna" or self.scheduler.type == "asha"
+
+    @property
+    def objectives(self) -> list[str]:
+        """The names Optuna and ASHA are given: an accuracy of a selecting stage is its
+        validation number (``val/robust_acc``), never the test split's (``robust_acc``)."""
+        return [val_name(m) if self.selects else m for m in self.metrics]
+
+    @property
     def modes(self) -> list[str]:
         return [self.mode] if isinstance(self.mode, str) else list(self.mode)
 
@@ -122,14 +134,27 @@ class SearchSpec:
 
 @dataclass(frozen=True)
 class EvaluationSpec:
-    protocol: str = "quick"
+    protocol: str = "quick"  # the final evaluation, on the test split
     overrides: dict = field(default_factory=dict)  # protocol budgets, e.g. {n: 1000}
     transfer_source: str | None = None  # checkpoint path or "stage:NAME/key=value"
+    # the screening evaluation on the validation split (when the trial has one): what a search
+    # selects on. A protocol name; "screen" is clean, FGSM, PGD-20 and a PGD eps curve
+    screen: str = "screen"
 
     def validate(self, where: str) -> None:
         from trainables.protocols import PROTOCOLS
 
         check(self.protocol in PROTOCOLS, where, "protocol", f"one of {', '.join(PROTOCOLS)}", self.protocol)
+        check(self.screen in PROTOCOLS, where, "screen", f"one of {', '.join(PROTOCOLS)}", self.screen)
+
+
+VAL_PREFIX = "val/"  # validation-split numbers: the screening evaluation, the monitor of a split run
+
+
+def val_name(metric: str) -> str:
+    """An accuracy's validation name (``robust_acc`` -> ``val/robust_acc``); other metrics
+    (the training loss, timings) are the same on both splits."""
+    return VAL_PREFIX + metric if metric.endswith("_acc") else metric
 
 
 @dataclass(frozen=True)
@@ -281,7 +306,30 @@ def _build_stage(sraw: Mapping[str, Any], where: str, staged: bool, earlier: lis
         stage = build(StageSpec, sraw, "stages" if staged else "")
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+    stage = _with_validation_split(stage, where)
     _validate_stage(stage, where, earlier)
+    return stage
+
+
+def _with_validation_split(stage: StageSpec, where: str) -> StageSpec:
+    """A selecting stage trains on the training split minus a validation split: the study's
+    ``data.val_size``, or the data set's default (digits 20 %, CIFAR 5,000, ImageNet 10,000),
+    written into the stage's base so that every trial's saved config says which."""
+    if not stage.search.selects:
+        return stage
+    from trainables.data import DATASETS
+
+    data = dict(stage.base.get("data") or {})
+    size = data.get("val_size")
+    if size is None:
+        dataset = stage.base.get("dataset", "digits")
+        if not isinstance(dataset, str) or dataset not in DATASETS:
+            return stage  # an unknown data set is refused by the stage's own checks
+        data["val_size"] = DATASETS.get(dataset).val_default
+        return replace(stage, base={**stage.base, "data": data})
+    if isinstance(size, (int, float)) and not isinstance(size, bool) and size <= 0:
+        raise ConfigError(f"{where}: base.data.val_size: expected a count >= 1 or a fraction in (0, 1) where a stage "
+                          f"selects (an Optuna search or ASHA selects on the validation split), got {size}")
     return stage
 
 
@@ -392,6 +440,15 @@ def reported_metrics(stage: StageSpec) -> set[str]:
     return out
 
 
+def screened_metrics(stage: StageSpec) -> set[str]:
+    """The accuracies the screening evaluation measures on the validation split (and the
+    per-image worst case over them, ``robust_acc``)."""
+    from trainables.eval_attacks import metric_keys
+    from trainables.protocols import get_protocol
+
+    return {m for m in metric_keys(get_protocol(stage.evaluation.screen)) if m.endswith("_acc")} | {"clean_acc", "robust_acc"}
+
+
 def _validate_stage(stage: StageSpec, where: str, earlier: list[str]) -> None:
     specs = stage.search.param_specs(f"{where}: search")
     if stage.search.algorithm == "grid":
@@ -449,6 +506,13 @@ def _validate_stage(stage: StageSpec, where: str, earlier: list[str]) -> None:
         if m not in known:
             raise ConfigError(f"{where}: search.metric: {m!r} is not reported by this stage's trials; expected one of: "
                               f"{', '.join(sorted(known))}")
+    if stage.search.selects:
+        screened = screened_metrics(stage)
+        for m in metrics:
+            if m.endswith("_acc") and m not in screened:
+                raise ConfigError(f"{where}: search.metric: {m!r} is not measured on the validation split a search "
+                                  f"selects on (the test split is read only by the final evaluation); the screening "
+                                  f"protocol {stage.evaluation.screen!r} reports: {', '.join(sorted(screened))}")
     if stage.search.scheduler.type == "asha" and metrics[0] not in ("robust_acc", "clean_acc", "loss"):
         raise ConfigError(f"{where}: search.metric: ASHA needs a metric reported every epoch (robust_acc, clean_acc or loss), got {metrics[0]!r}")
 

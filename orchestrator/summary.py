@@ -4,10 +4,12 @@ from __future__ import annotations
 import csv
 import math
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from trainables.cli import one_line, write_json
+from trainables.intervals import intervals, wilson
 
 KEY_METRICS = ("clean_acc", "robust_acc", "pgd20_acc", "autoattack_acc", "epoch_time_s", "images_per_s")
 PLACEMENT = ("device", "node_id")  # where a trial ran: reported with its results, not a metric
@@ -92,7 +94,41 @@ def rows_from_records(records: list[dict], *, study: str, stage, refs: dict[str,
         if record.get("resumes"):
             rows[-1]["resumed_from_trial"] = record["resumes"]
     rows.sort(key=lambda r: r["trial_id"])
+    if stage.search.selects:
+        mark_finalists(rows, stage.search.objectives, stage.search.modes)
+    for r in rows:
+        r["ci95"] = intervals(r["metrics"])
     return rows
+
+
+FINALISTS = 3  # at most this many trials of a selecting stage are its finalists (plus the paper defaults)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def pareto(points: list[tuple[float, ...]]) -> list[int]:
+    """Indices of the points no other point dominates (every objective to be maximised)."""
+    def dominates(a, b):
+        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+    return [i for i, p in enumerate(points) if not any(dominates(q, p) for j, q in enumerate(points) if j != i)]
+
+
+def mark_finalists(rows: list[dict], objectives: list[str], modes: list[str], k: int = FINALISTS) -> None:
+    """Mark a selecting stage's finalists, chosen on its validation objectives only: the Pareto
+    set of the completed trials (the top one for a single objective; ties all kept), at most
+    ``k`` of them by the last objective, plus the paper-default trial. Nothing read from the
+    test split takes part in the choice."""
+    sign = [1.0 if m == "max" else -1.0 for m in modes]
+    done = [r for r in rows if r["status"] == "completed" and all(_finite(r["metrics"].get(o)) for o in objectives)]
+    points = [tuple(sg * r["metrics"][o] for sg, o in zip(sign, objectives)) for r in done]
+    front = sorted(pareto(points), key=lambda i: (-points[i][-1], done[i]["trial_id"]))[:k]
+    chosen = {done[i]["trial_id"] for i in front}
+    for r in rows:
+        r["finalist"] = r["trial_id"] in chosen or (bool(r.get("paper_default")) and r in done)
+        r["selected_on"] = "validation"
 
 
 def write_summary(output_dir: Path, study: str, rows: list[dict], extra: dict | None = None) -> tuple[Path, Path]:
@@ -114,6 +150,17 @@ def write_summary(output_dir: Path, study: str, rows: list[dict], extra: dict | 
                         *[r["searched"].get(k) for k in searched_keys], *[m.get(k) for k in metric_keys],
                         *[m.get(k) for k in extra_metrics], ";".join(m.get("masking_flags") or []), r["mlflow_run_id"]])
     return jpath, cpath
+
+
+def _pm(m: dict, key: str) -> str:
+    """An accuracy in % with its 95 % interval's half-width from its image count ("71.0±8.9")."""
+    from trainables.intervals import count_of
+
+    v, n = m.get(key), count_of(key, m)
+    if not _finite(v) or not n:
+        return _pct(v)
+    lo, hi = wilson(v, n)
+    return f"{100 * v:.1f}±{100 * (hi - lo) / 2:.0f}"
 
 
 def _pct(v: Any) -> str:
@@ -144,18 +191,22 @@ def table(rows: list[dict]) -> str:
     per-image worst case, the paper-default trial marked (*), at most TABLE_WIDTH characters
     (every column is in summary.csv), and a footer saying on how many images each attack ran."""
     searched = sorted({k for r in rows for k in r["searched"]})
-    head = ["trial", "stage", "method", *[short_name(k) for k in searched], "status", "clean%", "pgd20%", "AA%",
-            "robust%", "s/ep", "masking"]
-    order = sorted(rows, key=lambda r: -(r["metrics"].get("robust_acc") if isinstance(r["metrics"].get("robust_acc"), float)
-                                         and not math.isnan(r["metrics"]["robust_acc"]) else -1.0))
+    selected = any("val/robust_acc" in r["metrics"] for r in rows)
+    head = ["trial", "stage", "method", *[short_name(k) for k in searched], "status",
+            *(["val rob%"] if selected else []), "clean%", "pgd20%", "AA%", "robust%", "s/ep", "masking"]
+    # a search's table is ordered by what it selected on (validation), never by the test split
+    key = "val/robust_acc" if selected else "robust_acc"
+    order = sorted(rows, key=lambda r: -(r["metrics"][key] if _finite(r["metrics"].get(key)) else -1.0))
     body = []
     for r in order:
         m = r["metrics"]
         flags = m.get("masking_flags")
         masking = "-" if flags is None else (f"{len(flags)} flag(s)" if flags else "ok")
-        body.append([("*" if r.get("paper_default") else "") + r["trial_id"], r["stage"], r["config"].get("method"),
-                     *[_num(r["searched"].get(k)) for k in searched], r["status"], _pct(m.get("clean_acc")),
-                     _pct(m.get("pgd20_acc")), _pct(m.get("autoattack_acc")), _pct(m.get("robust_acc")),
+        mark = ("^" if r.get("finalist") else "") + ("*" if r.get("paper_default") else "")
+        body.append([mark + r["trial_id"], r["stage"], r["config"].get("method"),
+                     *[_num(r["searched"].get(k)) for k in searched], r["status"],
+                     *([_pm(m, "val/robust_acc")] if selected else []), _pct(m.get("clean_acc")),
+                     _pct(m.get("pgd20_acc")), _pct(m.get("autoattack_acc")), _pm(m, "robust_acc"),
                      _num(m.get("epoch_time_s")), masking])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     keep = len(head)
@@ -175,11 +226,18 @@ def table(rows: list[dict]) -> str:
         lines.append("; ".join(foot) + ".")
     if worst:
         lines.append(f"robust%: correct clean and under every white-box attack, on {'/'.join(map(str, sorted(worst)))} "
-                     "images (the number to trust).")
+                     "images (the number to trust), ± its 95 % interval (Wilson).")
+    if selected:
+        nval = {r["metrics"].get("val/robust_acc_min_n") for r in rows if r["metrics"].get("val/robust_acc_min_n")}
+        lines.append(f"^ finalists: selected on validation ({'/'.join(map(str, sorted(nval)))} images; val rob%: the "
+                     f"screening's worst case there); every other column is the test split's"
+                     f"{' (' + '/'.join(map(str, sorted(n))) + ' images)' if n else ''}.")
     if any(r.get("paper_default") for r in rows):
         lines.append("* the paper's default hyperparameters. PGD alone is an upper bound on robustness.")
     else:
         lines.append("PGD alone is an upper bound on robustness.")
+    # the footer wraps at the table's width; failure causes are cut to one line each
+    lines = lines[:2 + len(body)] + [w for x in lines[2 + len(body):] for w in textwrap.wrap(x, TABLE_WIDTH)]
     for r in rows:
         if r.get("error"):
             lines.append(one_line(f"failed {r['trial_id']}: {r['error']}", TABLE_WIDTH))

@@ -29,7 +29,7 @@ from trainables.errors import ConfigError
 RUNS_FILE = "mlflow_runs.json"
 # Results that are settings, not measurements: MLflow params, not metrics.
 SETTINGS = ("eps", "n_eval", "autoattack_n", "final", "attack_step_size", "large_eps", "cw_l2_radius", "cw_l2_n",
-            "robust_acc_min_n")
+            "robust_acc_min_n", "val/n_eval", "val/robust_acc_min_n")
 CHECKPOINT_ARTIFACT_MAX = 50 * 2**20  # a final checkpoint up to this size is also logged as an artifact
 
 
@@ -304,7 +304,7 @@ class MLflowTrialCallback(tune.Callback):
         if not result.get("final"):
             # per epoch the search objective repeats the monitor (monitor_*): MLflow keeps one
             # series per meaning, and clean_acc / robust_acc only from the final evaluation
-            skip |= {"clean_acc", "robust_acc"}
+            skip |= {"clean_acc", "robust_acc", "val/clean_acc", "val/robust_acc"}
         settings = {k: result[k] for k in SETTINGS if k in result}
         if settings:
             self.tracker.log_params(run_id, settings)
@@ -402,8 +402,10 @@ class Progress(tune.Callback):
         self.done += 1
         m = trial.last_result or {}
         flags = m.get("masking_flags")
+        val = (f"  (val clean {m['val/clean_acc']:.4f} robust {m['val/robust_acc']:.4f})"
+               if isinstance(m.get("val/robust_acc"), float) else "")
         print(f"[{self.stage}] {self.done}/{self.total} trial {trial.trial_id} {status}: "
-              f"clean {m.get('clean_acc', float('nan')):.4f}  robust {m.get('robust_acc', float('nan')):.4f}"
+              f"clean {m.get('clean_acc', float('nan')):.4f}  robust {m.get('robust_acc', float('nan')):.4f}{val}"
               f"{'  masking ' + describe_flags(flags) if flags else ''}  ({time.time() - self.t0:.0f}s)", flush=True)
 
     def drain(self, force: bool = False) -> None:
@@ -434,9 +436,12 @@ class Progress(tune.Callback):
                 first = f"  [{' '.join(values)}]" if values else ""
                 if result.get("resumed_from_epoch"):
                     first += f"  (resumed from its epoch-{result['resumed_from_epoch']} checkpoint)"
+            mon = ""
+            if "monitor_clean_acc" in result:  # the per-epoch monitor ran (monitor.every), on val or test
+                mon = (f"  monitor ({result.get('monitor_split', 'test')}) clean {result['monitor_clean_acc']:.3f}"
+                       f" robust {result.get('monitor_pgd_acc', float('nan')):.3f}")
             print(f"[{self.stage}] trial {trial.trial_id} epoch {result['epoch']}: loss {result.get('loss', float('nan')):.4f}"
-                  f"  monitor clean {result.get('clean_acc', float('nan')):.3f} robust {result.get('robust_acc', float('nan')):.3f}"
-                  f"  {result.get('images_per_s', 0):.0f} img/s{first}", flush=True)
+                  f"{mon}  {result.get('images_per_s', 0):.0f} img/s{first}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.drain(force=True)

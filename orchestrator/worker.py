@@ -20,6 +20,7 @@ from typing import Any
 from trainables.cli import write_json
 
 from .stages import CHECKPOINT_FILE
+from .study import VAL_PREFIX, val_name
 
 EVAL_FILE = "eval.json"
 logger = logging.getLogger(__name__)
@@ -135,6 +136,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     start_epoch = comp.start_epoch
     node_id = ray.get_runtime_context().get_node_id()
 
+    def screening() -> dict[str, Any]:
+        """The screening evaluation on the validation split, under validation names: what a
+        search selects on (the objectives, the finalists). Nothing here reads the test split."""
+        if not comp.bundle.has_val:
+            return {}
+        r = evaluate(comp.net, comp.bundle.as_test_of_validation(), get_protocol(config.get("screen", "screen")),
+                     eps=cfg.eps, seed=cfg.seed, device=device, log=console_say(config, "val"))
+        keep = ("n_eval", "robust_acc_min_n", "masking_flags", "eval_time_s", "protocol", "curve_eps")
+        out = {VAL_PREFIX + k: v for k, v in r.items() if k.endswith("_acc") or k in keep}
+        out[val_name("robust_acc")] = r.get("robust_acc_min", float("nan"))
+        return out
+
     def final_evaluation() -> dict[str, Any]:
         if saved_eval is not None:
             r = saved_eval  # the run finished before a crash lost its last report: no re-evaluation
@@ -142,10 +155,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             source = None
             if config.get("transfer_source"):
                 source, _, _ = load_model_from_checkpoint(config["transfer_source"])
-            r = evaluate(comp.net, comp.bundle, protocol, eps=cfg.eps, seed=cfg.seed, device=device,
-                         transfer_source=source, log=console_say(config))
+            r = {**screening(), **evaluate(comp.net, comp.bundle, protocol, eps=cfg.eps, seed=cfg.seed, device=device,
+                                           transfer_source=source, log=console_say(config))}
         out = {k: v for k, v in r.items() if k not in ("protocol_budgets", "masking_checks")}
-        out["masking_details"] = [f"{n}: {r['masking_checks'][n]['detail']}" for n in r.get("masking_flags", [])]
+        out["masking_details"] = [f"{n}: {r['masking_checks'][n]['detail']}" for n in r.get("masking_flags", [])
+                                  if n in r.get("masking_checks", {})]
         out["_eval"] = r
         out["robust_acc"] = r.get("robust_acc_min", float("nan"))
         for name, seconds in (r.get("attack_seconds") or {}).items():  # MLflow: seconds/<attack>
@@ -164,9 +178,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def on_epoch_end(metrics: dict[str, Any], make_state) -> None:
         report = dict(metrics)
         # the search objective exists in every result: the monitor's numbers per epoch,
-        # replaced by the final evaluation after the last epoch
-        report["clean_acc"] = metrics.get("monitor_clean_acc", float("nan"))
-        report["robust_acc"] = metrics.get("monitor_pgd_acc", float("nan"))
+        # replaced by the final evaluation after the last epoch. With a validation split the
+        # monitor measures it, and its numbers go under validation names only
+        split = (lambda m: val_name(m)) if comp.bundle.has_val else (lambda m: m)
+        report[split("clean_acc")] = metrics.get("monitor_clean_acc", float("nan"))
+        report[split("robust_acc")] = metrics.get("monitor_pgd_acc", float("nan"))
+        report["monitor_split"] = "val" if comp.bundle.has_val else "test"
         report["status"] = "running"
         report["resumed_from_epoch"] = start_epoch  # > 0 after a worker-group restart
         report["device"] = device_label
@@ -195,5 +212,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             fit(comp, on_epoch_end=on_epoch_end)
     except DivergedError as e:
-        ray.train.report({"status": "diverged", "resolved_config": resolved_json, "epoch": e.epoch, "loss": float("nan") if not math.isfinite(e.loss) else e.loss,
-                          "clean_acc": float("nan"), "robust_acc": float("nan"), "diverged": True})
+        nan = float("nan")
+        ray.train.report({"status": "diverged", "resolved_config": resolved_json, "epoch": e.epoch, "loss": nan if not math.isfinite(e.loss) else e.loss,
+                          "clean_acc": nan, "robust_acc": nan, val_name("clean_acc"): nan, val_name("robust_acc"): nan,
+                          "diverged": True})

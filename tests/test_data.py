@@ -114,3 +114,57 @@ def test_crop_flip_keeps_shape_and_content():
     x = torch.rand(6, 3, 32, 32)
     out = crop_flip(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.max() <= x.max()
+
+
+# ----------------------------------------------------------------------------- validation split
+def test_validation_split_is_stratified_seeded_and_disjoint(digits):
+    from trainables.data import with_validation
+
+    a = with_validation(digits, 0.2, seed=0)
+    b = with_validation(digits, 0.2, seed=0)
+    c = with_validation(digits, 0.2, seed=1)
+    assert len(a.y_val) == round(0.2 * 1437) == 287 and len(a.y_train) == 1437 - 287
+    assert torch.equal(a.val_index, b.val_index) and not torch.equal(a.val_index, c.val_index)
+    # held out of the training split: disjoint, and together they are the whole of it
+    train_rows = {tuple(r) for r in a.x_train.flatten(1).tolist()}
+    assert not any(tuple(r) in train_rows for r in a.x_val.flatten(1).tolist()[:50])
+    assert sorted(a.val_index.tolist()) == sorted(set(a.val_index.tolist()))
+    assert torch.equal(a.x_val, digits.x_train[a.val_index])
+    # every class in its share of the training split (to within one image)
+    share = torch.bincount(digits.y_train, minlength=10).double() * 287 / 1437
+    assert (torch.bincount(a.y_val, minlength=10).double() - share).abs().max() <= 1
+    # a prefix of the split mixes the classes (the monitor reads the first n)
+    assert len(set(a.y_val[:30].tolist())) >= 8
+    # a count, and the test split untouched
+    d = with_validation(digits, 100, seed=0)
+    assert len(d.y_val) == 100 and torch.equal(d.y_test, digits.y_test)
+    assert with_validation(digits, None) is digits and with_validation(digits, 0) is digits
+
+
+@pytest.mark.parametrize("size, message", [(1437, "fewer than the 1437 training images"),
+                                           (0.0001, "gives 0 validation images")])
+def test_a_validation_split_that_leaves_nothing_is_one_clear_error(digits, size, message):
+    from trainables.data import with_validation
+
+    with pytest.raises(DataError, match=message):
+        with_validation(digits, size)
+
+
+def test_folder_data_validation_split_uses_the_test_transform(tmp_path):
+    from PIL import Image
+
+    from trainables.data import with_validation
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("n01", "n02"):
+            d = tmp_path / split / cls
+            d.mkdir(parents=True)
+            for i in range(5):
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(d / f"{i}.JPEG")
+    b = with_validation(get_dataset("imagenet", root=str(tmp_path), image_size=32), 4)
+    assert len(b.train_dataset) == 6 and len(b.val_dataset) == 4
+    x1, y1 = b.val_tensors()
+    x2, _ = b.val_tensors()
+    assert torch.equal(x1, x2)  # no random crop or flip: the same images every time
+    assert sorted(y1.tolist()) == [0, 0, 1, 1]

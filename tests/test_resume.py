@@ -55,13 +55,17 @@ def test_a_grid_searched_num_samples_times_is_matched_as_a_multiset():
 def test_an_optuna_study_is_seeded_with_the_ended_trials_and_their_values():
     search = stage_of("sensitivity").search
     base = {"method_args": {"alpha": 0.01, "mixup_a": 0.2, "delta": 0.1, "lr_beta": 0.1}}
-    ended = [{"config": base, "metrics": {m: 0.5 + i for i, m in enumerate(search.metrics)}},
-             {"config": base, "metrics": {m: float("nan") for m in search.metrics}},  # diverged
+    # a record holds the trial's last result: its validation numbers (what Optuna was told) and
+    # its test numbers, which must not reach the new study
+    test = {m: 0.9 for m in search.metrics}
+    ended = [{"config": base, "metrics": {**test, **{m: 0.5 + i for i, m in enumerate(search.objectives)}}},
+             {"config": base, "metrics": {**test, **{m: float("nan") for m in search.objectives}}},  # diverged
              {"config": base, "metrics": {}}]  # failed before a result
+    assert search.objectives == ["val/clean_acc", "val/robust_acc"]
     storage = ledger.seeded_study(search, optuna.samplers.RandomSampler(seed=0), ended, "s")
     trials = optuna.load_study(study_name="s", storage=storage).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL"]
-    assert trials[0].values == [0.5 + i for i in range(len(search.metrics))]
+    assert trials[0].values == [0.5 + i for i in range(len(search.objectives))]
     assert trials[0].params == {"method_args/alpha": 0.01, "method_args/mixup_a": 0.2, "method_args/delta": 0.1,
                                 "method_args/lr_beta": 0.1}
 

@@ -28,6 +28,11 @@ def test_smoke_sensitivity_writes_summary_and_table(smoke):
         for k in ("clean_acc", "robust_acc", "pgd20_acc", "autoattack_acc", "epoch_time_s", "images_per_s"):
             assert k in t["metrics"], k
         assert t["metrics"]["masking_flags"] is not None
+        # selected on a validation split held out of digits' training split (20 %), screened there
+        assert t["config"]["data"]["val_size"] == 0.2 and t["metrics"]["val/n_eval"] == 287
+        assert {"val/clean_acc", "val/robust_acc", "val/pgd20_acc"} <= set(t["metrics"])
+        assert t["selected_on"] == "validation" and isinstance(t["finalist"], bool)
+        assert len(t["ci95"]["robust_acc"]) == 2 and len(t["ci95"]["val/robust_acc"]) == 2
     # the paper's defaults were enqueued as the first Optuna point
     firsts = [t["searched"] for t in s["trials"]]
     assert {"method_args.alpha": 0.01, "method_args.mixup_a": 0.2, "method_args.delta": 0.1,
@@ -72,17 +77,22 @@ def test_smoke_table_is_a_person_readable_summary(smoke):
     table = lines[:lines.index(next(x for x in lines if x.startswith("wrote ")))]
     assert max(len(x) for x in table) <= 120
     body = table[2:2 + len(s["trials"])]
-    ids = [row.split()[0].lstrip("*") for row in body]
+    ids = [row.split()[0].lstrip("^*") for row in body]
     assert sorted(ids) == sorted(t["trial_id"] for t in s["trials"])
     for t in s["trials"]:
         assert f"trial {t['trial_id']} epoch 1:" in p.stdout  # the same id in the progress lines
+        row = body[ids.index(t["trial_id"])]
+        assert row.startswith("^") == t["finalist"]  # the finalists, chosen on validation, marked
     default = [t for t in s["trials"] if t["paper_default"]]
-    assert len(default) == 1 and any(row.startswith("*" + default[0]["trial_id"]) for row in body)
-    robust = [t["metrics"]["robust_acc"] for t in sorted(s["trials"], key=lambda t: ids.index(t["trial_id"]))]
+    assert len(default) == 1 and any(row.lstrip("^").startswith("*" + default[0]["trial_id"]) for row in body)
+    # sorted by what the search selected on: the validation split's worst case, not the test split's
+    robust = [t["metrics"]["val/robust_acc"] for t in sorted(s["trials"], key=lambda t: ids.index(t["trial_id"]))]
     assert robust == sorted(robust, reverse=True)
-    best = max(s["trials"], key=lambda t: t["metrics"]["robust_acc"])
-    assert f"{100 * best['metrics']['robust_acc']:.1f}" in body[0]  # percentages
+    best = max(s["trials"], key=lambda t: t["metrics"]["val/robust_acc"])
+    assert f"{100 * best['metrics']['val/robust_acc']:.1f}±" in body[0]  # percentages with their interval
+    assert f"{100 * best['metrics']['robust_acc']:.1f}±" in body[0]
     assert "AutoAttack on 10" in p.stdout and "test images" in p.stdout
+    assert "selected on validation (287 images;" in p.stdout
 
 
 def test_smoke_console_follows_each_trial_through_training_and_evaluation(smoke):
@@ -93,11 +103,13 @@ def test_smoke_console_follows_each_trial_through_training_and_evaluation(smoke)
     s = json.loads((out / "summary.json").read_text())
     for t in s["trials"]:
         first = next(x for x in p.stdout.splitlines() if f"trial {t['trial_id']} epoch 1:" in x)
-        assert "monitor clean" in first and "img/s" in first and "alpha=" in first and "gamma_beta=" in first
+        assert "monitor (val) clean" in first and "img/s" in first and "alpha=" in first and "gamma_beta=" in first
         evals = [x for x in p.stdout.splitlines() if x.startswith(f"[main] trial {t['trial_id']} eval ")]
         names = {x.split(" eval ")[1].split(":")[0].split(" ")[0] for x in evals}
         assert {"clean", "pgd20", "autoattack"} <= names, evals
         assert all(x.endswith("s)") for x in evals if " eval clean" not in x and "skipped" not in x), evals
+        screened = [x for x in p.stdout.splitlines() if x.startswith(f"[main] trial {t['trial_id']} val ")]
+        assert {"clean", "fgsm", "pgd20"} <= {x.split(" val ")[1].split(":")[0] for x in screened}, screened
     both = p.stdout + p.stderr
     for noise in ("INFO", "Trial status", "[I 20", "Configuration for experiment", "View detailed results",
                   "maximum expected startup concurrency"):
@@ -133,6 +145,7 @@ def test_smoke_mlflow_layout_compares_trials_well(smoke):
         # one series per meaning: the monitor per epoch, the final evaluation once
         assert len(client.get_metric_history(r.info.run_id, "monitor_clean_acc")) == 3
         assert [m.step for m in client.get_metric_history(r.info.run_id, "clean_acc")] == [3]
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val/robust_acc")] == [3]  # the screening
         assert {"alpha", "mixup_a", "delta", "gamma_beta"} <= set(r.data.params)
         assert r.data.tags["searched_params"] == "alpha,mixup_a,delta,gamma_beta"
         assert r.data.params["precision"] == "fp32"

@@ -48,20 +48,30 @@ class DataConfig:
     download: bool = True
     image_size: int | None = None  # ImageNet crop size (224)
     loader_workers: int = 4  # DataLoader processes for folder data (ImageNet)
+    # a class-stratified validation split held out of the training split: a count of images
+    # (>= 1) or a fraction in (0, 1); None or 0 = none. With one, the model trains on the rest,
+    # the per-epoch monitor and the screening evaluation read it, the test split is read only
+    # by the final evaluation. A study's selecting stage sets the data set's default.
+    val_size: float | None = None
+    val_seed: int = 0  # the split's seed: the same images for every trial, whatever its seed
 
     def validate(self, where: str) -> None:
         check(self.loader_workers >= 0, where, "loader_workers", "an integer >= 0", self.loader_workers)
+        if self.val_size is not None:
+            check(self.val_size >= 0 and (self.val_size < 1 or float(self.val_size).is_integer()), where,
+                  "val_size", "a count of images (an integer >= 1), a fraction in (0, 1), or 0 for none", self.val_size)
+        check(0 <= self.val_seed < 2**32, where, "val_seed", "an integer in [0, 2^32)", self.val_seed)
         if self.image_size is not None:
             check(8 <= self.image_size <= 1024, where, "image_size", "an integer in [8, 1024]", self.image_size)
 
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """The per-epoch check on a fixed test subset (a monitor, not the final evaluation; it
-    is never used to choose a checkpoint)."""
+    """The per-epoch check on a fixed subset of the validation split (of the test split when
+    there is none: then it is a monitor only, never used to choose anything)."""
 
     every: int = 1  # epochs between checks; 0 = never
-    n: int = 256  # test images
+    n: int = 256  # images
     pgd_steps: int = 10  # PGD-k at the data set's eps, step eps/4, one random start
 
     def validate(self, where: str) -> None:
@@ -135,5 +145,9 @@ def resolve(raw: Mapping[str, Any] | TrainConfig) -> TrainConfig:
     epochs = cfg.epochs or data.default_epochs or method_cls.default_epochs
     eps = cfg.eps if cfg.eps is not None else data.eps
     batch_size = cfg.batch_size or data.batch_size
+    if cfg.data.val_size and data.num_train:  # a split that leaves nothing to train on fails here, not on a worker
+        from .data import val_count
+
+        val_count(cfg.data.val_size, data.num_train)
     return replace(cfg, model=model, epochs=epochs, eps=eps, batch_size=batch_size, model_args=margs,
                    method_args=meth, optim=optim)

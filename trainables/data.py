@@ -7,6 +7,7 @@ loader). ImageNet goes through a torchvision ``ImageFolder`` and a ``DataLoader`
 """
 from __future__ import annotations
 
+import copy
 import io
 import pickle
 from dataclasses import dataclass, field
@@ -36,6 +37,10 @@ class DatasetEntry:
     # 0.05. Digits (8x8): 0.5, where the radius separates models (measured, C&W 3x100 on 50
     # images: natural 78 %, SPROUT 90 %, PGD-AT 96 %; at 0.05 every model scores 100 %).
     cw_l2_radius: float = 0.05
+    # the validation split a selecting stage holds out of the training split when its study
+    # names none (data.val_size): a count of images, or a fraction of the training split
+    val_default: float = 5000
+    num_train: int | None = None  # the training split's size where it is fixed (bad-input checks)
 
 
 DATASETS: Registry[DatasetEntry] = Registry("data set")
@@ -67,6 +72,33 @@ class DataBundle:
     class_names: list[str] = field(default_factory=list)
     train_dataset: Any = None  # torch Dataset for folder data
     test_dataset: Any = None
+    x_val: torch.Tensor | None = None  # the validation split (held out of the training split), if any
+    y_val: torch.Tensor | None = None
+    val_dataset: Any = None
+    val_index: torch.Tensor | None = None  # its images' indices in the original training split
+
+    @property
+    def has_val(self) -> bool:
+        return self.y_val is not None or self.val_dataset is not None
+
+    def val_tensors(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``limit`` validation images as tensors (in the split's seeded order, so any
+        prefix mixes the classes)."""
+        if not self.has_val:
+            raise DataError(f"{self.name}: no validation split (set data.val_size)")
+        if self.x_val is not None:
+            n = len(self.y_val) if limit is None else min(limit, len(self.y_val))
+            return self.x_val[:n], self.y_val[:n]
+        ds = self.val_dataset
+        n = len(ds) if limit is None else min(limit, len(ds))
+        xs, ys = zip(*(ds[i] for i in range(n)))
+        return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+
+    def as_test_of_validation(self) -> "DataBundle":
+        """A view whose "test" images are the validation split: what evaluation code reads."""
+        from dataclasses import replace
+
+        return replace(self, x_test=self.x_val, y_test=self.y_val, test_dataset=self.val_dataset)
 
     @property
     def num_train(self) -> int:
@@ -89,11 +121,67 @@ def get_dataset(name: str, **kwargs: Any) -> DataBundle:
     return DATASETS.get(name).load(**kwargs)
 
 
+def val_count(val_size: float, num_train: int, where: str = "data.val_size") -> int:
+    """Images in the validation split: ``val_size`` is a count (>= 1) or a fraction in (0, 1)."""
+    n = int(round(val_size * num_train)) if 0 < val_size < 1 else int(val_size)
+    if not 1 <= n < num_train:
+        raise DataError(f"{where}: {val_size:g} gives {n} validation images; expected at least 1 and fewer than "
+                        f"the {num_train} training images")
+    return n
+
+
+def stratified_split(labels: torch.Tensor, n_val: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, validation indices): ``n_val`` images held out with every class in its
+    share of the training split (largest remainders), chosen by a seeded permutation; the
+    validation indices come in a seeded shuffled order so any prefix mixes the classes."""
+    g = torch.Generator().manual_seed(seed)
+    classes, counts = labels.unique(return_counts=True)
+    exact = counts.double() * n_val / len(labels)
+    take = exact.floor().long()
+    short = n_val - int(take.sum())
+    if short:
+        take[torch.argsort(exact - take.double(), descending=True, stable=True)[:short]] += 1
+    val, train = [], []
+    for c, k in zip(classes.tolist(), take.tolist()):
+        idx = (labels == c).nonzero().squeeze(1)
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        val.append(idx[:k])
+        train.append(idx[k:])
+    val_idx = torch.cat(val)
+    val_idx = val_idx[torch.randperm(len(val_idx), generator=g)]
+    return torch.cat(train).sort().values, val_idx
+
+
+def with_validation(bundle: DataBundle, val_size: float | None, seed: int = 0) -> DataBundle:
+    """``bundle`` with a class-stratified validation split of ``val_size`` held out of its
+    training split (None or 0: unchanged). The same ``seed`` gives the same split, whatever the
+    training seed: every trial of a search is measured on the same validation images."""
+    from dataclasses import replace
+
+    if not val_size:
+        return bundle
+    if bundle.y_train is not None:
+        n_val = val_count(val_size, len(bundle.y_train))
+        tr, va = stratified_split(bundle.y_train, n_val, seed)
+        return replace(bundle, x_train=bundle.x_train[tr], y_train=bundle.y_train[tr],
+                       x_val=bundle.x_train[va], y_val=bundle.y_train[va], val_index=va)
+    from torch.utils.data import Subset
+
+    labels = torch.tensor(bundle.train_dataset.targets, dtype=torch.long)
+    n_val = val_count(val_size, len(labels))
+    tr, va = stratified_split(labels, n_val, seed)
+    # validation images get the test transform (no random crop or flip)
+    val_view = copy.copy(bundle.train_dataset)
+    val_view.transform = bundle.test_dataset.transform
+    return replace(bundle, train_dataset=Subset(bundle.train_dataset, tr.tolist()),
+                   val_dataset=Subset(val_view, va.tolist()), val_index=va)
+
+
 # ----------------------------------------------------------------------------- digits
 # A small CNN from random init on 1437 images: batch 32 and lr 0.1 for every method (the
 # CIFAR references' SPROUT lr of 0.01 assumes a start from a naturally trained model).
 @register_dataset("digits", eps=0.1, cw_l2_radius=0.5, default_model="small_cnn", default_epochs=15,
-                  mean=(0.3,), std=(0.4,), batch_size=32, optim={"lr": 0.1})
+                  mean=(0.3,), std=(0.4,), batch_size=32, optim={"lr": 0.1}, val_default=0.2, num_train=1437)
 def digits(root: str | None = None, download: bool = True, image_size: int | None = None) -> DataBundle:
     """scikit-learn's bundled handwritten digits: 8x8 greyscale, 1797 images, 10 classes.
     A fixed seeded split (seed 0): 1437 train, 360 test. Needs no network."""
@@ -181,7 +269,7 @@ def _cifar(name: str, root: str | None, download: bool, folder: str, train_files
     )
 
 
-@register_dataset("cifar10", eps=8 / 255, default_model="vgg16", default_epochs=None,
+@register_dataset("cifar10", eps=8 / 255, default_model="vgg16", default_epochs=None, val_default=5000, num_train=50_000,
                   mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616))
 def cifar10(root: str | None = None, download: bool = True, image_size: int | None = None) -> DataBundle:
     return _cifar("cifar10", root, download, "cifar-10-batches-py",
@@ -189,7 +277,7 @@ def cifar10(root: str | None = None, download: bool = True, image_size: int | No
                   "labels", "label_names", 10, "CIFAR10")
 
 
-@register_dataset("cifar100", eps=8 / 255, default_model="vgg16", default_epochs=None,
+@register_dataset("cifar100", eps=8 / 255, default_model="vgg16", default_epochs=None, val_default=5000, num_train=50_000,
                   mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
 def cifar100(root: str | None = None, download: bool = True, image_size: int | None = None) -> DataBundle:
     return _cifar("cifar100", root, download, "cifar-100-python", ["train"], "test", "meta",
@@ -197,7 +285,7 @@ def cifar100(root: str | None = None, download: bool = True, image_size: int | N
 
 
 # ----------------------------------------------------------------------------- ImageNet
-@register_dataset("imagenet", eps=4 / 255, default_model="resnet152", default_epochs=None,
+@register_dataset("imagenet", eps=4 / 255, default_model="resnet152", default_epochs=None, val_default=10_000,
                   mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 def imagenet(root: str | None = None, download: bool = True, image_size: int | None = None) -> DataBundle:
     """An ImageFolder root with ``train/`` and ``val/`` (one folder per class in each).

@@ -22,7 +22,7 @@ from .attacks import pgd_linf
 from .checkpoint import load_checkpoint, load_weights
 from .schema import to_dict
 from .devices import generator, home
-from .data import DATASETS, DataBundle, dist_info, get_dataset, make_train_loader, set_loader_epoch
+from .data import DATASETS, DataBundle, dist_info, get_dataset, make_train_loader, set_loader_epoch, with_validation
 from .errors import DivergedError
 from .methods import METHODS, Method
 from .metrics import accuracy, batched
@@ -125,6 +125,8 @@ def build(cfg: TrainConfig, *, device: torch.device | None = None, resume: dict[
     if bundle is None:
         bundle = get_dataset(cfg.dataset, root=cfg.data.root, download=cfg.data.download,
                              image_size=cfg.data.image_size)
+    if not bundle.has_val:  # train on the training split minus the validation split
+        bundle = with_validation(bundle, cfg.data.val_size, cfg.data.val_seed)
     net = build_model(cfg, bundle)
     channels_last = cfg.fast.channels_last == "on" or (cfg.fast.channels_last == "auto" and device.type == "cuda")
     net = net.to(device, memory_format=torch.channels_last) if channels_last else net.to(device)
@@ -175,10 +177,16 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def monitor_split(bundle: DataBundle) -> str:
+    """Where the per-epoch monitor measures: the validation split when there is one."""
+    return "val" if bundle.has_val else "test"
+
+
 def monitor(comp: Components) -> dict[str, float]:
-    """Clean and PGD accuracy on the first ``monitor.n`` test images (rank 0)."""
+    """Clean and PGD accuracy on the first ``monitor.n`` validation images (test images when
+    there is no validation split; rank 0)."""
     m = comp.cfg.monitor
-    x, y = comp.bundle.test_tensors(m.n)
+    x, y = comp.bundle.val_tensors(m.n) if comp.bundle.has_val else comp.bundle.test_tensors(m.n)
     net = comp.net
     eps = comp.cfg.eps
     gen = generator(comp.device, comp.cfg.seed)
@@ -187,7 +195,8 @@ def monitor(comp: Components) -> dict[str, float]:
         return pgd_linf(net, xb, yb, eps=eps, steps=m.pgd_steps, step_size=eps / 4, generator=gen)
 
     x_adv = batched(attack, x, y, batch_size=256, device=comp.device)
-    return {"monitor_clean_acc": accuracy(net, x, y), "monitor_pgd_acc": accuracy(net, x_adv, y)}
+    return {"monitor_clean_acc": accuracy(net, x, y), "monitor_pgd_acc": accuracy(net, x_adv, y),
+            "monitor_split": monitor_split(comp.bundle)}
 
 
 def train_epoch(comp: Components, epoch: int) -> dict[str, Any]:

@@ -135,6 +135,11 @@ def with_overrides(protocol: Protocol, overrides: Mapping[str, Any] | None) -> P
 PROTOCOLS: dict[str, Protocol] = {
     # What `python -m trainables.train` reports: clean and PGD-20.
     "basic": make("basic", attacks={"pgd": {"runs": [[20, 1]]}}),
+    # The screening evaluation on the validation split that a search selects on (seconds, no
+    # AutoAttack): clean, FGSM, PGD-20, a PGD eps curve, and the masking checks they feed
+    # (eps 0 against clean, monotone in eps, one step against many, zero gradients, bounds).
+    "screen": make("screen", n=1000, attacks={
+        "fgsm": {}, "pgd": {"runs": [[20, 1]]}, "curve": {"multiples": [0.0, 0.5, 1.0, 2.0]}}),
     # Small and complete: every attack family, AutoAttack beside PGD, masking checks. Seconds
     # on digits; the smoke studies use it.
     "quick": make("quick", n=200, attacks={

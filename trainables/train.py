@@ -6,7 +6,9 @@
 
 Trains, evaluates clean and PGD-20 accuracy on the test split (L-inf, the data set's eps:
 0.1 on digits, 8/255 on CIFAR), writes DIR/metrics.json and DIR/checkpoint.pt, and prints a
-one-line summary.
+one-line summary. With ``--set data.val_size=0.2`` (a fraction, or a count) a stratified
+validation split is held out of the training data: the per-epoch monitor reads it, and the
+screening protocol runs on it (``val`` in metrics.json) beside the test split's evaluation.
 """
 from __future__ import annotations
 
@@ -68,9 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     history = fit(comp, log=print)
     train_time = time.perf_counter() - t0
     ckpt_path = save_checkpoint(_final_state(comp), out / "checkpoint.pt")
+    screened = {}
+    if comp.bundle.has_val:
+        screened = {"val": evaluate(comp.net, comp.bundle.as_test_of_validation(), get_protocol("screen"),
+                                    eps=cfg.eps, seed=cfg.seed, device=comp.device)}
     results = evaluate(comp.net, comp.bundle, protocol, eps=cfg.eps, seed=cfg.seed, device=comp.device)
     write_json(out / "metrics.json", {"config": to_dict(cfg), "history": history,
-                                      "train_time_s": train_time, "final": results})
+                                      "train_time_s": train_time, "final": results, **screened})
     print(format_table(results))
     print(f"{cfg.method} {cfg.model} {cfg.dataset}: clean {results['clean_acc']:.4f}  "
           f"pgd20 {results['pgd20_acc']:.4f} (eps {cfg.eps:.4g})  train {train_time:.1f}s  -> {Path(ckpt_path)}")

@@ -1,0 +1,137 @@
+"""Selection on the validation split: nothing measured on the test split reaches Optuna, ASHA
+or the choice of finalists. Unit tests on canned rows, and one search run twice on data that
+differ only in their test labels."""
+import json
+import pickle
+import textwrap
+
+import numpy as np
+import pytest
+
+from orchestrator.study import load_raw, parse, val_name
+from orchestrator.summary import mark_finalists, pareto, table
+from trainables.intervals import intervals, wilson
+
+
+def test_wilson_interval_matches_the_closed_form_and_stays_in_bounds():
+    lo, hi = wilson(0.7, 100)
+    assert lo == pytest.approx(0.6042, abs=1e-4) and hi == pytest.approx(0.7811, abs=1e-4)  # about +-9 points
+    lo, hi = wilson(0.7, 10_000)
+    assert hi - lo == pytest.approx(0.018, abs=1e-3)  # about +-0.9
+    assert wilson(0.0, 10)[0] == 0.0 and wilson(1.0, 10)[1] == pytest.approx(1.0) and wilson(1.0, 10)[0] < 1
+    ci = intervals({"clean_acc": 0.9, "n_eval": 100, "autoattack_acc": 0.5, "autoattack_n": 20, "robust_acc": 0.5,
+                    "robust_acc_min_n": 20, "val/robust_acc": 0.6, "val/robust_acc_min_n": 50, "loss": 0.3})
+    assert set(ci) == {"clean_acc", "autoattack_acc", "robust_acc", "val/robust_acc"}
+    assert ci["autoattack_acc"] == [round(x, 4) for x in wilson(0.5, 20)]
+    assert ci["val/robust_acc"] == [round(x, 4) for x in wilson(0.6, 50)]
+
+
+def test_a_search_selects_on_validation_names_only():
+    raw, src = load_raw(name="sensitivity")
+    stage = parse(raw, src).stages[0]
+    assert stage.search.selects and stage.search.objectives == ["val/clean_acc", "val/robust_acc"]
+    assert stage.base["data"]["val_size"] == 0.2  # digits' default, written into every trial's config
+    raw, src = load_raw(name="width")  # a grid selects nothing: the full training split, test metrics
+    stage = parse(raw, src).stages[0]
+    assert not stage.search.selects and stage.search.objectives == ["robust_acc"] and "data" not in stage.base
+    assert val_name("robust_acc") == "val/robust_acc" and val_name("loss") == "loss"
+
+
+def _row(tid, val, test, status="completed", default=False):
+    return {"trial_id": tid, "stage": "main", "status": status, "config": {"method": "sprout"}, "searched": {},
+            "paper_default": default, "metrics": {"val/clean_acc": val[0], "val/robust_acc": val[1],
+                                                  "clean_acc": test[0], "robust_acc": test[1], "n_eval": 100,
+                                                  "robust_acc_min_n": 100, "val/robust_acc_min_n": 50}}
+
+
+def test_finalists_are_the_validation_pareto_set_whatever_the_test_split_says():
+    val = {"a": (0.9, 0.5), "b": (0.8, 0.7), "c": (0.7, 0.6), "d": (0.95, 0.4), "e": (0.6, 0.8)}
+    objectives, modes = ["val/clean_acc", "val/robust_acc"], ["max", "max"]
+    assert sorted(pareto([val[k] for k in "abcde"])) == [0, 1, 3, 4]  # c is dominated by b
+    chosen = []
+    for test in ({k: (0.5, 0.5) for k in val}, {k: (0.1 * i, 1 - 0.1 * i) for i, k in enumerate(val)}):
+        rows = [_row(k, val[k], test[k]) for k in val] + [_row("f", (0.99, 0.99), (0.99, 0.99), status="failed")]
+        mark_finalists(rows, objectives, modes, k=3)
+        chosen.append({r["trial_id"] for r in rows if r["finalist"]})
+    # at most 3 of the Pareto set, by validation robust accuracy; a failed trial never
+    assert chosen[0] == chosen[1] == {"e", "b", "a"}
+    rows = [_row(k, val[k], (0.5, 0.5), default=(k == "c")) for k in val]
+    mark_finalists(rows, objectives, modes, k=1)
+    assert {r["trial_id"] for r in rows if r["finalist"]} == {"e", "c"}  # the paper defaults always go on
+    text = table(rows)
+    lines = text.splitlines()
+    assert lines[2].split()[0] == "^e" and "selected on validation (50 images;" in text and "±" in lines[2]
+    assert max(len(x) for x in lines) <= 120
+
+
+# ----------------------------------------------------------------------------- end to end
+def _write_cifar(root, test_labels, seed=0, n_batch=64, n_test=50):
+    """CIFAR-10's python format: class c is an image of its own colour plus noise, so a small
+    model learns it in a few dozen steps; the test images are the same in every copy, their
+    labels are ``test_labels``."""
+    rng = np.random.default_rng(seed)
+    colours = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255],
+                        [0, 255, 255], [255, 255, 255], [128, 128, 128], [255, 128, 0]])
+    pattern = np.repeat(colours, 1024, axis=1)  # (10, 3072): channel-major, as CIFAR stores it
+
+    def images(labels):
+        noise = rng.integers(-20, 21, (len(labels), 3072))
+        return np.clip(pattern[labels] + noise, 0, 255).astype(np.uint8)
+
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    for i in range(1, 6):
+        y = np.arange(n_batch) % 10
+        (base / f"data_batch_{i}").write_bytes(pickle.dumps({"data": images(y), "labels": list(y)}))
+    y_true = np.arange(n_test) % 10
+    (base / "test_batch").write_bytes(pickle.dumps({"data": images(y_true), "labels": list(test_labels(y_true))}))
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+
+
+SEARCH = ("{algorithm: optuna, num_samples: 3, metric: robust_acc, "
+          "params: {optim.lr: {type: float, low: 0.02, high: 0.3, log: true}}}")
+STUDY = textwrap.dedent("""
+    name: leak
+    base: {method: natural, dataset: cifar10, model: small_cnn, model_args: {width: 8}, epochs: 3, batch_size: 32,
+           eps: 0.01, monitor: {n: 32, pgd_steps: 2}, data: {download: false, val_size: 40}}
+    stages:
+      - {name: original, base: {data: {root: ROOT_A}}, search: SEARCH, evaluation: {protocol: basic, screen: basic}}
+      - {name: relabelled, base: {data: {root: ROOT_B}}, search: SEARCH, evaluation: {protocol: basic, screen: basic}}
+    resources: {max_concurrent_trials: 1}
+""")
+
+
+@pytest.mark.slow  # one sweep: two Optuna searches of 3 sequential trials
+def test_changing_only_the_test_labels_changes_no_choice(tmp_path):
+    """The same search on two copies of a data set that differ only in the test split's labels:
+    TPE's model-based third trial, the validation numbers and the finalists must be the same
+    (they would differ if a test-split number reached Optuna or the choice), while the test
+    numbers differ."""
+    from helpers import sweep
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write_cifar(a, lambda y: y)
+    _write_cifar(b, lambda y: (y + 3) % 10)  # every test label wrong: test accuracy collapses
+    text = STUDY.replace("ROOT_A", str(a)).replace("ROOT_B", str(b)).replace("SEARCH", SEARCH)
+    f = tmp_path / "leak.yaml"
+    f.write_text(text)
+    out = tmp_path / "out"
+    sweep("--config", str(f), "--output-dir", str(out), cwd=tmp_path)
+    trials = json.loads((out / "summary.json").read_text())["trials"]
+    assert [t["status"] for t in trials] == ["completed"] * 6
+    by = {s: {t["searched"]["optim.lr"]: t for t in trials if t["stage"] == s} for s in ("original", "relabelled")}
+    # the same three learning rates: the two seeded random start-up ones and TPE's third, which
+    # follows the objectives of the first two (it would differ if they were test numbers)
+    assert sorted(by["original"]) == sorted(by["relabelled"]) and len(by["original"]) == 3, by
+    for lr, t in by["original"].items():
+        twin = by["relabelled"][lr]
+        assert t["metrics"]["val/robust_acc"] == twin["metrics"]["val/robust_acc"]
+        assert t["metrics"]["val/clean_acc"] == twin["metrics"]["val/clean_acc"]
+        assert t["finalist"] == twin["finalist"]
+    assert any(t["finalist"] for t in by["original"].values())
+    # while the test numbers are read from each copy's own test labels: the models learnt the
+    # classes, so the relabelled copy's test accuracy collapses (the choice would have moved)
+    original = [t["metrics"]["clean_acc"] for t in by["original"].values()]
+    relabelled = [t["metrics"]["clean_acc"] for t in by["relabelled"].values()]
+    assert max(original) > 0.6 and max(relabelled) < 0.3, (original, relabelled)
+    assert len(set(original)) > 1, original  # the test numbers rank the trials: a leak would move TPE
