@@ -161,3 +161,16 @@ def test_reference_variant_does_three_theta_steps_then_a_clean_beta_step(tiny_ba
     m.train_step(x, y)
     assert len(seen) == 4
     assert all(not torch.equal(s, x) for s in seen[:3]) and torch.equal(seen[3], x)
+
+
+@pytest.mark.parametrize("method", ["natural", "sprout"])
+def test_a_diverging_run_is_reported_as_diverged_not_as_a_crash(method, digits):
+    """At lr 1e20 the loss turns NaN within an epoch. SPROUT's beta follows it, and the next
+    Dirichlet refuses a NaN concentration: that too is divergence (a trial status), not a crash."""
+    from trainables.config import resolve
+    from trainables.errors import DivergedError
+    from trainables.loop import build, fit
+
+    comp = build(resolve({"method": method, "epochs": 1, "optim": {"lr": 1e20}, "monitor": {"every": 0}}), bundle=digits)
+    with pytest.raises(DivergedError, match="diverged at epoch 1"):
+        fit(comp)

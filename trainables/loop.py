@@ -216,7 +216,14 @@ def train_epoch(comp: Components, epoch: int) -> dict[str, Any]:
         x = x.to(comp.device, non_blocking=True)
         y = y.to(comp.device, non_blocking=True)
         set_lr(optimizers, lr_factor(opt_cfg, cfg.epochs, epoch + i / max(steps, 1)), opt_cfg)
-        out = comp.method.train_step(x, y)
+        try:
+            out = comp.method.train_step(x, y)
+        except (ValueError, RuntimeError) as e:
+            # a diverged model can make a method's own step raise before the loss is checked
+            # (SPROUT: beta turns NaN with the loss, and the next Dirichlet refuses it)
+            if not torch.isfinite(loss_sum) or not all(torch.isfinite(p).all() for p in comp.net.parameters()):
+                raise DivergedError(epoch + 1, float("nan")) from e
+            raise
         # accumulate on the device: no host sync per step, no autograd graph kept alive
         loss_sum += out["loss"].float() * len(y)
         correct += (out["logits"].argmax(1) == y).sum()
