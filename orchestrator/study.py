@@ -21,6 +21,7 @@ import yaml
 from trainables.schema import build, check, deep_merge, flatten, load_yaml_file, set_nested, to_dict
 from trainables.errors import ConfigError
 
+from .splits import val_name
 from .stages import check_ref, is_ref, retarget_refs, strip_refs
 
 
@@ -146,15 +147,6 @@ class EvaluationSpec:
 
         check(self.protocol in PROTOCOLS, where, "protocol", f"one of {', '.join(PROTOCOLS)}", self.protocol)
         check(self.screen in PROTOCOLS, where, "screen", f"one of {', '.join(PROTOCOLS)}", self.screen)
-
-
-VAL_PREFIX = "val/"  # validation-split numbers: the screening evaluation, the monitor of a split run
-
-
-def val_name(metric: str) -> str:
-    """An accuracy's validation name (``robust_acc`` -> ``val/robust_acc``); other metrics
-    (the training loss, timings) are the same on both splits."""
-    return VAL_PREFIX + metric if metric.endswith("_acc") else metric
 
 
 @dataclass(frozen=True)

@@ -118,9 +118,9 @@ def pareto(points: list[tuple[float, ...]]) -> list[int]:
 
 def mark_finalists(rows: list[dict], objectives: list[str], modes: list[str], k: int = FINALISTS) -> None:
     """Mark a selecting stage's finalists, chosen on its validation objectives only: the Pareto
-    set of the completed trials (the top one for a single objective; ties all kept), at most
-    ``k`` of them by the last objective, plus the paper-default trial. Nothing read from the
-    test split takes part in the choice."""
+    set of the completed trials (for a single objective: the best, and any trial tied with it),
+    at most ``k`` of them by the last objective, plus the paper-default trial. Nothing read from
+    the test split takes part in the choice."""
     sign = [1.0 if m == "max" else -1.0 for m in modes]
     done = [r for r in rows if r["status"] == "completed" and all(_finite(r["metrics"].get(o)) for o in objectives)]
     points = [tuple(sg * r["metrics"][o] for sg, o in zip(sign, objectives)) for r in done]
@@ -188,7 +188,8 @@ def _num(v: Any) -> str:
 
 def table(rows: list[dict]) -> str:
     """The results table printed at the end of a study: accuracies in %, sorted by the
-    per-image worst case, the paper-default trial marked (*), at most TABLE_WIDTH characters
+    per-image worst case (a search's by its validation worst case, what it selected on; its
+    finalists marked ^), the paper-default trial marked (*), at most TABLE_WIDTH characters
     (every column is in summary.csv), and a footer saying on how many images each attack ran."""
     searched = sorted({k for r in rows for k in r["searched"]})
     selected = any("val/robust_acc" in r["metrics"] for r in rows)

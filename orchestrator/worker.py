@@ -20,7 +20,7 @@ from typing import Any
 from trainables.cli import write_json
 
 from .stages import CHECKPOINT_FILE
-from .study import VAL_PREFIX, val_name
+from .splits import VAL_PREFIX, val_name
 
 EVAL_FILE = "eval.json"
 logger = logging.getLogger(__name__)

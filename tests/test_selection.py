@@ -8,7 +8,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from orchestrator.study import load_raw, parse, val_name
+from orchestrator.splits import val_name
+from orchestrator.study import load_raw, parse
 from orchestrator.summary import mark_finalists, pareto, table
 from trainables.intervals import intervals, wilson
 
