@@ -181,9 +181,12 @@ def sensitivity(rows, out, paper):
     plt = _plt()
     study, default = search_study(done)
     robust = lambda t: t.values[1]  # noqa: E731
+    split = "validation " if _plotted(done)[0].startswith("val/") else ""
     files: list[Path] = []
     text = [f"{len(done)} completed trial(s); ★ marks the paper's defaults (alpha 0.01, Mixup a 0.2, Delta 0.1, "
-            "gamma_beta 0.01). Robust accuracy is the per-image worst case over the white-box attacks.", ""]
+            "gamma_beta 0.01). Robust accuracy is the per-image worst case over the white-box attacks"
+            + (" (the plots show the validation numbers the search selected on: the screening's)" if split else "")
+            + ".", ""]
 
     def save(ax, name: str, title: str) -> None:
         fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
@@ -193,29 +196,29 @@ def sensitivity(rows, out, paper):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ax = ovm.plot_pareto_front(study, target_names=["clean accuracy", "robust accuracy"])
+        ax = ovm.plot_pareto_front(study, target_names=[f"{split}clean accuracy", f"{split}robust accuracy"])
         if default is not None:
             ax.scatter(*default.values, marker="*", s=260, c="gold", edgecolors="k", zorder=5, label="paper defaults")
             ax.legend(loc="best", fontsize=8)
-        save(ax, "pareto", "Pareto front (clean vs robust)")
+        save(ax, "pareto", f"Pareto front ({split}clean vs {split}robust)")
         params = list(study.trials[0].params)
-        ax = ovm.plot_slice(study, target=robust, target_name="robust accuracy")
+        ax = ovm.plot_slice(study, target=robust, target_name=f"{split}robust accuracy")
         axes = list(ax.flat) if hasattr(ax, "flat") else [ax]
         if default is not None:
             for a, k in zip(axes, params):
                 a.scatter([default.params[k]], [default.values[1]], marker="*", s=200, c="gold", edgecolors="k", zorder=5)
-        save(ax, "slice", "Robust accuracy against each parameter (one point per trial)")
-        ax = ovm.plot_parallel_coordinate(study, target=robust, target_name="robust accuracy")
+        save(ax, "slice", f"{'Validation r' if split else 'R'}obust accuracy against each parameter (one point per trial)")
+        ax = ovm.plot_parallel_coordinate(study, target=robust, target_name=f"{split}robust accuracy")
         save(ax, "parallel", "Parallel coordinates")
         if len(done) >= CONTOUR_MIN_TRIALS and {"alpha", "mixup_a"} <= set(params):
-            ax = ovm.plot_contour(study, params=["alpha", "mixup_a"], target=robust, target_name="robust accuracy")
+            ax = ovm.plot_contour(study, params=["alpha", "mixup_a"], target=robust, target_name=f"{split}robust accuracy")
             save(ax, "contour", "Robust accuracy over (alpha, Mixup a), interpolated")
         else:
             text += [f"No contour: {len(done)} trial(s) (a contour needs at least {CONTOUR_MIN_TRIALS}; the slices "
                      "above show every trial as it is).", ""]
         imp = importances(done)
         if imp:
-            ax = ovm.plot_param_importances(study, target=robust, target_name="robust accuracy", evaluator=fanova())
+            ax = ovm.plot_param_importances(study, target=robust, target_name=f"{split}robust accuracy", evaluator=fanova())
             save(ax, "importance", "Parameter importances (Optuna, fANOVA on robust accuracy)")
             text.append(_md_table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in imp.items()]))
             if len(done) < IMPORTANCE_MIN_TRIALS:
@@ -245,9 +248,17 @@ def _short_searched(r: dict) -> dict[str, Any]:
     return {short_name(k): v for k, v in r["searched"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _plotted(done: list[dict]) -> list[str]:
+    """The two numbers the search plots show: what the search selected on (validation) when
+    every trial has them, so that Optuna's "best trials" are the search's own; else the test's."""
+    val = ["val/clean_acc", "val/robust_acc"]
+    return val if all(_finite(r["metrics"].get(k)) for r in done for k in val) else ["clean_acc", "robust_acc"]
+
+
 def search_study(done: list[dict]):
-    """The completed trials as an in-memory two-objective Optuna study (clean, robust), for
-    Optuna's plots; and the paper-default trial among them (or None)."""
+    """The completed trials as an in-memory two-objective Optuna study (clean, robust; on
+    validation when the search selected there), for Optuna's plots; and the paper-default
+    trial among them (or None)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -265,7 +276,7 @@ def search_study(done: list[dict]):
         if any(k not in sv for k in keys):
             continue
         t = optuna.trial.create_trial(params={k: float(sv[k]) for k in keys}, distributions=dists,
-                                      values=[r["metrics"]["clean_acc"], r["metrics"]["robust_acc"]])
+                                      values=[r["metrics"][k] for k in _plotted(done)])
         study.add_trial(t)
         if r.get("paper_default"):
             default = t

@@ -136,3 +136,14 @@ def test_changing_only_the_test_labels_changes_no_choice(tmp_path):
     relabelled = [t["metrics"]["clean_acc"] for t in by["relabelled"].values()]
     assert max(original) > 0.6 and max(relabelled) < 0.3, (original, relabelled)
     assert len(set(original)) > 1, original  # the test numbers rank the trials: a leak would move TPE
+
+
+def test_the_search_plots_show_what_the_search_selected_on():
+    """Optuna's Pareto plot marks its "best trials": drawn from validation numbers they are the
+    search's own finalists, not a choice made on the test split."""
+    from orchestrator.reports import _plotted
+
+    rows = [_row(k, (0.9, 0.5 + 0.1 * i), (0.5, 0.5)) for i, k in enumerate("abc")]
+    assert _plotted(rows) == ["val/clean_acc", "val/robust_acc"]
+    del rows[0]["metrics"]["val/robust_acc"]  # a study without a validation split: the test's
+    assert _plotted(rows) == ["clean_acc", "robust_acc"]
