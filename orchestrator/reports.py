@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+from trainables.intervals import finite as _finite
 from trainables.masking import describe_flags
 from trainables.schema import load_yaml_file, to_dict
 
@@ -236,10 +237,6 @@ def sensitivity(rows, out, paper):
                         for r in sorted(done, key=lambda r: -(val(r, "robust_acc") if _finite(val(r, "robust_acc"))
                                                               else r["metrics"]["robust_acc"]))])]
     return text, files
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _short_searched(r: dict) -> dict[str, Any]:

@@ -309,12 +309,13 @@ def _with_validation_split(stage: StageSpec, where: str) -> StageSpec:
     written into the stage's base so that every trial's saved config says which."""
     if not stage.search.selects:
         return stage
+    from trainables.config import TrainConfig
     from trainables.data import DATASETS
 
     data = dict(stage.base.get("data") or {})
     size = data.get("val_size")
     if size is None:
-        dataset = stage.base.get("dataset", "digits")
+        dataset = stage.base.get("dataset", TrainConfig.dataset)
         if not isinstance(dataset, str) or dataset not in DATASETS:
             return stage  # an unknown data set is refused by the stage's own checks
         data["val_size"] = DATASETS.get(dataset).val_default

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables.cli import one_line, write_json
-from trainables.intervals import intervals, wilson
+from trainables.intervals import count_of, finite as _finite, intervals, wilson
 
 KEY_METRICS = ("clean_acc", "robust_acc", "pgd20_acc", "autoattack_acc", "epoch_time_s", "images_per_s")
 PLACEMENT = ("device", "node_id")  # where a trial ran: reported with its results, not a metric
@@ -104,10 +104,6 @@ def rows_from_records(records: list[dict], *, study: str, stage, refs: dict[str,
 FINALISTS = 3  # at most this many trials of a selecting stage are its finalists (plus the paper defaults)
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def pareto(points: list[tuple[float, ...]]) -> list[int]:
     """Indices of the points no other point dominates (every objective to be maximised)."""
     def dominates(a, b):
@@ -154,8 +150,6 @@ def write_summary(output_dir: Path, study: str, rows: list[dict], extra: dict | 
 
 def _pm(m: dict, key: str) -> str:
     """An accuracy in % with its 95 % interval's half-width from its image count ("71.0±8.9")."""
-    from trainables.intervals import count_of
-
     v, n = m.get(key), count_of(key, m)
     if not _finite(v) or not n:
         return _pct(v)

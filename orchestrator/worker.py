@@ -180,10 +180,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # the search objective exists in every result: the monitor's numbers per epoch,
         # replaced by the final evaluation after the last epoch. With a validation split the
         # monitor measures it, and its numbers go under validation names only
-        split = (lambda m: val_name(m)) if comp.bundle.has_val else (lambda m: m)
-        report[split("clean_acc")] = metrics.get("monitor_clean_acc", float("nan"))
-        report[split("robust_acc")] = metrics.get("monitor_pgd_acc", float("nan"))
-        report["monitor_split"] = "val" if comp.bundle.has_val else "test"
+        name = val_name if comp.bundle.has_val else str
+        report[name("clean_acc")] = metrics.get("monitor_clean_acc", float("nan"))
+        report[name("robust_acc")] = metrics.get("monitor_pgd_acc", float("nan"))
         report["status"] = "running"
         report["resumed_from_epoch"] = start_epoch  # > 0 after a worker-group restart
         report["device"] = device_label

@@ -82,17 +82,11 @@ class DataBundle:
         return self.y_val is not None or self.val_dataset is not None
 
     def val_tensors(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``limit`` validation images as tensors (in the split's seeded order, so any
-        prefix mixes the classes)."""
+        """``limit`` validation images as tensors, chosen as ``test_tensors`` chooses (the split
+        is in a seeded order, so any prefix mixes the classes)."""
         if not self.has_val:
             raise DataError(f"{self.name}: no validation split (set data.val_size)")
-        if self.x_val is not None:
-            n = len(self.y_val) if limit is None else min(limit, len(self.y_val))
-            return self.x_val[:n], self.y_val[:n]
-        ds = self.val_dataset
-        n = len(ds) if limit is None else min(limit, len(ds))
-        xs, ys = zip(*(ds[i] for i in range(n)))
-        return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+        return self.as_test_of_validation().test_tensors(limit)
 
     def as_test_of_validation(self) -> "DataBundle":
         """A view whose "test" images are the validation split: what evaluation code reads."""

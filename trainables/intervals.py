@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import math
 
+def finite(v) -> bool:
+    """A real number (not a flag, not NaN or infinite): what an accuracy must be to count."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 Z95 = 1.959964  # the standard normal's 97.5 % quantile
 
 

@@ -177,11 +177,6 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def monitor_split(bundle: DataBundle) -> str:
-    """Where the per-epoch monitor measures: the validation split when there is one."""
-    return "val" if bundle.has_val else "test"
-
-
 def monitor(comp: Components) -> dict[str, float]:
     """Clean and PGD accuracy on the first ``monitor.n`` validation images (test images when
     there is no validation split; rank 0)."""
@@ -196,7 +191,7 @@ def monitor(comp: Components) -> dict[str, float]:
 
     x_adv = batched(attack, x, y, batch_size=256, device=comp.device)
     return {"monitor_clean_acc": accuracy(net, x, y), "monitor_pgd_acc": accuracy(net, x_adv, y),
-            "monitor_split": monitor_split(comp.bundle)}
+            "monitor_split": "val" if comp.bundle.has_val else "test"}
 
 
 def train_epoch(comp: Components, epoch: int) -> dict[str, Any]:
