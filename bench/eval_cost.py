@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import device_name, median, save, timed  # noqa: E402
-from trainables.attacks import bn_mode, input_grad, pgd_linf, pgd_linf_to_the_end  # noqa: E402
+from trainables.attacks import bn_mode, input_grad, pgd_linf, pgd_linf_best, pgd_linf_to_the_end  # noqa: E402
 
 
 def trained_model(device, method: str = "natural", epochs: int = 5):
@@ -72,7 +72,7 @@ def early_exit(methods: list[str], epochs: int, n: int, device) -> dict:
         x, y = x.to(device), y.to(device)
         kw = dict(eps=0.1, steps=100, step_size=0.025, restarts=3)
         t_end = timed(lambda: pgd_linf_to_the_end(net, x, y, generator=torch.Generator().manual_seed(0), **kw), device)
-        t_fast = timed(lambda: pgd_linf(net, x, y, keep="best", generator=torch.Generator().manual_seed(0), **kw), device)
+        t_fast = timed(lambda: pgd_linf_best(net, x, y, generator=torch.Generator().manual_seed(0), **kw), device)
         out[method] = {"to_the_end_s": round(t_end, 2), "early_exit_s": round(t_fast, 2), "speedup": round(t_end / t_fast, 2)}
         print(f"  {method:<10}{t_end:>8.1f}s / {t_fast:>6.1f}s = {t_end / t_fast:.2f}x")
     return out

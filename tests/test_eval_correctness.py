@@ -8,8 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.attacks import cw_margin, pgd_linf, pgd_linf_to_the_end
-from trainables.eval_attacks import EvalContext
+from trainables.attacks import cw_margin, pgd_linf, pgd_linf_best, pgd_linf_to_the_end
 from trainables.evaluate import evaluate, worst_case
 from trainables.masking import (AA_MAX_GAP, EPS0_MAX_CHANGED, LARGE_EPS_MAX_ACC, RESTARTS_MAX_GAIN, SQUARE_MAX_GAIN,
                                 ZERO_GRAD_MAX_FRAC, CHECKS, noise)
@@ -46,7 +45,7 @@ def test_cw_linf_attacks_images_whose_margin_exceeds_kappa(natural, digits):
     """With logits x1000 every margin is far beyond kappa = 50: the floor form never attacks
     them (C&W-L-inf = clean accuracy); the cap form breaks as many as plain PGD does."""
     model = Scaled(natural, 1000.0).eval()
-    p = get_protocol("basic", {"n": 100, "pgd": [], "cw_linf": {"steps": 20}, "checks": False})
+    p = get_protocol("basic", {"n": 100, "pgd": False, "cw_linf": {"steps": 20}, "checks": False})
     r = evaluate(model, digits, p, seed=0)
     assert r["cw_linf_acc"] < r["clean_acc"] - 0.2, r  # the floor form reported exactly clean accuracy
 
@@ -64,8 +63,8 @@ class Bump(nn.Module):
 def test_pgd_keeps_the_iterate_that_fools_not_the_last_one():
     x, y = torch.zeros(1, 1), torch.zeros(1, dtype=torch.long)
     kw = dict(eps=0.1, steps=2, step_size=0.05, random_start=False)
-    last = pgd_linf(Bump(), x, y, keep="last", **kw)
-    best = pgd_linf(Bump(), x, y, keep="best", **kw)
+    last = pgd_linf(Bump(), x, y, **kw)
+    best = pgd_linf_best(Bump(), x, y, **kw)
     assert Bump()(last).argmax(1).item() == 0  # stepped back out of the band
     assert Bump()(best).argmax(1).item() == 1 and best.item() == pytest.approx(0.05)
 
@@ -94,26 +93,24 @@ def test_robust_accuracy_never_exceeds_clean_accuracy(natural, digits):
 
 
 # ----------------------------------------------------------------------------- per-image worst case
-def _ctx(correct: dict[str, list[int]]) -> EvalContext:
-    n = len(correct["clean"])
-    ctx = EvalContext(model=nn.Identity(), bundle=None, x=torch.zeros(n, 1), y=torch.zeros(n, dtype=torch.long), eps=0.1,
-                      step_frac=0.25, batch_size=8, device=torch.device("cpu"), seed=0, gen=torch.Generator(), say=print)
-    ctx.correct = {k: torch.tensor(v, dtype=torch.bool) for k, v in correct.items()}
-    return ctx
+def _per_image(correct: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    return {k: torch.tensor(v, dtype=torch.bool) for k, v in correct.items()}
 
 
 def test_worst_case_is_per_image_over_the_images_every_attack_ran_on():
     # PGD breaks images 0 and 1, AutoAttack (on the first 4 only) breaks images 2 and 3:
     # each alone leaves 50 % on those 4 images, together they leave none
-    ctx = _ctx({"clean": [1, 1, 1, 1, 1, 1], "pgd20": [0, 0, 1, 1, 1, 1], "autoattack": [1, 1, 0, 0]})
-    w = worst_case(ctx, ["pgd20", "autoattack"])
+    w = worst_case(_per_image({"clean": [1, 1, 1, 1, 1, 0], "pgd20": [0, 0, 1, 1, 1, 0], "autoattack": [1, 1, 0, 0]}),
+                   ["pgd20", "autoattack"])
     assert w["robust_acc_min"] == 0.0 and w["robust_acc_min_n"] == 4
     assert w["robust_acc_min_attacks"] == ["pgd20", "autoattack"]
+    # beside it, every number on the same 4 images (PGD-20 is 50 % there, 50 % on all 6)
+    assert (w["wc_clean_acc"], w["wc_pgd20_acc"], w["wc_autoattack_acc"]) == (1.0, 0.5, 0.5)
 
 
 @pytest.mark.slow  # AutoAttack
 def test_the_reported_worst_case_is_at_most_every_attack_on_the_same_images(natural, digits):
-    p = get_protocol("quick", {"n": 80, "autoattack_n": 40, "curve_n": 40, "cw_l2_n": 10, "transfer": False})
+    p = get_protocol("quick", {"n": 80, "autoattack.n": 40, "curve.n": 40, "large_eps.n": 40, "cw_l2.n": 10, "transfer": False})
     r = evaluate(natural, digits, p, seed=0)
     assert r["robust_acc_min_n"] == 40
     assert r["robust_acc_min"] <= min(r["autoattack_acc"], r["masking_checks"]["pgd_overestimates_robustness"]["values"]["pgd20_acc"])
@@ -196,7 +193,7 @@ def test_pgd_early_exit_gives_what_attacking_every_input_to_the_end_gives(natura
     x, y = digits.test_tensors(96)
     kw = dict(eps=eps, steps=steps, step_size=eps / 4, restarts=restarts, loss=loss, kappa=50.0)
     ref = pgd_linf_to_the_end(natural, x, y, generator=torch.Generator().manual_seed(3), **kw)
-    fast = pgd_linf(natural, x, y, keep="best", bn="eval", generator=torch.Generator().manual_seed(3), **kw)
+    fast = pgd_linf_best(natural, x, y, bn="eval", generator=torch.Generator().manual_seed(3), **kw)
     fooled = (natural(ref).argmax(1) != y)
     assert 0 < int(fooled.sum()) < len(y)  # some inputs leave early, some stay to the end
     torch.testing.assert_close(fast, ref, rtol=0, atol=1e-6)

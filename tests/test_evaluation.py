@@ -87,7 +87,7 @@ def robust(digits):
 
 
 def small_quick(**kw):
-    return get_protocol("quick", {"n": 120, "autoattack_n": 40, "curve_n": 60, "cw_l2_n": 20, **kw})
+    return get_protocol("quick", {"n": 120, "autoattack.n": 40, "curve.n": 60, "large_eps.n": 60, "cw_l2.n": 20, **kw})
 
 
 def test_eps0_equals_clean_and_adversarial_inputs_stay_in_bounds(natural, digits):
@@ -99,7 +99,7 @@ def test_eps0_equals_clean_and_adversarial_inputs_stay_in_bounds(natural, digits
 
 
 def test_evaluation_is_deterministic_with_a_seed(natural, digits):
-    p = get_protocol("quick", {"n": 60, "autoattack_n": 0, "cw_l2_search_steps": 0, "transfer": False})
+    p = get_protocol("quick", {"n": 60, "autoattack.n": 0, "cw_l2.search_steps": 0, "transfer": False})
     a = evaluate(natural, digits, p, seed=3)
     b = evaluate(natural, digits, p, seed=3)
     for k in ("eval_time_s", "attack_seconds"):  # wall-clock figures

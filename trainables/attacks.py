@@ -92,42 +92,51 @@ def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: str 
 def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
              step_size: float, restarts: int = 1, random_start: bool = True, loss: str = "ce",
              target: torch.Tensor | None = None, bn: BNMode = "eval",
-             generator: torch.Generator | None = None, kappa: float = math.inf,
-             keep: Literal["last", "best"] = "last") -> torch.Tensor:
-    """PGD-L-inf. Returns per-sample worst-case inputs over ``restarts``: an input that any
-    restart fools (or, targeted, sends to ``target``) is kept. ``keep="best"`` (evaluation)
-    also keeps the first iterate of any step that fools, where the last iterate may have
-    stepped back out; ``"last"`` (training, as the reference codes do) takes each restart's
-    last iterate. ``steps=1, step_size=eps, random_start=False`` is FGSM.
-
-    With ``keep="best"`` an input leaves the attack at its first fooling iterate: later steps
-    and restarts run on the inputs still standing (as AutoAttack's APGD does). The result is
-    the same as attacking every input to the end (inputs are attacked independently: BatchNorm
-    in eval mode, a summed loss, the random starts drawn for the whole batch), at the cost of
-    the inputs that are still standing: a non-robust model is broken in a few steps."""
+             generator: torch.Generator | None = None, kappa: float = math.inf) -> torch.Tensor:
+    """PGD-L-inf as training uses it (the reference codes' attack): each restart's last iterate;
+    over ``restarts`` an input that any restart fools (or, targeted, sends to ``target``) is
+    kept. ``steps=1, step_size=eps, random_start=False`` is FGSM."""
     x = x.detach()
     best = x.clone()
     done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    with bn_mode(model, bn), fp32(x):
+        for _ in range(max(1, restarts)):
+            x_adv = linf_random_start(x, eps=eps, generator=generator) if random_start else x.clone()
+            for _ in range(steps):
+                x_req = x_adv.detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(_attack_loss(model(x_req), y, loss, target, kappa), x_req)
+                x_adv = linf_project(linf_step(x_adv, g, step_size=step_size), x, eps=eps).detach()
+            with torch.no_grad():
+                success = _fooled(model(x_adv), y, target)
+            take = ~done  # not fooled by an earlier restart: keep this restart's result
+            best[take] = x_adv[take]
+            done |= success
+    return best
 
-    def fooled(logits: torch.Tensor, yy: torch.Tensor, tt: torch.Tensor | None) -> torch.Tensor:
-        pred = logits.argmax(1)
-        return (pred == tt) if tt is not None else (pred != yy)
 
+def _fooled(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    pred = logits.argmax(1)
+    return (pred == target) if target is not None else (pred != y)
+
+
+def pgd_linf_best(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
+                  step_size: float, restarts: int = 1, random_start: bool = True, loss: str = "ce",
+                  target: torch.Tensor | None = None, bn: BNMode = "eval",
+                  generator: torch.Generator | None = None, kappa: float = math.inf) -> torch.Tensor:
+    """PGD-L-inf as evaluation uses it: per input, the first iterate of any step or restart that
+    fools the model (the last iterate may have stepped back out).
+
+    An input leaves the attack at its first fooling iterate: later steps and restarts run on the
+    inputs still standing (as AutoAttack's APGD does). The result is the same as attacking every
+    input to the end (``pgd_linf_to_the_end``: inputs are attacked independently, BatchNorm in
+    eval mode, a summed loss, the random starts drawn for the whole batch), at the cost of the
+    inputs that are still standing: a non-robust model is broken in a few steps."""
+    x = x.detach()
+    best = x.clone()
+    done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     with bn_mode(model, bn), fp32(x):
         for _ in range(max(1, restarts)):
             start = linf_random_start(x, eps=eps, generator=generator) if random_start else x.clone()
-            if keep == "last":
-                x_adv = start
-                for _ in range(steps):
-                    x_req = x_adv.detach().requires_grad_(True)
-                    (g,) = torch.autograd.grad(_attack_loss(model(x_req), y, loss, target, kappa), x_req)
-                    x_adv = linf_project(linf_step(x_adv, g, step_size=step_size), x, eps=eps).detach()
-                with torch.no_grad():
-                    success = fooled(model(x_adv), y, target)
-                take = ~done  # not fooled by an earlier restart: keep this restart's result
-                best[take] = x_adv[take]
-                done |= success
-                continue
             idx = (~done).nonzero().squeeze(1)  # the inputs no earlier restart fooled
             x_adv, x0, y0 = start[idx], x[idx], y[idx]
             t0 = target[idx] if target is not None else None
@@ -137,7 +146,7 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, 
                 x_req = x_adv.detach().requires_grad_(True)
                 logits = model(x_req)
                 (g,) = torch.autograd.grad(_attack_loss(logits, y0, loss, t0, kappa), x_req)
-                new = fooled(logits.detach(), y0, t0)  # this iterate fools: keep it, stop attacking it
+                new = _fooled(logits.detach(), y0, t0)  # this iterate fools: keep it, stop attacking it
                 if new.any():
                     best[idx[new]] = x_adv[new]
                     done[idx[new]] = True
@@ -147,7 +156,7 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, 
                 x_adv = linf_project(linf_step(x_adv, g, step_size=step_size), x0, eps=eps).detach()
             if len(idx):
                 with torch.no_grad():
-                    success = fooled(model(x_adv), y0, t0)
+                    success = _fooled(model(x_adv), y0, t0)
                 best[idx] = x_adv  # still standing: this restart's last iterate
                 done[idx] |= success
     return best
@@ -156,7 +165,7 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, 
 def pgd_linf_to_the_end(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
                         step_size: float, restarts: int = 1, generator: torch.Generator | None = None,
                         loss: str = "ce", kappa: float = math.inf) -> torch.Tensor:
-    """``pgd_linf(keep="best")`` as it ran before the early exit: every input, every step, every
+    """``pgd_linf_best`` as it ran before the early exit: every input, every step, every
     restart. The reference the early exit must reproduce (tests) and the cost it saves (bench)."""
     x = x.detach()
     best, done = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)

@@ -1,7 +1,15 @@
 """The evaluation's attacks as a registry: each entry has a name, a typed budget, a run function
-and the metric keys it writes. ``evaluate()`` runs a protocol's (attack, budget) list in the
-registry's order; protocols, reports and summaries take names, columns and metric keys from
-here. Adding an attack is one ``@register_attack`` entry (with its budget) plus its test.
+that measures per image, a summary that turns the per-image results into metrics, and the
+metric keys it writes. ``evaluate()`` runs a protocol's (attack, budget) list in the registry's
+order; protocols, reports and summaries take names, columns and metric keys from here. Adding an
+attack is one ``@register_attack`` entry (with its budget and summary) plus its test.
+
+An evaluation can be cut into shards of consecutive images (``trainables.evaluate``): ``run``
+sees one shard and records, per image, what its attack did (``Shard.per_image``), plus sums,
+maxima and seconds; ``summarize`` sees the union of every shard and computes the metrics and the
+masking checks' inputs from it, so that a sharded evaluation equals an unsharded one. Random
+starts are drawn per batch from a generator seeded by (seed, attack, the batch's first image):
+shards that start on a batch boundary draw what one evaluation would.
 
 Every attack works in [0, 1] pixel space, in fp32, with BatchNorm in eval mode. The math lives
 in ``trainables.attacks``; what is here decides budgets, images and what is recorded.
@@ -11,17 +19,19 @@ from __future__ import annotations
 import logging
 import re
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .attacks import bn_mode, brightness, contrast, cw_l2, grayscale, pgd_linf, rotate
-from .schema import check
+from .attacks import bn_mode, brightness, contrast, cw_l2, grayscale, input_grad, pgd_linf, pgd_linf_best, rotate
 from .data import DATASETS, DataBundle
-from .metrics import batched, predict
+from .devices import home
+from .metrics import predict
 from .registry import Registry
+from .schema import check
 
 Columns = list[tuple[str, str]]  # (table label, metric key)
 
@@ -30,7 +40,8 @@ Columns = list[tuple[str, str]]  # (table label, metric key)
 class Attack:
     name: str
     Budget: type  # frozen dataclass; ``enabled()`` says whether a budget runs the attack at all
-    run: Callable[["EvalContext", Any], None]
+    run: Callable[["EvalContext", Any], None]  # measures one shard, per image
+    summarize: Callable[["Summary", Any], None]  # metrics from the union of the shards
     metrics: Callable[[Any], list[str]]  # keys written into the result
     columns: Callable[[Any], Columns]  # what a results table shows
     # keys whose per-image results count in the worst case (white-box L-inf at the protocol's eps)
@@ -47,50 +58,138 @@ def attack_order() -> list[str]:
     return ATTACKS.ordered()
 
 
-def register_attack(name: str, Budget: type, *, metrics: Callable[[Any], list[str]],
-                    columns: Callable[[Any], Columns] | None = None,
+def register_attack(name: str, Budget: type, *, summarize: Callable[["Summary", Any], None],
+                    metrics: Callable[[Any], list[str]], columns: Callable[[Any], Columns] | None = None,
                     worst_case: Callable[[Any], list[str]] | None = None,
                     smoke: Callable[[Any], dict[str, Any]] | None = None):
     def deco(run: Callable[["EvalContext", Any], None]):
         cols = columns or (lambda b: [(name, k) for k in metrics(b) if k.endswith("_acc")])
-        ATTACKS.register(name)(Attack(name, Budget, run, metrics, cols, worst_case or (lambda b: []),
+        ATTACKS.register(name)(Attack(name, Budget, run, summarize, metrics, cols, worst_case or (lambda b: []),
                                       smoke or (lambda b: {}), (run.__doc__ or "").strip()))
         return run
 
     return deco
 
 
-# ----------------------------------------------------------------------------- the context
+# ----------------------------------------------------------------------------- a shard's results
+@dataclass
+class Shard:
+    """What one shard of an evaluation measured: per image (``per_image[name]`` covers the
+    shard's images from its first, as far as that attack's images reach), and in sums, maxima
+    and seconds. Plain data: it goes to JSON and back (``to_json``/``from_json``)."""
+
+    start: int  # the protocol image index of the shard's first image
+    n: int  # images in the shard
+    per_image: dict[str, torch.Tensor] = field(default_factory=dict)  # bool or float, (m,) with m <= n
+    counts: dict[str, float] = field(default_factory=dict)  # additive over shards
+    maxima: dict[str, float] = field(default_factory=dict)  # bound violations: the largest over shards
+    seconds: dict[str, float] = field(default_factory=dict)  # additive over shards
+    notes: dict[str, list] = field(default_factory=dict)  # lists, concatenated over shards
+    adversarial: dict[str, torch.Tensor] = field(default_factory=dict)  # kept AutoAttack inputs (not JSON)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start": self.start, "n": self.n, "counts": self.counts, "maxima": self.maxima,
+                "seconds": self.seconds, "notes": self.notes,
+                "per_image": {k: {"dtype": "bool" if v.dtype == torch.bool else "float", "values": v.tolist()}
+                              for k, v in self.per_image.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Shard":
+        per_image = {k: torch.tensor(v["values"], dtype=torch.bool if v["dtype"] == "bool" else torch.float64)
+                     for k, v in d["per_image"].items()}
+        return cls(int(d["start"]), int(d["n"]), per_image, dict(d["counts"]), dict(d["maxima"]),
+                   dict(d["seconds"]), {k: list(v) for k, v in d["notes"].items()})
+
+
+def union(shards: list[Shard]) -> Shard:
+    """The shards of one evaluation joined in image order; they must tile its images."""
+    shards = sorted(shards, key=lambda s: s.start)
+    at = 0
+    for s in shards:
+        if s.start != at:
+            raise ValueError(f"shards do not tile the images: one starts at {s.start}, expected {at}")
+        at += s.n
+    out = Shard(0, at)
+    for name in dict.fromkeys(k for s in shards for k in s.per_image):
+        parts, covered = [], 0
+        for s in shards:  # an attack on the first m images: its values stop at the first shard that is short
+            part = s.per_image.get(name)
+            if part is None or covered < s.start:
+                break
+            parts.append(part)
+            covered = s.start + len(part)
+        out.per_image[name] = torch.cat(parts)
+    for s in shards:
+        for k, v in s.counts.items():
+            out.counts[k] = out.counts.get(k, 0) + v
+        for k, v in s.seconds.items():
+            out.seconds[k] = out.seconds.get(k, 0.0) + v
+        for k, v in s.maxima.items():
+            out.maxima[k] = max(out.maxima.get(k, 0.0), v)
+        for k, v in s.notes.items():
+            out.notes.setdefault(k, []).extend(v)
+        for k, v in s.adversarial.items():
+            out.adversarial[k] = torch.cat([out.adversarial[k], v]) if k in out.adversarial else v
+    return out
+
+
+# ----------------------------------------------------------------------------- measuring one shard
+def stable_seed(*parts: Any) -> int:
+    """A seed from values, the same in every process (Python's own hash of a str is not)."""
+    return zlib.crc32(repr(parts).encode()) & 0x7FFFFFFF
+
+
 @dataclass
 class EvalContext:
-    """What every attack reads (model, images, budget, device) and writes (metrics, per-image
-    correctness, internals for the masking checks, seconds)."""
+    """What every attack reads while it measures one shard (model, the shard's images, budget,
+    device) and where it writes (``shard``)."""
 
     model: nn.Module
-    bundle: DataBundle
-    x: torch.Tensor  # (n, C, H, W) test images in [0, 1], CPU
+    bundle: DataBundle | None
+    x: torch.Tensor  # (n, C, H, W) the shard's images in [0, 1], CPU
     y: torch.Tensor
     eps: float
     step_frac: float
     batch_size: int
     device: torch.device
     seed: int
-    gen: torch.Generator
     say: Callable[[str], None]
+    start: int = 0  # the protocol image index of x[0]
     transfer_source: nn.Module | None = None
     protocol: Any = None
-    r: dict[str, Any] = field(default_factory=dict)  # the reported metrics
-    extra: dict[str, Any] = field(default_factory=lambda: {"bound_violations": {}})  # for the checks
-    correct: dict[str, torch.Tensor] = field(default_factory=dict)  # per-image, on the first len() images
-    seconds: dict[str, float] = field(default_factory=dict)
+    keep_adversarial: bool = False  # keep AutoAttack's adversarial inputs in the shard
+    shard: Shard = None  # type: ignore[assignment]
+
+    def __post_init__(self):
+        if self.shard is None:
+            self.shard = Shard(self.start, len(self.y))
 
     @property
     def n(self) -> int:
         return len(self.y)
 
+    @property
+    def per_image(self) -> dict[str, torch.Tensor]:
+        return self.shard.per_image
+
     def first(self, m: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.n if m is None else min(m, self.n)
-        return self.x[:m], self.y[:m]
+        """The shard's images among the protocol's first ``m`` (an attack on a subset)."""
+        k = self.n if m is None else max(0, min(m - self.start, self.n))
+        return self.x[:k], self.y[:k]
+
+    def generator(self, tag: str, first: int) -> torch.Generator:
+        """The random stream of attack ``tag`` on the batch whose first image is ``first`` (a
+        protocol image index): the same whichever shard the batch is in."""
+        return torch.Generator(device=home(self.device)).manual_seed(stable_seed(self.seed, tag, first))
+
+    def batched(self, tag: str, fn: Callable[..., torch.Tensor], xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        """``fn(xb, yb, generator) -> x_adv`` batch by batch on the device; CPU result."""
+        out = []
+        for i in range(0, len(xs), self.batch_size):
+            gen = self.generator(tag, self.start + i)
+            out.append(fn(xs[i:i + self.batch_size].to(self.device), ys[i:i + self.batch_size].to(self.device),
+                          gen).detach().cpu())
+        return torch.cat(out) if out else xs.clone()
 
     def correct_on(self, x_adv: torch.Tensor, ys: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
         return predict(net or self.model, x_adv, batch_size=self.batch_size, device=self.device) == ys
@@ -98,30 +197,36 @@ class EvalContext:
     def robust(self, x_adv: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         """Per image: correct when clean AND on ``x_adv`` (an image the model gets wrong clean
         is never robust, whatever an attack's output does to it). ``ys`` are the first images."""
-        return self.correct_on(x_adv, ys) & self.correct["clean"][:len(ys)]
+        return self.correct_on(x_adv, ys) & self.per_image["clean"][:len(ys)]
 
-    def attack(self, name: str, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], xs=None, ys=None,
-               eps: float | None = None) -> torch.Tensor:
-        """Run ``fn`` batch by batch; record its bound violation and seconds; per-image correctness."""
+    def bound(self, name: str, x_adv: torch.Tensor, xs: torch.Tensor, eps: float) -> None:
+        self.shard.maxima[f"bound/{name}"] = violation(x_adv, xs, eps)
+
+    def attack(self, name: str, fn: Callable[..., torch.Tensor], xs=None, ys=None, eps: float | None = None) -> torch.Tensor:
+        """Run ``fn`` batch by batch; record its bound violation, seconds and per-image robustness."""
         xs = self.x if xs is None else xs
         ys = self.y if ys is None else ys
         t0 = time.perf_counter()
-        x_adv = batched(fn, xs, ys, batch_size=self.batch_size, device=self.device)
-        self.extra["bound_violations"][name] = violation(x_adv, xs, self.eps if eps is None else eps)
+        x_adv = self.batched(name, fn, xs, ys)
+        self.bound(name, x_adv, xs, self.eps if eps is None else eps)
         ok = self.robust(x_adv, ys)
-        self.seconds[name] = time.perf_counter() - t0
-        self.say(f"  {name}: {ok.float().mean().item():.4f} ({self.seconds[name]:.1f}s)")
+        self.per_image[name] = ok
+        self.shard.seconds[name] = time.perf_counter() - t0
+        if len(ok):
+            self.say(f"  {name}: {_acc(ok):.4f} ({self.shard.seconds[name]:.1f}s)")
         return ok
 
     def pgd(self, steps: int, restarts: int = 1, *, loss: str = "ce", eps: float | None = None,
             net: nn.Module | None = None, step_size: float | None = None, kappa: float = float("inf"),
-            keep: str = "best"):
-        """PGD on ``net`` (this model by default), keeping the best iterate per image."""
+            last: bool = False):
+        """PGD on ``net`` (this model by default): the first fooling iterate per image (or, with
+        ``last``, each restart's last iterate, as a transfer attack crafts its inputs)."""
         eps = self.eps if eps is None else eps
         net = self.model if net is None else net
         step = self.step_frac * eps if step_size is None else step_size
-        return lambda xb, yb: pgd_linf(net, xb, yb, eps=eps, steps=steps, step_size=step, restarts=restarts,
-                                       loss=loss, kappa=kappa, bn="eval", generator=self.gen, keep=keep)
+        attack = pgd_linf if last else pgd_linf_best
+        return lambda xb, yb, gen: attack(net, xb, yb, eps=eps, steps=steps, step_size=step, restarts=restarts,
+                                          loss=loss, kappa=kappa, bn="eval", generator=gen)
 
 
 def violation(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> float:
@@ -142,6 +247,30 @@ def _n(where: str, n: int | None) -> None:
         check(n >= 0, where, "n", "an integer >= 0 or null (all images)", n)
 
 
+# ----------------------------------------------------------------------------- the union's metrics
+@dataclass
+class Summary:
+    """The union of an evaluation's shards as the summaries read it, and what they write: the
+    metrics (``r``) and the masking checks' inputs that are not metrics (``extra``)."""
+
+    shard: Shard  # the union
+    eps: float
+    dataset: str
+    r: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def per_image(self) -> dict[str, torch.Tensor]:
+        return self.shard.per_image
+
+    @property
+    def clean(self) -> torch.Tensor:
+        return self.shard.per_image["clean"]
+
+    def acc(self, name: str) -> float:
+        return _acc(self.per_image[name])
+
+
 # ----------------------------------------------------------------------------- FGSM
 @dataclass(frozen=True)
 class NoBudget:
@@ -149,13 +278,16 @@ class NoBudget:
         return True
 
 
-@register_attack("fgsm", NoBudget, metrics=lambda b: ["fgsm_acc"], columns=lambda b: [("FGSM", "fgsm_acc")],
-                 worst_case=lambda b: ["fgsm_acc"])
+def _summarize_fgsm(s: Summary, b: NoBudget) -> None:
+    s.r["fgsm_acc"] = s.acc("fgsm")
+
+
+@register_attack("fgsm", NoBudget, summarize=_summarize_fgsm, metrics=lambda b: ["fgsm_acc"],
+                 columns=lambda b: [("FGSM", "fgsm_acc")], worst_case=lambda b: ["fgsm_acc"])
 def run_fgsm(ctx: EvalContext, b: NoBudget) -> None:
     """One signed-gradient step of size eps from the clean input (the masking check's one-step attack)."""
-    ctx.correct["fgsm"] = ctx.attack("fgsm", lambda xb, yb: pgd_linf(ctx.model, xb, yb, eps=ctx.eps, steps=1,
-                                                                     step_size=ctx.eps, random_start=False, bn="eval"))
-    ctx.r["fgsm_acc"] = _acc(ctx.correct["fgsm"])
+    ctx.attack("fgsm", lambda xb, yb, gen: pgd_linf(ctx.model, xb, yb, eps=ctx.eps, steps=1, step_size=ctx.eps,
+                                                    random_start=False, bn="eval"))
 
 
 # ----------------------------------------------------------------------------- PGD
@@ -183,17 +315,21 @@ def _pgd_keys(b: PGDBudget) -> list[str]:
     return [f"{pgd_key(s, r)}_acc" for s, r in b.runs]
 
 
-@register_attack("pgd", PGDBudget, metrics=_pgd_keys, worst_case=_pgd_keys,
+def _summarize_pgd(s: Summary, b: PGDBudget) -> None:
+    runs = s.extra.setdefault("pgd_runs", {})
+    for steps, restarts in b.runs:
+        key = pgd_key(steps, restarts)
+        s.r[f"{key}_acc"] = runs[(steps, restarts)] = s.acc(key)
+
+
+@register_attack("pgd", PGDBudget, summarize=_summarize_pgd, metrics=_pgd_keys, worst_case=_pgd_keys,
                  columns=lambda b: [(pgd_label(s, r), f"{pgd_key(s, r)}_acc") for s, r in b.runs],
                  smoke=lambda b: {"runs": [list(x) for x in sorted({(min(s, 40), min(r, 2)) for s, r in b.runs})]})
 def run_pgd(ctx: EvalContext, b: PGDBudget) -> None:
     """PGD-L-inf with a uniform random start in the eps ball, step step_frac x eps, per run of
     (steps, restarts); an image counts as broken if any restart breaks it."""
-    runs = ctx.extra.setdefault("pgd_runs", {})
     for steps, restarts in b.runs:
-        key = pgd_key(steps, restarts)
-        ctx.correct[key] = ctx.attack(key, ctx.pgd(steps, restarts))
-        ctx.r[f"{key}_acc"] = runs[(steps, restarts)] = _acc(ctx.correct[key])
+        ctx.attack(pgd_key(steps, restarts), ctx.pgd(steps, restarts))
 
 
 # ----------------------------------------------------------------------------- C&W L-inf
@@ -210,12 +346,16 @@ class CWLinfBudget:
         return self.steps > 0
 
 
-@register_attack("cw_linf", CWLinfBudget, metrics=lambda b: ["cw_linf_acc"], columns=lambda b: [("C&W-Linf", "cw_linf_acc")],
-                 worst_case=lambda b: ["cw_linf_acc"], smoke=lambda b: {"steps": min(b.steps, 10)})
+def _summarize_cw_linf(s: Summary, b: CWLinfBudget) -> None:
+    s.r["cw_linf_acc"] = s.acc("cw_linf")
+
+
+@register_attack("cw_linf", CWLinfBudget, summarize=_summarize_cw_linf, metrics=lambda b: ["cw_linf_acc"],
+                 columns=lambda b: [("C&W-Linf", "cw_linf_acc")], worst_case=lambda b: ["cw_linf_acc"],
+                 smoke=lambda b: {"steps": min(b.steps, 10)})
 def run_cw_linf(ctx: EvalContext, b: CWLinfBudget) -> None:
     """PGD-L-inf on the C&W margin loss max_{j != y} z_j - z_y."""
-    ctx.correct["cw_linf"] = ctx.attack("cw_linf", ctx.pgd(b.steps, loss="cw", kappa=b.kappa))
-    ctx.r["cw_linf_acc"] = _acc(ctx.correct["cw_linf"])
+    ctx.attack("cw_linf", ctx.pgd(b.steps, loss="cw", kappa=b.kappa))
 
 
 # ----------------------------------------------------------------------------- C&W L2
@@ -237,23 +377,30 @@ class CWL2Budget:
         return self.search_steps > 0 and self.n != 0
 
 
-@register_attack("cw_l2", CWL2Budget, metrics=lambda b: ["cw_l2_acc", "cw_l2_radius", "cw_l2_n", "cw_l2_median_norm"],
+def _summarize_cw_l2(s: Summary, b: CWL2Budget) -> None:
+    norms = s.per_image["cw_l2_norm"]
+    radius = b.radius if b.radius is not None else DATASETS.get(s.dataset).cw_l2_radius
+    s.r["cw_l2_acc"] = _acc((norms > radius) & s.clean[:len(norms)])
+    s.r["cw_l2_radius"] = radius
+    s.r["cw_l2_n"] = len(norms)
+    found = norms[torch.isfinite(norms) & (norms > 0)]
+    s.r["cw_l2_median_norm"] = found.median().item() if len(found) else float("nan")
+
+
+@register_attack("cw_l2", CWL2Budget, summarize=_summarize_cw_l2,
+                 metrics=lambda b: ["cw_l2_acc", "cw_l2_radius", "cw_l2_n", "cw_l2_median_norm"],
                  columns=lambda b: [("C&W-L2", "cw_l2_acc")],
                  smoke=lambda b: {"n": 10, "iterations": min(b.iterations, 30), "search_steps": min(b.search_steps, 2)})
 def run_cw_l2(ctx: EvalContext, b: CWL2Budget) -> None:
     """Carlini-Wagner L2 (minimal distance per image); robust at ``radius`` if none is found within it."""
     xs, ys = ctx.first(b.n)
     t0 = time.perf_counter()
-    norms = batched(lambda xb, yb: cw_l2(ctx.model, xb, yb, search_steps=b.search_steps, iterations=b.iterations,
-                                         bn="eval")[:, None], xs, ys, batch_size=ctx.batch_size, device=ctx.device).squeeze(1)
-    ctx.seconds["cw_l2"] = time.perf_counter() - t0
-    radius = b.radius if b.radius is not None else DATASETS.get(ctx.bundle.name).cw_l2_radius
-    ctx.r["cw_l2_acc"] = _acc((norms > radius) & ctx.correct["clean"][:len(ys)])
-    ctx.r["cw_l2_radius"] = radius
-    ctx.r["cw_l2_n"] = len(ys)
-    found = norms[torch.isfinite(norms) & (norms > 0)]
-    ctx.r["cw_l2_median_norm"] = found.median().item() if len(found) else float("nan")
-    ctx.say(f"  cw_l2 @ {radius:g}: {ctx.r['cw_l2_acc']:.4f} ({ctx.seconds['cw_l2']:.1f}s)")
+    norms = ctx.batched("cw_l2", lambda xb, yb, gen: cw_l2(ctx.model, xb, yb, search_steps=b.search_steps,
+                                                          iterations=b.iterations, bn="eval")[:, None], xs, ys)
+    ctx.per_image["cw_l2_norm"] = norms.squeeze(1).double() if len(ys) else torch.zeros(0, dtype=torch.float64)
+    ctx.shard.seconds["cw_l2"] = time.perf_counter() - t0
+    if len(ys):
+        ctx.say(f"  cw_l2 (n={len(ys)}): {ctx.shard.seconds['cw_l2']:.1f}s")
 
 
 # ----------------------------------------------------------------------------- transfer
@@ -268,21 +415,25 @@ class TransferBudget:
         return True
 
 
-@register_attack("transfer", TransferBudget, metrics=lambda b: ["transfer_acc"], columns=lambda b: [("transfer", "transfer_acc")],
-                 smoke=lambda b: {"steps": min(b.steps, 20)})
+def _summarize_transfer(s: Summary, b: TransferBudget) -> None:
+    if "transfer" not in s.per_image:
+        s.r["transfer_skipped"] = "no source model given"
+        return
+    s.r["transfer_acc"] = s.acc("transfer")
+    s.extra["transfer_white_box_acc"] = s.acc(pgd_key(b.steps, 1))
+
+
+@register_attack("transfer", TransferBudget, summarize=_summarize_transfer, metrics=lambda b: ["transfer_acc"],
+                 columns=lambda b: [("transfer", "transfer_acc")], smoke=lambda b: {"steps": min(b.steps, 20)})
 def run_transfer(ctx: EvalContext, b: TransferBudget) -> None:
     """PGD crafted on a source model (a natural one by default), evaluated on this one."""
     if ctx.transfer_source is None:
-        ctx.r["transfer_skipped"] = "no source model given"
         ctx.say("  transfer: skipped (no source model given)")
         return
-    source = ctx.transfer_source.to(ctx.device)
-    ok = ctx.attack("transfer", ctx.pgd(b.steps, net=source, keep="last"))
-    ctx.r["transfer_acc"] = _acc(ok)
-    same = ctx.correct.get(pgd_key(b.steps, 1))
-    if same is None:
-        same = ctx.attack(pgd_key(b.steps, 1), ctx.pgd(b.steps))
-    ctx.extra["transfer_white_box_acc"] = _acc(same)
+    ctx.transfer_source.to(ctx.device)
+    ctx.attack("transfer", ctx.pgd(b.steps, net=ctx.transfer_source, last=True))
+    if pgd_key(b.steps, 1) not in ctx.per_image:  # the white-box attack of the same strength, to compare
+        ctx.attack(pgd_key(b.steps, 1), ctx.pgd(b.steps))
 
 
 # ----------------------------------------------------------------------------- invariance
@@ -299,16 +450,22 @@ class InvarianceBudget:
 INVARIANCE_KEYS = ["inv_rotation_acc", "inv_brightness_acc", "inv_contrast_acc", "inv_grayscale_acc"]
 
 
-@register_attack("invariance", InvarianceBudget, metrics=lambda b: list(INVARIANCE_KEYS),
+def _summarize_invariance(s: Summary, b: InvarianceBudget) -> None:
+    for key in INVARIANCE_KEYS:
+        s.r[key] = s.acc(key[:-4])
+
+
+@register_attack("invariance", InvarianceBudget, summarize=_summarize_invariance, metrics=lambda b: list(INVARIANCE_KEYS),
                  columns=lambda b: [(k[4:-4], k) for k in INVARIANCE_KEYS])
 def run_invariance(ctx: EvalContext, b: InvarianceBudget) -> None:
     """Accuracy under rotation, brightness, contrast and grayscale (no attack)."""
     t0 = time.perf_counter()
     for name, fn in (("rotation", lambda t: rotate(t, b.rotation_deg)), ("brightness", lambda t: brightness(t, b.brightness)),
                      ("contrast", lambda t: contrast(t, b.contrast)), ("grayscale", grayscale)):
-        ctx.r[f"inv_{name}_acc"] = _acc(ctx.correct_on(fn(ctx.x), ctx.y))
-    ctx.seconds["invariance"] = time.perf_counter() - t0
-    ctx.say("  invariance: " + " ".join(f"{k[4:-4]} {ctx.r[k]:.4f}" for k in INVARIANCE_KEYS) + f" ({ctx.seconds['invariance']:.1f}s)")
+        ctx.per_image[f"inv_{name}"] = ctx.correct_on(fn(ctx.x), ctx.y)
+    ctx.shard.seconds["invariance"] = time.perf_counter() - t0
+    ctx.say("  invariance: " + " ".join(f"{k[4:-4]} {_acc(ctx.per_image[k[:-4]]):.4f}" for k in INVARIANCE_KEYS)
+            + f" ({ctx.shard.seconds['invariance']:.1f}s)")
 
 
 # ----------------------------------------------------------------------------- AutoAttack
@@ -324,7 +481,7 @@ class AutoAttackBudget:
 
 
 class _AALog(logging.Handler):
-    """Collects AutoAttack's per-attack robust accuracy from its logger."""
+    """Collects AutoAttack's log: its per-attack robust accuracy, its warnings, every line."""
 
     pattern = re.compile(r"robust accuracy after ([A-Z\-]+): ([0-9.]+)%")
 
@@ -332,9 +489,11 @@ class _AALog(logging.Handler):
         super().__init__(level=logging.DEBUG)
         self.steps: dict[str, float] = {}
         self.warnings: list[str] = []
+        self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
+        self.lines.append(msg)
         m = self.pattern.search(msg)
         if m:
             self.steps[m.group(1).lower()] = float(m.group(2)) / 100
@@ -343,13 +502,14 @@ class _AALog(logging.Handler):
 
 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int,
-               device: torch.device, batch_size: int) -> tuple[torch.Tensor, dict[str, float], list[str]]:
+               device: torch.device, batch_size: int, log: _AALog | None = None
+               ) -> tuple[torch.Tensor, dict[str, float], list[str]]:
     """AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square), from ``pyautoattack``.
     Returns adversarial inputs (CPU), robust accuracy after each attack, and its warnings."""
     from pyautoattack import AutoAttack
 
     logger = logging.getLogger("auto-attack")
-    handler = _AALog()
+    handler = log or _AALog()
     old_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
@@ -368,7 +528,27 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     return x_adv.detach().cpu(), handler.steps, handler.warnings
 
 
-@register_attack("autoattack", AutoAttackBudget,
+AA_STEPS = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+def _summarize_aa(s: Summary, b: AutoAttackBudget) -> None:
+    ok = s.per_image["autoattack"]
+    m = len(ok)
+    s.r["autoattack_acc"] = _acc(ok)
+    s.r["autoattack_n"] = m
+    steps = {k: s.shard.counts[f"autoattack_after/{k}"] / m for k in AA_STEPS
+             if f"autoattack_after/{k}" in s.shard.counts and m}
+    for k, v in steps.items():
+        s.r[f"autoattack_after_{k.replace('-', '_')}_acc"] = v
+    if s.shard.notes.get("autoattack_warnings"):
+        s.r["autoattack_warnings"] = sorted(set(s.shard.notes["autoattack_warnings"]))
+    s.extra["autoattack_steps"] = steps
+    s.extra["autoattack_n"] = m
+    if "pgd20" in s.per_image:
+        s.extra["autoattack_pgd20_acc"] = _acc(s.per_image["pgd20"][:m])
+
+
+@register_attack("autoattack", AutoAttackBudget, summarize=_summarize_aa,
                  metrics=lambda b: ["autoattack_acc", "autoattack_n", "autoattack_after_apgd_ce_acc", "autoattack_after_apgd_t_acc",
                                     "autoattack_after_fab_t_acc", "autoattack_after_square_acc"],
                  columns=lambda b: [("AutoAttack", "autoattack_acc")], worst_case=lambda b: ["autoattack_acc"],
@@ -377,23 +557,24 @@ def run_aa(ctx: EvalContext, b: AutoAttackBudget) -> None:
     """AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square)."""
     xs, ys = ctx.first(b.n)
     t0 = time.perf_counter()
-    x_aa, steps, warnings = autoattack(ctx.model, xs, ys, eps=ctx.eps, seed=ctx.seed, device=ctx.device,
-                                           batch_size=ctx.batch_size)
-    ctx.extra["bound_violations"]["autoattack"] = violation(x_aa, xs, ctx.eps)
-    ctx.correct["autoattack"] = ctx.robust(x_aa, ys)
-    ctx.seconds["autoattack"] = time.perf_counter() - t0
-    m = len(ys)
-    ctx.r["autoattack_acc"] = _acc(ctx.correct["autoattack"])
-    ctx.r["autoattack_n"] = m
-    for k, v in steps.items():
-        ctx.r[f"autoattack_after_{k.replace('-', '_')}_acc"] = v
-    if warnings:
-        ctx.r["autoattack_warnings"] = warnings
-    ctx.extra["autoattack_steps"] = steps
-    ctx.extra["autoattack_n"] = m
-    if "pgd20" in ctx.correct:
-        ctx.extra["autoattack_pgd20_acc"] = _acc(ctx.correct["pgd20"][:m])
-    ctx.say(f"  autoattack (n={m}): {ctx.r['autoattack_acc']:.4f} ({ctx.seconds['autoattack']:.1f}s)")
+    log = _AALog()
+    if len(ys):
+        # its random draws follow its seed and the images' shape: a shard's own seed
+        x_aa, steps, warnings = autoattack(ctx.model, xs, ys, eps=ctx.eps, seed=ctx.seed + ctx.start, device=ctx.device,
+                                           batch_size=ctx.batch_size, log=log)
+    else:
+        x_aa, steps, warnings = xs.clone(), {}, []
+    ctx.bound("autoattack", x_aa, xs, ctx.eps)
+    ctx.per_image["autoattack"] = ctx.robust(x_aa, ys)
+    for k, v in steps.items():  # AutoAttack logs percentages of the images it was given: counts add up
+        ctx.shard.counts[f"autoattack_after/{k}"] = round(v * len(ys))
+    ctx.shard.notes["autoattack_warnings"] = warnings
+    ctx.shard.notes["autoattack_log"] = [f"[images {ctx.start}-{ctx.start + len(ys) - 1}] {line}" for line in log.lines]
+    if ctx.keep_adversarial:
+        ctx.shard.adversarial = {"x": x_aa, "y": ys.clone(), "index": torch.arange(ctx.start, ctx.start + len(ys))}
+    ctx.shard.seconds["autoattack"] = time.perf_counter() - t0
+    if len(ys):
+        ctx.say(f"  autoattack (n={len(ys)}): {_acc(ctx.per_image['autoattack']):.4f} ({ctx.shard.seconds['autoattack']:.1f}s)")
 
 
 # ----------------------------------------------------------------------------- eps curve
@@ -422,7 +603,25 @@ def _curve_smoke(b: CurveBudget) -> dict[str, Any]:
     return {"n": 10, "multiples": [m for m in b.multiples if m == 0 or m >= 1]}
 
 
-@register_attack("curve", CurveBudget, metrics=lambda b: ["curve_eps", "curve_pgd_acc"] + (["curve_autoattack_acc"] if b.autoattack else []),
+def _curve_eps(ctx_eps: float, b: CurveBudget) -> list[float]:
+    return [round(c * ctx_eps, 6) for c in b.multiples]
+
+
+def _summarize_curve(s: Summary, b: CurveBudget) -> None:
+    eps = _curve_eps(s.eps, b)
+    s.r["curve_eps"] = eps
+    s.r["curve_pgd_acc"] = [s.acc(f"curve_pgd@{e:.4g}") for e in eps]
+    m = len(s.per_image[f"curve_pgd@{eps[0]:.4g}"]) if eps else 0
+    s.extra["curve_n"] = m
+    s.extra["curve_clean_acc"] = _acc(s.clean[:m])
+    if "curve_eps0_changed" in s.per_image:
+        s.extra["eps0_changed"] = int(s.per_image["curve_eps0_changed"].sum())
+    if any(f"curve_aa@{e:.4g}" in s.per_image for e in eps):
+        s.r["curve_autoattack_acc"] = [s.acc(f"curve_aa@{e:.4g}") for e in eps]
+
+
+@register_attack("curve", CurveBudget, summarize=_summarize_curve,
+                 metrics=lambda b: ["curve_eps", "curve_pgd_acc"] + (["curve_autoattack_acc"] if b.autoattack else []),
                  columns=lambda b: [], smoke=lambda b: _curve_smoke(b))
 def run_curve(ctx: EvalContext, b: CurveBudget) -> None:
     """Accuracy against eps: PGD (and AutoAttack if asked) at each multiple of eps.
@@ -432,35 +631,27 @@ def run_curve(ctx: EvalContext, b: CurveBudget) -> None:
     (an adversarial input within a smaller ball is one within the larger), and reuses the
     protocol's own AutoAttack run at the protocol's eps."""
     xs, ys = ctx.first(b.n)
-    m = len(ys)
-    ctx.r["curve_eps"] = [round(c * ctx.eps, 6) for c in b.multiples]
-    ctx.r["curve_pgd_acc"] = []
-    ctx.extra["curve_n"] = m
-    clean = ctx.correct["clean"][:m]
-    ctx.extra["curve_clean_acc"] = _acc(clean)
+    clean = ctx.per_image["clean"][:len(ys)]
     t0 = time.perf_counter()
-    for e in ctx.r["curve_eps"]:
-        name = f"curve_pgd{b.pgd_steps}@{e:.4g}"
+    for e in _curve_eps(ctx.eps, b):
+        name = f"curve_pgd@{e:.4g}"
         if e == 0:  # the whole attack pipeline with a zero budget: it must give back the clean input
-            x0 = batched(ctx.pgd(b.pgd_steps, eps=0.0), xs, ys, batch_size=ctx.batch_size, device=ctx.device)
-            ctx.extra["bound_violations"][name] = violation(x0, xs, 0.0)
+            x0 = ctx.batched(name, ctx.pgd(b.pgd_steps, eps=0.0), xs, ys)
+            ctx.bound(name, x0, xs, 0.0)
             at0 = ctx.correct_on(x0, ys)
-            ctx.extra["eps0_changed"] = int((at0 != clean).sum())
-            acc = _acc(at0 & clean)
-        elif e == ctx.eps and len(ctx.correct.get(pgd_key(b.pgd_steps, 1), ())) >= m:
-            acc = _acc(ctx.correct[pgd_key(b.pgd_steps, 1)][:m])  # the same attack already ran on these images
+            ctx.per_image["curve_eps0_changed"] = at0 != clean
+            ctx.per_image[name] = at0 & clean
+        elif e == ctx.eps and pgd_key(b.pgd_steps, 1) in ctx.per_image:
+            ctx.per_image[name] = ctx.per_image[pgd_key(b.pgd_steps, 1)][:len(ys)]  # the same attack already ran
         else:
-            acc = _acc(ctx.attack(name, ctx.pgd(b.pgd_steps, eps=e), xs, ys, eps=e))
-        ctx.r["curve_pgd_acc"].append(acc)
+            ctx.attack(name, ctx.pgd(b.pgd_steps, eps=e), xs, ys, eps=e)
     if b.autoattack and ctx.protocol is not None and ctx.protocol.budget("autoattack") is not None:
         standing = clean.clone()  # robust at every smaller eps of the curve so far
-        acc_at: dict[float, float] = {}
-        for e in sorted(set(ctx.r["curve_eps"])):
+        for e in sorted(set(_curve_eps(ctx.eps, b))):
             if e > 0:
                 standing &= _aa_at(ctx, xs, ys, e, standing)
-            acc_at[e] = _acc(standing)
-        ctx.r["curve_autoattack_acc"] = [acc_at[e] for e in ctx.r["curve_eps"]]
-    ctx.seconds["curve"] = time.perf_counter() - t0
+            ctx.per_image[f"curve_aa@{e:.4g}"] = standing.clone()
+    ctx.shard.seconds["curve"] = time.perf_counter() - t0
 
 
 def _aa_at(ctx: EvalContext, xs: torch.Tensor, ys: torch.Tensor, e: float, todo: torch.Tensor) -> torch.Tensor:
@@ -469,7 +660,7 @@ def _aa_at(ctx: EvalContext, xs: torch.Tensor, ys: torch.Tensor, e: float, todo:
     for the images it covered when ``e`` is the protocol's eps."""
     ok = torch.zeros(len(ys), dtype=torch.bool)
     todo = todo.clone()
-    have = ctx.correct.get("autoattack")
+    have = ctx.per_image.get("autoattack")
     if e == ctx.eps and have is not None:
         k = min(len(have), len(ys))
         ok[:k] = have[:k]
@@ -477,13 +668,13 @@ def _aa_at(ctx: EvalContext, xs: torch.Tensor, ys: torch.Tensor, e: float, todo:
     idx = todo.nonzero().squeeze(1)
     if len(idx):
         t0 = time.perf_counter()
-        x_aa, _, _ = autoattack(ctx.model, xs[idx], ys[idx], eps=e, seed=ctx.seed, device=ctx.device,
+        x_aa, _, _ = autoattack(ctx.model, xs[idx], ys[idx], eps=e, seed=ctx.seed + ctx.start, device=ctx.device,
                                 batch_size=ctx.batch_size)
-        ctx.extra["bound_violations"][f"curve_autoattack@{e:.4g}"] = violation(x_aa, xs[idx], e)
+        ctx.bound(f"curve_autoattack@{e:.4g}", x_aa, xs[idx], e)
         ok[idx] = ctx.correct_on(x_aa, ys[idx])
-        ctx.seconds[f"curve_autoattack@{e:.4g}"] = time.perf_counter() - t0
-        ctx.say(f"  curve_autoattack@{e:.4g} (n={len(idx)}): {_acc(ok & ctx.correct['clean'][:len(ys)]):.4f} "
-                f"({ctx.seconds[f'curve_autoattack@{e:.4g}']:.1f}s)")
+        ctx.shard.seconds[f"curve_autoattack@{e:.4g}"] = time.perf_counter() - t0
+        ctx.say(f"  curve_autoattack@{e:.4g} (n={len(idx)}): {_acc(ok & ctx.per_image['clean'][:len(ys)]):.4f} "
+                f"({ctx.shard.seconds[f'curve_autoattack@{e:.4g}']:.1f}s)")
     return ok
 
 
@@ -503,13 +694,17 @@ class LargeEpsBudget:
         return self.eps > 0 and self.n != 0
 
 
-@register_attack("large_eps", LargeEpsBudget, metrics=lambda b: ["large_eps", "large_eps_acc"], columns=lambda b: [])
+def _summarize_large_eps(s: Summary, b: LargeEpsBudget) -> None:
+    s.r["large_eps"] = b.eps
+    s.r["large_eps_acc"] = s.acc("large_eps")
+
+
+@register_attack("large_eps", LargeEpsBudget, summarize=_summarize_large_eps, metrics=lambda b: ["large_eps", "large_eps_acc"],
+                 columns=lambda b: [])
 def run_large_eps(ctx: EvalContext, b: LargeEpsBudget) -> None:
     """PGD at a large eps (step eps/4): an undefended or a robust model alike should reach ~0."""
     xs, ys = ctx.first(b.n)
-    ctx.r["large_eps"] = b.eps
-    ok = ctx.attack(f"pgd{b.steps}@{b.eps:g}", ctx.pgd(b.steps, eps=b.eps, step_size=b.eps / 4), xs, ys, eps=b.eps)
-    ctx.r["large_eps_acc"] = _acc(ok)
+    ctx.attack("large_eps", ctx.pgd(b.steps, eps=b.eps, step_size=b.eps / 4), xs, ys, eps=b.eps)
 
 
 # ----------------------------------------------------------------------------- targeted PGD
@@ -530,24 +725,49 @@ def _targeted_key(e: float) -> str:
     return f"pgd_targeted_acc_eps{e:g}"
 
 
-@register_attack("targeted", TargetedBudget, metrics=lambda b: [_targeted_key(e) for e in b.eps],
+def _summarize_targeted(s: Summary, b: TargetedBudget) -> None:
+    for e in b.eps:
+        s.r[_targeted_key(e)] = s.acc(f"targeted@{e:g}")
+
+
+def random_targets(y: torch.Tensor, start: int, num_classes: int, seed: int) -> torch.Tensor:
+    """A random class other than the true one for each image, from its protocol index (the
+    same target whichever shard the image is in)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    offsets = torch.randint(1, num_classes, (start + len(y),), generator=g)[start:]
+    return (y + offsets) % num_classes
+
+
+@register_attack("targeted", TargetedBudget, summarize=_summarize_targeted,
+                 metrics=lambda b: [_targeted_key(e) for e in b.eps],
                  columns=lambda b: [(f"targeted eps {e:g}", _targeted_key(e)) for e in b.eps],
                  smoke=lambda b: {"steps": min(b.steps, 20)})
 def run_targeted(ctx: EvalContext, b: TargetedBudget) -> None:
     """Random-targeted PGD (each image towards a random other class) at each eps; step step_frac x eps."""
-    g = torch.Generator().manual_seed(ctx.seed + 1)
-    nc = ctx.bundle.num_classes
-    targets = (ctx.y + torch.randint(1, nc, (ctx.n,), generator=g)) % nc  # a random class other than the true one
-    bs = ctx.batch_size
+    targets = random_targets(ctx.y, ctx.start, ctx.bundle.num_classes, ctx.seed)
     for e in b.eps:
+        name = f"targeted@{e:g}"
         t0 = time.perf_counter()
-        x_adv = torch.cat([pgd_linf(ctx.model, ctx.x[i:i + bs].to(ctx.device), ctx.y[i:i + bs].to(ctx.device), eps=e,
-                                    steps=b.steps, step_size=ctx.step_frac * e, target=targets[i:i + bs].to(ctx.device),
-                                    bn="eval", generator=ctx.gen).cpu() for i in range(0, ctx.n, bs)])
-        ctx.extra["bound_violations"][f"targeted@{e:g}"] = violation(x_adv, ctx.x, e)
-        ctx.r[_targeted_key(e)] = _acc(ctx.robust(x_adv, ctx.y))
-        ctx.seconds[f"targeted@{e:g}"] = time.perf_counter() - t0
-        ctx.say(f"  targeted pgd @ {e:g}: {ctx.r[_targeted_key(e)]:.4f} ({ctx.seconds[f'targeted@{e:g}']:.1f}s)")
+        x_adv = torch.cat([pgd_linf_best(ctx.model, ctx.x[i:i + ctx.batch_size].to(ctx.device),
+                                         ctx.y[i:i + ctx.batch_size].to(ctx.device), eps=e, steps=b.steps,
+                                         step_size=ctx.step_frac * e, target=targets[i:i + ctx.batch_size].to(ctx.device),
+                                         bn="eval", generator=ctx.generator(name, ctx.start + i)).cpu()
+                           for i in range(0, ctx.n, ctx.batch_size)]) if ctx.n else ctx.x.clone()
+        ctx.bound(name, x_adv, ctx.x, e)
+        ctx.per_image[name] = ctx.robust(x_adv, ctx.y)
+        ctx.shard.seconds[name] = time.perf_counter() - t0
+        ctx.say(f"  targeted pgd @ {e:g}: {_acc(ctx.per_image[name]):.4f} ({ctx.shard.seconds[name]:.1f}s)")
+
+
+# ----------------------------------------------------------------------------- zero gradients
+def zero_gradients(ctx: EvalContext) -> None:
+    """Per image: whether its cross-entropy input gradient is exactly zero."""
+    out = []
+    with bn_mode(ctx.model, "eval"), torch.enable_grad():
+        for i in range(0, ctx.n, ctx.batch_size):
+            g = input_grad(ctx.model, ctx.x[i:i + ctx.batch_size].to(ctx.device), ctx.y[i:i + ctx.batch_size].to(ctx.device))
+            out.append((g.flatten(1).abs().amax(1) == 0).cpu())
+    ctx.per_image["zero_grad"] = torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 
 # ----------------------------------------------------------------------------- derived views

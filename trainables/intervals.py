@@ -24,11 +24,12 @@ def wilson(p: float, n: int, z: float = Z95) -> tuple[float, float]:
 
 # which image count each reported accuracy was measured on (the evaluation's keys)
 def count_of(metric: str, metrics: dict) -> int | None:
-    """The number of images behind ``metric`` in a trial's metrics, or None when unknown."""
-    prefix = "val/" if metric.startswith("val/") else ""
-    name = metric[len(prefix):]
-    if name in ("robust_acc", "robust_acc_min"):
-        key = "robust_acc_min_n"
+    """The number of images behind ``metric`` in a trial's metrics, or None when unknown. A
+    split's prefix (``val/``, ``test/``) is kept: ``test/pgd20_acc`` counts ``test/n_eval``."""
+    head, _, name = metric.rpartition("/")
+    prefix = head + "/" if head else ""
+    if name in ("robust_acc", "robust_acc_min") or name.startswith("wc_"):
+        key = "robust_acc_min_n"  # the worst case, and every number beside it on its images
     elif name.startswith("autoattack"):
         key = "autoattack_n"
     elif name.startswith("cw_l2"):

@@ -7,9 +7,9 @@ protocol's name and every budget are recorded with each result (``protocol``,
 
 Overrides (study files' ``evaluation.overrides``, ``trainables.evaluate --set``) name a shared
 field (``n: 1000``), an attack's field (``autoattack.n: 500`` or ``{autoattack: {n: 500}}``), or
-one of the flat names of earlier versions (``autoattack_n``, ``pgd``, ``curve_n``, ...), which
-map onto those. A budget that turns its attack off (``autoattack.n: 0``, ``cw_linf.steps: 0``,
-an empty curve) removes the attack; naming a field of an attack the protocol lacks adds it.
+an attack with ``true`` / ``false`` (add it with its default budget, or remove it). A budget that
+turns its attack off (``autoattack.n: 0``, ``cw_linf.steps: 0``, an empty curve) removes the
+attack; naming a field of an attack the protocol lacks adds it.
 """
 from __future__ import annotations
 
@@ -71,21 +71,6 @@ def _assemble(base: Protocol, shared: Mapping[str, Any], fields: Mapping[str, Ma
         raise ConfigError(f"{where}: {e}") from None
 
 
-# Flat names of earlier versions -> (attack, budget field); a field of None is an on/off switch
-# of the attack. Still accepted in study files and on the command line, so nothing a user
-# wrote stops working.
-LEGACY: dict[str, tuple[str, str | None]] = {
-    "fgsm": ("fgsm", None), "pgd": ("pgd", "runs"),
-    "cw_linf_steps": ("cw_linf", "steps"),
-    "cw_l2_search_steps": ("cw_l2", "search_steps"), "cw_l2_iterations": ("cw_l2", "iterations"),
-    "cw_l2_radius": ("cw_l2", "radius"), "cw_l2_n": ("cw_l2", "n"),
-    "transfer": ("transfer", None), "transfer_steps": ("transfer", "steps"), "invariance": ("invariance", None),
-    "autoattack_n": ("autoattack", "n"),
-    "curve": ("curve", "multiples"), "curve_n": ("curve", "n"), "curve_autoattack": ("curve", "autoattack"),
-    "large_eps": ("large_eps", "eps"), "targeted_eps": ("targeted", "eps"), "targeted_steps": ("targeted", "steps"),
-}
-
-
 def _split(overrides: Mapping[str, Any]) -> tuple[dict, dict, set]:
     shared: dict[str, Any] = {}
     fields: dict[str, dict[str, Any]] = {}
@@ -98,17 +83,6 @@ def _split(overrides: Mapping[str, Any]) -> tuple[dict, dict, set]:
                 off.add(key)
             else:
                 fields.setdefault(key, {}).update(value if isinstance(value, Mapping) else {})
-        elif key in LEGACY:
-            attack, field = LEGACY[key]
-            if field is None:  # a switch: true keeps (or adds) the attack, false drops it
-                if not value:
-                    off.add(attack)
-                else:
-                    fields.setdefault(attack, {})
-            else:
-                fields.setdefault(attack, {})[field] = value
-                if key == "curve_n":  # the large-eps check ran on the curve's images
-                    fields.setdefault("large_eps", {})["n"] = value
         elif "." in key:
             attack, field = key.split(".", 1)
             fields.setdefault(attack, {})[field] = value
@@ -127,8 +101,6 @@ def with_overrides(protocol: Protocol, overrides: Mapping[str, Any] | None) -> P
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     base = replace(protocol, attacks=tuple((a, b) for a, b in protocol.attacks if a not in off))
-    if "large_eps" in fields and base.budget("large_eps") is None and set(fields["large_eps"]) == {"n"}:
-        del fields["large_eps"]  # curve_n alone does not switch the large-eps check on
     return _assemble(base, shared, fields, where)
 
 

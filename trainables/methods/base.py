@@ -61,6 +61,11 @@ class Method:
         """Method-specific figures reported after every epoch (SPROUT: beta's summary)."""
         return {}
 
+    def final_metrics(self) -> dict[str, Any]:
+        """Method-specific results reported once, with the trial's final result (SPROUT: beta at
+        the start and at the end)."""
+        return {}
+
     def budget_eps(self, cfg: Any) -> float:
         """The method's own training eps (``method_args.eps``) when it sets one, else the run's."""
         eps = getattr(cfg, "eps", None)

@@ -180,6 +180,11 @@ class Sprout(Method):
         return {"beta_mean": b.mean().item(), "beta_std": b.std().item(), "beta_min": b.min().item(),
                 "beta_max": b.max().item(), "beta_drift": ((b - b0).norm() / b0.norm()).item()}
 
+    def final_metrics(self) -> dict[str, list[float]]:
+        """beta at the start and at the end of training (the paper's Figure 4)."""
+        return {"beta": [round(float(b), 6) for b in self.beta.cpu()],
+                "beta_start": [round(float(b), 6) for b in self.beta_start.cpu()]}
+
     def extra_optimizers(self):
         return [self.beta_optimizer]
 
