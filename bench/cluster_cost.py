@@ -41,7 +41,7 @@ def aa_passes(path: Path) -> float:
 def trials(study_name: str) -> list[tuple[dict, object]]:
     """(resolved training config as a dict, the stage's protocol) for every trial of a study
     (grid studies expanded; Optuna studies as num_samples copies of their base)."""
-    from orchestrator.study import load_raw, parse, plan
+    from orchestrator.study.load import load_raw, parse, plan
     from trainables.schema import deep_merge, set_nested, to_dict
     from trainables.protocols import get_protocol
     from trainables.config import resolve

@@ -50,7 +50,7 @@ def through_ray(cfg_raw: dict, workers: int, storage: str, name: str) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from orchestrator.worker import train_loop_per_worker
+    from orchestrator.tuner.worker import train_loop_per_worker
 
     log = Path(storage) / f"{name}.jsonl"
 
@@ -62,7 +62,7 @@ def through_ray(cfg_raw: dict, workers: int, storage: str, name: str) -> dict:
 
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": cfg_raw, "protocol": "basic", "protocol_overrides": {"n": 64}, "threads": 1},
+        train_loop_config={"train": cfg_raw, "threads": 1},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(name=name, storage_path=storage, callbacks=[Stamp()]),
     )

@@ -380,6 +380,30 @@ def ray_temp_dir(output_dir: Path) -> str:
     return str(link_dir / "t")
 
 
+def tidy_session(output_dir: Path) -> int:
+    """After a private local Ray stopped: remove what makes its session directory look alive
+    (Unix sockets, links into the removed short temp directory), keeping its logs as plain
+    files. Tools that walk a project (``ray up``'s file-mount hash) fail on both. Returns how
+    many entries went."""
+    import stat
+
+    root = Path(output_dir) / "ray-tmp"
+    gone = 0
+    if not root.is_dir() or root.is_symlink():
+        return 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath, name)
+            try:
+                mode = p.lstat().st_mode
+                if stat.S_ISLNK(mode) or stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
+                    p.unlink()
+                    gone += 1
+            except OSError:
+                continue
+    return gone
+
+
 # What ray.init raises when the local node's processes did not come up in time: its raylet
 # waits a fixed 15 s for the dashboard agent's port file and exits after it, and ray.init waits a
 # fixed 30 s for the raylet (ray-project/ray#65983). On a loaded machine (a busy head node, two
@@ -404,6 +428,8 @@ def start_ray(address: str | None, verbose: bool = False, temp_dir: str | None =
         # processes than it has CPUs (they are expected here: drivers hold no CPU)
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "16")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ..." per trial
+        quiet_raylet_warnings()  # a joined cluster's raylets were started without the setting above
     if address:
         try:
             ray.init(address=address, **kw)
@@ -413,6 +439,12 @@ def start_ray(address: str | None, verbose: bool = False, temp_dir: str | None =
                     "~/.ray/auth_token")
             raise ConfigError(f"Ray address {address}: cannot join ({str(e).splitlines()[0][:200]}){hint}") from None
         return
+    # A private Ray on this machine: Ray Train's controller polls its workers every 0.5 s (not 2 s:
+    # a trial starts and ends seconds sooner) and runs no preemption watcher (an actor process
+    # per trial that watches for a cloud's spot-instance notices). Both reach every Ray process
+    # through the environment this process starts Ray with; a user's own settings win.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     local = dict(address="local", resources={DRIVER_RESOURCE: 10_000}, **({"_temp_dir": temp_dir} if temp_dir else {}), **kw)
     try:
         ray.init(**local)
@@ -422,6 +454,32 @@ def start_ray(address: str | None, verbose: bool = False, temp_dir: str | None =
         say("ray: the local Ray did not start in time (the machine is busy); starting it once more")
         ray.shutdown()
         ray.init(**local)
+
+
+# What the raylets of a cluster say to every driver that the sweep's console has no use for:
+# trial drivers hold no CPU and worker groups start many Python processes on purpose.
+RAYLET_NOISE = ("maximum expected startup concurrency",)
+
+
+def quiet_raylet_warnings() -> None:
+    """Drop the raylets' worker-pool warnings from this driver's console (``--verbose`` keeps
+    them). Ray prints them from a thread of its own through ``print_to_stdstream``, whatever
+    ``log_to_driver`` says; without that function (another Ray version) nothing changes."""
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "_sprout_quiet", False):
+        return
+
+    def print_to_stdstream(data, ignore_prefix: bool = False):
+        if data.get("pid") == "raylet":
+            data = {**data, "lines": [x for x in data.get("lines", []) if not any(n in x for n in RAYLET_NOISE)]}
+            if not data["lines"]:
+                return
+        return original(data, ignore_prefix=ignore_prefix)
+
+    print_to_stdstream._sprout_quiet = True
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 def driver_resources() -> dict[str, float]:

@@ -1,17 +1,150 @@
-"""Checks that run before Ray starts: data roots, checkpoints named by path, the output
-directory. Bad input fails here in one line, before anything is written."""
+"""Everything checked before Ray starts: the study file and the command line, data roots,
+checkpoints named by path, the output directory, the MLflow store, the storage path, the
+cluster to join and what it can grow to, and (with ``--resume``) that the launch is the same.
+Bad input fails here in one line, before anything is written; ``prepare`` returns what the
+sweep then runs (a ``Launch``).
+"""
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .stages import is_ref, strip_refs
+from trainables.errors import ConfigError
+
+from . import cluster
+from .results.tracking import check_tracking_uri, default_tracking_uri, normalize_uri
+from .study.load import DEFAULT_STUDY, load_raw, parse, plan as make_plan
+from .study.refs import is_ref, strip_refs
+from .study.spec import Plan
+from .tuner.runfile import RUNS_FILE
+
+
+@dataclass
+class Launch:
+    """A checked launch: what runs, where its outputs and checkpoints go, which Ray it uses."""
+
+    args: argparse.Namespace
+    plan: Plan
+    output_dir: Path
+    tracking_uri: str
+    storage_path: str
+    address: str | None  # a cluster to join, or None: a private local Ray
+    shape: Any  # what the cluster can grow to (cluster.ClusterShape), when known
+    fingerprint: str
+    created: list[Path] = field(default_factory=list)  # removed again if the launch never starts
+
+    @property
+    def study(self):
+        return self.plan.study
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The command line's changes to the study: resources, budgets, seed and ``--set`` keys."""
+    from trainables.schema import parse_override, set_nested
+
+    out: dict[str, Any] = {}
+    for key in ("num_workers", "gpus_per_worker", "max_concurrent_trials", "num_samples", "seed"):
+        v = getattr(args, key)
+        if v is not None:
+            out[key] = v
+    if args.set:
+        base: dict[str, Any] = {}
+        for item in args.set:
+            path, value = parse_override(item)
+            set_nested(base, path, value)
+        out["base"] = base
+    return out
+
+
+def plan_fingerprint(plan: Plan) -> str:
+    """What a launch ran: every stage's base, search, evaluation and certification after
+    --smoke-test and the command line. ``--resume`` refuses a plan that changed (a trial's record
+    would not match it, nor a certification shard its finalist)."""
+    from trainables.schema import to_dict
+
+    stages = [{"name": s.name, "base": s.base, "search": to_dict(s.search), "evaluation": to_dict(s.evaluation),
+               "certify": to_dict(s.certify)} for s in plan.stages]
+    blob = json.dumps({"seed": plan.seed, "stages": stages}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def plan_fields(plan: Plan) -> dict[str, Any]:
+    """The settings of a launch that a person changes between a launch and its resume, by name
+    (``stages[NAME].data.val_size``, ``stages[NAME].certify.shard_size``, ...): ``--resume`` names
+    the one that changed."""
+    from trainables.schema import to_dict
+
+    out: dict[str, Any] = {"seed": plan.seed}
+    for s in plan.stages:
+        at = f"stages[{s.name}]"
+        out[f"{at}.data.val_size"] = (s.base.get("data") or {}).get("val_size")
+        out[f"{at}.epochs"] = s.base.get("epochs")
+        out[f"{at}.search.num_samples"] = s.search.num_samples
+        out[f"{at}.evaluation.protocol"] = s.evaluation.protocol
+        out[f"{at}.evaluation.overrides"] = s.evaluation.overrides
+        out.update({f"{at}.certify.{k}": v for k, v in to_dict(s.certify).items()})
+    return json.loads(json.dumps(out, default=str))
+
+
+def prepare(args: argparse.Namespace) -> Launch:
+    """Every check that needs no Ray, in the order a person would fix them; nothing is written
+    on bad input."""
+    from trainables.cli import writable_dir
+
+    raw, source = load_raw(name=args.study or (None if args.config else DEFAULT_STUDY), path=args.config)
+    study = parse(raw, source)
+    plan = make_plan(study, source, smoke=args.smoke_test, overrides=overrides(args))
+    if not args.skip_data_check:
+        check_data(plan)
+    check_checkpoints(plan)
+    tracking_uri = normalize_uri(args.tracking_uri) if args.tracking_uri else None
+    if not args.tracking_timeout >= 0:
+        raise ConfigError(f"--tracking-timeout: expected a number of seconds >= 0, got {args.tracking_timeout:g}")
+    if tracking_uri and not tracking_uri.startswith("sqlite:"):
+        check_tracking_uri(tracking_uri, wait_s=args.tracking_timeout)
+    if not args.resource_timeout > 0:
+        raise ConfigError(f"--resource-timeout: expected a number of seconds > 0, got {args.resource_timeout:g}")
+    address = cluster.ray_address(args.address)
+    if address:
+        cluster.check_address_reachable(address)
+    shape = cluster.find_cluster_config(args.cluster_config) if (address or args.cluster_config) else None
+    if shape is not None:  # a trial that can never fit is refused before anything runs
+        cluster.concurrency(shape, cluster.plan_need(plan.resources), None, [])
+    output_dir = pick_output_dir(args, study.name + ("-smoke" if args.smoke_test else ""), study.name)
+    fingerprint = plan_fingerprint(plan)
+    storage_path = _storage_path(args, output_dir, plan, study.name)
+    multi, why = cluster.is_multi_node(shape, [])
+    cluster.check_storage(storage_path, multi_node=multi, declared_shared=args.shared_storage, where=why)
+    created = [d for d in (output_dir, None if "://" in storage_path else Path(storage_path).expanduser().resolve())
+               if d is not None and not d.exists()]
+    output_dir = writable_dir(output_dir, private=True)
+    tracking_uri = tracking_uri or default_tracking_uri(output_dir)
+    check_tracking_uri(tracking_uri)
+    if "://" not in storage_path:
+        storage_path = str(writable_dir(storage_path, "--storage-path"))
+    return Launch(args, plan, output_dir, tracking_uri, storage_path, address, shape, fingerprint, created)
+
+
+def _storage_path(args: argparse.Namespace, output_dir: Path, plan: Plan, study: str) -> str:
+    """Where checkpoints go: --storage-path, or on --resume the launch's own, or OUTPUT/ray."""
+    path = args.storage_path and (args.storage_path if "://" in args.storage_path
+                                  else str(Path(args.storage_path).expanduser().resolve()))
+    if args.resume:
+        if not (output_dir / RUNS_FILE).exists():
+            raise ConfigError(f"--resume: nothing to resume in {output_dir} (no earlier launch of {study} there)")
+        path = resumed_launch(output_dir / RUNS_FILE, plan, path) or path
+    return path or str(output_dir / "ray")
 
 
 def check_data(plan) -> None:
     """A missing data root fails here, before Ray starts."""
+    from trainables.config import resolve
     from trainables.data import get_dataset
     from trainables.errors import DataError
-    from trainables.config import resolve
 
     seen = set()
     for stage in plan.stages:
@@ -47,10 +180,6 @@ def check_checkpoints(plan) -> None:
 
 
 def _check_same_study(runs_file: Path, study: str) -> None:
-    import json
-
-    from trainables.errors import ConfigError
-
     try:
         earlier = json.loads(runs_file.read_text()).get("study")
     except (OSError, ValueError, AttributeError):
@@ -60,24 +189,27 @@ def _check_same_study(runs_file: Path, study: str) -> None:
                           "resume it with its own study file or choose another --output-dir")
 
 
-def resumed_launch(runs_file: Path, fingerprint: str, storage_path: str | None) -> str | None:
-    """--resume runs the study its launch ran: the same stages, budgets, search and seed after
-    --smoke-test and the command line (trials are matched to their records by config), with
-    its checkpoints where the launch put them. Returns the launch's storage path (used when
-    --storage-path is not given again)."""
-    import json
-
-    from trainables.errors import ConfigError
-
+def resumed_launch(runs_file: Path, plan: Plan, storage_path: str | None) -> str | None:
+    """--resume runs the study its launch ran: the same stages, budgets, search, validation
+    split, certification and seed after --smoke-test and the command line (trials are matched
+    to their records by config, certification shards to their finalists), with its checkpoints
+    where the launch put them. Returns the launch's storage path (used when --storage-path is not
+    given again)."""
     try:
         state = json.loads(runs_file.read_text())
         earlier, stored = state.get("plan"), state.get("storage_path")
     except (OSError, ValueError, AttributeError):
         return None
+    fingerprint = plan_fingerprint(plan)
     if earlier and earlier != fingerprint:
-        raise ConfigError(f"--resume: the study, --smoke-test or the command-line values differ from the launch in "
-                          f"{runs_file.parent} (plan {fingerprint}, launched as {earlier}); resume with the same "
-                          "file and options, or start a new launch in another --output-dir")
+        then, now = state.get("plan_fields") or {}, plan_fields(plan)
+        changed = next((k for k in now if k in then and then[k] != now[k]), None)
+        what = (f"{changed} was {then[changed]!r} in the launch in {runs_file.parent}, expected the same, got "
+                f"{now[changed]!r}" if changed else
+                f"the study, --smoke-test or the command-line values differ from the launch in {runs_file.parent} "
+                f"(plan {fingerprint}, launched as {earlier})")
+        raise ConfigError(f"--resume: {what}; resume with the same file and options, or start a new launch in another "
+                          "--output-dir")
     if storage_path and stored and storage_path != stored:
         raise ConfigError(f"--resume: --storage-path {storage_path} is not where the launch in {runs_file.parent} keeps "
                           f"its checkpoints ({stored}); leave it out or give that path")
@@ -88,10 +220,6 @@ def pick_output_dir(args, name: str, study: str) -> Path:
     """An explicit --output-dir holding an earlier launch needs --resume; the default one
     moves on to NAME-2, NAME-3, ... so that re-running the main job never mixes two launches.
     ``--resume`` continues only a launch of the same study."""
-    from trainables.errors import ConfigError
-
-    from .tracking import RUNS_FILE
-
     if args.output_dir:
         out = Path(args.output_dir).expanduser().resolve()
         if (out / RUNS_FILE).exists() and not args.resume:

@@ -5,7 +5,12 @@ AutoAttack, no training beyond a few seconds. Everything else is marked ``slow``
 not marked slow and calls ``ray.init`` in this process fails (``_no_ray_in_the_fast_tier``).
 
 What is expensive is made once per session and shared by the tests that only read it: the
-smoke sweep (``smoke_sweep``) and a naturally trained digits model (``natural_digits``)."""
+smoke sweep (``smoke_sweep``) and a naturally trained digits model (``natural_digits``).
+
+The suite runs in two processes (pytest-xdist, ``-n 2 --dist loadfile`` in pyproject.toml): a
+file's tests stay together in one process, so a module's fixture is made once; the files that
+start the longest sweeps are handed out first (``pytest_collection_modifyitems``). A test that
+kills processes kills only its own sweep's or cluster's (``helpers.descendants``)."""
 import os
 import sys
 from pathlib import Path
@@ -16,7 +21,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-torch.set_num_threads(2)
+# the machine's cores shared between pytest-xdist's processes (two threads each would thrash two cores)
+torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
+
+# the files whose sweeps take longest go first, so that the two processes finish together
+LONGEST_FIRST = ("test_reliability.py", "test_sweep.py", "test_fake_cluster.py", "test_reports.py", "test_selection.py",
+                 "test_eval_correctness.py", "test_evaluation.py", "test_fast_path.py", "test_train_cli.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))  # stable: file order kept
 
 
 @pytest.fixture(scope="session")

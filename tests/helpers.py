@@ -25,3 +25,60 @@ def wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 600)
             raise AssertionError(f"sweep ended before {text!r}:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {text!r}:\n{log.read_text()[-3000:]}")
+
+
+def descendants(pids) -> list:
+    """The processes started, directly or not, by any of ``pids`` (the processes themselves too)."""
+    import psutil
+
+    out = {}
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            for q in [p, *p.children(recursive=True)]:
+                out[q.pid] = q
+        except psutil.NoSuchProcess:
+            continue
+    return list(out.values())
+
+
+def ray_train_workers(pids) -> list:
+    """The Ray Train worker processes under ``pids``: those of this test's own sweep or cluster,
+    never another test's (the suite runs tests in parallel)."""
+    import psutil
+
+    found = []
+    for p in descendants(pids):
+        try:
+            if any("RayTrainWorker" in c for c in p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of the processes whose command line mentions ``text`` (a Ray cluster's temp dir)."""
+    import psutil
+
+    pids = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(text in c for c in (p.info["cmdline"] or [])):
+                pids.append(p.info["pid"])
+        except psutil.Error:
+            continue
+    return pids
+
+
+def kill_tree(pids) -> None:
+    """SIGKILL ``pids`` and everything they started: a scoped `ray stop --force`."""
+    import psutil
+
+    procs = descendants(pids)
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=30)

@@ -5,6 +5,7 @@ Most cases call the command's ``main`` in this process, through the same ``run_m
 console entry point uses, with ``ray.init`` made to fail the test if anything calls it (a fresh
 interpreter per case cost ~5 s each, most of the file's time). The cases in ``SUBPROCESS`` run
 the real command in a fresh interpreter, as a user would."""
+import json
 import os
 import subprocess
 import sys
@@ -63,6 +64,11 @@ CASES = {
     "validation split as large as the training split": (SWEEP, study("base: {data: {val_size: 1437}}\n"),
                                                          "data.val_size: 1437 gives 1437 validation images; expected at least 1 and fewer than the 1437 training images"),
     "validation split of a negative size": (SWEEP, study("base: {data: {val_size: -5}}\n"), "data.val_size: expected a count of images"),
+    "no finalist to certify": (SWEEP, study("certify: {top_k: 0}\n"), "certify.top_k: expected an integer >= 1, got 0"),
+    "an empty certification shard": (SWEEP, study("certify: {shard_size: 0}\n"),
+                                     "certify.shard_size: expected an integer >= 1 (test images per shard), got 0"),
+    "certify given at the top of a staged study": (SWEEP, study("certify: {top_k: 2}\nstages: [{name: a}]\n"),
+                                                   "certify: give it inside each entry of stages"),
     "a search selecting on a test-only metric": (SWEEP, study("base: {method: sprout}\nsearch: {algorithm: optuna, metric: autoattack_acc, params: {method_args.delta: {type: float, low: 0.0, high: 0.3}}}\n"),
                                                  "search.metric: 'autoattack_acc' is not measured on the validation split"),
     "unknown screening protocol": (SWEEP, study("evaluation: {screen: strongest}\n"), "evaluation.screen: expected one of"),
@@ -96,7 +102,7 @@ CASES = {
     "zero evaluation batch": (SWEEP, study("evaluation: {protocol: quick, overrides: {batch_size: 0}}\n"),
                               "batch_size: expected an integer >= 1"),
     "evaluate: zero batch": (EVAL, ["--checkpoint", "GOOD", "--set", "batch_size=0"], "batch_size: expected an integer >= 1"),
-    "evaluate: negative AutoAttack images": (EVAL, ["--checkpoint", "GOOD", "--set", "autoattack_n=-1"],
+    "evaluate: negative AutoAttack images": (EVAL, ["--checkpoint", "GOOD", "--set", "autoattack.n=-1"],
                                              "n: expected an integer >= 0"),
     "evaluate: CUDA without CUDA": (EVAL, ["--checkpoint", "GOOD", "--device", "cuda:7"], "device cuda:7: not available here"),
     "evaluate: empty checkpoint": (EVAL, ["--checkpoint", "EMPTY"], "empty (0 bytes)"),
@@ -110,8 +116,10 @@ CASES = {
                                        "expected stage:NAME/key=value[,key=value], got the condition 'method'"),
     "absurd WRN width from the command line": (SWEEP, ["--study", "width", "--set", "model_args.width=1e6"],
                                                "model_args.width: expected an integer"),
-    "unreachable MLflow server": (SWEEP, ["--study", "sensitivity", "--tracking-uri", "http://127.0.0.1:9"],
-                                  "MLflow tracking server unreachable"),
+    "unreachable MLflow server": (SWEEP, ["--study", "sensitivity", "--tracking-uri", "http://127.0.0.1:9",
+                                          "--tracking-timeout", "1"], "MLflow tracking server unreachable"),
+    "negative MLflow wait": (SWEEP, ["--study", "sensitivity", "--tracking-timeout", "-1"],
+                             "--tracking-timeout: expected a number of seconds >= 0"),
     "bad MLflow URI": (SWEEP, ["--study", "sensitivity", "--tracking-uri", "mlflow.db"], "expected sqlite:////ABS/PATH"),
     "resume with nothing to resume": (SWEEP, ["--study", "sensitivity", "--resume"], "nothing to resume"),
     "init checkpoint of another architecture": (SWEEP, study("base: {model: vgg16, model_args: {width_factor: 0.1}, init_checkpoint: GOOD}\n"),
@@ -266,10 +274,39 @@ def test_resume_refuses_a_launch_that_ran_another_plan(tmp_path):
     assert "Started a local Ray instance" not in p.stdout + p.stderr
 
 
+@pytest.mark.parametrize("changed, now, expected", [
+    ("stages[main].data.val_size", ["--set", "data.val_size=200"], "stages[main].data.val_size was 100"),
+    ("stages[main].certify.shard_size", ["--set", "data.val_size=100"], "stages[main].certify.shard_size was 25"),
+])
+def test_resume_names_the_validation_or_certification_setting_that_changed(tmp_path, monkeypatch, capfd, changed, now,
+                                                                             expected):
+    """--resume with another validation split or certification plan than the launch's: one line
+    naming the setting, exit 2, before Ray starts."""
+    from orchestrator.launch import plan_fields, plan_fingerprint
+    from orchestrator.study.load import load_raw, parse, plan
+
+    raw, src = load_raw(name="sensitivity")
+    launched = plan(parse(raw, src), src, overrides={"base": {"data": {"val_size": 100}}})
+    fields = plan_fields(launched)
+    if changed.endswith("shard_size"):  # the launch cut shards of 25 (the study now cuts 500)
+        fields[changed] = 25
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mlflow_runs.json").write_text(json.dumps({
+        "parent_run_id": "x", "study": "sensitivity", "plan": "0" * 16 if changed.endswith("shard_size")
+        else plan_fingerprint(launched), "plan_fields": fields, "trials": {}, "ledger": {}}))
+    code, _, stderr = run_in_process(SWEEP, ["--study", "sensitivity", "--resume", "--output-dir", str(out), *now],
+                                     tmp_path, monkeypatch, capfd)
+    assert code == 2, stderr
+    (line,) = stderr.strip().splitlines()
+    assert f"--resume: {expected}" in line and "expected the same" in line, line
+    assert sorted(f.name for f in out.iterdir()) == ["mlflow_runs.json"]
+
+
 def test_resume_refuses_another_storage_path(tmp_path, monkeypatch, capfd):
     """--resume with a --storage-path other than the launch's: its checkpoints are not there."""
-    from orchestrator.ledger import plan_fingerprint
-    from orchestrator.study import load_raw, parse, plan
+    from orchestrator.launch import plan_fingerprint
+    from orchestrator.study.load import load_raw, parse, plan
 
     raw, src = load_raw(name="sensitivity")
     fingerprint = plan_fingerprint(plan(parse(raw, src), src, smoke=True))

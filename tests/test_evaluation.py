@@ -149,7 +149,7 @@ def test_masking_checks_stay_silent_on_a_normally_trained_model(robust_results):
 ])
 def test_masking_checks_fire_on_models_built_to_mask_gradients(natural, digits, wrapper, expected):
     # AutoAttack on 20 (not 40): the flags are far past their thresholds on these models
-    r = evaluate(wrapper(natural).eval(), digits, small_quick(transfer=False, autoattack_n=20), seed=0)
+    r = evaluate(wrapper(natural).eval(), digits, small_quick(**{"transfer": False, "autoattack.n": 20}), seed=0)
     assert expected <= set(r["masking_flags"]), r["masking_flags"]
     assert r["masking_ok"] is False
 

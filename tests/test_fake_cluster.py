@@ -6,8 +6,9 @@ sweep runs as ``ray submit`` runs it (``sweep.py`` copied alone into an empty di
 ``RAY_ADDRESS`` set); the trials must make the autoscaler add GPU nodes. On those nodes CUDA is
 absent, so the workers fall back to CPU and gloo: the code path of a real cluster otherwise.
 
-``ray stop --force`` at the end stops every Ray process of this user: nothing else may run Ray
-while this module runs (pytest runs the tests one at a time).
+The cluster keeps its session files in a temporary directory of its own; at the end every
+process that names it (and everything they started) is killed: a `ray stop` of this cluster
+only, so other tests' Rays run on beside it.
 """
 import json
 import os
@@ -15,13 +16,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 import psutil
-from helpers import wait_for
 import pytest
+from helpers import kill_tree, processes_mentioning, ray_train_workers, wait_for
 
 pytestmark = pytest.mark.slow  # a simulated Ray cluster
 
@@ -49,6 +51,7 @@ ADDRESS = "127.0.0.1:6379"  # the fake provider's nodes join the GCS on the defa
 
 
 TOKEN: dict[str, str] = {}  # the simulated cluster's token file, written by the cluster fixture
+CLUSTER_TEMP: dict[str, str] = {}  # its temp dir: every process of the cluster names it
 
 
 def ray_env(**extra) -> dict:
@@ -85,16 +88,18 @@ def cluster(tmp_path_factory):
     env = ray_env(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1",
                   # a node whose raylet dies is declared dead within seconds, not half a minute
                   RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3")
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
+    temp = tempfile.mkdtemp(prefix="fk", dir="/tmp")  # short: Ray's socket paths live under it
+    CLUSTER_TEMP["dir"] = temp
     p = subprocess.run([str(BIN / "ray"), "start", "--head", f"--autoscaling-config={config}", "--num-cpus=1",
-                        "--num-gpus=0", f"--resources={json.dumps({'sweep_driver': 10000})}",
+                        "--num-gpus=0", f"--resources={json.dumps({'sweep_driver': 10000})}", f"--temp-dir={temp}",
                         "--dashboard-host=127.0.0.1", "--include-dashboard=true"],
                        capture_output=True, text=True, env=env, cwd=d, timeout=300)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     try:
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
         yield d, config
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
+        kill_tree(processes_mentioning(temp))
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def submit(d: Path, args: list[str], log: Path) -> subprocess.Popen:
@@ -124,10 +129,13 @@ def check_mlflow(out: Path, summary: dict) -> dict:
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"summary.json", "summary.csv"}
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(r.info.run_id for r in children) == sorted(t["mlflow_run_id"] for t in summary["trials"])
+    finalists = {t["mlflow_run_id"] for t in summary["trials"] if t["finalist"]}
+    assert finalists
     for r in children:
         assert r.info.status == "FINISHED" and r.data.tags["trial_status"] == "completed"
-        assert {"clean_acc", "robust_acc", "loss"} <= set(r.data.metrics)
-        assert {"config.json", "eval.json"} <= {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert "loss" in r.data.metrics and "config.json" in {a.path for a in client.list_artifacts(r.info.run_id)}
+        if r.info.run_id in finalists:  # certified on the test split
+            assert {"test/clean_acc", "test/robust_acc"} <= set(r.data.metrics)
     return {r.info.run_id: r for r in children}
 
 
@@ -156,6 +164,16 @@ def test_a_study_on_zero_gpus_scales_up_and_completes(cluster, tmp_path):
         assert t["placement"]["device"] == "cpu (GPU advertised, CUDA unavailable)"
         assert t["placement"]["node_id"] in {n["NodeID"] for n in gpu_nodes}
     check_mlflow(out, summary)
+    # certification: each finalist's shards are Ray tasks with a worker's resources (a GPU), and
+    # one finalist's shards ran on two GPU nodes at the same time
+    overlapping = False
+    for t in summary["trials"]:
+        shards = t["metrics"].get("test/shard_placement") or []
+        assert all(p["node_id"] in {n["NodeID"] for n in gpu_nodes} for p in shards), shards
+        for i, a in enumerate(shards):
+            for b in shards[i + 1:]:
+                overlapping |= a["node_id"] != b["node_id"] and a["began"] < b["ended"] and b["began"] < a["ended"]
+    assert overlapping, [t["metrics"].get("test/shard_placement") for t in summary["trials"]]
 
 
 NODE_FAILURE_STUDY = textwrap.dedent("""
@@ -175,7 +193,7 @@ def test_a_lost_node_costs_at_most_one_epoch(cluster, tmp_path):
     proc = submit(d, ["--config", str(study), "--cluster-config", str(config), "--output-dir", str(out)], log)
     try:
         wait_for(log, "epoch 2:", proc)
-        workers = [p for p in psutil.process_iter(["cmdline"]) if any("RayTrainWorker" in c for c in (p.info["cmdline"] or []))]
+        workers = ray_train_workers(processes_mentioning(CLUSTER_TEMP["dir"]))
         assert len(workers) == 1, workers
         raylet = workers[0].parent()
         assert "raylet" in raylet.name(), raylet.cmdline()
@@ -197,7 +215,7 @@ def test_a_lost_node_costs_at_most_one_epoch(cluster, tmp_path):
     assert t["status"] == "completed" and m["epoch"] == 6
     assert m["resumed_from_epoch"] >= 2, m  # resumed from its last checkpoint: at most one epoch lost
     assert t["placement"]["node_id"] != killed  # on another node
-    assert "pgd20_acc" in m and m["clean_acc"] > 0.5
+    assert "test/pgd20_acc" in m and m["test/clean_acc"] > 0.5
     runs = check_mlflow(out, summary)
     (run,) = runs.values()
     from mlflow.tracking import MlflowClient

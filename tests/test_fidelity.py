@@ -72,7 +72,7 @@ def test_sprout_paper_beta_step_is_projected_ascent(tiny_batch):
 
 
 def test_paper_tables_use_the_papers_settings():
-    from orchestrator.study import load_raw, parse, plan
+    from orchestrator.study.load import load_raw, parse, plan
 
     def stages(name, smoke=False):
         raw, src = load_raw(name=name)

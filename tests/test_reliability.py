@@ -7,9 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-import psutil
 import pytest
-from helpers import wait_for
+from helpers import ray_train_workers, wait_for
 
 pytestmark = pytest.mark.slow  # every test here starts Ray
 
@@ -35,51 +34,69 @@ def mlflow_runs(out: Path):
     return [r for e in exps for r in c.search_runs([e.experiment_id])]
 
 
-def test_killed_worker_restarts_from_its_last_checkpoint(tmp_path):
-    study = write_study(tmp_path / "s.yaml", """
-        name: wk
-        base: {method: pgd_at, dataset: digits, epochs: 8, monitor: {every: 0}}
-        evaluation: {protocol: basic}
-        resources: {max_failures: 2}
-    """)
-    log = tmp_path / "log.txt"
-    proc = start(["--config", str(study), "--output-dir", str(tmp_path / "out")], tmp_path, log)
-    try:
-        wait_for(log, "epoch 3:", proc)
-        workers = [p for p in psutil.process_iter(["cmdline"]) if any("RayTrainWorker" in c for c in (p.info["cmdline"] or []))]
-        assert workers, "no Ray Train worker process found"
-        for w in workers:
-            w.send_signal(signal.SIGKILL)  # mid-epoch 4
-        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    (t,) = json.loads((tmp_path / "out" / "summary.json").read_text())["trials"]
-    m = t["metrics"]
-    assert t["status"] == "completed" and m["epoch"] == 8
-    assert m["resumed_from_epoch"] >= 2  # restarted from a checkpoint: at most one epoch lost
-    assert "pgd20_acc" in m and m["clean_acc"] > 0.5
+DDP_STUDY = """
+    name: ddp
+    base: {method: natural, dataset: digits, epochs: 6, batch_size: BATCH, monitor: {every: 0}}
+    evaluation: {protocol: basic}
+    resources: {max_failures: 2}
+"""
 
 
-STUDY3 = """
+def test_a_killed_ddp_worker_restarts_its_group_from_the_last_checkpoint_and_trains_as_one_worker(tmp_path):
+    """Same global batch (32 = 1 x 32 = 2 x 16): DDP over gloo must train as well as one worker,
+    also when one of its two workers is killed mid-training (at epoch 4 of 6): the worker group
+    restarts from its last checkpoint, losing at most the epoch in flight."""
+    results = {}
+    for workers, batch in ((1, 32), (2, 16)):
+        study = write_study(tmp_path / f"ddp{workers}.yaml", DDP_STUDY.replace("BATCH", str(batch)))
+        out, log = tmp_path / f"out{workers}", tmp_path / f"log{workers}.txt"
+        proc = start(["--config", str(study), "--num-workers", str(workers), "--output-dir", str(out)], tmp_path, log)
+        try:
+            if workers == 2:
+                wait_for(log, "epoch 3:", proc)
+                ranks = ray_train_workers([proc.pid])  # this sweep's own (its private Ray is under it)
+                assert len(ranks) == 2, ranks
+                ranks[-1].send_signal(signal.SIGKILL)  # one rank, mid-epoch 4: the other waits in gloo
+            assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        (results[workers],) = json.loads((out / "summary.json").read_text())["trials"]
+    for t in results.values():
+        assert t["status"] == "completed" and t["metrics"]["epoch"] == 6
+        assert "test/pgd20_acc" in t["metrics"]  # a one-trial grid: certified
+    two = results[2]["metrics"]
+    assert two["resumed_from_epoch"] >= 2 and two["images_per_s"] > 0  # restarted from a checkpoint
+    one_acc, two_acc = results[1]["metrics"]["test/clean_acc"], two["test/clean_acc"]
+    assert two_acc > 0.85 and abs(one_acc - two_acc) < 0.05, (one_acc, two_acc)
+
+
+STUDY2 = """
     name: dk
     base: {method: natural, dataset: digits, epochs: 4, monitor: {every: 0}}
-    search: {algorithm: grid, params: {seed: {values: [0, 1, 2]}}}
-    evaluation: {protocol: basic}
+    search: {algorithm: grid, params: {seed: {values: [0, 1]}}}
+    evaluation: {protocol: basic, overrides: {batch_size: 30}}
+    certify: {shard_size: 30}
     resources: {max_concurrent_trials: 1}
 """
 
 
-def test_killed_driver_resumes_without_rerunning_completed_trials(tmp_path):
-    study = write_study(tmp_path / "s.yaml", STUDY3)
+def test_killed_driver_resumes_without_rerunning_completed_trials_or_certified_shards(tmp_path):
+    """The driver and its Ray are killed (SIGKILL) while the finalists are being certified: the
+    relaunch refuses to mix launches, --resume runs no trial again and only the shards that had
+    no result, and the union of old and new shards equals one evaluation of each finalist."""
+    from trainables.evaluate import evaluate, load_model_from_checkpoint
+    from trainables.protocols import get_protocol
+
+    study = write_study(tmp_path / "s.yaml", STUDY2)
     out = tmp_path / "out"
     log = tmp_path / "log1.txt"
     proc = start(["--config", str(study), "--output-dir", str(out)], tmp_path, log)
-    wait_for(log, "2/3 trial", proc)
+    wait_for(log, "[main] certify: 1/24 shards", proc)  # 2 finalists x 360 test images / 30
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, no clean-up
     proc.wait()
-    done_first = [line.split()[3] for line in log.read_text().splitlines() if " completed:" in line]
-    assert len(done_first) >= 2
+    done_first = [line.split()[3] for line in log.read_text().splitlines() if " completed" in line and "/2 trial" in line]
+    assert len(done_first) == 2
     assert not (out / "summary.json").exists()
     # a plain relaunch into the same directory is refused: it would mix two launches
     p = subprocess.run([sys.executable, str(SWEEP), "--config", str(study), "--output-dir", str(out)],
@@ -91,14 +108,22 @@ def test_killed_driver_resumes_without_rerunning_completed_trials(tmp_path):
     rerun = log2.read_text()
     for trial_id in done_first:
         assert f"trial {trial_id} epoch" not in rerun, f"{trial_id} was re-run"
+    earlier = int(rerun.split("certify: ")[1].split(" of 24 shards finished in an earlier launch")[0])
+    assert 1 <= earlier < 24 and f"({24 - earlier} shard task(s) submitted)" in rerun, rerun[-3000:]
     s = json.loads((out / "summary.json").read_text())
     ids = [t["trial_id"] for t in s["trials"]]
-    assert len(ids) == 3 == len(set(ids)) and set(done_first) <= set(ids)
-    assert all(t["status"] == "completed" for t in s["trials"])
+    assert len(ids) == 2 == len(set(ids)) and set(done_first) == set(ids)
+    assert all(t["status"] == "completed" and t["finalist"] for t in s["trials"])
+    for t in s["trials"]:  # shards of two launches, on batch boundaries: exactly one evaluation
+        model, cfg, bundle = load_model_from_checkpoint(str(Path(t["checkpoint"]) / "checkpoint.pt"))
+        whole = evaluate(model, bundle, get_protocol("basic", {"batch_size": 30}), eps=cfg.eps, seed=0)
+        assert t["metrics"]["test/shards"] == 12 and t["metrics"]["test/n_eval"] == 360
+        for k in ("clean_acc", "pgd20_acc", "robust_acc_min"):
+            assert t["metrics"][f"test/{k}"] == whole[k], k
     runs = mlflow_runs(out)
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == s["mlflow_parent_run_id"]]
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
 
 
 DETDIV = """
@@ -141,8 +166,9 @@ def test_same_seed_same_metrics_through_the_orchestrator(detdiv):
     same = [t for t in trials if t["searched"]["optim.lr"] == 0.1]
     assert len(same) == 2 and same[0]["trial_id"] != same[1]["trial_id"]
     results = [{k: v for k, v in t["metrics"].items()
-                if not ("time" in k or "per_s" in k or k.startswith("seconds/") or k in ("checkpoint_path",))}
+                if not ("time" in k or "per_s" in k or "seconds/" in k or "placement" in k or k == "checkpoint_path")}
                for t in same]
+    assert "test/robust_acc" in results[0]  # certified (a grid): the test numbers are compared too
     assert results[0] == results[1]
     # disk: of 3 epoch checkpoints only the last keep_checkpoints (2) remain, per trial
     for t in same:
@@ -223,8 +249,8 @@ def test_ctrl_c_is_a_failure_that_leaves_the_study_resumable(tmp_path):
     (resumed,) = [t for t in s["trials"] if t.get("resumed_from_trial")]
     assert resumed["metrics"]["resumed_from_epoch"] == previous
     assert f"train-{resumed['resumed_from_trial']}" == train_run.name
-    children = [r for r in mlflow_runs(out) if "mlflow.parentRunId" in r.data.tags]
-    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
+    children = [r for r in mlflow_runs(out) if r.data.tags.get("mlflow.parentRunId") == s["mlflow_parent_run_id"]]
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)  # the trials' runs
     # the resumed trial's epochs went on in its first MLflow run
     (first,) = [r for r in children if r.data.tags["trial_id"] == resumed["resumed_from_trial"]]
     assert first.info.run_id == resumed["mlflow_run_id"]

@@ -1,4 +1,4 @@
-"""--resume from the study's own trial records (orchestrator.ledger), in-process: which trials
+"""--resume from the study's own trial records (orchestrator.tuner.ledger), in-process: which trials
 end, run again or are new; an Optuna study seeded with what ended; a resuming worker falling
 back to the checkpoint before an unusable latest one. The end-to-end cycles (Ctrl-C, a killed
 driver) are in test_reliability.py."""
@@ -9,8 +9,11 @@ import optuna
 import pytest
 import torch
 
-from orchestrator import ledger
-from orchestrator.study import load_raw, parse, plan
+from orchestrator.launch import plan_fingerprint
+from orchestrator.study.load import load_raw, parse, plan
+from orchestrator.study.space import config_key, grid_points
+from orchestrator.tuner import ledger, searchers
+from orchestrator.tuner.runfile import RunFile
 
 
 def stage_of(name: str, smoke: bool = True):
@@ -20,8 +23,8 @@ def stage_of(name: str, smoke: bool = True):
 
 def test_a_resumed_grid_runs_the_unfinished_trials_again_and_only_the_points_left():
     search = stage_of("width").search
-    points = ledger.grid_points(search)
-    assert len(points) == len({ledger.config_key(p) for p in points}) >= 3
+    points = grid_points(search)
+    assert len(points) == len({config_key(p) for p in points}) >= 3
     records = [{"trial_id": "a", "config": points[0], "status": "completed"},
                {"trial_id": "b", "config": points[1], "status": "failed"},
                {"trial_id": "c", "config": points[2], "status": "running", "train_run": "train-x"}]
@@ -29,7 +32,7 @@ def test_a_resumed_grid_runs_the_unfinished_trials_again_and_only_the_points_lef
     assert [r["trial_id"] for r in ended] == ["a", "b"] and [r["trial_id"] for r in unfinished] == ["c"]
     assert ledger.remaining_grid(search, records) == points[3:]
     # the unfinished trial goes on in the Train run it first had (train-x), found by its config
-    assert ledger.resume_map(unfinished) == {ledger.config_key(points[2]): "train-x"}
+    assert ledger.resume_map(unfinished) == {config_key(points[2]): "train-x"}
 
 
 def test_two_unfinished_trials_with_one_config_start_again_instead_of_sharing_a_train_run():
@@ -37,7 +40,7 @@ def test_two_unfinished_trials_with_one_config_start_again_instead_of_sharing_a_
     unfinished = [{"trial_id": "a", "config": cfg, "status": "running"},
                   {"trial_id": "b", "config": cfg, "status": "running"},
                   {"trial_id": "c", "config": {"seed": 2}, "status": "running"}]
-    assert ledger.resume_map(unfinished) == {ledger.config_key({"seed": 2}): "train-c"}
+    assert ledger.resume_map(unfinished) == {config_key({"seed": 2}): "train-c"}
 
 
 def test_a_grid_searched_num_samples_times_is_matched_as_a_multiset():
@@ -46,8 +49,8 @@ def test_a_grid_searched_num_samples_times_is_matched_as_a_multiset():
 
     twice = replace(search, num_samples=2)
     object.__setattr__(twice, "_specs", search.param_specs())
-    points = ledger.grid_points(twice)
-    assert len(points) == 2 * len(ledger.grid_points(search))
+    points = grid_points(twice)
+    assert len(points) == 2 * len(grid_points(search))
     done = [{"trial_id": "a", "config": points[0], "status": "completed"}]
     assert len(ledger.remaining_grid(twice, done)) == len(points) - 1
 
@@ -62,7 +65,7 @@ def test_an_optuna_study_is_seeded_with_the_ended_trials_and_their_values():
              {"config": base, "metrics": {**test, **{m: float("nan") for m in search.objectives}}},  # diverged
              {"config": base, "metrics": {}}]  # failed before a result
     assert search.objectives == ["val/clean_acc", "val/robust_acc"]
-    storage = ledger.seeded_study(search, optuna.samplers.RandomSampler(seed=0), ended, "s")
+    storage = searchers.seeded_study(search, optuna.samplers.RandomSampler(seed=0), ended, "s")
     trials = optuna.load_study(study_name="s", storage=storage).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL"]
     assert trials[0].values == [0.5 + i for i in range(len(search.objectives))]
@@ -73,11 +76,11 @@ def test_an_optuna_study_is_seeded_with_the_ended_trials_and_their_values():
 def test_the_plan_fingerprint_changes_with_what_trials_would_run():
     raw, src = load_raw(name="sensitivity")
     study = parse(raw, src)
-    a = ledger.plan_fingerprint(plan(study, src, smoke=True))
-    assert a == ledger.plan_fingerprint(plan(study, src, smoke=True))
-    assert a != ledger.plan_fingerprint(plan(study, src, smoke=False))
-    assert a != ledger.plan_fingerprint(plan(study, src, smoke=True, overrides={"base": {"epochs": 2}}))
-    assert a != ledger.plan_fingerprint(plan(study, src, smoke=True, overrides={"seed": 5}))
+    a = plan_fingerprint(plan(study, src, smoke=True))
+    assert a == plan_fingerprint(plan(study, src, smoke=True))
+    assert a != plan_fingerprint(plan(study, src, smoke=False))
+    assert a != plan_fingerprint(plan(study, src, smoke=True, overrides={"base": {"epochs": 2}}))
+    assert a != plan_fingerprint(plan(study, src, smoke=True, overrides={"seed": 5}))
 
 
 def _write_ckpt(d, epoch):
@@ -88,7 +91,7 @@ def _write_ckpt(d, epoch):
 def test_a_resuming_worker_falls_back_to_the_checkpoint_before_an_unusable_latest_one(tmp_path):
     import ray.train
 
-    from orchestrator.worker import load_resume_state
+    from orchestrator.tuner.worker import load_resume_state
     from trainables.errors import CheckpointError
 
     run = tmp_path / "train-x"
@@ -112,31 +115,23 @@ def test_a_resuming_worker_falls_back_to_the_checkpoint_before_an_unusable_lates
 
 
 def test_a_record_keeps_only_what_json_can_hold():
-    rec = ledger._plain({"a": float("nan"), "b": (1, 2), "c": object})
+    rec = ledger.plain({"a": float("nan"), "b": (1, 2), "c": object})
     assert math.isnan(rec["a"]) and rec["b"] == [1, 2] and isinstance(rec["c"], str)
     assert json.loads(json.dumps(rec))["b"] == [1, 2]
 
 
-def test_a_trial_that_resumes_another_replaces_its_record():
+def test_a_trial_that_resumes_another_replaces_its_record(tmp_path):
     """The ledger callback on a resumed trial: its record names the first Train run and the
     first record is superseded, so the summary lists the trial once."""
     from types import SimpleNamespace
 
-    store = {"ledger": {}}
-
-    class FakeTracker:  # Tracker's state / save_state, in memory
-        @property
-        def state(self):
-            return json.loads(json.dumps(store))
-
-        def save_state(self, state):
-            store.clear()
-            store.update(state)
-
+    runfile = RunFile(tmp_path)
+    runfile.start({"study": "s"})
     cfg = {"seed": 1}
-    ledger.TrialLedger(FakeTracker(), "main").on_trial_start(0, [], SimpleNamespace(trial_id="a", config=cfg))
-    resumed = ledger.TrialLedger(FakeTracker(), "main", {ledger.config_key(cfg): "train-a"})
+    ledger.TrialLedger(runfile, "main").on_trial_start(0, [], SimpleNamespace(trial_id="a", config=cfg))
+    resumed = ledger.TrialLedger(runfile, "main", {config_key(cfg): "train-a"})
     resumed.on_trial_start(0, [], SimpleNamespace(trial_id="b", config=cfg))
+    store = runfile.read()
     assert store["ledger"]["main/a"]["superseded_by"] == "b"
     assert store["ledger"]["main/b"]["train_run"] == "train-a" and store["ledger"]["main/b"]["resumes"] == "a"
     assert [r["trial_id"] for r in ledger.stage_records(store, "main")] == ["b"]

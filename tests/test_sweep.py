@@ -1,4 +1,5 @@
-"""End to end through local Ray on CPU: the sensitivity smoke study, and DDP over gloo."""
+"""End to end through local Ray on CPU: the sensitivity smoke study, and ASHA. (DDP over gloo, with a
+worker killed mid-training, is in test_reliability.py.)"""
 import json
 import re
 import subprocess
@@ -25,24 +26,38 @@ def test_smoke_sensitivity_writes_summary_and_table(smoke):
     for t in s["trials"]:
         assert {"trial_id", "config", "metrics", "status", "mlflow_run_id"} <= set(t)
         assert t["status"] == "completed" and t["config"]["method"] == "sprout"
-        for k in ("clean_acc", "robust_acc", "pgd20_acc", "autoattack_acc", "epoch_time_s", "images_per_s"):
+        for k in ("epoch_time_s", "images_per_s", "val/clean_acc", "val/robust_acc", "val/pgd20_acc"):
             assert k in t["metrics"], k
-        assert t["metrics"]["masking_flags"] is not None
+        assert t["metrics"]["val/masking_flags"] is not None
         # selected on a validation split held out of digits' training split (20 %), screened there
         assert t["config"]["data"]["val_size"] == 0.2 and t["metrics"]["val/n_eval"] == 287
-        assert {"val/clean_acc", "val/robust_acc", "val/pgd20_acc"} <= set(t["metrics"])
         assert t["selected_on"] == "validation" and isinstance(t["finalist"], bool)
-        assert len(t["ci95"]["robust_acc"]) == 2 and len(t["ci95"]["val/robust_acc"]) == 2
-    # the paper's defaults were enqueued as the first Optuna point
+        assert len(t["ci95"]["val/robust_acc"]) == 2
+        # only the finalists read the test split: certified in 2 shards of 50 of the smoke's 100 images
+        test = {k for k in t["metrics"] if k.startswith("test/")}
+        if not t["finalist"]:
+            assert not test, test
+            continue
+        assert {"test/clean_acc", "test/robust_acc", "test/pgd20_acc", "test/autoattack_acc"} <= test
+        assert t["metrics"]["test/n_eval"] == 100 and t["metrics"]["test/shards"] == 2
+        assert t["metrics"]["test/masking_flags"] is not None and len(t["ci95"]["test/robust_acc"]) == 2
+        (cert,) = [f for f in t["certification"] if f.endswith("certification.json")]
+        assert json.loads(Path(cert).read_text())["robust_acc_min"] == t["metrics"]["test/robust_acc"]
+    assert any(t["finalist"] for t in s["trials"])
+    # the paper's defaults were enqueued as the first Optuna point, and are always a finalist
     firsts = [t["searched"] for t in s["trials"]]
     assert {"method_args.alpha": 0.01, "method_args.mixup_a": 0.2, "method_args.delta": 0.1,
             "method_args.lr_beta": 0.01} in firsts
+    assert all(t["finalist"] for t in s["trials"] if t["paper_default"])
     assert (out / "summary.csv").read_text().count("\n") == 4
     # Tune's trial directories are named by the trial id people see, not by Optuna's "a/b" keys
     exp = out / "ray" / "sensitivity-main"
     assert {d.name for d in exp.iterdir() if d.is_dir() and d.name.startswith("trial_")} == \
         {f"trial_{t['trial_id']}" for t in s["trials"]}
     assert "robust%" in p.stdout and "-m mlflow ui --backend-store-uri sqlite:////" in p.stdout
+    # the finished sweep leaves no live-looking Ray session behind: no sockets, no dangling links
+    for f in (out / "ray-tmp").rglob("*"):
+        assert not f.is_symlink() and not f.is_socket(), f
 
 
 def test_smoke_sensitivity_mlflow_parent_and_children(smoke):
@@ -62,15 +77,25 @@ def test_smoke_sensitivity_mlflow_parent_and_children(smoke):
         assert r.data.tags["method"] == "sprout" and r.data.tags["dataset"] == "digits"
         assert r.data.tags["git_commit"] and "version.torch" in r.data.tags
         assert r.data.params["method_args.variant"] == "paper"
-        for k in ("loss", "clean_acc", "robust_acc", "autoattack_acc", "epoch_time_s", "images_per_s"):
+        for k in ("loss", "val/clean_acc", "val/robust_acc", "epoch_time_s", "images_per_s"):
             assert k in r.data.metrics, k
         assert len(client.get_metric_history(r.info.run_id, "loss")) == 3  # one per epoch
         assert {"config.json", "eval.json"} <= {a.path for a in client.list_artifacts(r.info.run_id)}
+    # each finalist's certification is a run of its own under the trial's run, with the test numbers
+    for t in s["trials"]:
+        certs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{t['mlflow_run_id']}'")
+        assert len(certs) == (1 if t["finalist"] else 0)
+        for c in certs:
+            assert c.info.status == "FINISHED" and c.data.tags["kind"] == "certification"
+            assert c.data.metrics["test/robust_acc"] == t["metrics"]["test/robust_acc"]
+            assert {"test/clean_acc", "test/autoattack_acc", "test/pgd20_acc"} <= set(c.data.metrics)
+            assert "certification.json" in {a.path for a in client.list_artifacts(c.info.run_id)}
 
 
 def test_smoke_table_is_a_person_readable_summary(smoke):
-    """Percentages, the full trial ids of the progress lines, the paper-default trial marked,
-    rows sorted by the worst case, a footer with image counts, at most 120 characters wide."""
+    """Percentages, the full trial ids of the progress lines, the finalists and the paper-default
+    trial marked, rows sorted by what the search selected on, a footer with the splits and
+    image counts, at most 120 characters wide."""
     out, p = smoke
     s = json.loads((out / "summary.json").read_text())
     lines = p.stdout[p.stdout.index("trial  "):].splitlines()
@@ -83,6 +108,8 @@ def test_smoke_table_is_a_person_readable_summary(smoke):
         assert f"trial {t['trial_id']} epoch 1:" in p.stdout  # the same id in the progress lines
         row = body[ids.index(t["trial_id"])]
         assert row.startswith("^") == t["finalist"]  # the finalists, chosen on validation, marked
+        if t["finalist"]:  # its test worst case with its interval; the others have none
+            assert f"{100 * t['metrics']['test/robust_acc']:.1f}±" in row
     default = [t for t in s["trials"] if t["paper_default"]]
     assert len(default) == 1 and any(row.lstrip("^").startswith("*" + default[0]["trial_id"]) for row in body)
     # sorted by what the search selected on: the validation split's worst case, not the test split's
@@ -90,26 +117,31 @@ def test_smoke_table_is_a_person_readable_summary(smoke):
     assert robust == sorted(robust, reverse=True)
     best = max(s["trials"], key=lambda t: t["metrics"]["val/robust_acc"])
     assert f"{100 * best['metrics']['val/robust_acc']:.1f}±" in body[0]  # percentages with their interval
-    assert f"{100 * best['metrics']['robust_acc']:.1f}±" in body[0]
-    assert "AutoAttack on 10" in p.stdout and "test images" in p.stdout
-    assert "selected on validation (287 images;" in p.stdout
+    footer = " ".join(" ".join(table[2 + len(s["trials"]):]).split())  # wrapped at the table's width
+    assert "selected on validation (287 images;" in footer and "certified on test (100 images)" in footer
+    assert "on the same 10 images" in footer  # clean, PGD-20, AutoAttack, worst case: AutoAttack's images
 
 
-def test_smoke_console_follows_each_trial_through_training_and_evaluation(smoke):
+def test_smoke_console_follows_each_trial_through_training_screening_and_certification(smoke):
     """Per epoch: the id, the searched values on the first line, loss, monitor accuracies,
-    images/s; during the final evaluation, a line per attack with its accuracy and seconds;
-    none of Ray's, Tune's or Optuna's own noise."""
+    images/s; during the screening, a line per attack; during certification, progress lines
+    (shards, images/s, time left) and one line per certified finalist; none of Ray's, Tune's or
+    Optuna's own noise."""
     out, p = smoke
     s = json.loads((out / "summary.json").read_text())
+    lines = p.stdout.splitlines()
     for t in s["trials"]:
-        first = next(x for x in p.stdout.splitlines() if f"trial {t['trial_id']} epoch 1:" in x)
+        first = next(x for x in lines if f"trial {t['trial_id']} epoch 1:" in x)
         assert "monitor (val) clean" in first and "img/s" in first and "alpha=" in first and "gamma_beta=" in first
-        evals = [x for x in p.stdout.splitlines() if x.startswith(f"[main] trial {t['trial_id']} eval ")]
-        names = {x.split(" eval ")[1].split(":")[0].split(" ")[0] for x in evals}
-        assert {"clean", "pgd20", "autoattack"} <= names, evals
-        assert all(x.endswith("s)") for x in evals if " eval clean" not in x and "skipped" not in x), evals
-        screened = [x for x in p.stdout.splitlines() if x.startswith(f"[main] trial {t['trial_id']} val ")]
+        screened = [x for x in lines if x.startswith(f"[main] trial {t['trial_id']} val ")]
         assert {"clean", "fgsm", "pgd20"} <= {x.split(" val ")[1].split(":")[0] for x in screened}, screened
+        assert all(x.endswith("s)") for x in screened if " val clean" not in x), screened
+        assert any(x.startswith(f"[main] certified {t['trial_id']}: clean ") for x in lines) == t["finalist"]
+    finalists = sum(t["finalist"] for t in s["trials"])
+    progress = [x for x in lines if x.startswith("[main] certify: ")]
+    assert progress[-1].startswith(f"[main] certify: {2 * finalists}/{2 * finalists} shards, {100 * finalists}/"
+                                   f"{100 * finalists} test images"), progress
+    assert all("images/s" in x and ("s left" in x or "unknown yet" in x) for x in progress), progress
     both = p.stdout + p.stderr
     for noise in ("INFO", "Trial status", "[I 20", "Configuration for experiment", "View detailed results",
                   "maximum expected startup concurrency"):
@@ -139,17 +171,23 @@ def test_smoke_mlflow_layout_compares_trials_well(smoke):
     assert not (out.parent / "mlruns").exists()
     for t in s["trials"]:
         r = client.get_run(t["mlflow_run_id"])
-        for setting in ("eps", "n_eval", "autoattack_n", "final"):
+        settings = ("val/eps", "val/n_eval", "final") + (("test/n_eval", "test/autoattack_n") if t["finalist"] else ())
+        for setting in settings:
             assert setting in r.data.params and setting not in r.data.metrics, setting
         assert "resumed_from_epoch" not in r.data.metrics
-        # one series per meaning: the monitor per epoch, the final evaluation once
+        # one series per meaning: the monitor per epoch, the screening and the certification once
         assert len(client.get_metric_history(r.info.run_id, "monitor_clean_acc")) == 3
-        assert [m.step for m in client.get_metric_history(r.info.run_id, "clean_acc")] == [3]
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val/robust_acc")] == [3]  # the screening
+        assert "clean_acc" not in r.data.metrics and "robust_acc" not in r.data.metrics  # no number without its split
+        if t["finalist"]:
+            assert len(client.get_metric_history(r.info.run_id, "test/robust_acc")) == 1
+            assert {"test/seconds/autoattack", "test/seconds/pgd20"} <= set(r.data.metrics)  # what each attack cost
+        else:
+            assert not [k for k in r.data.metrics if k.startswith("test/")]
         assert {"alpha", "mixup_a", "delta", "gamma_beta"} <= set(r.data.params)
         assert r.data.tags["searched_params"] == "alpha,mixup_a,delta,gamma_beta"
         assert r.data.params["precision"] == "fp32"
-        assert {"seconds/autoattack", "seconds/pgd20"} <= set(r.data.metrics)  # what each attack cost
+        assert {"val/seconds/pgd20", "val/seconds/fgsm"} <= set(r.data.metrics)
         assert Path(r.data.tags["checkpoint"]).is_file()
         arts = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert "checkpoint.pt" in arts and Path(exp.artifact_location[len("file://"):]).is_dir()
@@ -166,33 +204,6 @@ def test_printed_mlflow_command_works_in_a_new_shell(smoke):
     assert re.fullmatch(r"  then http://127\.0\.0\.1:5000/#/experiments/\d+/runs \(the study's training runs\)", after), after
     v = subprocess.run([cmd[0], "-m", "mlflow", "--version"], capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
     assert v.returncode == 0, v.stderr[-500:]
-
-
-DDP_STUDY = textwrap.dedent("""
-    name: ddp
-    description: two natural trials
-    base: {method: natural, dataset: digits, epochs: 6, batch_size: BATCH, monitor: {every: 0}}
-    search: {algorithm: grid, params: {seed: {values: [0, 1]}}}
-    evaluation: {protocol: basic}
-    resources: {cpus_per_worker: 0.5}  # both trials at once, also with 2 workers each
-""")
-
-
-def test_two_ddp_workers_agree_with_one_within_noise(tmp_path):
-    """Same global batch (32 = 1 x 32 = 2 x 16): DDP over gloo must train as well as one worker."""
-    accs = {}
-    for workers, batch in ((1, 32), (2, 16)):
-        f = tmp_path / f"ddp{workers}.yaml"
-        f.write_text(DDP_STUDY.replace("BATCH", str(batch)))
-        out = tmp_path / f"out{workers}"
-        sweep("--config", str(f), "--num-workers", str(workers), "--output-dir", str(out), cwd=tmp_path)
-        s = json.loads((out / "summary.json").read_text())
-        assert [t["status"] for t in s["trials"]] == ["completed", "completed"]
-        accs[workers] = sorted(t["metrics"]["clean_acc"] for t in s["trials"])
-        if workers == 2:
-            assert all(t["metrics"]["images_per_s"] > 0 for t in s["trials"])
-    for one, two in zip(accs[1], accs[2]):
-        assert two > 0.85 and abs(one - two) < 0.05, accs
 
 
 ASHA_STUDY = textwrap.dedent("""

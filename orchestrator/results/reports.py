@@ -2,7 +2,9 @@
 to the study's MLflow parent run by the sweep).
 
 Where the paper publishes a number for the same cell, it stands in a column beside ours; the
-paper's numbers live in ``orchestrator/paper_numbers/*.yaml`` with their table reference.
+paper's numbers live in ``orchestrator/study/paper_numbers/*.yaml`` with their table reference.
+Every accuracy in a report's tables is the test split's (a finalist's certification) unless it is
+named ``val``; the search plots show the validation numbers the search selected on.
 Robustness columns always show AutoAttack beside PGD, and a trial whose gradient-masking
 checks fired says so in its row.
 """
@@ -14,7 +16,14 @@ from typing import Any, Callable
 
 from trainables.intervals import finite as _finite
 from trainables.masking import describe_flags
-from trainables.schema import load_yaml_file, to_dict
+from trainables.schema import flatten, to_dict
+
+from ..study.names import TEST, VAL
+from ..study.paper import paper_numbers
+from ..study.space import short_name
+from ..study.status import TrialStatus
+from .format import num, pct
+from .table import table
 
 REPORTS: dict[str, Callable[..., list[Path]]] = {}
 
@@ -27,35 +36,19 @@ def register(name: str):
     return deco
 
 
-PAPER_DIR = Path(__file__).resolve().parent / "paper_numbers"
-
-
-def paper_numbers(name: str | None, where: str = "paper") -> dict[str, Any]:
-    """The paper's published numbers named by a study's ``paper:`` key; an unknown name or a
-    file of the wrong shape is an error, like every other name in a study."""
-    from trainables.errors import ConfigError
-
-    if not name:
-        return {}
-    known = sorted(p.stem for p in PAPER_DIR.glob("*.yaml"))
-    if name not in known:
-        raise ConfigError(f"{where}: unknown paper-numbers file {name!r}; expected one of: {', '.join(known)}")
-    data = load_yaml_file(PAPER_DIR / f"{name}.yaml")
-    if not isinstance(data, dict) or not isinstance(data.get("cells", []), list):
-        raise ConfigError(f"{where}: {PAPER_DIR / name}.yaml: expected a mapping with a list of cells")
-    return data
-
-
 def _pct(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{100 * v:.2f}" if isinstance(v, (int, float)) else str(v)
+    """An accuracy in % with two decimals (reports); "-" when missing."""
+    return pct(v, digits=2)
+
+
+def test_view(row: dict) -> dict[str, Any]:
+    """A row's test-split numbers (its certification) under their bare names; empty for a trial
+    that was not certified."""
+    return {k[len(TEST):]: v for k, v in row["metrics"].items() if k.startswith(TEST)}
 
 
 def _num(v: Any, fmt: str = "{:.3g}") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return fmt.format(v) if isinstance(v, (int, float)) else str(v)
+    return num(v, fmt, nan="-")
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> str:
@@ -87,8 +80,6 @@ def _savefig(fig, path: Path, tight: bool = True) -> Path:
 
 
 def _match(cell: dict, row: dict) -> bool:
-    from trainables.schema import flatten
-
     flat = {**flatten(row["config"]), **row["searched"]}
     for k, v in cell.items():
         if k in ("method", "model", "case", "model_args.width"):
@@ -104,18 +95,12 @@ def _paper_cell(paper: dict, row: dict) -> dict:
     return {}
 
 
-def _completed(rows: list[dict], stage: str | None = None) -> list[dict]:
-    return [r for r in rows if (stage is None or r["stage"] == stage)]
-
-
 def _status_note(r: dict) -> str:
-    return "" if r["status"] == "completed" else f" ({r['status']})"
+    return "" if r["status"] == TrialStatus.COMPLETED else f" ({r['status']})"
 
 
 def write_report(study, rows: list[dict], output_dir: Path) -> list[Path]:
     """Write the report named by ``study.report`` plus the beta matrices; returns the files."""
-    from orchestrator.summary import table
-
     fn = REPORTS[study.report]  # validated with the study
     paper = paper_numbers(study.paper)
     for r in rows:  # rows from older summaries name no evaluation: the study file says which
@@ -123,7 +108,7 @@ def write_report(study, rows: list[dict], output_dir: Path) -> list[Path]:
             r["evaluation"] = stage_evaluation(study, r["stage"])
     sections, files = fn(rows, output_dir, paper)
     files += beta_plots(rows, output_dir)
-    flagged = [r for r in rows if r["metrics"].get("masking_flags")]
+    flagged = [r for r in rows if test_view(r).get("masking_flags")]
     text = [f"# {study.name}", "", study.description, ""]
     if paper.get("source"):
         text += [f"Paper numbers: {paper['source']} (columns marked *paper*).", ""]
@@ -133,10 +118,10 @@ def write_report(study, rows: list[dict], output_dir: Path) -> list[Path]:
     selected = [r for r in rows if r.get("selected_on") == "validation"]
     if selected:
         nval = sorted({r["metrics"]["val/n_eval"] for r in selected if r["metrics"].get("val/n_eval")})
-        ntest = sorted({r["metrics"]["n_eval"] for r in selected if r["metrics"].get("n_eval")})
+        ntest = sorted({test_view(r)["n_eval"] for r in selected if test_view(r).get("n_eval")})
         finalists = [r["trial_id"] for r in selected if r.get("finalist")]
         text += [f"Selected on validation ({'/'.join(map(str, nval))} images held out of the training split; the "
-                 f"search saw only those numbers), evaluated on test ({'/'.join(map(str, ntest))} images). "
+                 f"search saw only those numbers), certified on test ({'/'.join(map(str, ntest))} images). "
                  f"Finalists (^): {', '.join(finalists) or 'none'}. Every accuracy below is the test split's unless "
                  "named `val`; `summary.json` has each one's 95 % interval (`ci95`).", ""]
     precisions = sorted({str(r["metrics"]["precision"]) for r in rows if r["metrics"].get("precision")})
@@ -147,7 +132,7 @@ def write_report(study, rows: list[dict], output_dir: Path) -> list[Path]:
              "(AutoAttack included); PGD alone is an upper bound on robustness.", ""]
     if flagged:
         text += [f"**{len(flagged)} trial(s) have gradient-masking flags**: their PGD numbers are not trustworthy "
-                 "(see the `masking` column and each trial's eval.json).", ""]
+                 "(see the `masking` column and each finalist's certification.json).", ""]
     text += sections
     text += beta_section(rows)
     text += ["", "## All trials", "", "```", table(rows), "```", ""]
@@ -166,90 +151,107 @@ CONTOUR_MIN_TRIALS = 15  # below this a contour over 2 of 4 parameters interpola
 IMPORTANCE_MIN_TRIALS = 20  # below this fANOVA importances are said to be unreliable
 
 
+class _Figures:
+    """The report's figures, saved beside it and linked from its text."""
+
+    def __init__(self, out: Path, text: list[str]):
+        self.out, self.text, self.files = out, text, []
+
+    def save(self, ax, name: str, title: str) -> None:
+        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+        p = _savefig(fig, self.out / f"sensitivity_{name}.png", tight=False)  # Optuna lays its figures out
+        self.files.append(p)
+        self.text.extend([f"## {title}", "", f"![{name}]({p.name})", ""])
+
+
 @register("sensitivity")
 def sensitivity(rows, out, paper):
     """Optuna's own plots of the search (Pareto front, slices, parallel coordinates, a contour
     when there are enough trials, importances with a caveat), the paper-default trial marked."""
-    done = [r for r in rows if r["status"] == "completed" and _finite(r["metrics"].get("robust_acc"))
-            and _finite(r["metrics"].get("clean_acc"))]
+    keys = _plotted([r for r in rows if r["status"] == TrialStatus.COMPLETED])
+    done = [r for r in rows if r["status"] == TrialStatus.COMPLETED and all(_finite(r["metrics"].get(k)) for k in keys)]
     if not done:
         return ["no completed trial to plot"], []
     import warnings
 
     import optuna
-    import optuna.visualization.matplotlib as ovm
 
-    plt = _plt()
-    study, default = search_study(done)
-    robust = lambda t: t.values[1]  # noqa: E731
-    split = "validation " if _plotted(done)[0].startswith("val/") else ""
-    files: list[Path] = []
+    split = "validation " if keys[0].startswith(VAL) else ""
     text = [f"{len(done)} completed trial(s); ★ marks the paper's defaults (alpha 0.01, Mixup a 0.2, Delta 0.1, "
             "gamma_beta 0.01). Robust accuracy is the per-image worst case over the white-box attacks"
             + (" (the plots show the validation numbers the search selected on: the screening's)" if split else "")
             + ".", ""]
-
-    def save(ax, name: str, title: str) -> None:
-        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-        p = _savefig(fig, out / f"sensitivity_{name}.png", tight=False)  # Optuna lays its figures out
-        files.append(p)
-        text.extend([f"## {title}", "", f"![{name}]({p.name})", ""])
-
+    figures = _Figures(out, text)
+    study, default = search_study(done)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ax = ovm.plot_pareto_front(study, target_names=[f"{split}clean accuracy", f"{split}robust accuracy"])
-        if default is not None:
-            ax.scatter(*default.values, marker="*", s=260, c="gold", edgecolors="k", zorder=5, label="paper defaults")
-            ax.legend(loc="best", fontsize=8)
-        save(ax, "pareto", f"Pareto front ({split}clean vs {split}robust)")
-        params = list(study.trials[0].params)
-        ax = ovm.plot_slice(study, target=robust, target_name=f"{split}robust accuracy")
-        axes = list(ax.flat) if hasattr(ax, "flat") else [ax]
-        if default is not None:
-            for a, k in zip(axes, params):
-                a.scatter([default.params[k]], [default.values[1]], marker="*", s=200, c="gold", edgecolors="k", zorder=5)
-        save(ax, "slice", f"{'Validation r' if split else 'R'}obust accuracy against each parameter (one point per trial)")
-        ax = ovm.plot_parallel_coordinate(study, target=robust, target_name=f"{split}robust accuracy")
-        save(ax, "parallel", "Parallel coordinates")
-        if len(done) >= CONTOUR_MIN_TRIALS and {"alpha", "mixup_a"} <= set(params):
-            ax = ovm.plot_contour(study, params=["alpha", "mixup_a"], target=robust, target_name=f"{split}robust accuracy")
-            save(ax, "contour", "Robust accuracy over (alpha, Mixup a), interpolated")
-        else:
-            text += [f"No contour: {len(done)} trial(s) (a contour needs at least {CONTOUR_MIN_TRIALS}; the slices "
-                     "above show every trial as it is).", ""]
-        imp = importances(done)
-        if imp:
-            ax = ovm.plot_param_importances(study, target=robust, target_name=f"{split}robust accuracy", evaluator=fanova())
-            save(ax, "importance", "Parameter importances (Optuna, fANOVA on robust accuracy)")
-            text.append(_md_table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in imp.items()]))
-            if len(done) < IMPORTANCE_MIN_TRIALS:
-                text += ["", f"Caveat: {len(done)} trials; importances estimated from fewer than "
-                         f"{IMPORTANCE_MIN_TRIALS} trials are unreliable (they rank what varied, not what matters)."]
-        else:
-            text.append("Not enough completed trials with varied parameters to estimate importances.")
-    plt.close("all")
-    val = lambda r, k: r["metrics"].get(f"val/{k}")  # noqa: E731
-    text += ["", "## Trials", "", "Ordered by the validation worst case the search selected on; ^ marks the finalists.", "",
-             _md_table(["trial", *params, "val clean", "val robust min", "clean", "robust min"],
+        _search_plots(figures, study, default, split)
+        _interpolated_plots(figures, study, done, split)
+    _plt().close("all")
+    params = list(study.trials[0].params)
+    text += ["", "## Trials", "", "Ordered by the number the plots show (the validation worst case the search selected "
+             "on); ^ marks the finalists, whose test numbers are their certification.", "",
+             _md_table(["trial", *params, "val clean", "val robust min", "test clean", "test robust min"],
                        [[("^ " if r.get("finalist") else "") + ("★ " if r.get("paper_default") else "") + r["trial_id"],
-                         *[_num(_short_searched(r).get(k)) for k in params], _pct(val(r, "clean_acc")),
-                         _pct(val(r, "robust_acc")), _pct(r["metrics"]["clean_acc"]), _pct(r["metrics"]["robust_acc"])]
-                        for r in sorted(done, key=lambda r: -(val(r, "robust_acc") if _finite(val(r, "robust_acc"))
-                                                              else r["metrics"]["robust_acc"]))])]
-    return text, files
+                         *[_num(_short_searched(r).get(k)) for k in params], _pct(r["metrics"].get(VAL + "clean_acc")),
+                         _pct(r["metrics"].get(VAL + "robust_acc")), _pct(test_view(r).get("clean_acc")),
+                         _pct(test_view(r).get("robust_acc"))]
+                        for r in sorted(done, key=lambda r: (-r["metrics"][keys[1]], r["trial_id"]))])]
+    return text, figures.files
+
+
+def _search_plots(figures: _Figures, study, default, split: str) -> None:
+    """What every trial shows as it is: the Pareto front, a slice per parameter, parallel coordinates."""
+    import optuna.visualization.matplotlib as ovm
+
+    robust = lambda t: t.values[1]  # noqa: E731
+    ax = ovm.plot_pareto_front(study, target_names=[f"{split}clean accuracy", f"{split}robust accuracy"])
+    if default is not None:
+        ax.scatter(*default.values, marker="*", s=260, c="gold", edgecolors="k", zorder=5, label="paper defaults")
+        ax.legend(loc="best", fontsize=8)
+    figures.save(ax, "pareto", f"Pareto front ({split}clean vs {split}robust)")
+    ax = ovm.plot_slice(study, target=robust, target_name=f"{split}robust accuracy")
+    if default is not None:
+        for a, k in zip(list(ax.flat) if hasattr(ax, "flat") else [ax], list(study.trials[0].params)):
+            a.scatter([default.params[k]], [default.values[1]], marker="*", s=200, c="gold", edgecolors="k", zorder=5)
+    figures.save(ax, "slice", f"{'Validation r' if split else 'R'}obust accuracy against each parameter (one point per trial)")
+    ax = ovm.plot_parallel_coordinate(study, target=robust, target_name=f"{split}robust accuracy")
+    figures.save(ax, "parallel", "Parallel coordinates")
+
+
+def _interpolated_plots(figures: _Figures, study, done: list[dict], split: str) -> None:
+    """What needs enough trials to mean something: a contour over (alpha, a), importances."""
+    import optuna.visualization.matplotlib as ovm
+
+    robust = lambda t: t.values[1]  # noqa: E731
+    params, text = list(study.trials[0].params), figures.text
+    if len(done) >= CONTOUR_MIN_TRIALS and {"alpha", "mixup_a"} <= set(params):
+        ax = ovm.plot_contour(study, params=["alpha", "mixup_a"], target=robust, target_name=f"{split}robust accuracy")
+        figures.save(ax, "contour", "Robust accuracy over (alpha, Mixup a), interpolated")
+    else:
+        text += [f"No contour: {len(done)} trial(s) (a contour needs at least {CONTOUR_MIN_TRIALS}; the slices "
+                 "above show every trial as it is).", ""]
+    imp = importances(done)
+    if not imp:
+        text.append("Not enough completed trials with varied parameters to estimate importances.")
+        return
+    ax = ovm.plot_param_importances(study, target=robust, target_name=f"{split}robust accuracy", evaluator=fanova())
+    figures.save(ax, "importance", "Parameter importances (Optuna, fANOVA on robust accuracy)")
+    text.append(_md_table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in imp.items()]))
+    if len(done) < IMPORTANCE_MIN_TRIALS:
+        text += ["", f"Caveat: {len(done)} trials; importances estimated from fewer than "
+                 f"{IMPORTANCE_MIN_TRIALS} trials are unreliable (they rank what varied, not what matters)."]
 
 
 def _short_searched(r: dict) -> dict[str, Any]:
-    from .summary import short_name
-
     return {short_name(k): v for k, v in r["searched"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _plotted(done: list[dict]) -> list[str]:
     """The two numbers the search plots show: what the search selected on (validation) when
     every trial has them, so that Optuna's "best trials" are the search's own; else the test's."""
-    val = ["val/clean_acc", "val/robust_acc"]
-    return val if all(_finite(r["metrics"].get(k)) for r in done for k in val) else ["clean_acc", "robust_acc"]
+    val = [VAL + "clean_acc", VAL + "robust_acc"]
+    return val if all(_finite(r["metrics"].get(k)) for r in done for k in val) else [TEST + "clean_acc", TEST + "robust_acc"]
 
 
 def search_study(done: list[dict]):
@@ -306,10 +308,10 @@ def width(rows, out, paper):
     plt = _plt()
     by: dict[str, list[tuple]] = {}
     for r in rows:
-        if r["status"] != "completed":
+        if r["status"] != TrialStatus.COMPLETED:
             continue
         w = r["config"].get("model_args", {}).get("width")
-        by.setdefault(r["config"]["method"], []).append((w, r["metrics"]))
+        by.setdefault(r["config"]["method"], []).append((w, test_view(r)))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     table = []
     for method, pts in sorted(by.items()):
@@ -340,7 +342,7 @@ def width(rows, out, paper):
 @register("scalability")
 def scalability(rows, out, paper):
     plt = _plt()
-    done = [r for r in rows if r["status"] == "completed"]
+    done = [r for r in rows if r["status"] == TrialStatus.COMPLETED]
     nat = {r["config"]["model"]: r["metrics"].get("mean_epoch_time_s") or r["metrics"].get("epoch_time_s")
            for r in done if r["config"]["method"] == "natural"}
     paper_nat = {c["model"]: c["seconds_10_epochs"] for c in paper.get("cells", []) if c["method"] == "natural"}
@@ -388,7 +390,7 @@ def _robust_table(rows, paper, key_cols: list[tuple[str, str]], label: Callable[
     head += ["masking"]
     body = []
     for r in rows:
-        m = r["metrics"]
+        m = test_view(r)
         cell = _paper_cell(paper, r)
         line = label(r)
         line[-1] += _status_note(r)
@@ -416,7 +418,7 @@ def protocol_of(row: dict):
     """The protocol a trial was evaluated with (the stage's, overrides included)."""
     from trainables.protocols import get_protocol
 
-    ev = row.get("evaluation") or {"protocol": row["metrics"].get("protocol", "basic")}
+    ev = row.get("evaluation") or {"protocol": test_view(row).get("protocol", "basic")}
     return get_protocol(ev["protocol"], ev.get("overrides"))
 
 

@@ -11,8 +11,11 @@ from typing import Any, Mapping
 
 from trainables.errors import ConfigError
 
+from .status import TrialStatus
+
 STAGE_REF = "stage:"
 CHECKPOINT_FILE = "checkpoint.pt"  # what the worker writes into every checkpoint directory
+EVAL_FILE = "eval.json"  # and, in the last one, the screening evaluation
 
 
 def is_ref(value: Any) -> bool:
@@ -89,7 +92,7 @@ def ref_target(ref: str, rows: list[dict]) -> str | None:
 
     stage, wanted = parse_ref(ref, "stage reference")
     for r in rows:
-        if r["stage"] != stage or r["status"] != "completed" or not r["checkpoint"]:
+        if r["stage"] != stage or r["status"] != TrialStatus.COMPLETED or not r["checkpoint"]:
             continue
         flat = flatten(r["config"])
         if all(str(flat.get(k)) == v for k, v in wanted.items()):

@@ -4,28 +4,14 @@ and calls ``fit()`` (the V2 pattern; ``Tuner(trainer)`` is deprecated).
 The Train run is named after the Tune trial id (``train-<trial_id>``) under the study's
 storage path. A trial that ``--resume`` runs again (its driver died or was interrupted) is
 given its first Train run's name, so it resumes from that run's last checkpoint instead of
-starting over (``orchestrator.ledger``).
+starting over (``orchestrator.tuner.ledger``).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
-from trainables.schema import deep_merge
-
-from .stages import substitute
-
-
-def trial_train_config(base: Mapping[str, Any], trial_config: Mapping[str, Any], refs: Mapping[str, str]) -> dict:
-    """The trial's training config: the stage's base with the searched values on top and
-    stage references ("stage:pretrain/method=natural") replaced by checkpoint paths. A value
-    of "random" for init_checkpoint means no checkpoint."""
-    trial_config = dict(trial_config)
-    case = trial_config.pop("case", None)
-    merged = deep_merge(base, {k: v for k, v in (case or {}).items() if k != "name"})
-    cfg = substitute(deep_merge(merged, trial_config), refs)
-    if cfg.get("init_checkpoint") == "random":
-        cfg["init_checkpoint"] = None
-    return cfg
+from ..study.space import config_key, trial_config
+from .ledger import train_run_name
 
 
 AUTO_BACKEND = "auto"  # resolved per worker group when it starts: nccl or gloo
@@ -64,19 +50,19 @@ def torch_config():
     return AdaptiveTorchConfig(backend=AUTO_BACKEND)
 
 
-def run_trial(trial_config: dict[str, Any], *, payload: dict[str, Any]) -> None:
+def run_trial(given: dict[str, Any], *, payload: dict[str, Any]) -> None:
+    """One trial: its training config from the searched values it was ``given``, one Train run."""
     import ray.train
     import ray.tune
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from .ledger import config_key
     from .worker import train_loop_per_worker
 
     trial_id = ray.tune.get_context().get_trial_id()
-    train_run = (payload.get("resumes") or {}).get(config_key(trial_config)) or f"train-{trial_id}"
+    train_run = (payload.get("resumes") or {}).get(config_key(given)) or train_run_name(trial_id)
     res = payload["resources"]
-    train_cfg = trial_train_config(payload["base"], trial_config, payload["refs"])
+    train_cfg = trial_config(payload["base"], given, payload["refs"])
     gpus = float(res["gpus_per_worker"])
     resources = {"CPU": float(res["cpus_per_worker"])}
     if gpus > 0:
@@ -86,12 +72,10 @@ def run_trial(trial_config: dict[str, Any], *, payload: dict[str, Any]) -> None:
         torch_config=torch_config(),
         train_loop_config={
             "train": train_cfg,
-            "protocol": payload["protocol"],
-            "protocol_overrides": payload["protocol_overrides"],
             "screen": payload.get("screen", "screen"),
-            "transfer_source": substitute(payload.get("transfer_source"), payload["refs"]),
+            "objectives": payload.get("objectives", []),
             "threads": max(1, int(res["cpus_per_worker"])),
-            "console": payload.get("console"),  # where the final evaluation's per-attack lines go
+            "console": payload.get("console"),  # where the screening's per-attack lines go
             "label": f"[{payload.get('stage', 'main')}] trial {trial_id}",
         },
         scaling_config=ray.train.ScalingConfig(num_workers=int(res["num_workers"]), use_gpu=gpus > 0,

@@ -4,8 +4,11 @@ Every rank calls ``ray.train.report`` once per epoch; rank 0 attaches the checkp
 optimizer, method state such as SPROUT's beta, epoch, config). A restarted worker group
 resumes from ``ray.train.get_checkpoint()``, or from the one before it when that one is
 unusable; an epoch is safe to re-run because its data order depends only on (seed, epoch).
-The last epoch's report also carries the final evaluation (rank 0). A NaN or infinite loss
-ends the run with ``status: diverged``.
+The last epoch's report also carries the final result (rank 0): the screening evaluation on
+the validation split when the trial has one (what a search selects on), the method's own
+results and the timings. Nothing here reads the test split: the finalists are certified on it
+after training, by ``orchestrator.certify``, and the worker group is released before that. A
+NaN or infinite loss ends the run with ``status: diverged``.
 """
 from __future__ import annotations
 
@@ -14,16 +17,19 @@ import logging
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trainables.cli import write_json
 
-from .stages import CHECKPOINT_FILE
-from .splits import VAL_PREFIX, val_name
+from ..study.names import VAL, under, val_name
+from ..study.refs import CHECKPOINT_FILE, EVAL_FILE
+from .console import console_say
+from .status import TrialStatus
 
-EVAL_FILE = "eval.json"
 logger = logging.getLogger(__name__)
+MAX_LIST = 64  # longer lists (per-image data) stay in eval.json, not in Tune's results
 
 
 def _scalars(d: dict[str, Any]) -> dict[str, Any]:
@@ -32,18 +38,9 @@ def _scalars(d: dict[str, Any]) -> dict[str, Any]:
     for k, v in d.items():
         if isinstance(v, (bool, int, float, str)) or v is None:
             out[k] = v
-        elif isinstance(v, (list, tuple)) and len(v) <= 64:
+        elif isinstance(v, (list, tuple)) and len(v) <= MAX_LIST:
             out[k] = list(v)
     return out
-
-
-def console_say(config: dict[str, Any], what: str = "eval"):
-    """Lines to the sweep's console without waiting for it (the final evaluation's attacks, a
-    checkpoint fallback)."""
-    console, label = config.get("console"), config.get("label", "")
-    if console is None:
-        return None
-    return lambda line: console.put.remote(f"{label} {what} {line.strip()}")
 
 
 _said_cpu_fallback = False
@@ -105,113 +102,136 @@ def load_resume_state(latest, say=None) -> tuple[dict[str, Any], dict[str, Any] 
     raise CheckpointError(f"no usable checkpoint to resume from in {latest.path.rsplit('/', 1)[0]}: {first_error}")
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+@dataclass
+class Trial:
+    """One worker's view of its trial: the built components and what every report carries."""
+
+    config: dict[str, Any]  # the driver's train_loop_config
+    cfg: Any  # the resolved TrainConfig
+    comp: Any  # trainables.loop.Components
+    rank: int
+    device_label: str
+    node_id: str
+    start_epoch: int
+    saved_eval: dict[str, Any] | None  # the screening of a run that finished before a crash
+
+    def say(self, what: str):
+        return console_say(self.config.get("console"), self.config.get("label", ""), what)
+
+
+def setup(config: dict[str, Any]) -> Trial:
+    """Resolve the config, pick the device, restore the latest usable checkpoint, build."""
     import ray
     import ray.train
     import ray.train.torch
     import torch
 
-    from trainables.errors import DivergedError
-    from trainables.evaluate import evaluate, load_model_from_checkpoint
-    from trainables.loop import build, checkpoint_state, fit
-    from trainables.protocols import get_protocol
-    from trainables.schema import to_dict
     from trainables.config import resolve
+    from trainables.loop import build
 
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     cfg = resolve(config["train"])  # the one resolution of this trial's config; reported with every result
-    resolved_json = json.dumps(to_dict(cfg))
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     assigned = ray.train.torch.get_device()
     device = worker_device(assigned)
-    device_label = device.type if device.type == assigned.type else f"{device.type} (GPU advertised, CUDA unavailable)"
     resume, saved_eval = None, None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
-        resume, saved_eval = load_resume_state(ckpt, console_say(config, "resume") if rank == 0 else None)
-    comp = build(cfg, device=device, resume=resume, prepare_model=ray.train.torch.prepare_model
-                 if ctx.get_world_size() > 1 and device.type == "cuda" else None)
-    protocol = get_protocol(config["protocol"], config.get("protocol_overrides") or {})
-    start_epoch = comp.start_epoch
-    node_id = ray.get_runtime_context().get_node_id()
+        resume, saved_eval = load_resume_state(
+            ckpt, console_say(config.get("console"), config.get("label", ""), "resume") if rank == 0 else None)
+    prepare = ray.train.torch.prepare_model if ctx.get_world_size() > 1 and device.type == "cuda" else None
+    comp = build(cfg, device=device, resume=resume, prepare_model=prepare)
+    label = device.type if device.type == assigned.type else f"{device.type} (GPU advertised, CUDA unavailable)"
+    return Trial(config, cfg, comp, rank, label, ray.get_runtime_context().get_node_id(), comp.start_epoch, saved_eval)
 
-    def screening() -> dict[str, Any]:
-        """The screening evaluation on the validation split, under validation names: what a
-        search selects on (the objectives, the finalists). Nothing here reads the test split."""
-        if not comp.bundle.has_val:
-            return {}
-        r = evaluate(comp.net, comp.bundle.as_test_of_validation(), get_protocol(config.get("screen", "screen")),
-                     eps=cfg.eps, seed=cfg.seed, device=device, log=console_say(config, "val"))
-        keep = ("n_eval", "robust_acc_min_n", "masking_flags", "eval_time_s", "protocol", "curve_eps")
-        out = {VAL_PREFIX + k: v for k, v in r.items() if k.endswith("_acc") or k in keep}
-        out[val_name("robust_acc")] = r.get("robust_acc_min", float("nan"))
-        return out
 
-    def final_evaluation() -> dict[str, Any]:
-        if saved_eval is not None:
-            r = saved_eval  # the run finished before a crash lost its last report: no re-evaluation
-        else:
-            source = None
-            if config.get("transfer_source"):
-                source, _, _ = load_model_from_checkpoint(config["transfer_source"])
-            r = {**screening(), **evaluate(comp.net, comp.bundle, protocol, eps=cfg.eps, seed=cfg.seed, device=device,
-                                           transfer_source=source, log=console_say(config))}
-        out = {k: v for k, v in r.items() if k not in ("protocol_budgets", "masking_checks")}
-        out["masking_details"] = [f"{n}: {r['masking_checks'][n]['detail']}" for n in r.get("masking_flags", [])
-                                  if n in r.get("masking_checks", {})]
-        out["_eval"] = r
-        out["robust_acc"] = r.get("robust_acc_min", float("nan"))
-        for name, seconds in (r.get("attack_seconds") or {}).items():  # MLflow: seconds/<attack>
-            out[f"seconds/{name.replace('@', '_at_')}"] = seconds
-        if hasattr(comp.method, "beta"):  # SPROUT: beta at the start and at the end (Figure 4)
-            out["beta"] = [round(float(b), 6) for b in comp.method.beta.cpu()]
-            out["beta_start"] = [round(float(b), 6) for b in comp.method.beta_start.cpu()]
-        times = [h["epoch_time_s"] for h in comp.history]
-        # the first epoch carries start-up costs (allocation, compilation): leave it out when we can
-        steady = times[1:] if len(times) > 1 else times
-        out["mean_epoch_time_s"] = sum(steady) / len(steady)
-        out["mean_images_per_s"] = sum(h["images_per_s"] for h in comp.history[-len(steady):]) / len(steady)
-        out["final"] = True
-        return out
+def screening(t: Trial) -> dict[str, Any]:
+    """The screening evaluation on the validation split (its full result, unprefixed): what a
+    search selects on. Empty without a validation split."""
+    from trainables.evaluate import evaluate
+    from trainables.protocols import get_protocol
 
-    def on_epoch_end(metrics: dict[str, Any], make_state) -> None:
-        report = dict(metrics)
-        # the search objective exists in every result: the monitor's numbers per epoch,
-        # replaced by the final evaluation after the last epoch. With a validation split the
-        # monitor measures it, and its numbers go under validation names only
-        name = val_name if comp.bundle.has_val else str
-        report[name("clean_acc")] = metrics.get("monitor_clean_acc", float("nan"))
-        report[name("robust_acc")] = metrics.get("monitor_pgd_acc", float("nan"))
-        report["status"] = "running"
-        report["resumed_from_epoch"] = start_epoch  # > 0 after a worker-group restart
-        report["device"] = device_label
-        report["resolved_config"] = resolved_json
-        report["node_id"] = node_id  # which machine ran this epoch (it changes when a node is lost)
-        if metrics["epoch"] == cfg.epochs:
-            if rank == 0:
-                report.update(final_evaluation())
-            report["status"] = "completed"
-        full_eval = report.pop("_eval", None)
-        if make_state is None:
-            ray.train.report(_scalars(report))
-            return
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(make_state(), os.path.join(d, CHECKPOINT_FILE))
-            if full_eval is not None:
-                write_json(Path(d) / EVAL_FILE, full_eval)
-            ray.train.report(_scalars(report), checkpoint=ray.train.Checkpoint.from_directory(d))
+    if t.saved_eval is not None:
+        return t.saved_eval  # the run finished before a crash lost its last report: not again
+    if not t.comp.bundle.has_val:
+        return {}
+    return evaluate(t.comp.net, t.comp.bundle.as_test_of_validation(), get_protocol(t.config.get("screen", "screen")),
+                    eps=t.cfg.eps, seed=t.cfg.seed, device=t.comp.device, log=t.say("val"))
 
+
+def final_result(t: Trial, screened: dict[str, Any]) -> dict[str, Any]:
+    """What the last epoch's report adds (rank 0): the screening under validation names, its
+    masking details, the method's own results, the steady-state timings."""
+    out = under(VAL, screened)
+    out[val_name("masking_details")] = [f"{n}: {screened['masking_checks'][n]['detail']}"
+                                        for n in screened.get("masking_flags", []) if n in screened.get("masking_checks", {})]
+    for name, seconds in (screened.get("attack_seconds") or {}).items():  # MLflow: val/seconds/<attack>
+        out[f"{VAL}seconds/{name.replace('@', '_at_')}"] = seconds
+    out.update(t.comp.method.final_metrics())
+    history = t.comp.history
+    # the first epoch carries start-up costs (allocation, compilation): leave it out when we can
+    steady = history[1:] if len(history) > 1 else history
+    out["mean_epoch_time_s"] = sum(h["epoch_time_s"] for h in steady) / len(steady)
+    out["mean_images_per_s"] = sum(h["images_per_s"] for h in steady) / len(steady)
+    out["final"] = True
+    return out
+
+
+def report_epoch(t: Trial, metrics: dict[str, Any], make_state) -> None:
+    """Report one epoch (every rank); rank 0 attaches the checkpoint, and after the last epoch
+    the final result, whose screening is kept in the checkpoint (``eval.json``)."""
+    import ray.train
+    import torch
+
+    from trainables.checkpoint import save_checkpoint
+    from trainables.schema import to_dict
+
+    report = {**metrics, "status": TrialStatus.RUNNING.value, "resumed_from_epoch": t.start_epoch,
+              "device": t.device_label, "resolved_config": json.dumps(to_dict(t.cfg)),
+              "node_id": t.node_id}  # which machine ran this epoch (it changes when a node is lost)
+    screened = None
+    if metrics["epoch"] == t.cfg.epochs:
+        if t.rank == 0:
+            screened = screening(t)
+            report.update(final_result(t, screened))
+        report["status"] = TrialStatus.COMPLETED.value
+    for name in t.config.get("objectives", ()):  # Tune wants the searcher's objectives in every result:
+        report.setdefault(name, float("nan"))  # not measured (yet) is NaN, never a stale or a test number
+    if make_state is None:
+        ray.train.report(_scalars(report))
+        return
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(make_state(), Path(d) / CHECKPOINT_FILE)
+        if screened is not None:
+            write_json(Path(d) / EVAL_FILE, screened)
+        ray.train.report(_scalars(report), checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def report_divergence(t: Trial, epoch: int, loss: float) -> None:
+    import ray.train
+
+    from trainables.schema import to_dict
+
+    nan = float("nan")
+    # the searcher's objectives exist in every trial's last result: NaN here (Optuna: a failed trial)
+    ray.train.report({**{name: nan for name in t.config.get("objectives", ())}, "status": TrialStatus.DIVERGED.value,
+                      "resolved_config": json.dumps(to_dict(t.cfg)), "epoch": epoch,
+                      "loss": loss if math.isfinite(loss) else nan, "diverged": True})
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    from trainables.errors import DivergedError
+    from trainables.loop import checkpoint_state, fit
+
+    t = setup(config)
+    comp, cfg = t.comp, t.cfg
     try:
         if comp.start_epoch >= cfg.epochs and comp.history:
             # restored from the final checkpoint (a driver crash can lose the last report in
             # flight): report the final result again instead of ending without one
-            on_epoch_end(dict(comp.history[-1]),
-                         (lambda: checkpoint_state(comp, cfg.epochs)) if rank == 0 else None)
+            report_epoch(t, dict(comp.history[-1]), (lambda: checkpoint_state(comp, cfg.epochs)) if t.rank == 0 else None)
         else:
-            fit(comp, on_epoch_end=on_epoch_end)
+            fit(comp, on_epoch_end=lambda metrics, make_state: report_epoch(t, metrics, make_state))
     except DivergedError as e:
-        nan = float("nan")
-        ray.train.report({"status": "diverged", "resolved_config": resolved_json, "epoch": e.epoch, "loss": nan if not math.isfinite(e.loss) else e.loss,
-                          "clean_acc": nan, "robust_acc": nan, val_name("clean_acc"): nan, val_name("robust_acc"): nan,
-                          "diverged": True})
+        report_divergence(t, e.epoch, e.loss)

@@ -1,0 +1,267 @@
+"""A checked launch (``orchestrator.launch``), run: Ray started or joined, the study's parent MLflow
+run, then for each stage its trials (Ray Tune over Ray Train) and its finalists' certification on
+the test split (Ray tasks), then the summary, the reports and the results table.
+
+Ctrl-C and SIGTERM stop the study at any point: its MLflow runs say KILLED, the sweep exits 130 /
+143, and ``--resume`` goes on where it stopped (trials from their checkpoints, certification from
+its finished shards).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from trainables.masking import describe_flags
+from trainables.schema import to_dict
+
+from . import cluster
+from .certify import phase as certification
+from .launch import Launch, plan_fields
+from .results import reports
+from .results.progress import Progress
+from .results.summary import add_certification, add_intervals, rows_from_records, write_summary
+from .results.table import table
+from .results.tracking import MLflowTrialCallback, Tracker, provenance
+from .study.names import TEST
+from .study.refs import resolve_refs_for, substitute
+from .study.selection import select
+from .tuner import interrupts, ledger
+from .tuner.console import console_lines
+from .tuner.driver import run_trial
+from .tuner.runfile import RunFile
+from .tuner.searchers import sampler_label
+from .tuner.stage import plan_stage, run_stage
+from .tuner.status import TrialStatus
+
+EXIT_FAILED = 1  # the study ran and wrote its summary, but no trial completed or a certification failed
+
+
+@dataclass
+class Session:
+    """What every stage of a running launch shares."""
+
+    launch: Launch
+    runfile: RunFile
+    tracker: Tracker
+    parent: str
+    tags: dict[str, str]
+    cap: int  # trials at once
+    driver: dict[str, float]  # a trial driver's resources
+    console: Any  # the mailbox actor for workers' lines
+
+
+def run(launch: Launch) -> int:
+    """Run the launch to its end; the exit code."""
+    _quiet(launch.args.verbose)
+    import ray
+
+    try:
+        cap, driver, console = start_ray(launch)
+    except BaseException:
+        ray.shutdown()
+        for d in launch.created:  # nothing half-written by a launch that never started
+            shutil.rmtree(d, ignore_errors=True)
+        raise
+    interrupts.install()  # Ctrl-C / SIGTERM: the study stops, its runs say KILLED, exit 130 / 143
+    session = open_session(launch, cap, driver, console)
+    t0 = time.time()
+    try:
+        rows = run_stages(session)
+        files = finish(session, rows, time.time() - t0)
+    except (KeyboardInterrupt, interrupts.Interrupted) as e:
+        signum = interrupts.received() or signal.SIGINT
+        session.tracker.mark_interrupted()
+        session.tracker.finish_parent("KILLED")
+        ray.shutdown()
+        print(f"interrupted ({signal.Signals(signum).name}): no summary written; continue with --resume "
+              f"--output-dir {launch.output_dir}", file=sys.stderr)
+        return getattr(e, "exit_code", 128 + signum)
+    except BaseException:
+        session.tracker.mark_interrupted()
+        session.tracker.finish_parent("FAILED")
+        raise
+    finally:
+        ray.shutdown()
+        cluster.tidy_session(launch.output_dir)
+    return report(session, rows, files)
+
+
+def _quiet(verbose: bool) -> None:
+    """Ray, Tune, MLflow and Optuna say less unless asked (--verbose)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    if not verbose:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # it announces every study it creates
+
+
+def start_ray(launch: Launch) -> tuple[int, dict[str, float], Any]:
+    """Join or start Ray, check the storage against the cluster as it is, wait (bounded) for room
+    for one trial; (trials at once, a driver's resources, the console mailbox)."""
+    address, args = launch.address, launch.args
+    cluster.start_ray(address, verbose=args.verbose, temp_dir=None if address else cluster.ray_temp_dir(launch.output_dir))
+    if launch.shape is None:
+        multi, why = cluster.is_multi_node(None, cluster.alive_nodes())
+        cluster.check_storage(launch.storage_path, multi_node=multi, declared_shared=args.shared_storage, where=why)
+    driver = cluster.driver_resources()
+    need = cluster.plan_need(launch.plan.resources, driver)
+    cluster.wait_for_first_trial(need, args.resource_timeout)
+    cap = cluster.concurrency(launch.shape, need, launch.plan.resources.max_concurrent_trials,
+                              cluster.alive_node_resources())
+    return cap, driver, console_lines()
+
+
+def open_session(launch: Launch, cap: int, driver: dict[str, float], console: Any) -> Session:
+    """The study's parent MLflow run (a new one, or on --resume the launch's own)."""
+    plan, args = launch.plan, launch.args
+    runfile = RunFile(launch.output_dir)
+    tags = provenance()
+    tracker = Tracker(launch.tracking_uri, plan.study.name, launch.output_dir, runfile)
+    parent = tracker.start_parent(plan.study.name, {"study_file": plan.source, "smoke_test": args.smoke_test,
+                                                    "seed": plan.seed, "resources": plan.resources.__dict__,
+                                                    "stages": [s.name for s in plan.stages]},
+                                  {**tags, "description": plan.study.description[:500]}, resume=args.resume,
+                                  launch={"plan": launch.fingerprint, "plan_fields": plan_fields(plan),
+                                          "storage_path": launch.storage_path})
+    return Session(launch, runfile, tracker, parent, tags, cap, driver, console)
+
+
+def run_stages(session: Session) -> list[dict]:
+    rows: list[dict] = []
+    refs: dict[str, str] = {}
+    for stage in session.launch.plan.stages:
+        refs = resolve_refs_for(stage, rows, refs)
+        stage_rows = trials(session, stage, refs)
+        if interrupts.received():  # Tune stopped gracefully and returned: not a finished study
+            raise interrupts.Interrupted(interrupts.received())
+        certify(session, stage, stage_rows, refs)
+        add_intervals(stage_rows)
+        rows += stage_rows
+    return rows
+
+
+def trials(session: Session, stage, refs: dict[str, str]) -> list[dict]:
+    """Run a stage's trials, or what an earlier launch left of them; all of them as rows."""
+    from ray import tune
+
+    launch, plan = session.launch, session.launch.plan
+    name = f"{plan.study.name}-{stage.name}"
+    records = ledger.stage_records(session.runfile.read(), stage.name)
+    sp = plan_stage(stage, plan.seed, session.cap, records, name)
+    payload = {"base": stage.base, "resources": to_dict(plan.resources), "storage_path": launch.storage_path,
+               "screen": stage.evaluation.screen, "objectives": stage.search.objectives, "refs": refs,
+               "stage": stage.name, "console": session.console, "resumes": sp.resumes}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), session.driver)
+    callbacks = [ledger.TrialLedger(session.runfile, stage.name, sp.resumes),
+                 MLflowTrialCallback(session.tracker, parent_run_id=session.parent, stage=stage.name,
+                                     study=plan.study.name, base=stage.base, refs=refs, tags=session.tags,
+                                     resumes=sp.resumes),
+                 Progress(stage.name, sp.ended + sp.todo, session.console, done=sp.ended), interrupts.InterruptWatch()]
+    again = f", {sp.ended} ended earlier, {len(sp.resumes)} resumed from their checkpoints" if records else ""
+    print(f"[{stage.name}] {sp.ended + sp.todo} trial(s){again}, up to {session.cap} at once, "
+          f"{plan.resources.num_workers} worker(s) each; search: {sampler_label(stage.search)}", flush=True)
+    session.tracker.log_params(session.parent, {f"sampler.{stage.name}": sampler_label(stage.search)})
+    if sp.todo > 0:
+        run_stage(stage, name=name, trainable=trainable, tune_config=sp.tune_config,
+                  storage_path=launch.storage_path, callbacks=callbacks)
+    return rows_from_records(ledger.stage_records(session.runfile.read(), stage.name), study=plan.study.name,
+                             stage=stage, refs=refs, run_id_of=session.runfile.trial_run_id)
+
+
+def certify(session: Session, stage, rows: list[dict], refs: dict[str, str]) -> None:
+    """Certify the stage's finalists on the test split and put their numbers in their rows."""
+    finalists = [r for r in select(rows, stage) if r.get("checkpoint")]
+    if not finalists:
+        return
+    launch, res = session.launch, session.launch.plan.resources
+    settings = certification.Settings(
+        protocol=stage.evaluation.protocol, overrides=dict(stage.evaluation.overrides or {}), seed=launch.plan.seed,
+        shard_size=stage.certify.shard_size, transfer_source=substitute(stage.evaluation.transfer_source, refs),
+        keep_adversarial=stage.certify.save_adversarial, cpus=res.cpus_per_worker, gpus=res.gpus_per_worker)
+    jobs = [certification.Finalist(stage.name, r["trial_id"], r["config"], r["checkpoint"],
+                                   certification.certification_dir(launch.storage_path, launch.study.name, stage.name,
+                                                                    r["trial_id"])) for r in finalists]
+    by_id = {r["trial_id"]: r for r in finalists}
+    certification.plan(jobs, settings)
+    n = sorted({f.images for f in jobs})
+    print(f"[{stage.name}] certify {len(jobs)} finalist(s) on the test split ({'/'.join(map(str, n))} images each, "
+          f"{stage.evaluation.protocol} protocol): {sum(len(f.jobs) for f in jobs)} shard(s) of up to "
+          f"{settings.shard_size} images", flush=True)
+
+    def done(f: certification.Finalist) -> None:
+        row = by_id[f.trial_id]
+        add_certification(row, f.result)
+        row["certification"] = f.files
+        session.tracker.log_certification(stage.name, f.trial_id, f.result, _local(f.files), session.tags)
+        m = f.result
+        print(f"[{stage.name}] certified {f.trial_id}: clean {m[TEST + 'clean_acc']:.4f}  robust "
+              f"{m[TEST + 'robust_acc']:.4f} on {m.get(TEST + 'robust_acc_min_n')} images  masking "
+              f"{describe_flags(m.get(TEST + 'masking_flags'))}", flush=True)
+
+    # each shard's attacks on the console only with --verbose: its progress lines say enough
+    certification.run(jobs, settings, console=session.console if launch.args.verbose else None, on_finalist=done)
+    for f in jobs:
+        if f.error:
+            by_id[f.trial_id]["certification_error"] = f.error
+
+
+def _local(paths: list[str]) -> list:
+    """The files MLflow can log from here (a local storage path; remote ones stay where they are)."""
+    from pathlib import Path
+
+    return [Path(p) for p in paths if "://" not in p and Path(p).is_file()]
+
+
+def finish(session: Session, rows: list[dict], wall_time_s: float) -> list:
+    """summary.json, summary.csv and the report, logged to the parent run."""
+    launch, tracker = session.launch, session.tracker
+    jpath, cpath = write_summary(launch.output_dir, launch.study.name, rows, {
+        "study_file": launch.plan.source, "smoke_test": launch.args.smoke_test, "mlflow_parent_run_id": session.parent,
+        "tracking_uri": launch.tracking_uri, "wall_time_s": wall_time_s})
+    report_files = reports.write_report(launch.study, rows, launch.output_dir)
+    for path in [jpath, cpath, *report_files]:
+        tracker.client.log_artifact(session.parent, str(path))
+    failed = [r for r in rows if r["status"] == TrialStatus.FAILED]
+    tracker.client.set_tag(session.parent, "trials", str(len(rows)))
+    tracker.client.set_tag(session.parent, "trials_failed", str(len(failed)))
+    tracker.finish_parent("FINISHED")
+    return [jpath, cpath, *report_files]
+
+
+def report(session: Session, rows: list[dict], files: list) -> int:
+    """The results table, the files written, where to look in MLflow; the exit code."""
+    launch = session.launch
+    print()
+    print(table(rows))
+    jpath, cpath, *report_files = files
+    print(f"\nwrote {jpath}, {cpath}" + (f" and {len(report_files)} report file(s)" if report_files else ""))
+    uri = launch.tracking_uri
+    if uri.startswith("sqlite"):
+        print(f"open the MLflow UI:  {mlflow_ui_command(uri)}")
+        # the UI's start page is MLflow's GenAI overview; the study's trials are in its runs table
+        print(f"  then http://127.0.0.1:5000/#/experiments/{session.tracker.experiment_id}/runs (the study's training runs)")
+    else:
+        print(f"MLflow: {uri.rstrip('/')}/#/experiments/{session.tracker.experiment_id}/runs")
+    if rows and all(r["status"] == TrialStatus.FAILED for r in rows):
+        print(f"error: every trial failed (first: {rows[0].get('error', 'no cause recorded')})", file=sys.stderr)
+        return EXIT_FAILED
+    broken = [r for r in rows if r.get("certification_error")]
+    if broken:
+        print(f"error: the certification of {len(broken)} finalist(s) failed (first: {broken[0]['trial_id']}: "
+              f"{broken[0]['certification_error']}); --resume runs its missing shards again", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def mlflow_ui_command(tracking_uri: str) -> str:
+    """A command that works pasted into a new shell: this interpreter's own MLflow (no venv to
+    activate), bound to 127.0.0.1."""
+    return f"{sys.executable} -m mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"

@@ -1,0 +1,151 @@
+"""The search space's vocabulary: one home for how a searched value is spelled and where it goes.
+
+A searched key has one canonical spelling, dotted as in the study file (``method_args.alpha``);
+it is what MLflow params, summary.csv and the report use. Its other spellings are conversions
+made here and nowhere else:
+
+- Optuna's parameter name, ``method_args/alpha`` (``optuna_name`` / ``from_optuna``): Ray's
+  OptunaSearch flattens nested keys with ``/``, and a point given with other keys is silently
+  ignored;
+- Tune's trial config, a nested dict ``{"method_args": {"alpha": ...}}`` (``nested`` /
+  ``searched_values``), which is also what a trial's training config is merged from
+  (``trial_config``);
+- the name a person reads in tables and on the console, ``alpha`` (``short_name``).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any, Mapping
+
+from trainables.schema import deep_merge, flatten, set_nested, to_dict
+
+from .refs import strip_refs, substitute
+from .spec import ParamSpec, SearchSpec
+
+CASE = "case"  # a grid's named config variant, in Tune's trial config: {"case": {"name": ..., keys...}}
+SHORT_NAMES = {"method_args.lr_beta": "gamma_beta"}  # the paper's name where ours differs
+
+
+def optuna_name(key: str) -> str:
+    """``method_args.alpha`` -> ``method_args/alpha``."""
+    return key.replace(".", "/")
+
+
+def from_optuna(name: str) -> str:
+    """``method_args/alpha`` -> ``method_args.alpha``."""
+    return name.replace("/", ".")
+
+
+def short_name(key: str) -> str:
+    """``method_args.alpha`` -> ``alpha``; ``method_args.lr_beta`` -> ``gamma_beta``."""
+    return SHORT_NAMES.get(key, key.split(".")[-1])
+
+
+def nested(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys -> Tune's nested trial config."""
+    out: dict[str, Any] = {}
+    for key, v in values.items():
+        set_nested(out, key.split("."), v)
+    return out
+
+
+def searched_values(trial_config: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's searched values with dotted keys; a grid case by its name under ``case``."""
+    case = trial_config.get(CASE)
+    values = flatten({k: v for k, v in trial_config.items() if k != CASE})
+    return {CASE: case["name"], **values} if case else values
+
+
+def optuna_params(trial_config: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial config in Optuna's parameter names."""
+    return {optuna_name(k): v for k, v in flatten(trial_config).items()}
+
+
+def config_key(trial_config: Mapping[str, Any]) -> str:
+    """A trial's identity across launches: its config as canonical JSON."""
+    return json.dumps(trial_config, sort_keys=True, default=str)
+
+
+def trial_config(base: Mapping[str, Any], given: Mapping[str, Any], refs: Mapping[str, str]) -> dict:
+    """A trial's training config: the stage's base, its grid case, the searched values on top,
+    and stage references ("stage:pretrain/method=natural") replaced by checkpoint paths. A value
+    of "random" for init_checkpoint means no checkpoint."""
+    given = dict(given)
+    case = given.pop(CASE, None) or {}
+    merged = deep_merge(base, {k: v for k, v in case.items() if k != "name"})
+    cfg = substitute(deep_merge(merged, given), refs)
+    if cfg.get("init_checkpoint") == "random":
+        cfg["init_checkpoint"] = None
+    return cfg
+
+
+class DefineByRun:
+    """Optuna define-by-run space: conditional parameters are suggested only when their
+    condition holds. It does no computation (Ray's requirement) and pickles (Tune saves the
+    searcher with the experiment)."""
+
+    def __init__(self, specs: dict[str, ParamSpec], base: dict):
+        self.specs = specs
+        self.flat_base = flatten(base)
+
+    def __call__(self, trial) -> None:
+        chosen: dict[str, Any] = {}
+        for key, spec in self.specs.items():
+            if any(chosen.get(c, self.flat_base.get(c)) != v for c, v in spec.when.items()):
+                continue
+            name = optuna_name(key)
+            if spec.type == "float":
+                chosen[key] = trial.suggest_float(name, spec.low, spec.high, log=spec.log)
+            elif spec.type == "int":
+                chosen[key] = trial.suggest_int(name, int(spec.low), int(spec.high), log=spec.log,
+                                                step=int(spec.step or 1))
+            else:
+                chosen[key] = trial.suggest_categorical(name, list(spec.values))
+        return None
+
+
+def distribution(spec: ParamSpec):
+    """The Optuna distribution ``DefineByRun`` suggests a parameter from."""
+    import optuna
+
+    if spec.type == "float":
+        return optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log)
+    if spec.type == "int":
+        return optuna.distributions.IntDistribution(int(spec.low), int(spec.high), log=spec.log,
+                                                    step=int(spec.step or 1))
+    return optuna.distributions.CategoricalDistribution(list(spec.values))
+
+
+def default_point(specs: dict[str, ParamSpec], base: dict) -> dict[str, Any]:
+    """The resolved defaults of every searched parameter that its range admits (dotted keys)."""
+    from trainables.config import resolve
+
+    flat = flatten(to_dict(resolve(strip_refs(base))))
+    point = {}
+    for key, spec in specs.items():
+        if any(flat.get(c) != v for c, v in spec.when.items()):
+            continue
+        v = flat.get(key)
+        if v is None:
+            continue
+        if spec.type == "categorical" and v not in spec.values:
+            continue
+        if spec.type in ("float", "int") and not (spec.low <= v <= spec.high):
+            continue
+        point[key] = v
+    return point
+
+
+def grid_points(search: SearchSpec) -> list[dict]:
+    """Every trial config of a grid search (Tune's nested form), ``num_samples`` times over."""
+    specs = search.param_specs()
+    cases = [dict(c) for c in search.cases] or [None]
+    points = []
+    for values in itertools.product(*(list(s.values) for s in specs.values())):
+        for case in cases:
+            point = nested(dict(zip(specs, values)))
+            if case is not None:
+                point[CASE] = case
+            points.append(json.loads(json.dumps(point, default=str)))
+    return points * search.num_samples
