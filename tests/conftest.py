@@ -7,10 +7,13 @@ not marked slow and calls ``ray.init`` in this process fails (``_no_ray_in_the_f
 What is expensive is made once per session and shared by the tests that only read it: the
 smoke sweep (``smoke_sweep``) and a naturally trained digits model (``natural_digits``).
 
-The suite runs in two processes (pytest-xdist, ``-n 2 --dist loadfile`` in pyproject.toml): a
-file's tests stay together in one process, so a module's fixture is made once; the files that
-start the longest sweeps are handed out first (``pytest_collection_modifyitems``). A test that
-kills processes kills only its own sweep's or cluster's (``helpers.descendants``)."""
+The suite runs in two processes (pytest-xdist, ``-n 2 --dist loadgroup`` in pyproject.toml). The
+tests that start Ray (every test of a module that sets ``pytestmark = pytest.mark.slow`` and
+starts sweeps, listed in ``RAY_FILES``) form one group that runs in one process, one sweep at a
+time, longest first: two sweeps at once on two cores only slow each other down (measured: the
+suite took 27 min with two sweeps at once, and one ASHA sweep ran past its 10-minute limit). The
+other process runs everything else beside them: the unit tests, AutoAttack, the benchmarks. A
+test that kills processes kills only its own sweep's or cluster's (``helpers.descendants``)."""
 import os
 import sys
 from pathlib import Path
@@ -25,14 +28,14 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
-# the files whose sweeps take longest go first, so that the two processes finish together
-LONGEST_FIRST = ("test_reliability.py", "test_sweep.py", "test_fake_cluster.py", "test_reports.py", "test_selection.py",
-                 "test_eval_correctness.py", "test_evaluation.py", "test_fast_path.py", "test_train_cli.py")
+# the files whose slow tests start Ray sweeps: one group, one process, one sweep at a time
+RAY_FILES = ("test_reports.py", "test_selection.py", "test_reliability.py", "test_sweep.py", "test_fake_cluster.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))  # stable: file order kept
+    for item in items:
+        if item.get_closest_marker("slow") is not None and Path(str(item.fspath)).name in RAY_FILES:
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @pytest.fixture(scope="session")

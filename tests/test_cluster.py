@@ -64,8 +64,52 @@ def test_every_node_runs_ray_with_token_authentication(path):
     starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c]
     assert starts and all(c.strip().startswith("RAY_AUTH_MODE=token ray start") for c in starts)
     assert cfg["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
-    assert any("export RAY_AUTH_MODE=token" in c for c in cfg["head_setup_commands"])
+    assert any("head_bashrc.sh >> ~/.bashrc" in c for c in cfg["head_setup_commands"])
+    assert "export RAY_AUTH_MODE=token" in (CLUSTER / "head_bashrc.sh").read_text()
     assert "auth_token" in (CLUSTER.parent / ".gitignore").read_text().split()  # never committed
+    # the token is readable by its owner only, on every node (the mount keeps the client's mode)
+    assert cfg["setup_commands"][0] == "chmod 600 ~/.ray/auth_token"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_the_nodes_get_the_project_sources_not_the_users_outputs(path):
+    """`ray up` hashes every file under a mount: a project root holding runs/ (a finished
+    sweep's Ray session), data/, a venv or checkpoints must not be mounted whole."""
+    mounts = yaml.safe_load(path.read_text())["file_mounts"]
+    project = {remote: local for remote, local in mounts.items() if remote.startswith("~/sprout-orchestrator")}
+    assert "." not in project.values() and "./" not in project.values()
+    root = CLUSTER.parent
+    for remote, local in project.items():
+        assert (root / local).exists(), local
+        assert remote == "~/sprout-orchestrator/" + local.removeprefix("./")
+    # what `pip install -e ~/sprout-orchestrator` needs: the build file, its readme, every package
+    import tomllib
+
+    meta = tomllib.loads((root / "pyproject.toml").read_text())
+    needed = {"pyproject.toml", meta["project"]["readme"], *(p.rstrip("*") for p in meta["tool"]["setuptools"]["packages"]["find"]["include"])}
+    assert needed <= {local.removeprefix("./") for local in project.values()}
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_ray_up_returns_when_the_head_mlflow_server_answers_and_ray_down_stops_it(path):
+    cmds = yaml.safe_load(path.read_text())["head_start_ray_commands"]
+    server = next(i for i, c in enumerate(cmds) if "mlflow server" in c)
+    assert "cluster/wait_for_mlflow.py" in cmds[server + 1] and "--timeout" in cmds[server + 1]
+    stop = (CLUSTER / "head_bashrc.sh").read_text()
+    assert "ray() {" in stop and "pkill -f \"mlflow server --backend-store-uri sqlite:///$HOME/mlflow/mlflow.db\"" in stop
+    assert "sqlite:///$HOME/mlflow/mlflow.db" in cmds[server]  # the server the function stops
+
+
+def test_waiting_for_mlflow_fails_with_the_servers_log(tmp_path):
+    import subprocess
+    import sys
+
+    log = tmp_path / "server.log"
+    log.write_text("starting\nOSError: [Errno 98] Address already in use\n")
+    p = subprocess.run([sys.executable, str(CLUSTER / "wait_for_mlflow.py"), "--url", "http://127.0.0.1:9",
+                        "--timeout", "1", "--log", str(log)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1
+    assert "did not answer within 1 s" in p.stderr and "Address already in use" in p.stderr
 
 
 def test_invalid_cluster_file_is_refused():
