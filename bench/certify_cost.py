@@ -71,7 +71,7 @@ def main(argv=None) -> int:
         ckpt = checkpoint_dir(root, args.epochs)
         config = to_dict(resolve({"method": "sprout"}))
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(num_cpus=args.shards, include_dashboard=False, logging_level="ERROR", _temp_dir=tempfile.mkdtemp(prefix="cb"))
+        ray.init(address="local", num_cpus=args.shards, include_dashboard=False, logging_level="ERROR", _temp_dir=tempfile.mkdtemp(prefix="cb"))
         try:
             certify(ckpt, config, 4, args.shards, root, -1)  # start the task processes once (torch imported)
             times = {1: [], args.shards: []}

@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     import ray
 
     t0 = time.time()
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    # address="local": a private Ray, never a cluster that `ray start` left running on this machine
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     ray_init_s = time.time() - t0
     with tempfile.TemporaryDirectory() as storage:
         one = through_ray(cfg, 1, storage, "bench-1")
