@@ -67,6 +67,16 @@ def test_finalists_are_the_validation_pareto_set_whatever_the_test_split_says():
     assert max(len(x) for x in lines) <= 120
 
 
+def test_a_searched_method_has_one_column_and_other_searched_keys_their_own():
+    """The width study's grid searches ``method`` beside ``model_args.width``: one method column."""
+    rows = [_row(k, (0.9, 0.5), (0.5, 0.5)) for k in "ab"]
+    for r, (method, width) in zip(rows, [("sprout", 1), ("trades", 4)]):
+        r["config"]["method"], r["searched"] = method, {"method": method, "model_args.width": width}
+    head, _, first, second = table(rows).splitlines()[:4]
+    assert head.split().count("method") == 1 and "width" in head
+    assert {first.split()[1], second.split()[1]} == {"sprout", "trades"}
+
+
 # ----------------------------------------------------------------------------- end to end
 def _write_cifar(root, test_labels, seed=0, n_batch=64, n_test=50):
     """CIFAR-10's python format: class c is an image of its own colour plus noise, so a small

@@ -51,7 +51,8 @@ def table(rows: list[dict]) -> str:
     """Accuracies in %, the finalists marked ^ and the paper-default trial *, at most TABLE_WIDTH
     characters (the right-most columns go first; summary.csv has them all), and a footer saying
     on which split and how many images each number was measured."""
-    searched = sorted({k for r in rows for k in r["searched"]})
+    # a searched method has its column already (the config's method is the searched one)
+    searched = sorted({k for r in rows for k in r["searched"]} - {"method"})
     selected = any(r.get("selected_on") == "validation" for r in rows)
     staged = len({r["stage"] for r in rows}) > 1  # one stage: its name says nothing
     head = ["trial", *(["stage"] if staged else []), "method", *[short_name(k) for k in searched], "status",
