@@ -382,15 +382,18 @@ def ray_temp_dir(output_dir: Path) -> str:
 
 def tidy_session(output_dir: Path) -> int:
     """After a private local Ray stopped: remove what makes its session directory look alive
-    (Unix sockets, links into the removed short temp directory), keeping its logs as plain
-    files. Tools that walk a project (``ray up``'s file-mount hash) fail on both. Returns how
-    many entries went."""
+    (Unix sockets, links into the removed short temp directory: tools that walk a project, such
+    as ``ray up``'s file-mount hash, fail on both; the address file of ``own_address_file``),
+    keeping its logs as plain files. Returns how many entries went."""
     import stat
 
     root = Path(output_dir) / "ray-tmp"
     gone = 0
     if not root.is_dir() or root.is_symlink():
         return 0
+    if own_address_file(root).is_file():  # the address of a Ray that is gone
+        own_address_file(root).unlink()
+        gone += 1
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             p = Path(dirpath, name)
@@ -445,6 +448,8 @@ def start_ray(address: str | None, verbose: bool = False, temp_dir: str | None =
     # through the environment this process starts Ray with; a user's own settings win.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    if temp_dir:  # the processes of this Ray find it, not another one on the machine (own_address_file)
+        os.environ["RAY_TMPDIR"] = temp_dir
     local = dict(address="local", resources={DRIVER_RESOURCE: 10_000}, **({"_temp_dir": temp_dir} if temp_dir else {}), **kw)
     try:
         ray.init(**local)
@@ -454,6 +459,21 @@ def start_ray(address: str | None, verbose: bool = False, temp_dir: str | None =
         say("ray: the local Ray did not start in time (the machine is busy); starting it once more")
         ray.shutdown()
         ray.init(**local)
+    if temp_dir:
+        f = own_address_file(temp_dir)
+        f.parent.mkdir(exist_ok=True)
+        f.write_text(ray.get_runtime_context().gcs_address)
+
+
+def own_address_file(temp_dir: str | Path) -> Path:
+    """Where the processes of a private Ray started with ``RAY_TMPDIR=temp_dir`` look for its
+    address. Ray's State API, called without an address inside Ray's own processes (Ray Train's
+    placement-group cleaner asks it every second whether a trial's controller is alive), lists
+    the GCS processes on the machine; with a second Ray beside this one (another study, a test)
+    it raises, the cleaner's thread dies, and the worker group of a trial that ASHA stopped keeps
+    its CPUs and GPUs: later trials and the certification wait forever. Given this file it
+    connects to the address in it (``ray._private.services.get_ray_address_from_environment``)."""
+    return Path(temp_dir) / "ray" / "ray_current_cluster"
 
 
 # What the raylets of a cluster say to every driver that the sweep's console has no use for:

@@ -119,3 +119,24 @@ def test_invalid_cluster_file_is_refused():
     bad["available_node_types"]["head"]["min_workerz"] = 1
     with pytest.raises(Exception):
         validate_config(prepare_config(bad))
+
+
+def test_a_stopped_private_rays_session_is_tidied_down_to_plain_files(tmp_path):
+    """Sockets, links and the address its processes found it by go; logs stay."""
+    import socket
+
+    from orchestrator.cluster import own_address_file, tidy_session
+
+    root = tmp_path / "ray-tmp"
+    logs = root / "session_1" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "raylet.out").write_text("log")
+    (root / "session_latest").symlink_to(root / "session_1")
+    own_address_file(root).parent.mkdir()
+    own_address_file(root).write_text("127.0.0.1:6379")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(root / "session_1" / "sock"))
+    s.close()
+    assert tidy_session(tmp_path) == 3
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == ["ray", "session_1", "session_1/logs",
+                                                                         "session_1/logs/raylet.out"]

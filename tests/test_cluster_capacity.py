@@ -1,5 +1,6 @@
 """What a cluster can grow to, read from its launcher config: concurrency, trials that can
 never fit, the bounded wait for the first trial's resources, and storage on many nodes."""
+import os
 from pathlib import Path
 
 import pytest
@@ -141,10 +142,18 @@ def test_a_local_ray_that_times_out_at_start_is_started_once_more_and_says_so(mo
 
     monkeypatch.setattr(ray, "init", fake_init)
     monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: type("Context", (), {"gcs_address": "127.0.0.1:6380"}))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)  # start_ray sets it for its Ray: restored after the test
     failures = {1: timeout}
     cluster.start_ray(None, temp_dir=str(tmp_path), say=lines.append)
     assert calls[1] == "shutdown" and calls[0] == calls[2] and calls[0]["_temp_dir"] == str(tmp_path)
     assert len(lines) == 1 and "once more" in lines[0]
+    # its processes find this Ray, not another one on the machine (ray._private.services reads this)
+    from ray._private.services import get_ray_address_from_environment
+
+    assert os.environ["RAY_TMPDIR"] == str(tmp_path) and cluster.own_address_file(tmp_path).read_text() == "127.0.0.1:6380"
+    assert get_ray_address_from_environment(None, None) == "127.0.0.1:6380"
 
     calls.clear(), lines.clear()
     failures = {1: timeout, 3: timeout}
