@@ -2,13 +2,16 @@
 worker killed mid-training, is in test_reliability.py.)"""
 import json
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import sweep
+from helpers import kill_tree, sweep
 
 pytestmark = pytest.mark.slow  # every test here starts Ray
 
@@ -55,9 +58,11 @@ def test_smoke_sensitivity_writes_summary_and_table(smoke):
     assert {d.name for d in exp.iterdir() if d.is_dir() and d.name.startswith("trial_")} == \
         {f"trial_{t['trial_id']}" for t in s["trials"]}
     assert "robust%" in p.stdout and "-m mlflow ui --backend-store-uri sqlite:////" in p.stdout
-    # the finished sweep leaves no live-looking Ray session behind: no sockets, no dangling links
+    # the finished sweep leaves no live-looking Ray session behind: no sockets, no dangling links,
+    # no address of its stopped Ray
     for f in (out / "ray-tmp").rglob("*"):
         assert not f.is_symlink() and not f.is_socket(), f
+    assert (out / "ray-tmp" / "ray").is_dir() and not list((out / "ray-tmp" / "ray").iterdir())
 
 
 def test_smoke_sensitivity_mlflow_parent_and_children(smoke):
@@ -222,15 +227,33 @@ ASHA_STUDY = textwrap.dedent("""
 """)
 
 
+@contextmanager
+def another_ray():
+    """A second Ray running on the machine while the sweep runs (a second study, a user's own)."""
+    d = tempfile.mkdtemp(prefix="other-ray-")  # short: Ray's socket paths
+    code = ("import ray, sys; ray.init(address='local', num_cpus=0, include_dashboard=False, _temp_dir=sys.argv[1]); "
+            "print('up', flush=True); sys.stdin.read()")
+    p = subprocess.Popen([sys.executable, "-c", code, d], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        assert p.stdout.readline().strip() == "up"
+        yield
+    finally:
+        kill_tree([p.pid])
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def test_asha_stops_trials_early_and_later_trials_still_run(tmp_path):
-    """Early-stopped trials must release their worker groups (the dashboard must run), or
-    later trials wait forever: the timeout below catches that hang."""
+    """Early-stopped trials must release their worker groups (the dashboard must run, and Ray
+    Train's placement-group cleaner must find this sweep's Ray although another one runs on the
+    machine), or later trials and the certification wait forever: the timeout catches that hang."""
     from mlflow.tracking import MlflowClient
 
     f = tmp_path / "asha.yaml"
     f.write_text(ASHA_STUDY)
     out = tmp_path / "out"
-    sweep("--config", str(f), "--output-dir", str(out), cwd=tmp_path, timeout=600)
+    with another_ray():
+        sweep("--config", str(f), "--output-dir", str(out), cwd=tmp_path, timeout=600)
     trials = json.loads((out / "summary.json").read_text())["trials"]
     statuses = [t["status"] for t in trials]
     assert len(trials) == 6 and "stopped" in statuses and "completed" in statuses
