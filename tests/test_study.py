@@ -69,6 +69,33 @@ def test_conditional_parameters_are_only_suggested_when_their_condition_holds(tm
         assert t.asked == expected
 
 
+def test_a_stage_reference_resolves_to_the_matching_completed_trial_of_its_stage():
+    """``stage:NAME/k=v`` names the checkpoint of the trial of stage NAME whose config matches,
+    among several (the init study starts SPROUT from each of its first stage's models); a failed
+    trial or another stage's never; no match is one clear error before the stage runs."""
+    from orchestrator.study.refs import ref_target, resolve_refs_for
+    from trainables.errors import ConfigError
+
+    def row(stage, method, status="completed", lr=0.1):
+        return {"stage": stage, "status": status, "checkpoint": f"/ck/{stage}-{method}-{lr}-{status}",
+                "config": {"method": method, "optim": {"lr": lr}}}
+
+    rows = [row("other", "pgd_at"), row("pretrain", "pgd_at", status="failed"), row("pretrain", "natural"),
+            row("pretrain", "pgd_at", lr=0.01), row("pretrain", "pgd_at")]
+    assert ref_target("stage:pretrain/method=natural", rows) == "/ck/pretrain-natural-0.1-completed/checkpoint.pt"
+    assert ref_target("stage:pretrain/method=pgd_at", rows) == "/ck/pretrain-pgd_at-0.01-completed/checkpoint.pt"
+    assert ref_target("stage:pretrain/method=pgd_at,optim.lr=0.1", rows) == "/ck/pretrain-pgd_at-0.1-completed/checkpoint.pt"
+    assert ref_target("stage:pretrain/method=trades", rows) is None
+    raw, src = load_raw(name="init")
+    sprout = plan(parse(raw, src), src).stages[1]
+    with pytest.raises(ConfigError, match="'stage:pretrain/method=trades' matches no completed trial"):
+        resolve_refs_for(sprout, rows, {})
+    rows.append(row("pretrain", "trades"))
+    refs = resolve_refs_for(sprout, rows, {})
+    assert refs == {f"stage:pretrain/method={m}": f"/ck/pretrain-{m}-{0.01 if m == 'pgd_at' else 0.1}-completed/checkpoint.pt"
+                    for m in ("natural", "pgd_at", "trades")}
+
+
 def test_unknown_study_lists_the_valid_ones(tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "orchestrator" / "sweep.py"), "--study", "widthh"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
