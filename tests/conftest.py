@@ -33,10 +33,15 @@ torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST
 # the files whose slow tests start Ray sweeps, and their group: one process, one sweep at a time
 RAY_GROUPS = {"test_reports.py": "ray", "test_selection.py": "ray", "test_reliability.py": "ray", "test_sweep.py": "ray",
               "test_fake_cluster.py": "cluster"}
+# a sweep in a group of its own: the other process runs it when it reaches it (after the unit
+# tests, AutoAttack and the benchmarks), beside the end of the "ray" group
+OWN_GROUP = {"test_asha_stops_trials_early_and_later_trials_still_run": "asha"}
 
 
 def _group(item) -> str | None:
-    return RAY_GROUPS.get(Path(str(item.fspath)).name) if item.get_closest_marker("slow") is not None else None
+    if item.get_closest_marker("slow") is None:
+        return None
+    return OWN_GROUP.get(item.originalname) or RAY_GROUPS.get(Path(str(item.fspath)).name)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
