@@ -144,7 +144,7 @@ def test_a_local_ray_that_times_out_at_start_is_started_once_more_and_says_so(mo
     monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
     monkeypatch.setattr(ray, "get_runtime_context", lambda: type("Context", (), {"gcs_address": "127.0.0.1:6380"}))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.delenv("RAY_TMPDIR", raising=False)  # start_ray sets it for its Ray: restored after the test
+    monkeypatch.setenv("RAY_TMPDIR", "-")  # start_ray sets it for its Ray: monkeypatch undoes it after the test
     failures = {1: timeout}
     cluster.start_ray(None, temp_dir=str(tmp_path), say=lines.append)
     assert calls[1] == "shutdown" and calls[0] == calls[2] and calls[0]["_temp_dir"] == str(tmp_path)
