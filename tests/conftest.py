@@ -14,7 +14,9 @@ down (measured: 27 min 36 s with the sweeps spread freely, and one ASHA sweep ra
 10-minute limit). The sweeps of the local Ray (``ray``) are one group; the simulated cluster's
 (``cluster``), which mostly wait for its autoscaler, are another, so that the process that runs
 everything else (unit tests, AutoAttack, the benchmarks) takes them too (with all sweeps in one
-group that process idled for its last 10 of 24 minutes). A test that kills processes kills only
+group that process idled for its last 10 of 24 minutes). The ASHA sweep is a group of its own
+(``OWN_GROUP``): a one-test group is queued among the single tests, so that process runs it when
+it reaches it, beside the end of ``ray`` (with it in ``ray``, that process idled ~6 minutes). A test that kills processes kills only
 its own sweep's or cluster's (``helpers.descendants``)."""
 import os
 import sys
