@@ -65,11 +65,18 @@ def ray_env(**extra) -> dict:
 
 
 def nodes() -> list[dict]:
-    """Every node the GCS has seen (alive or dead), read from a separate process."""
-    code = "import json, ray; ray.init(address=%r, logging_level='ERROR'); print(json.dumps(ray.nodes()))" % ADDRESS
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ray_env(), timeout=120)
-    assert p.returncode == 0, p.stderr[-2000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    """Every node the GCS has seen (alive or dead), read from a separate process.
+
+    The answer travels through a file, not stdout: the autoscaler's own lines ("(autoscaler +0s)
+    Removing 1 nodes ...") reach a driver's stdout whenever they happen, before or after ours."""
+    with tempfile.TemporaryDirectory() as d:
+        answer = Path(d) / "nodes.json"
+        code = ("import json, ray, sys; ray.init(address=%r, logging_level='ERROR'); "
+                "open(sys.argv[1], 'w').write(json.dumps(ray.nodes()))") % ADDRESS
+        p = subprocess.run([sys.executable, "-c", code, str(answer)], capture_output=True, text=True, env=ray_env(),
+                           timeout=120)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return json.loads(answer.read_text())
 
 
 @pytest.fixture(scope="module")
