@@ -43,7 +43,7 @@ def trials(study_name: str) -> list[tuple[dict, object]]:
     (grid studies expanded; Optuna studies as num_samples copies of their base)."""
     from orchestrator.study.load import load_raw, parse, plan
     from trainables.schema import deep_merge, set_nested, to_dict
-    from trainables.protocols import get_protocol
+    from trainables.evaluation import get_protocol
     from trainables.config import resolve
 
     raw, source = load_raw(name=study_name)

@@ -38,8 +38,8 @@ def trained_model(device, method: str = "natural", epochs: int = 5):
 
 def protocol_costs(names: list[str], methods: list[str], epochs: int, device) -> list[dict]:
     """Each protocol on each model: evaluation seconds, per attack, and the ratio to training."""
-    from trainables.evaluate import evaluate
-    from trainables.protocols import get_protocol, smoke_overrides
+    from trainables.evaluation import evaluate
+    from trainables.evaluation import get_protocol, smoke_overrides
 
     rows = []
     print(f"\nprotocols on digits models trained {epochs} epochs ({torch.get_num_threads()} thread(s)):")
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         ratio = t / (k * fb_s)
         out["pgd"][f"pgd{k}"] = {"images_per_s": round(args.n / t, 1), "ratio_to_k_passes": round(ratio, 3)}
         print(f"{'PGD-' + str(k):<12}{args.n / t:>10.1f}{ratio:>11.2f}x")
-    from trainables.eval_attacks import autoattack
+    from trainables.evaluation.attacks.autoattack import autoattack
 
     m = min(args.autoattack_n, len(y))
     t = timed(lambda: autoattack(net, x[:m].cpu(), y[:m].cpu(), eps=eps, seed=0, device=device, batch_size=256), device)

@@ -151,7 +151,7 @@ def section_train(args, device, bundle) -> tuple[dict[str, Any], Any]:
 
 def section_eval(args, device, comp) -> dict[str, Any]:
     from trainables.attacks import pgd_linf
-    from trainables.eval_attacks import autoattack
+    from trainables.evaluation.attacks.autoattack import autoattack
     from trainables.metrics import batched
 
     net = comp.net.eval()

@@ -30,9 +30,9 @@ TOLERANCE = 2.0  # points of robust accuracy bf16 may cost before a method train
 
 def run_one(method: str, amp: str, args, device) -> dict:
     from trainables.config import resolve
-    from trainables.evaluate import evaluate
+    from trainables.evaluation import evaluate
     from trainables.loop import build, fit
-    from trainables.protocols import get_protocol
+    from trainables.evaluation import get_protocol
 
     raw = {"method": method, "dataset": args.dataset, "seed": args.seed, "monitor": {"every": 0},
            "fast": {"amp": amp, "channels_last": "off"}}

@@ -121,12 +121,10 @@ def token() -> None:
 
 
 def mlflow_answers(timeout: float = 5) -> bool:
-    try:
-        with urllib.request.urlopen("http://127.0.0.1:5000/api/2.0/mlflow/experiments/search?max_results=5",
-                                    timeout=timeout) as r:
-            return r.status < 400
-    except OSError:
-        return False
+    """The head's MLflow server answers, by the sweep's own probe."""
+    from orchestrator.cluster.mlflow_server import answers
+
+    return answers("http://127.0.0.1:5000", timeout)
 
 
 def check_results() -> str:

@@ -16,11 +16,10 @@ from typing import Any
 from trainables.errors import ConfigError
 
 from . import cluster
-from .results.tracking import check_tracking_uri, default_tracking_uri, normalize_uri
-from .study.load import DEFAULT_STUDY, load_raw, parse, plan as make_plan
-from .study.refs import is_ref, strip_refs
-from .study.spec import Plan
-from .tuner.runfile import RUNS_FILE
+from .cluster import check_tracking_uri, default_tracking_uri, normalize_uri
+from .record import launch_file_in
+from .study import DEFAULT_STUDY, Plan, is_ref, load_raw, parse, strip_refs
+from .study import plan as make_plan
 
 
 @dataclass
@@ -134,9 +133,9 @@ def _storage_path(args: argparse.Namespace, output_dir: Path, plan: Plan, study:
     path = args.storage_path and (args.storage_path if "://" in args.storage_path
                                   else str(Path(args.storage_path).expanduser().resolve()))
     if args.resume:
-        if not (output_dir / RUNS_FILE).exists():
+        if not launch_file_in(output_dir).exists():
             raise ConfigError(f"--resume: nothing to resume in {output_dir} (no earlier launch of {study} there)")
-        path = resumed_launch(output_dir / RUNS_FILE, plan, path) or path
+        path = resumed_launch(launch_file_in(output_dir), plan, path) or path
     return path or str(output_dir / "ray")
 
 
@@ -166,8 +165,8 @@ def check_data(plan) -> None:
 def check_checkpoints(plan) -> None:
     """Init checkpoints and transfer sources named by path load now (weights_only, matching
     architecture), not hours later on a worker."""
-    from trainables.evaluate import load_model_from_checkpoint
-    from trainables.loop import build_model
+    from trainables.loading import load_model_from_checkpoint
+    from trainables.loading import build_model
     from trainables.config import resolve
 
     for stage in plan.stages:
@@ -222,18 +221,18 @@ def pick_output_dir(args, name: str, study: str) -> Path:
     ``--resume`` continues only a launch of the same study."""
     if args.output_dir:
         out = Path(args.output_dir).expanduser().resolve()
-        if (out / RUNS_FILE).exists() and not args.resume:
+        if launch_file_in(out).exists() and not args.resume:
             raise ConfigError(f"--output-dir {out}: holds an earlier launch of this study; "
                               f"pass --resume to continue it or choose another directory")
     else:
         out = Path("runs", name).resolve()
     if args.resume:
-        _check_same_study(out / RUNS_FILE, study)
+        _check_same_study(launch_file_in(out), study)
         return out
     if args.output_dir:
         return out
     i = 1
-    while (out / RUNS_FILE).exists():
+    while launch_file_in(out).exists():
         i += 1
         out = Path("runs", f"{name}-{i}").resolve()
     return out

@@ -16,27 +16,27 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.masking import describe_flags
+from trainables.evaluation import describe_flags
 from trainables.schema import to_dict
 
+from . import certify as certification
 from . import cluster
-from .certify import phase as certification
 from .launch import Launch, plan_fields
-from .results import reports
-from .results.progress import Progress
-from .results.summary import add_certification, add_intervals, rows_from_records, write_summary
-from .results.table import table
-from .results.tracking import MLflowTrialCallback, Tracker, provenance
-from .study.names import TEST
-from .study.refs import resolve_refs_for, substitute
-from .study.selection import select
-from .tuner import interrupts, ledger
-from .tuner.console import console_lines
-from .tuner.driver import run_trial
-from .tuner.runfile import RunFile
-from .tuner.searchers import sampler_label
-from .tuner.stage import plan_stage, run_stage
-from .tuner.status import TrialStatus
+from .record import LaunchFile, TrialStatus, console_lines, stage_records
+from .results import (
+    MLflowTrialCallback,
+    Progress,
+    Tracker,
+    add_certification,
+    add_intervals,
+    provenance,
+    rows_from_records,
+    table,
+    write_report,
+    write_summary,
+)
+from .study import TEST, resolve_refs_for, sampler_label, select, substitute
+from .tuner import TrialLedger, interrupts, plan_stage, run_stage, run_trial
 
 EXIT_FAILED = 1  # the study ran and wrote its summary, but no trial completed or a certification failed
 
@@ -46,7 +46,7 @@ class Session:
     """What every stage of a running launch shares."""
 
     launch: Launch
-    runfile: RunFile
+    launch_file: LaunchFile
     tracker: Tracker
     parent: str
     tags: dict[str, str]
@@ -122,16 +122,16 @@ def start_ray(launch: Launch) -> tuple[int, dict[str, float], Any]:
 def open_session(launch: Launch, cap: int, driver: dict[str, float], console: Any) -> Session:
     """The study's parent MLflow run (a new one, or on --resume the launch's own)."""
     plan, args = launch.plan, launch.args
-    runfile = RunFile(launch.output_dir)
+    launch_file = LaunchFile(launch.output_dir)
     tags = provenance()
-    tracker = Tracker(launch.tracking_uri, plan.study.name, launch.output_dir, runfile)
+    tracker = Tracker(launch.tracking_uri, plan.study.name, launch.output_dir, launch_file)
     parent = tracker.start_parent(plan.study.name, {"study_file": plan.source, "smoke_test": args.smoke_test,
                                                     "seed": plan.seed, "resources": plan.resources.__dict__,
                                                     "stages": [s.name for s in plan.stages]},
                                   {**tags, "description": plan.study.description[:500]}, resume=args.resume,
                                   launch={"plan": launch.fingerprint, "plan_fields": plan_fields(plan),
                                           "storage_path": launch.storage_path})
-    return Session(launch, runfile, tracker, parent, tags, cap, driver, console)
+    return Session(launch, launch_file, tracker, parent, tags, cap, driver, console)
 
 
 def run_stages(session: Session) -> list[dict]:
@@ -154,13 +154,13 @@ def trials(session: Session, stage, refs: dict[str, str]) -> list[dict]:
 
     launch, plan = session.launch, session.launch.plan
     name = f"{plan.study.name}-{stage.name}"
-    records = ledger.stage_records(session.runfile.read(), stage.name)
+    records = stage_records(session.launch_file.read(), stage.name)
     sp = plan_stage(stage, plan.seed, session.cap, records, name)
     payload = {"base": stage.base, "resources": to_dict(plan.resources), "storage_path": launch.storage_path,
                "screen": stage.evaluation.screen, "objectives": stage.search.objectives, "refs": refs,
                "stage": stage.name, "console": session.console, "resumes": sp.resumes}
     trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), session.driver)
-    callbacks = [ledger.TrialLedger(session.runfile, stage.name, sp.resumes),
+    callbacks = [TrialLedger(session.launch_file, stage.name, sp.resumes),
                  MLflowTrialCallback(session.tracker, parent_run_id=session.parent, stage=stage.name,
                                      study=plan.study.name, base=stage.base, refs=refs, tags=session.tags,
                                      resumes=sp.resumes),
@@ -172,8 +172,8 @@ def trials(session: Session, stage, refs: dict[str, str]) -> list[dict]:
     if sp.todo > 0:
         run_stage(stage, name=name, trainable=trainable, tune_config=sp.tune_config,
                   storage_path=launch.storage_path, callbacks=callbacks)
-    return rows_from_records(ledger.stage_records(session.runfile.read(), stage.name), study=plan.study.name,
-                             stage=stage, refs=refs, run_id_of=session.runfile.trial_run_id)
+    return rows_from_records(stage_records(session.launch_file.read(), stage.name), study=plan.study.name,
+                             stage=stage, refs=refs, run_id_of=session.launch_file.trial_run_id)
 
 
 def certify(session: Session, stage, rows: list[dict], refs: dict[str, str]) -> None:
@@ -226,7 +226,7 @@ def finish(session: Session, rows: list[dict], wall_time_s: float) -> list:
     jpath, cpath = write_summary(launch.output_dir, launch.study.name, rows, {
         "study_file": launch.plan.source, "smoke_test": launch.args.smoke_test, "mlflow_parent_run_id": session.parent,
         "tracking_uri": launch.tracking_uri, "wall_time_s": wall_time_s})
-    report_files = reports.write_report(launch.study, rows, launch.output_dir)
+    report_files = write_report(launch.study, rows, launch.output_dir)
     for path in [jpath, cpath, *report_files]:
         tracker.client.log_artifact(session.parent, str(path))
     failed = [r for r in rows if r["status"] == TrialStatus.FAILED]

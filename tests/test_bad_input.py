@@ -247,13 +247,13 @@ def test_bad_input_is_one_clear_line(case, tmp_path, ckpt, health_server, monkey
 def test_resume_refuses_another_studys_output_directory(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "mlflow_runs.json").write_text('{"parent_run_id": "x", "study": "width", "trials": {}}')
+    (out / "launch.json").write_text('{"parent_run_id": "x", "study": "width", "trials": {}}')
     p = subprocess.run(SWEEP + ["--study", "sensitivity", "--resume", "--output-dir", str(out)],
                        capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert p.returncode == 2, p.stderr
     (line,) = p.stderr.strip().splitlines()
     assert "holds a launch of study 'width', not 'sensitivity'" in line
-    assert sorted(f.name for f in out.iterdir()) == ["mlflow_runs.json"]  # nothing else written
+    assert sorted(f.name for f in out.iterdir()) == ["launch.json"]  # nothing else written
     assert "Started a local Ray instance" not in p.stdout + p.stderr
 
 
@@ -262,7 +262,7 @@ def test_resume_refuses_a_launch_that_ran_another_plan(tmp_path):
     its trials would not match their records."""
     out = tmp_path / "out"
     out.mkdir()
-    (out / "mlflow_runs.json").write_text('{"parent_run_id": "x", "study": "sensitivity", "plan": "0123456789abcdef", '
+    (out / "launch.json").write_text('{"parent_run_id": "x", "study": "sensitivity", "plan": "0123456789abcdef", '
                                           '"trials": {}, "ledger": {}}')
     p = subprocess.run(SWEEP + ["--study", "sensitivity", "--smoke-test", "--resume", "--output-dir", str(out)],
                        capture_output=True, text=True, cwd=tmp_path, timeout=300)
@@ -270,7 +270,7 @@ def test_resume_refuses_a_launch_that_ran_another_plan(tmp_path):
     (line,) = p.stderr.strip().splitlines()
     assert "--resume: the study, --smoke-test or the command-line values differ from the launch" in line
     assert "launched as 0123456789abcdef" in line
-    assert sorted(f.name for f in out.iterdir()) == ["mlflow_runs.json"]
+    assert sorted(f.name for f in out.iterdir()) == ["launch.json"]
     assert "Started a local Ray instance" not in p.stdout + p.stderr
 
 
@@ -292,7 +292,7 @@ def test_resume_names_the_validation_or_certification_setting_that_changed(tmp_p
         fields[changed] = 25
     out = tmp_path / "out"
     out.mkdir()
-    (out / "mlflow_runs.json").write_text(json.dumps({
+    (out / "launch.json").write_text(json.dumps({
         "parent_run_id": "x", "study": "sensitivity", "plan": "0" * 16 if changed.endswith("shard_size")
         else plan_fingerprint(launched), "plan_fields": fields, "trials": {}, "ledger": {}}))
     code, _, stderr = run_in_process(SWEEP, ["--study", "sensitivity", "--resume", "--output-dir", str(out), *now],
@@ -300,7 +300,7 @@ def test_resume_names_the_validation_or_certification_setting_that_changed(tmp_p
     assert code == 2, stderr
     (line,) = stderr.strip().splitlines()
     assert f"--resume: {expected}" in line and "expected the same" in line, line
-    assert sorted(f.name for f in out.iterdir()) == ["mlflow_runs.json"]
+    assert sorted(f.name for f in out.iterdir()) == ["launch.json"]
 
 
 def test_resume_refuses_another_storage_path(tmp_path, monkeypatch, capfd):
@@ -312,7 +312,7 @@ def test_resume_refuses_another_storage_path(tmp_path, monkeypatch, capfd):
     fingerprint = plan_fingerprint(plan(parse(raw, src), src, smoke=True))
     out = tmp_path / "out"
     out.mkdir()
-    (out / "mlflow_runs.json").write_text('{"parent_run_id": "x", "study": "sensitivity", "plan": "%s", '
+    (out / "launch.json").write_text('{"parent_run_id": "x", "study": "sensitivity", "plan": "%s", '
                                           '"storage_path": "/data/launch", "trials": {}, "ledger": {}}' % fingerprint)
     code, stdout, stderr = run_in_process(SWEEP, ["--study", "sensitivity", "--smoke-test", "--resume", "--output-dir",
                                                   str(out), "--storage-path", str(tmp_path / "elsewhere")],
@@ -320,4 +320,4 @@ def test_resume_refuses_another_storage_path(tmp_path, monkeypatch, capfd):
     assert code == 2, stderr
     (line,) = stderr.strip().splitlines()
     assert "is not where the launch in" in line and "(/data/launch)" in line
-    assert sorted(f.name for f in out.iterdir()) == ["mlflow_runs.json"] and not (tmp_path / "elsewhere").exists()
+    assert sorted(f.name for f in out.iterdir()) == ["launch.json"] and not (tmp_path / "elsewhere").exists()

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from orchestrator.certify.shards import ShardJob, cuts, read_shard, write_bytes
-from trainables.eval_attacks import Shard, union
-from trainables.evaluate import evaluate, evaluate_shard, finish
-from trainables.protocols import get_protocol
+from trainables.evaluation import Shard, union
+from trainables.evaluation import evaluate, evaluate_shard, finish
+from trainables.evaluation import get_protocol
 
 TIMES = ("eval_time_s", "attack_seconds")  # wall-clock figures: the only keys allowed to differ
 

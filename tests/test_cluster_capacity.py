@@ -171,7 +171,7 @@ def test_a_local_ray_that_times_out_at_start_is_started_once_more_and_says_so(mo
 def test_a_stale_bootstrap_file_does_not_turn_a_local_run_into_a_failed_join(monkeypatch, tmp_path):
     """`ray down` leaves ~/ray_bootstrap_config.yaml on the head: the sweep joins that node's
     cluster only while a Ray runs there, and says which it chose."""
-    from orchestrator import cluster
+    from orchestrator.cluster import ray_process as cluster  # where ray_address reads what it patches
 
     stale = tmp_path / "ray_bootstrap_config.yaml"
     stale.write_text("cluster_name: gone\n")

@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from trainables.attacks import cw_margin, pgd_linf, pgd_linf_best, pgd_linf_to_the_end
-from trainables.evaluate import evaluate, worst_case
-from trainables.masking import (AA_MAX_GAP, EPS0_MAX_CHANGED, LARGE_EPS_MAX_ACC, RESTARTS_MAX_GAIN, SQUARE_MAX_GAIN,
+from trainables.evaluation import evaluate
+from trainables.evaluation.runner import worst_case
+from trainables.evaluation.masking import (AA_MAX_GAP, EPS0_MAX_CHANGED, LARGE_EPS_MAX_ACC, RESTARTS_MAX_GAIN, SQUARE_MAX_GAIN,
                                 ZERO_GRAD_MAX_FRAC, CHECKS, noise)
-from trainables.protocols import get_protocol
+from trainables.evaluation import get_protocol
 
 
 class Scaled(nn.Module):
@@ -176,7 +177,7 @@ def test_every_registered_check_has_a_boundary_test():
 # ----------------------------------------------------------------------------- AutoAttack's random state
 @pytest.mark.slow  # AutoAttack
 def test_autoattack_leaves_the_global_random_state_alone(natural, digits):
-    from trainables.eval_attacks import autoattack
+    from trainables.evaluation.attacks.autoattack import autoattack
 
     x, y = digits.test_tensors(8)
     torch.manual_seed(123)
@@ -201,7 +202,7 @@ def test_pgd_early_exit_gives_what_attacking_every_input_to_the_end_gives(natura
 
 @pytest.mark.slow  # AutoAttack
 def test_autoattack_curve_never_rises_and_attacks_only_what_is_still_standing(natural, digits, monkeypatch):
-    import trainables.eval_attacks as ea
+    import trainables.evaluation.attacks.autoattack as ea
 
     calls = []
     real = ea.autoattack

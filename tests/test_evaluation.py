@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from trainables.attacks import cw_l2, pgd_linf
-from trainables.evaluate import evaluate
-from trainables.protocols import get_protocol
+from trainables.evaluation import evaluate
+from trainables.evaluation import get_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 

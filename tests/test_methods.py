@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.methods import METHODS
-from trainables.methods.sprout import SproutConfig, beta_from_rho, soft_cross_entropy
+from trainables.methods.sprout import SproutConfig, soft_cross_entropy
 from trainables.models import create_model
 
 SMALL_MODELS = {
@@ -103,24 +103,48 @@ def test_beta_step_follows_the_finite_difference_and_raises_the_loss():
     _, m = make("sprout", cfg=SproutConfig(concentration="additive", onehot_scale=10.0))
     m.num_classes = k
 
-    def exact(rho):
-        conc = m.concentration(y, beta_from_rho(rho, m.cfg.beta_min))
+    def exact(beta):
+        conc = m.concentration(y, beta)
         return -(conc / conc.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum()
 
-    rho = torch.tensor([0.5, 1.0, 1.5, 2.0, 0.7], requires_grad=True)
+    beta = torch.tensor([0.5, 1.0, 1.5, 2.0, 0.7], requires_grad=True)
     s = 40000
-    sampled = soft_cross_entropy(logits.expand(s, k), m.sample_labels(y.expand(s, k), beta_from_rho(rho, m.cfg.beta_min)))
-    (g,) = torch.autograd.grad(sampled, rho)
+    sampled = soft_cross_entropy(logits.expand(s, k), m.sample_labels(y.expand(s, k), beta))
+    (g,) = torch.autograd.grad(sampled, beta)
     h = 1e-3
-    fd = torch.stack([(exact(rho.detach() + h * e) - exact(rho.detach() - h * e)) / (2 * h) for e in torch.eye(k)])
+    fd = torch.stack([(exact(beta.detach() + h * e) - exact(beta.detach() - h * e)) / (2 * h) for e in torch.eye(k)])
     assert F.cosine_similarity(g, fd, dim=0) > 0.98, (g, fd)
     assert torch.allclose(g, fd, atol=0.02)
-    m.rho = rho.detach().clone().requires_grad_(True)
-    m.beta_optimizer = torch.optim.SGD([m.rho], lr=0.5, maximize=True)
-    before = exact(m.rho.detach()).item()
-    m.rho.grad = g.clone()
-    m.beta_optimizer.step()
-    assert exact(m.rho.detach()).item() > before
+    m.beta_tensor = beta.detach().clone().requires_grad_(True)
+    m.beta_optimizer = torch.optim.SGD([m.beta_tensor], lr=0.5, maximize=True)
+    before = exact(m.beta).item()
+    m.beta_tensor.grad = g.clone()
+    m.beta_step()
+    assert exact(m.beta).item() > before
+
+
+def test_sprout_state_round_trips_and_the_removed_softplus_form_is_refused():
+    from trainables.errors import CheckpointError, ConfigError
+
+    _, m = make("sprout")
+    _, other = make("sprout")
+    with torch.no_grad():
+        m.beta_tensor.add_(0.25)
+    other.load_state_dict(m.state_dict())
+    assert torch.equal(other.beta, m.beta) and torch.equal(other.beta_start, m.beta_start)
+    old = {"rho": torch.zeros(10), "beta": torch.ones(10), "beta_param": "softplus",
+           "beta_optimizer": m.beta_optimizer.state_dict()}
+    with pytest.raises(CheckpointError, match="softplus"):
+        other.load_state_dict(old)
+    with pytest.raises(CheckpointError, match="softplus"):  # the oldest form named no parametrization
+        other.load_state_dict({k: v for k, v in old.items() if k != "beta_param"})
+    projected = {**old, "rho": torch.ones(10) * 0.5, "beta": torch.ones(10) * 0.5, "beta_param": "projected"}
+    other.load_state_dict(projected)  # a projected-form checkpoint of the earlier layout still loads
+    assert torch.equal(other.beta, torch.ones(10) * 0.5)
+    from trainables.schema import build
+
+    with pytest.raises(ConfigError, match="beta_param"):
+        build(SproutConfig, {"beta_param": "softplus"}, "method_args")
 
 
 def test_all_modules_off_is_natural_cross_entropy(tiny_batch):
@@ -144,11 +168,11 @@ def test_paper_variant_uses_one_forward_and_one_backward(tiny_batch, monkeypatch
     orig_grad = torch.autograd.grad
     monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, **k: (backwards.append(1), orig_backward(self, *a, **k))[1])
     monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: (grads.append(1), orig_grad(*a, **k))[1])
-    rho0 = m.rho.detach().clone()
+    beta0 = m.beta.clone()
     w0 = [p.detach().clone() for p in net.parameters()]
     m.train_step(x, y)
     assert (len(forwards), len(backwards), len(grads)) == (1, 1, 0)
-    assert not torch.equal(rho0, m.rho.detach())  # beta moved ...
+    assert not torch.equal(beta0, m.beta)  # beta moved ...
     assert any(not torch.equal(a, b) for a, b in zip(w0, net.parameters()))  # ... and theta, from one pass
 
 

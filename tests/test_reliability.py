@@ -49,9 +49,9 @@ def one_worker_reference() -> float:
     import torch
 
     from trainables.config import resolve
-    from trainables.evaluate import evaluate
+    from trainables.evaluation import evaluate
     from trainables.loop import build, fit
-    from trainables.protocols import get_protocol
+    from trainables.evaluation import get_protocol
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as a Train worker with cpus_per_worker 1
@@ -103,8 +103,9 @@ def test_killed_driver_resumes_without_rerunning_completed_trials_or_certified_s
     """The driver and its Ray are killed (SIGKILL) while the finalists are being certified: the
     relaunch refuses to mix launches, --resume runs no trial again and only the shards that had
     no result, and the union of old and new shards equals one evaluation of each finalist."""
-    from trainables.evaluate import evaluate, load_model_from_checkpoint
-    from trainables.protocols import get_protocol
+    from trainables.loading import load_model_from_checkpoint
+    from trainables.evaluation import evaluate
+    from trainables.evaluation import get_protocol
 
     study = write_study(tmp_path / "s.yaml", STUDY2)
     out = tmp_path / "out"

@@ -1,4 +1,4 @@
-"""--resume from the study's own trial records (orchestrator.tuner.ledger), in-process: which trials
+"""--resume from the study's own trial records (orchestrator.record.ledger, orchestrator.tuner.resume), in-process: which trials
 end, run again or are new; an Optuna study seeded with what ended; a resuming worker falling
 back to the checkpoint before an unusable latest one. The end-to-end cycles (Ctrl-C, a killed
 driver) are in test_reliability.py."""
@@ -12,8 +12,9 @@ import torch
 from orchestrator.launch import plan_fingerprint
 from orchestrator.study.load import load_raw, parse, plan
 from orchestrator.study.space import config_key, grid_points
-from orchestrator.tuner import ledger, searchers
-from orchestrator.tuner.runfile import RunFile
+from orchestrator import record
+from orchestrator.record import LaunchFile
+from orchestrator.tuner import resume, searchers
 
 
 def stage_of(name: str, smoke: bool = True):
@@ -28,11 +29,11 @@ def test_a_resumed_grid_runs_the_unfinished_trials_again_and_only_the_points_lef
     records = [{"trial_id": "a", "config": points[0], "status": "completed"},
                {"trial_id": "b", "config": points[1], "status": "failed"},
                {"trial_id": "c", "config": points[2], "status": "running", "train_run": "train-x"}]
-    ended, unfinished = ledger.split(records)
+    ended, unfinished = record.split(records)
     assert [r["trial_id"] for r in ended] == ["a", "b"] and [r["trial_id"] for r in unfinished] == ["c"]
-    assert ledger.remaining_grid(search, records) == points[3:]
+    assert resume.remaining_grid(search, records) == points[3:]
     # the unfinished trial goes on in the Train run it first had (train-x), found by its config
-    assert ledger.resume_map(unfinished) == {config_key(points[2]): "train-x"}
+    assert resume.resume_map(unfinished) == {config_key(points[2]): "train-x"}
 
 
 def test_two_unfinished_trials_with_one_config_start_again_instead_of_sharing_a_train_run():
@@ -40,7 +41,7 @@ def test_two_unfinished_trials_with_one_config_start_again_instead_of_sharing_a_
     unfinished = [{"trial_id": "a", "config": cfg, "status": "running"},
                   {"trial_id": "b", "config": cfg, "status": "running"},
                   {"trial_id": "c", "config": {"seed": 2}, "status": "running"}]
-    assert ledger.resume_map(unfinished) == {config_key({"seed": 2}): "train-c"}
+    assert resume.resume_map(unfinished) == {config_key({"seed": 2}): "train-c"}
 
 
 def test_a_grid_searched_num_samples_times_is_matched_as_a_multiset():
@@ -52,7 +53,7 @@ def test_a_grid_searched_num_samples_times_is_matched_as_a_multiset():
     points = grid_points(twice)
     assert len(points) == 2 * len(grid_points(search))
     done = [{"trial_id": "a", "config": points[0], "status": "completed"}]
-    assert len(ledger.remaining_grid(twice, done)) == len(points) - 1
+    assert len(resume.remaining_grid(twice, done)) == len(points) - 1
 
 
 def test_an_optuna_study_is_seeded_with_the_ended_trials_and_their_values():
@@ -115,7 +116,7 @@ def test_a_resuming_worker_falls_back_to_the_checkpoint_before_an_unusable_lates
 
 
 def test_a_record_keeps_only_what_json_can_hold():
-    rec = ledger.plain({"a": float("nan"), "b": (1, 2), "c": object})
+    rec = record.plain({"a": float("nan"), "b": (1, 2), "c": object})
     assert math.isnan(rec["a"]) and rec["b"] == [1, 2] and isinstance(rec["c"], str)
     assert json.loads(json.dumps(rec))["b"] == [1, 2]
 
@@ -125,13 +126,13 @@ def test_a_trial_that_resumes_another_replaces_its_record(tmp_path):
     first record is superseded, so the summary lists the trial once."""
     from types import SimpleNamespace
 
-    runfile = RunFile(tmp_path)
-    runfile.start({"study": "s"})
+    launch_file = LaunchFile(tmp_path)
+    launch_file.start({"study": "s"})
     cfg = {"seed": 1}
-    ledger.TrialLedger(runfile, "main").on_trial_start(0, [], SimpleNamespace(trial_id="a", config=cfg))
-    resumed = ledger.TrialLedger(runfile, "main", {config_key(cfg): "train-a"})
+    resume.TrialLedger(launch_file, "main").on_trial_start(0, [], SimpleNamespace(trial_id="a", config=cfg))
+    resumed = resume.TrialLedger(launch_file, "main", {config_key(cfg): "train-a"})
     resumed.on_trial_start(0, [], SimpleNamespace(trial_id="b", config=cfg))
-    store = runfile.read()
+    store = launch_file.read()
     assert store["ledger"]["main/a"]["superseded_by"] == "b"
     assert store["ledger"]["main/b"]["train_run"] == "train-a" and store["ledger"]["main/b"]["resumes"] == "a"
-    assert [r["trial_id"] for r in ledger.stage_records(store, "main")] == ["b"]
+    assert [r["trial_id"] for r in record.stage_records(store, "main")] == ["b"]

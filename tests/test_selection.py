@@ -12,7 +12,7 @@ from orchestrator.results.table import table
 from orchestrator.study.load import load_raw, parse
 from orchestrator.study.names import val_name
 from orchestrator.study.selection import mark_finalists, pareto
-from trainables.intervals import intervals, wilson
+from orchestrator.study.intervals import intervals, wilson
 
 
 def test_wilson_interval_matches_the_closed_form_and_stays_in_bounds():

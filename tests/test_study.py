@@ -135,3 +135,16 @@ def test_help_and_list_answer_without_loading_torch_or_ray(argv):
     p = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "HEAVY []" in p.stdout, p.stdout[-500:]
+
+
+def test_the_command_lines_data_settings_survive_the_smoke_cut():
+    """--smoke-test moves a study to digits and drops the file's data settings; a --set on the
+    command line is applied after that cut, so what the user set is what runs."""
+    from orchestrator.study.load import load_raw, parse, plan
+
+    raw, src = load_raw(name="sensitivity")
+    study = parse(raw, src)
+    (stage,) = plan(study, src, smoke=True, overrides={"base": {"data": {"val_size": 100}}}).stages
+    assert stage.base["dataset"] == "digits" and stage.base["data"]["val_size"] == 100
+    (plain,) = plan(study, src, smoke=True).stages
+    assert plain.base.get("data", {}).get("val_size") != 100

@@ -1,25 +1,33 @@
 """Checkpoints: one dict holding the model, the method's state (SPROUT's beta), the optimizer,
-the epoch and the resolved config. Loaded with ``torch.load(weights_only=True)``, so a
-checkpoint carrying a pickled payload is refused."""
+the epoch and the resolved config, and the names of the files a checkpoint directory holds.
+Loaded with ``torch.load(weights_only=True)``, so a checkpoint carrying a pickled payload is
+refused. torch loads inside the functions: the file names are read by layers that never train."""
+
 from __future__ import annotations
 
 import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 FORMAT = "sprout-orchestrator/1"
+CHECKPOINT_FILE = "checkpoint.pt"  # the model and training state, in every checkpoint directory
+EVAL_FILE = "eval.json"  # an evaluation's results: a trial's screening in its last checkpoint, the CLI's output
+METRICS_FILE = "metrics.json"  # a training run's resolved config, per-epoch history and final metrics
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write atomically (temp file + rename): a crash never leaves a half-written checkpoint."""
     import tempfile
+
+    import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,6 +43,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -54,8 +64,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def model_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+def model_weights(state: dict[str, Any]) -> dict[str, "torch.Tensor"]:
     """The model's state dict from one of our checkpoints or from a bare state dict."""
+    import torch
+
     if "model" in state and isinstance(state["model"], dict):
         return state["model"]
     if all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -63,7 +75,7 @@ def model_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     raise CheckpointError("checkpoint holds no 'model' state dict")
 
 
-def load_weights(model: nn.Module, state: dict[str, Any], path: str | os.PathLike, expected: str) -> None:
+def load_weights(model: "nn.Module", state: dict[str, Any], path: str | os.PathLike, expected: str) -> None:
     """Load weights strictly; a checkpoint of another architecture is one clear error."""
     weights = model_weights(state)
     saved = state.get("config", {}) if isinstance(state.get("config"), dict) else {}

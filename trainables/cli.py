@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -69,31 +68,3 @@ def writable_dir(path: str | os.PathLike, what: str = "--output-dir", private: b
     except OSError as e:
         raise ConfigError(f"{what} {p}: not writable ({e.strerror or e})") from None
     return p
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write: a uniquely named temporary file beside ``path``, then a rename, so a
-    reader never sees half a file and two writers never share a temporary name."""
-    import tempfile
-
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=2, sort_keys=False, default=_jsonable))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _jsonable(o: Any) -> Any:
-    if hasattr(o, "item"):
-        return o.item()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)

@@ -13,3 +13,15 @@ def home(device: torch.device) -> torch.device:
 def generator(device: torch.device, seed: int) -> torch.Generator:
     """A seeded generator on ``home(device)``."""
     return torch.Generator(device=home(device)).manual_seed(seed)
+
+
+def pick_device(spec: str = "auto") -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        from .errors import ConfigError
+
+        raise ConfigError(f"device {spec}: not available here ({torch.cuda.device_count()} CUDA device(s)); "
+                          "use auto or cpu")
+    return device

@@ -19,14 +19,13 @@ import torch.distributed as dist
 from torch import nn
 
 from .attacks import pgd_linf
-from .checkpoint import load_checkpoint, load_weights
 from .schema import to_dict
-from .devices import generator, home
-from .data import DATASETS, DataBundle, dist_info, get_dataset, make_train_loader, set_loader_epoch, with_validation
+from .devices import generator, home, pick_device
+from .data import DataBundle, dist_info, get_dataset, make_train_loader, set_loader_epoch, with_validation
 from .errors import DivergedError
 from .methods import METHODS, Method
 from .metrics import accuracy, batched
-from .models import create_model
+from .loading import build_model
 from .config import FastConfig, OptimConfig, TrainConfig
 
 EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]] | None], None]
@@ -36,18 +35,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def pick_device(spec: str = "auto") -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        from .errors import ConfigError
-
-        raise ConfigError(f"device {spec}: not available here ({torch.cuda.device_count()} CUDA device(s)); "
-                          "use auto or cpu")
-    return device
 
 
 def lr_factor(opt: OptimConfig, epochs: int, t: float) -> float:
@@ -100,20 +87,6 @@ class Components:
     device: torch.device
     start_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def build_model(cfg: TrainConfig, bundle: DataBundle | None = None) -> nn.Module:
-    """The model of ``cfg`` (random init, or ``init_checkpoint``'s weights)."""
-    entry = DATASETS.get(cfg.dataset)
-    if bundle is None:
-        bundle = get_dataset(cfg.dataset, root=cfg.data.root, download=cfg.data.download,
-                             image_size=cfg.data.image_size)
-    net = create_model(cfg.model, cfg.model_args, num_classes=bundle.num_classes,
-                       in_channels=bundle.in_channels, image_size=bundle.image_size,
-                       mean=entry.mean, std=entry.std)
-    if cfg.init_checkpoint:
-        load_weights(net, load_checkpoint(cfg.init_checkpoint), cfg.init_checkpoint, cfg.model)
-    return net
 
 
 def build(cfg: TrainConfig, *, device: torch.device | None = None, resume: dict[str, Any] | None = None,

@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli import Parser, run_main, writable_dir, write_json
+from .cli import Parser, run_main, writable_dir
+from .checkpoint import CHECKPOINT_FILE, METRICS_FILE
+from .files import write_json
 from .schema import parse_override, set_nested, to_dict
 from .registry import declared
 
@@ -57,9 +59,8 @@ def raw_config(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)  # --help answers before torch is imported
     from .checkpoint import save_checkpoint
-    from .evaluate import evaluate, format_table
+    from .evaluation import evaluate, format_table, get_protocol
     from .loop import build, fit
-    from .protocols import get_protocol
     from .config import resolve
 
     cfg = resolve(raw_config(args))
@@ -69,13 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     history = fit(comp, log=print)
     train_time = time.perf_counter() - t0
-    ckpt_path = save_checkpoint(_final_state(comp), out / "checkpoint.pt")
+    ckpt_path = save_checkpoint(_final_state(comp), out / CHECKPOINT_FILE)
     screened = {}
     if comp.bundle.has_val:
         screened = {"val": evaluate(comp.net, comp.bundle.as_test_of_validation(), get_protocol("screen"),
                                     eps=cfg.eps, seed=cfg.seed, device=comp.device)}
     results = evaluate(comp.net, comp.bundle, protocol, eps=cfg.eps, seed=cfg.seed, device=comp.device)
-    write_json(out / "metrics.json", {"config": to_dict(cfg), "history": history,
+    write_json(out / METRICS_FILE, {"config": to_dict(cfg), "history": history,
                                       "train_time_s": train_time, "final": results, **screened})
     print(format_table(results))
     print(f"{cfg.method} {cfg.model} {cfg.dataset}: clean {results['clean_acc']:.4f}  "

@@ -120,7 +120,7 @@ def run(finalists: list[Finalist], settings: Settings, *, console=None, say: Cal
     result as soon as its last shard is in (``on_finalist``)."""
     import ray
 
-    from ..tuner.console import drain
+    from ..record import drain
 
     todo = [(f, j) for f in finalists for j in f.jobs if j.start not in f.done]
     total = sum(len(f.jobs) for f in finalists)
@@ -169,9 +169,9 @@ def run(finalists: list[Finalist], settings: Settings, *, console=None, say: Cal
 def _finish(f: Finalist, settings: Settings, on_finalist) -> None:
     """A finalist's metrics from the union of its shards; its files beside them (and, with
     ``save_adversarial``, AutoAttack's inputs and log beside its checkpoint)."""
-    from trainables.eval_attacks import union
-    from trainables.evaluate import finish, protocol_eps
-    from trainables.protocols import get_protocol
+    from trainables.evaluation import union
+    from trainables.evaluation import finish, protocol_eps
+    from trainables.evaluation import get_protocol
 
     protocol = get_protocol(settings.protocol, settings.overrides)
     whole = union(list(f.done.values()))

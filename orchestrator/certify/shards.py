@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..study.refs import CHECKPOINT_FILE
+from trainables.checkpoint import CHECKPOINT_FILE
 
 SHARD_FORMAT = "sprout-orchestrator/certify-shard/1"
 
@@ -88,7 +88,7 @@ def read_bytes(uri: str) -> bytes | None:
 
 def read_shard(job: ShardJob):
     """The shard's result if a task wrote it (and it is one of ours, for this job), else None."""
-    from trainables.eval_attacks import Shard
+    from trainables.evaluation import Shard
 
     raw = read_bytes(job.path)
     if raw is None:
@@ -121,7 +121,7 @@ def _load(checkpoint: str):
     """Model, config and data of a finalist's checkpoint directory (local or in the storage)."""
     import ray.train
 
-    from trainables.evaluate import load_model_from_checkpoint
+    from trainables.loading import load_model_from_checkpoint
 
     with ray.train.Checkpoint(checkpoint).as_directory() as d:
         return load_model_from_checkpoint(f"{d}/{CHECKPOINT_FILE}")
@@ -131,10 +131,11 @@ def run_shard(job: ShardJob, *, threads: int, gpus: float, console=None) -> dict
     """Evaluate one shard and write its result; returns what the progress line needs."""
     import torch
 
-    from trainables.evaluate import evaluate_shard, load_model_from_checkpoint, protocol_eps
-    from trainables.protocols import get_protocol
+    from trainables.loading import load_model_from_checkpoint
+    from trainables.evaluation import evaluate_shard, protocol_eps
+    from trainables.evaluation import get_protocol
 
-    from ..tuner.console import console_say
+    from ..record import console_say
 
     import ray
 
@@ -164,8 +165,8 @@ def count_images(config: dict, protocol: str, overrides: dict) -> int:
     """How many test images the protocol evaluates for a trial of this (resolved) training
     config: the protocol's ``n``, at most the test split."""
     from trainables.data import get_dataset
-    from trainables.evaluate import evaluation_size
-    from trainables.protocols import get_protocol
+    from trainables.evaluation import evaluation_size
+    from trainables.evaluation import get_protocol
 
     data = config.get("data") or {}
     bundle = get_dataset(config["dataset"], root=data.get("root"), download=False, image_size=data.get("image_size"))

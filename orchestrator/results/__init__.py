@@ -1,2 +1,40 @@
-"""What a study leaves for people: MLflow runs (``tracking``), the console (``progress``, ``table``),
-summary files (``summary``) and reports (``reports``); numbers formatted one way (``format``)."""
+"""What a study leaves for people: MLflow runs (``tracking``, and ``callbacks`` for the trials'),
+the console (``progress``, ``table``), summary files (``summary``) and reports (``reports``);
+numbers formatted one way (``format``). The names below load their module when first used."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "MLflowTrialCallback",
+    "Progress",
+    "Tracker",
+    "add_certification",
+    "add_intervals",
+    "provenance",
+    "rows_from_records",
+    "table",
+    "write_report",
+    "write_summary",
+]
+_HOME = {
+    "Tracker": "tracking",
+    "provenance": "tracking",
+    "MLflowTrialCallback": "callbacks",
+    "Progress": "progress",
+    "table": "table",
+    "add_certification": "summary",
+    "add_intervals": "summary",
+    "rows_from_records": "summary",
+    "write_summary": "summary",
+    "write_report": "reports",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

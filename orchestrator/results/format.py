@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from trainables.intervals import count_of, finite, wilson
+from ..study.intervals import count_of, finite, wilson
 
 
 def pct(v: Any, digits: int = 1) -> str:

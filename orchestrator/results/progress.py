@@ -7,12 +7,11 @@ import time
 
 from ray import tune
 
-from trainables.masking import describe_flags
+from trainables.evaluation import describe_flags
 
 from ..study.names import VAL
 from ..study.space import searched_values, short_name
-from ..tuner.console import drain
-from ..tuner.status import TrialStatus, completed_status, trial_error
+from ..record import TrialStatus, completed_status, drain, trial_error
 from .format import short
 
 

@@ -14,14 +14,14 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from trainables.intervals import finite as _finite
-from trainables.masking import describe_flags
+from ..study.intervals import finite as _finite
+from trainables.evaluation import describe_flags
 from trainables.schema import flatten, to_dict
 
 from ..study.names import TEST, VAL
 from ..study.paper import paper_numbers
 from ..study.space import short_name
-from ..study.status import TrialStatus
+from ..record import TrialStatus
 from .format import num, pct
 from .table import table
 
@@ -416,7 +416,7 @@ def stage_evaluation(study, stage: str) -> dict:
 
 def protocol_of(row: dict):
     """The protocol a trial was evaluated with (the stage's, overrides included)."""
-    from trainables.protocols import get_protocol
+    from trainables.evaluation import get_protocol
 
     ev = row.get("evaluation") or {"protocol": test_view(row).get("protocol", "basic")}
     return get_protocol(ev["protocol"], ev.get("overrides"))
@@ -425,7 +425,7 @@ def protocol_of(row: dict):
 def attack_columns(rows: list[dict], *, only: tuple[str, ...] | None = None, without: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """Table columns of the attacks the rows' protocols ran, from the attack registry
     (``only`` / ``without`` select attacks by name)."""
-    from trainables.eval_attacks import ATTACKS
+    from trainables.evaluation import ATTACKS
 
     cols: list[tuple[str, str]] = []
     for proto in map(protocol_of, rows):

@@ -10,14 +10,13 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from trainables.cli import write_json
-from trainables.intervals import intervals
+from trainables.files import write_json
+from ..study.intervals import intervals
 
 from ..study.names import PLACEMENT, TEST, TUNE_INTERNAL
 from ..study.space import default_point, searched_values, trial_config
-from ..tuner.runfile import trial_key
-from ..tuner.searchers import sampler_label
-from ..tuner.status import TrialStatus
+from ..study.space import sampler_label
+from ..record import TrialStatus, trial_key
 
 KEY_METRICS = ("val/robust_acc", "test/clean_acc", "test/robust_acc", "test/pgd20_acc", "test/autoattack_acc",
                "epoch_time_s", "images_per_s")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import textwrap
 
 from trainables.cli import one_line
-from trainables.intervals import finite
+from ..study.intervals import finite
 
 from ..study.names import TEST, VAL
 from ..study.space import short_name

@@ -113,8 +113,9 @@ def _build_stage(sraw: Mapping[str, Any], where: str, staged: bool, earlier: lis
 
 
 def plan(study: Study, source: str, *, smoke: bool = False, overrides: Mapping[str, Any] | None = None) -> Plan:
-    """The parsed study with ``--smoke-test`` and the command line applied; a stage that changed is
-    checked again by the same rules (an override can leave the valid domain)."""
+    """The parsed study with ``--smoke-test`` and then the command line applied (``--set`` wins
+    over the smoke cut); a stage that changed is checked again by the same rules (an override can
+    leave the valid domain)."""
     overrides = dict(overrides or {})
     res = study.resources
     res_over = {k: overrides.pop(k) for k in list(overrides) if k in ("num_workers", "gpus_per_worker", "max_concurrent_trials")}
@@ -135,11 +136,12 @@ def plan(study: Study, source: str, *, smoke: bool = False, overrides: Mapping[s
     for i, stage in enumerate(study.stages):
         where = f"{source}: stages[{i}]" if study.staged else source
         sraw = to_dict(stage)
+        if smoke:
+            sraw = _shrink(sraw, study.smoke)
+        # the command line after the smoke cut: what a user sets (data.val_size, ...) is what runs
         sraw["base"] = deep_merge(sraw["base"], base_over)
         if new_seed:
             sraw["base"]["seed"] = seed
-        if smoke:
-            sraw = _shrink(sraw, study.smoke)
         if num_samples is not None:
             sraw["search"]["num_samples"] = num_samples
         stages.append(_build_stage(sraw, where, study.staged, [s.name for s in stages]))
@@ -172,7 +174,7 @@ def _shrink(sraw: dict, smoke: SmokeSpec) -> dict:
     if "model" not in smoke.base:  # every model became small_cnn: so do the references' conditions
         s = retarget_refs(s, "model", "small_cnn")
     ev = dict(s.get("evaluation", {}))
-    from trainables.protocols import get_protocol, smoke_overrides
+    from trainables.evaluation import get_protocol, smoke_overrides
 
     try:  # the study's own protocol, every attack kept, budgets cut (bad names fail in validation)
         protocol = get_protocol(ev.get("protocol", "quick"), ev.get("overrides") or {})

@@ -21,19 +21,6 @@ def val_name(metric: str) -> str:
     return VAL + metric if metric.endswith("_acc") else metric
 
 
-def test_name(metric: str) -> str:
-    """An accuracy's test name (``robust_acc`` -> ``test/robust_acc``); other metrics as ``val_name``."""
-    return TEST + metric if metric.endswith("_acc") else metric
-
-
-def split_of(name: str) -> tuple[str, str]:
-    """(prefix, bare name): ``val/robust_acc`` -> ("val/", "robust_acc"); unprefixed -> ("", name)."""
-    for prefix in SPLITS:
-        if name.startswith(prefix):
-            return prefix, name[len(prefix):]
-    return "", name
-
-
 # An evaluation's keys that are not recorded with a trial (too large, or spelled out elsewhere).
 EVALUATION_DETAIL = ("protocol_budgets", "masking_checks", "per_image")
 

@@ -9,13 +9,12 @@ import copy
 from pathlib import Path
 from typing import Any, Mapping
 
+from trainables.checkpoint import CHECKPOINT_FILE
 from trainables.errors import ConfigError
 
-from .status import TrialStatus
+from ..record import TrialStatus
 
 STAGE_REF = "stage:"
-CHECKPOINT_FILE = "checkpoint.pt"  # what the worker writes into every checkpoint directory
-EVAL_FILE = "eval.json"  # and, in the last one, the screening evaluation
 
 
 def is_ref(value: Any) -> bool:

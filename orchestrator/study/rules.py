@@ -162,7 +162,7 @@ def _references_name_earlier_stages(stage: StageSpec, where: str, earlier: list[
 
 
 def _protocols_exist(stage: StageSpec, where: str) -> None:
-    from trainables.protocols import get_protocol
+    from trainables.evaluation import get_protocol
 
     try:
         get_protocol(stage.evaluation.protocol, stage.evaluation.overrides)
@@ -173,9 +173,9 @@ def _protocols_exist(stage: StageSpec, where: str) -> None:
 def reported_metrics(stage: StageSpec) -> set[str]:
     """The metric names a stage's trials and their certification report: the loop's, the
     methods', the protocol's."""
-    from trainables.eval_attacks import metric_keys
+    from trainables.evaluation import metric_keys
     from trainables.methods import METHODS
-    from trainables.protocols import get_protocol
+    from trainables.evaluation import get_protocol
 
     methods = {stage.base.get("method", "sprout")}
     for key, spec in stage.search.param_specs().items():
@@ -193,8 +193,8 @@ def reported_metrics(stage: StageSpec) -> set[str]:
 def screened_metrics(stage: StageSpec) -> set[str]:
     """The accuracies the screening evaluation measures on the validation split (and the
     per-image worst case over them, ``robust_acc``)."""
-    from trainables.eval_attacks import metric_keys
-    from trainables.protocols import get_protocol
+    from trainables.evaluation import metric_keys
+    from trainables.evaluation import get_protocol
 
     return {m for m in metric_keys(get_protocol(stage.evaluation.screen)) if m.endswith("_acc")} | {"clean_acc", "robust_acc"}
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainables.intervals import finite
+from .intervals import finite
 
 from .spec import StageSpec
-from .status import TrialStatus
+from ..record import TrialStatus
 
 SELECTED_ON_VALIDATION = "validation"
 EVERY_TRIAL = "grid (every trial)"

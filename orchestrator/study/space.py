@@ -4,7 +4,7 @@ A searched key has one canonical spelling, dotted as in the study file (``method
 it is what MLflow params, summary.csv and the report use. Its other spellings are conversions
 made here and nowhere else:
 
-- Optuna's parameter name, ``method_args/alpha`` (``optuna_name`` / ``from_optuna``): Ray's
+- Optuna's parameter name, ``method_args/alpha`` (``optuna_name``): Ray's
   OptunaSearch flattens nested keys with ``/``, and a point given with other keys is silently
   ignored;
 - Tune's trial config, a nested dict ``{"method_args": {"alpha": ...}}`` (``nested`` /
@@ -30,11 +30,6 @@ SHORT_NAMES = {"method_args.lr_beta": "gamma_beta"}  # the paper's name where ou
 def optuna_name(key: str) -> str:
     """``method_args.alpha`` -> ``method_args/alpha``."""
     return key.replace(".", "/")
-
-
-def from_optuna(name: str) -> str:
-    """``method_args/alpha`` -> ``method_args.alpha``."""
-    return name.replace("/", ".")
 
 
 def short_name(key: str) -> str:
@@ -149,3 +144,21 @@ def grid_points(search: SearchSpec) -> list[dict]:
                 point[CASE] = case
             points.append(json.loads(json.dumps(point, default=str)))
     return points * search.num_samples
+
+
+def startup_trials(num_samples: int) -> int:
+    """TPE's random start-up trials: a third of the budget, at least 2 and at most 10 (Optuna's
+    default of 10 would leave a 6-trial study without a single model-based suggestion)."""
+    return max(2, min(10, num_samples // 3))
+
+
+def sampler_label(search) -> str:
+    """What the report and MLflow say about the sampler that ran."""
+    if search.algorithm != "optuna":
+        return "grid"
+    objectives = f"{len(search.metrics)} objective{'s' if len(search.metrics) > 1 else ''}"
+    if search.sampler == "tpe":
+        return f"Optuna TPE ({objectives}, {startup_trials(search.num_samples)} random start-up trials)"
+    if search.sampler == "nsga2":
+        return f"Optuna NSGA-II ({objectives}, population 50: random for the first 50 trials)"
+    return f"Optuna random ({objectives})"

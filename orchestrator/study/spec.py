@@ -140,7 +140,7 @@ class EvaluationSpec:
     screen: str = "screen"
 
     def validate(self, where: str) -> None:
-        from trainables.protocols import PROTOCOLS
+        from trainables.evaluation import PROTOCOLS
 
         check(self.protocol in PROTOCOLS, where, "protocol", f"one of {', '.join(PROTOCOLS)}", self.protocol)
         check(self.screen in PROTOCOLS, where, "screen", f"one of {', '.join(PROTOCOLS)}", self.screen)

@@ -1,4 +1,29 @@
 """The Ray layers of a stage: the Tuner (``stage``, ``searchers``), the per-trial driver
-(``driver``), the Ray Train worker loop (``worker``), the record of every trial and ``--resume``
-(``ledger``, ``runfile``), what Tune says about a trial (``status``), lines from workers to the
-console (``console``) and interrupts (``interrupts``)."""
+(``driver``), the Ray Train worker loop (``worker``), the Tune callback that keeps the ledger and
+``--resume`` built from it (``resume``), and interrupts (``interrupts``). The names below load
+their module (and Ray) when first used."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "TrialLedger",
+    "plan_stage",
+    "run_stage",
+    "run_trial",
+]
+_HOME = {
+    "plan_stage": "stage",
+    "run_stage": "stage",
+    "run_trial": "driver",
+    "TrialLedger": "resume",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

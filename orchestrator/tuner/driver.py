@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..study.space import config_key, trial_config
-from .ledger import train_run_name
+from ..record import train_run_name
 
 
 AUTO_BACKEND = "auto"  # resolved per worker group when it starts: nccl or gloo

@@ -7,25 +7,7 @@ from typing import Iterable
 
 from ray.tune.search import Searcher
 
-from ..study.space import distribution, optuna_name, optuna_params
-
-
-def startup_trials(num_samples: int) -> int:
-    """TPE's random start-up trials: a third of the budget, at least 2 and at most 10 (Optuna's
-    default of 10 would leave a 6-trial study without a single model-based suggestion)."""
-    return max(2, min(10, num_samples // 3))
-
-
-def sampler_label(search) -> str:
-    """What the report and MLflow say about the sampler that ran."""
-    if search.algorithm != "optuna":
-        return "grid"
-    objectives = f"{len(search.metrics)} objective{'s' if len(search.metrics) > 1 else ''}"
-    if search.sampler == "tpe":
-        return f"Optuna TPE ({objectives}, {startup_trials(search.num_samples)} random start-up trials)"
-    if search.sampler == "nsga2":
-        return f"Optuna NSGA-II ({objectives}, population 50: random for the first 50 trials)"
-    return f"Optuna random ({objectives})"
+from ..study.space import distribution, optuna_name, optuna_params, startup_trials
 
 
 def make_sampler(search, seed: int):

@@ -13,7 +13,8 @@ from typing import Any
 from ..study.refs import strip_refs
 from ..study.rules import resolve
 from ..study.space import DefineByRun, default_point, optuna_name, optuna_params
-from . import ledger
+from ..record import split
+from .resume import remaining_grid, resume_map
 from .searchers import FixedConfigs, make_sampler, seeded_study
 
 
@@ -67,16 +68,16 @@ def plan_stage(stage, seed: int, cap: int, records: list[dict], name: str) -> St
     (none on a first launch). See ``orchestrator.tuner.ledger``."""
     from ray import tune
 
-    ended, unfinished = ledger.split(records)
+    ended, unfinished = split(records)
     if stage.search.algorithm == "grid":
-        configs = [r["config"] for r in unfinished] + ledger.remaining_grid(stage.search, records)
+        configs = [r["config"] for r in unfinished] + remaining_grid(stage.search, records)
         searcher, todo = FixedConfigs(configs), len(configs)
     else:
         searcher = _optuna(stage, seed, records, unfinished, ended, name)
         todo = max(0, stage.search.num_samples - len(ended))
     config = tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(stage), num_samples=max(1, todo),
                              max_concurrent_trials=cap, trial_dirname_creator=trial_dirname)
-    return StagePlan(config, todo, len(ended), ledger.resume_map(unfinished))
+    return StagePlan(config, todo, len(ended), resume_map(unfinished))
 
 
 def run_stage(stage, *, name: str, trainable, tune_config, storage_path: str, callbacks: list) -> None:

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainables.cli import write_json
+from trainables.checkpoint import CHECKPOINT_FILE, EVAL_FILE
+from trainables.files import write_json
 
 from ..study.names import VAL, under, val_name
-from ..study.refs import CHECKPOINT_FILE, EVAL_FILE
-from .console import console_say
-from .status import TrialStatus
+from ..record import TrialStatus, console_say
 
 logger = logging.getLogger(__name__)
 MAX_LIST = 64  # longer lists (per-image data) stay in eval.json, not in Tune's results
@@ -149,8 +148,8 @@ def setup(config: dict[str, Any]) -> Trial:
 def screening(t: Trial) -> dict[str, Any]:
     """The screening evaluation on the validation split (its full result, unprefixed): what a
     search selects on. Empty without a validation split."""
-    from trainables.evaluate import evaluate
-    from trainables.protocols import get_protocol
+    from trainables.evaluation import evaluate
+    from trainables.evaluation import get_protocol
 
     if t.saved_eval is not None:
         return t.saved_eval  # the run finished before a crash lost its last report: not again
@@ -182,7 +181,6 @@ def report_epoch(t: Trial, metrics: dict[str, Any], make_state) -> None:
     """Report one epoch (every rank); rank 0 attaches the checkpoint, and after the last epoch
     the final result, whose screening is kept in the checkpoint (``eval.json``)."""
     import ray.train
-    import torch
 
     from trainables.checkpoint import save_checkpoint
     from trainables.schema import to_dict

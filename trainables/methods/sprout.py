@@ -22,17 +22,10 @@ Two named variants (``variant``):
     optimizer as theta's (SGD, momentum 0.9, weight decay 5e-4, lr = theta's lr). Use it to
     reproduce the paper's numbers, which came from this code.
 
-beta stays positive (``beta_param``):
-
-``projected`` (the default of both variants)
-    Algorithm 1's step on beta itself, beta <- max(beta + gamma_beta * grad, beta_min): plain
-    projected gradient ascent. The released code clamps at 0 instead; beta_min (1e-3) keeps
-    the concentration a valid Dirichlet parameter, and above it the two steps are the same.
-``softplus``
-    beta = beta_min + softplus(10 rho) / 10 with the ascent on rho: positive by construction,
-    but the step on beta is scaled by sigmoid(10 rho)^2, i.e. damped 3-6x where beta < ~0.1,
-    which is where the paper's alpha = 0.01 puts the off-class concentrations. Earlier
-    versions of this project used it; it stays for comparison.
+beta stays positive by Algorithm 1's step on beta itself, beta <- max(beta + gamma_beta * grad,
+beta_min): plain projected gradient ascent, in both variants. The released code clamps at 0
+instead; beta_min (1e-3) keeps the concentration a valid Dirichlet parameter, and above it the two
+steps are the same.
 
 The Dirichlet is sampled in float64: with alpha = 0.01 the off-class concentrations are ~0.01
 and float32 gamma draws underflow.
@@ -50,6 +43,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..errors import CheckpointError
 from ..schema import check
 from . import register_method
 from .base import Method
@@ -84,8 +78,7 @@ class SproutConfig:
     mixup_loss: Literal["mixed_label", "pairwise"] | None = None
     beta_momentum: float | None = None
     beta_weight_decay: float | None = None
-    beta_min: float = 1e-3  # lower bound of beta (the projection's, or built into the softplus)
-    beta_param: Literal["projected", "softplus"] = "projected"  # how beta stays >= beta_min (see above)
+    beta_min: float = 1e-3  # lower bound of beta: the projection's (a Dirichlet parameter must be > 0)
     clamp_inputs: bool = False  # clamp noisy inputs to [0, 1] (the reference does not)
 
     def validate(self, where: str) -> None:
@@ -106,19 +99,6 @@ class SproutConfig:
         """This config with every variant-specific None filled from the variant's preset."""
         preset = _PRESETS[self.variant]
         return replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None})
-
-
-_SHARPNESS = 10.0
-
-
-def beta_from_rho(rho: torch.Tensor, beta_min: float) -> torch.Tensor:
-    """The softplus parametrization: beta >= beta_min for every rho."""
-    return beta_min + F.softplus(_SHARPNESS * rho) / _SHARPNESS
-
-
-def rho_from_beta(beta: torch.Tensor, beta_min: float) -> torch.Tensor:
-    b = (beta - beta_min).clamp(min=1e-8) * _SHARPNESS
-    return torch.where(b > 20, b, torch.log(torch.expm1(b))) / _SHARPNESS
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -147,30 +127,24 @@ class Sprout(Method):
         else:
             # "Initial beta: random initialization" (Algorithm 1): uniform in (beta_min, 1 + beta_min)
             beta0 = torch.rand(k, generator=torch.Generator().manual_seed(self.seed + 777)) + c.beta_min
-        # the optimized tensor: beta itself (projected) or rho with beta = beta_from_rho(rho)
-        raw = beta0 if c.beta_param == "projected" else rho_from_beta(beta0, c.beta_min)
-        self.rho = raw.to(self.device).requires_grad_(True)
+        self.beta_tensor = beta0.to(self.device).requires_grad_(True)  # (K,) the optimized tensor: beta itself
         self.beta_start = self.beta.clone()
         lr_beta = c.lr_beta if c.lr_beta is not None else optimizer.param_groups[0]["lr"]
-        self.beta_optimizer = torch.optim.SGD([self.rho], lr=lr_beta, momentum=c.beta_momentum,
+        self.beta_optimizer = torch.optim.SGD([self.beta_tensor], lr=lr_beta, momentum=c.beta_momentum,
                                               weight_decay=c.beta_weight_decay, maximize=True)
         self.beta_optimizer.param_groups[0]["initial_lr"] = lr_beta
 
-    def beta_of(self, rho: torch.Tensor) -> torch.Tensor:
-        """beta (K,) from the optimized tensor, keeping the autograd graph."""
-        return rho if self.cfg.beta_param == "projected" else beta_from_rho(rho, self.cfg.beta_min)
-
     @property
     def beta(self) -> torch.Tensor:
-        return self.beta_of(self.rho.detach())
+        """beta (K,), detached from the graph."""
+        return self.beta_tensor.detach()
 
     def beta_step(self) -> None:
-        """One ascent step on beta (the gradient is already in rho.grad), then the projection."""
+        """One ascent step on beta (the gradient is already in beta_tensor.grad), then the projection."""
         self._sync_beta_grad()
         self.beta_optimizer.step()
-        if self.cfg.beta_param == "projected":
-            with torch.no_grad():
-                self.rho.clamp_(min=self.cfg.beta_min)
+        with torch.no_grad():
+            self.beta_tensor.clamp_(min=self.cfg.beta_min)
 
     epoch_metric_names = ("beta_mean", "beta_std", "beta_min", "beta_max", "beta_drift")
 
@@ -189,18 +163,18 @@ class Sprout(Method):
         return [self.beta_optimizer]
 
     def state_dict(self):
-        return {"rho": self.rho.detach().cpu(), "beta": self.beta.cpu(), "beta_start": self.beta_start.cpu(),
-                "beta_param": self.cfg.beta_param, "beta_optimizer": self.beta_optimizer.state_dict()}
+        return {"beta": self.beta.cpu(), "beta_start": self.beta_start.cpu(),
+                "beta_optimizer": self.beta_optimizer.state_dict()}
 
     def load_state_dict(self, state):
-        c = self.cfg
+        if state.get("beta_param", "softplus" if "rho" in state else None) == "softplus":
+            # the softplus parametrization (beta = beta_min + softplus(10 rho) / 10) is gone: its
+            # optimizer state is a state of rho, not of beta, and cannot be carried over
+            raise CheckpointError("SPROUT method state saved with the removed softplus parametrization of beta "
+                                  "(beta_param=softplus): its beta optimizer state does not apply; train it again")
         with torch.no_grad():
-            if state.get("beta_param", "softplus") == c.beta_param:
-                self.rho.copy_(state["rho"].to(self.device))
-                self.beta_optimizer.load_state_dict(state["beta_optimizer"])
-            else:  # saved under the other parametrization: start from its beta, fresh optimizer state
-                beta = state["beta"].to(self.device)
-                self.rho.copy_(beta if c.beta_param == "projected" else rho_from_beta(beta, c.beta_min))
+            self.beta_tensor.copy_(state["beta"].to(self.device))
+        self.beta_optimizer.load_state_dict(state["beta_optimizer"])
         if "beta_start" in state:
             self.beta_start = state["beta_start"].to(self.device)
 
@@ -247,9 +221,9 @@ class Sprout(Method):
         return soft_cross_entropy(logits, self.sample_labels(lam * ya + (1 - lam) * yb, beta))
 
     def _sync_beta_grad(self) -> None:
-        if dist.is_available() and dist.is_initialized() and self.rho.grad is not None:
-            dist.all_reduce(self.rho.grad, op=dist.ReduceOp.SUM)
-            self.rho.grad /= dist.get_world_size()
+        if dist.is_available() and dist.is_initialized() and self.beta_tensor.grad is not None:
+            dist.all_reduce(self.beta_tensor.grad, op=dist.ReduceOp.SUM)
+            self.beta_tensor.grad /= dist.get_world_size()
 
     # -- the step -------------------------------------------------------------------------------
     def train_step(self, x, y):
@@ -258,13 +232,13 @@ class Sprout(Method):
         joint = c.beta_update == "joint"
         for _ in range(c.theta_steps):
             xt, ya, yb, lam = self.augment(x, y)
-            beta = self.beta_of(self.rho if joint else self.rho.detach())
+            beta = self.beta_tensor if joint else self.beta
             with self.autocast():
                 logits = self.model(xt)
             loss = self.loss(logits, ya, yb, lam, beta)
             self.optimizer.zero_grad(set_to_none=True)
             self.beta_optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # one backward fills theta.grad and (joint) rho.grad
+            loss.backward()  # one backward fills theta.grad and (joint) beta_tensor.grad
             self.optimizer.step()
             if joint:
                 self.beta_step()
@@ -274,9 +248,9 @@ class Sprout(Method):
             y1 = F.one_hot(y, self.num_classes).float()
             with torch.no_grad(), self.autocast():
                 clean_logits = self.model(x)
-            beta = self.beta_of(self.rho)
+            beta = self.beta_tensor
             beta_loss = soft_cross_entropy(clean_logits.float(), self.sample_labels(y1, beta))
             self.beta_optimizer.zero_grad(set_to_none=True)
-            (self.rho.grad,) = torch.autograd.grad(beta_loss, [self.rho])
+            (self.beta_tensor.grad,) = torch.autograd.grad(beta_loss, [self.beta_tensor])
             self.beta_step()
         return {"loss": loss.detach(), "logits": logits.detach()}

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from .schema import build, check, to_dict
-from .errors import ConfigError
-from .eval_attacks import ATTACKS, attack_order
+from ..schema import build, check, to_dict
+from ..errors import ConfigError
+from .attacks import ATTACKS, attack_order
 
 
 @dataclass(frozen=True)

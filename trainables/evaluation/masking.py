@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from .registry import Registry
+from ..registry import Registry
 
 # Thresholds (accuracies are fractions; one image's worth of accuracy is always noise on top).
 LARGE_EPS_MAX_ACC = 0.05  # PGD at a large eps should bring accuracy to at most this

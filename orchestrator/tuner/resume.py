@@ -3,7 +3,7 @@
 Tune can restore an experiment (``Tuner.restore``), but only by unpickling ``tuner.pkl``, its
 experiment state and its searcher from the storage path: whoever can write there can run code
 in the sweep. So the sweep never restores Tune's state. ``TrialLedger`` (a Tune callback)
-records every trial in the run file (``orchestrator.tuner.runfile``) as plain JSON: the config
+records every trial in the launch file's ledger (``orchestrator.record.ledger``) as plain JSON: the config
 Tune gave it, its status, its last result, its checkpoint and the Ray Train run that holds its
 checkpoints. ``--resume`` builds a new Tuner from the study file and that record:
 
@@ -20,43 +20,26 @@ restored), and ASHA's rungs, which start from the trials still to run.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
-from typing import Any, Mapping
+from typing import Mapping
 
 from ray import tune
 
+from ..record import (LaunchFile, TrialStatus, completed_status, plain, train_run_name, trial_error, trial_key,
+                      trial_of_train_run)
 from ..study.space import config_key, grid_points
 from . import interrupts
-from .runfile import RunFile, trial_key
-from .status import ENDED, TrialStatus, completed_status, trial_error
-
-TRAIN_RUN_PREFIX = "train-"
-
-
-def train_run_name(trial_id: str) -> str:
-    """The Ray Train run of a trial (the same name and storage path resume its checkpoints)."""
-    return TRAIN_RUN_PREFIX + trial_id
-
-
-def plain(value: Any) -> Any:
-    """A result value as JSON keeps it (Tune adds objects such as the config to results)."""
-    try:
-        return json.loads(json.dumps(value, default=str))
-    except (TypeError, ValueError):
-        return str(value)
-
 
 class TrialLedger(tune.Callback):
-    """Writes each trial's record to the run file as Tune starts and ends it."""
+    """Writes each trial's record to the launch file as Tune starts and ends it."""
 
-    def __init__(self, runfile: RunFile, stage: str, resumes: Mapping[str, str] | None = None):
-        self.runfile = runfile
+    def __init__(self, launch_file: LaunchFile, stage: str, resumes: Mapping[str, str] | None = None):
+        self.launch_file = launch_file
         self.stage = stage
         self.resumes = dict(resumes or {})  # config key -> Train run name of an unfinished trial
 
     def _update(self, trial, **fields) -> None:
-        """One read and one write of the run file: this trial's record, and the earlier record
+        """One read and one write of the launch file: this trial's record, and the earlier record
         it replaces when it resumes that one's Train run."""
         key = trial_key(self.stage, trial.trial_id)
 
@@ -69,14 +52,14 @@ class TrialLedger(tune.Callback):
                     if old.get("train_run") == record["train_run"] and other != key:
                         old["superseded_by"] = trial.trial_id
 
-        self.runfile.update(change)
+        self.launch_file.update(change)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         config = plain(trial.config)
         train_run = self.resumes.get(config_key(config))
         self._update(trial, config=config, status=TrialStatus.RUNNING.value,
                      train_run=train_run or train_run_name(trial.trial_id),
-                     **({"resumes": train_run.removeprefix(TRAIN_RUN_PREFIX)} if train_run else {}))
+                     **({"resumes": trial_of_train_run(train_run)} if train_run else {}))
 
     def _ended(self, trial, status: TrialStatus, error: str | None = None) -> None:
         last = {k: plain(v) for k, v in (trial.last_result or {}).items() if k != "config"}
@@ -94,17 +77,6 @@ class TrialLedger(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._ended(trial, TrialStatus.FAILED, trial_error(trial))
-
-
-def stage_records(state: Mapping[str, Any], stage: str) -> list[dict]:
-    """This stage's trials as recorded, without those a later launch ran again."""
-    return [r for r in state.get("ledger", {}).values() if r.get("stage") == stage and not r.get("superseded_by")]
-
-
-def split(records: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(ended, to run again)."""
-    ended = [r for r in records if r.get("status") in ENDED]
-    return ended, [r for r in records if r.get("status") not in ENDED]
 
 
 def resume_map(unfinished: list[dict]) -> dict[str, str]:
