@@ -18,14 +18,15 @@ group that process idled for its last 10 of 24 minutes). The ASHA sweep is a gro
 (``OWN_GROUP``): a one-test group is queued among the single tests, so that process runs it when
 it reaches it, beside the end of ``ray`` (with it in ``ray``, that process idled ~6 minutes). A test that kills processes kills only
 its own sweep's or cluster's (``helpers.descendants``)."""
+
 import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # the machine's cores shared between pytest-xdist's processes (two threads each would thrash two cores)
@@ -33,8 +34,13 @@ torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST
 
 
 # the files whose slow tests start Ray sweeps, and their group: one process, one sweep at a time
-RAY_GROUPS = {"test_reports.py": "ray", "test_selection.py": "ray", "test_reliability.py": "ray", "test_sweep.py": "ray",
-              "test_fake_cluster.py": "cluster"}
+RAY_GROUPS = {
+    "test_reports.py": "ray",
+    "test_selection.py": "ray",
+    "test_reliability.py": "ray",
+    "test_sweep.py": "ray",
+    "test_fake_cluster.py": "cluster",
+}
 # a sweep in a group of its own: the other process runs it when it reaches it (after the unit
 # tests, AutoAttack and the benchmarks), beside the end of the "ray" group
 OWN_GROUP = {"test_asha_stops_trials_early_and_later_trials_still_run": "asha"}
@@ -56,9 +62,16 @@ def pytest_collection_modifyitems(config, items):
 def pytest_runtest_setup(item):
     """In an xdist worker with --dist loadgroup, a Ray test must carry xdist's group suffix: a pytest
     that xdist cannot suffix would spread the sweeps over both processes without a word."""
-    if getattr(item.config.option, "loadgroup", False) and _group(item) and not item.nodeid.endswith(f"@{_group(item)}"):
-        pytest.fail("pytest-xdist did not put this Ray test in its group: this pytest and pytest-xdist do not work "
-                    "together; install the versions pyproject.toml names", pytrace=False)
+    if (
+        getattr(item.config.option, "loadgroup", False)
+        and _group(item)
+        and not item.nodeid.endswith(f"@{_group(item)}")
+    ):
+        pytest.fail(
+            "pytest-xdist did not put this Ray test in its group: this pytest and pytest-xdist do not work "
+            "together; install the versions pyproject.toml names",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +94,12 @@ def natural_digits(digits):
     for p in net.parameters():
         p.requires_grad_(False)  # attacks need input gradients only; a test that trains it fails
     return net
+
+
+@pytest.fixture(scope="session")
+def natural(natural_digits):
+    """The attack tests' name for the shared natural model."""
+    return natural_digits
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,6 @@
-"""Helpers shared by the tests that drive a sweep as a separate process."""
+"""Pieces the tests share: the repository root, running the sweep command, its MLflow store,
+and the process trees of a test's own sweep or cluster."""
+
 import subprocess
 import sys
 import time
@@ -8,11 +10,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "orchestrator" / "sweep.py"
 
 
-def sweep(*args, cwd, timeout=900) -> subprocess.CompletedProcess:
-    """Run ``orchestrator/sweep.py ARGS`` to the end; it must exit 0."""
+def sweep(*args, cwd, timeout=900, expect: int = 0) -> subprocess.CompletedProcess:
+    """Run ``orchestrator/sweep.py ARGS`` to the end; it must exit with ``expect``."""
     p = subprocess.run([sys.executable, str(SWEEP), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert p.returncode == expect, f"exit {p.returncode}, expected {expect}\n" + p.stdout[-3000:] + p.stderr[-3000:]
     return p
+
+
+def mlflow_client(out: Path):
+    """An MLflow client of a sweep's own store (``OUT/mlflow.db``)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{Path(out) / 'mlflow.db'}")
 
 
 def wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 600) -> None:

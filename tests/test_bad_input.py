@@ -5,15 +5,15 @@ Most cases call the command's ``main`` in this process, through the same ``run_m
 console entry point uses, with ``ray.init`` made to fail the test if anything calls it (a fresh
 interpreter per case cost ~5 s each, most of the file's time). The cases in ``SUBPROCESS`` run
 the real command in a fresh interpreter, as a user would."""
+
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SWEEP = [sys.executable, str(ROOT / "orchestrator" / "sweep.py")]
 TRAIN = [sys.executable, "-m", "trainables.train"]
 EVAL = [sys.executable, "-m", "trainables.evaluate"]
@@ -43,107 +43,282 @@ CASES = {
     "unknown top-level key": (SWEEP, study("name: x\nbudget: 3\n"), "unknown key 'budget'"),
     "unknown search key": (SWEEP, study("search: {algorithmm: grid}\n"), "search: unknown key 'algorithmm'"),
     "wrong type": (SWEEP, study("search: {num_samples: many}\n"), "search.num_samples: expected an integer"),
-    "alpha range outside [0, 1]": (SWEEP, study("base: {method: sprout}\nsearch: {algorithm: optuna, params: {method_args.alpha: {type: float, low: 0.0, high: 1.5}}}\n"),
-                                   "search.params.method_args.alpha: value 1.5 is invalid: method_args.alpha: expected a number in [0, 1]"),
-    "negative Delta": (SWEEP, study("base: {method: sprout, method_args: {delta: -0.1}}\n"), "method_args.delta: expected a number >= 0"),
-    "negative gamma_beta": (SWEEP, study("base: {method: sprout}\nsearch: {algorithm: optuna, params: {method_args.lr_beta: {type: float, low: -1.0, high: 0.1}}}\n"),
-                            "method_args.lr_beta: expected a number >= 0"),
+    "alpha range outside [0, 1]": (
+        SWEEP,
+        study(
+            "base: {method: sprout}\nsearch: {algorithm: optuna, params: {method_args.alpha: {type: float, low: 0.0, high: 1.5}}}\n"
+        ),
+        "search.params.method_args.alpha: value 1.5 is invalid: method_args.alpha: expected a number in [0, 1]",
+    ),
+    "negative Delta": (
+        SWEEP,
+        study("base: {method: sprout, method_args: {delta: -0.1}}\n"),
+        "method_args.delta: expected a number >= 0",
+    ),
+    "negative gamma_beta": (
+        SWEEP,
+        study(
+            "base: {method: sprout}\nsearch: {algorithm: optuna, params: {method_args.lr_beta: {type: float, low: -1.0, high: 0.1}}}\n"
+        ),
+        "method_args.lr_beta: expected a number >= 0",
+    ),
     "zero epochs": (SWEEP, study("base: {epochs: 0}\n"), "epochs: expected an integer >= 1"),
     "unknown method in a study": (SWEEP, study("base: {method: madry}\n"), "unknown method 'madry'; expected one of:"),
     "unknown model in a study": (SWEEP, study("base: {model: resnet9}\n"), "unknown model 'resnet9'; expected one of:"),
-    "unknown data set in a study": (SWEEP, study("base: {dataset: svhn}\n"), "unknown data set 'svhn'; expected one of:"),
-    "missing data root": (SWEEP, study("base: {dataset: imagenet, data: {root: /nonexistent/imagenet}}\n"), "/nonexistent/imagenet/train: missing"),
-    "missing CIFAR root without download": (SWEEP, study("base: {dataset: cifar10, data: {root: /nonexistent/c, download: false}}\n"),
-                                            "cifar-10-batches-py: missing"),
-    "grid with a range": (SWEEP, study("search: {algorithm: grid, params: {seed: {type: int, low: 0, high: 3}}}\n"), "a grid study lists values"),
+    "unknown data set in a study": (
+        SWEEP,
+        study("base: {dataset: svhn}\n"),
+        "unknown data set 'svhn'; expected one of:",
+    ),
+    "missing data root": (
+        SWEEP,
+        study("base: {dataset: imagenet, data: {root: /nonexistent/imagenet}}\n"),
+        "/nonexistent/imagenet/train: missing",
+    ),
+    "missing CIFAR root without download": (
+        SWEEP,
+        study("base: {dataset: cifar10, data: {root: /nonexistent/c, download: false}}\n"),
+        "cifar-10-batches-py: missing",
+    ),
+    "grid with a range": (
+        SWEEP,
+        study("search: {algorithm: grid, params: {seed: {type: int, low: 0, high: 3}}}\n"),
+        "a grid study lists values",
+    ),
     "unknown protocol": (SWEEP, study("evaluation: {protocol: strongest}\n"), "evaluation.protocol: expected one of"),
     "bad resources": (SWEEP, study("resources: {num_workers: 0}\n"), "resources.num_workers: expected an integer >= 1"),
     "unknown report": (SWEEP, study("report: widht\n"), "report: expected one of"),
-    "no validation split where a stage selects": (SWEEP, study("base: {method: sprout, data: {val_size: 0}}\nsearch: {algorithm: optuna, params: {method_args.delta: {type: float, low: 0.0, high: 0.3}}}\n"),
-                                                  "base.data.val_size: expected a count >= 1 or a fraction in (0, 1) where a stage selects"),
-    "validation split as large as the training split": (SWEEP, study("base: {data: {val_size: 1437}}\n"),
-                                                         "data.val_size: 1437 gives 1437 validation images; expected at least 1 and fewer than the 1437 training images"),
-    "validation split of a negative size": (SWEEP, study("base: {data: {val_size: -5}}\n"), "data.val_size: expected a count of images"),
+    "no validation split where a stage selects": (
+        SWEEP,
+        study(
+            "base: {method: sprout, data: {val_size: 0}}\nsearch: {algorithm: optuna, params: {method_args.delta: {type: float, low: 0.0, high: 0.3}}}\n"
+        ),
+        "base.data.val_size: expected a count >= 1 or a fraction in (0, 1) where a stage selects",
+    ),
+    "validation split as large as the training split": (
+        SWEEP,
+        study("base: {data: {val_size: 1437}}\n"),
+        "data.val_size: 1437 gives 1437 validation images; expected at least 1 and fewer than the 1437 training images",
+    ),
+    "validation split of a negative size": (
+        SWEEP,
+        study("base: {data: {val_size: -5}}\n"),
+        "data.val_size: expected a count of images",
+    ),
     "no finalist to certify": (SWEEP, study("certify: {top_k: 0}\n"), "certify.top_k: expected an integer >= 1, got 0"),
-    "an empty certification shard": (SWEEP, study("certify: {shard_size: 0}\n"),
-                                     "certify.shard_size: expected an integer >= 1 (test images per shard), got 0"),
-    "certify given at the top of a staged study": (SWEEP, study("certify: {top_k: 2}\nstages: [{name: a}]\n"),
-                                                   "certify: give it inside each entry of stages"),
-    "a search selecting on a test-only metric": (SWEEP, study("base: {method: sprout}\nsearch: {algorithm: optuna, metric: autoattack_acc, params: {method_args.delta: {type: float, low: 0.0, high: 0.3}}}\n"),
-                                                 "search.metric: 'autoattack_acc' is not measured on the validation split"),
-    "unknown screening protocol": (SWEEP, study("evaluation: {screen: strongest}\n"), "evaluation.screen: expected one of"),
+    "an empty certification shard": (
+        SWEEP,
+        study("certify: {shard_size: 0}\n"),
+        "certify.shard_size: expected an integer >= 1 (test images per shard), got 0",
+    ),
+    "certify given at the top of a staged study": (
+        SWEEP,
+        study("certify: {top_k: 2}\nstages: [{name: a}]\n"),
+        "certify: give it inside each entry of stages",
+    ),
+    "a search selecting on a test-only metric": (
+        SWEEP,
+        study(
+            "base: {method: sprout}\nsearch: {algorithm: optuna, metric: autoattack_acc, params: {method_args.delta: {type: float, low: 0.0, high: 0.3}}}\n"
+        ),
+        "search.metric: 'autoattack_acc' is not measured on the validation split",
+    ),
+    "unknown screening protocol": (
+        SWEEP,
+        study("evaluation: {screen: strongest}\n"),
+        "evaluation.screen: expected one of",
+    ),
     "unknown paper numbers": (SWEEP, study("paper: table99\n"), "paper: unknown paper-numbers file 'table99'"),
-    "two stages with one name": (SWEEP, study("stages:\n  - {name: a}\n  - {name: a}\n"), "stages: expected distinct stage names"),
-    "top-level search beside stages": (SWEEP, study("search: {num_samples: 2}\nstages:\n  - {name: a}\n"),
-                                       "search: give it inside each entry of stages"),
-    "ASHA grace period longer than training": (SWEEP, study("base: {epochs: 2}\nsearch: {scheduler: {type: asha, grace_period: 5}}\n"),
-                                               "search.scheduler.grace_period: expected at most the 2 epochs a trial trains, got 5"),
+    "two stages with one name": (
+        SWEEP,
+        study("stages:\n  - {name: a}\n  - {name: a}\n"),
+        "stages: expected distinct stage names",
+    ),
+    "top-level search beside stages": (
+        SWEEP,
+        study("search: {num_samples: 2}\nstages:\n  - {name: a}\n"),
+        "search: give it inside each entry of stages",
+    ),
+    "ASHA grace period longer than training": (
+        SWEEP,
+        study("base: {epochs: 2}\nsearch: {scheduler: {type: asha, grace_period: 5}}\n"),
+        "search.scheduler.grace_period: expected at most the 2 epochs a trial trains, got 5",
+    ),
     # issue 13: every name, number and file checked before Ray starts
-    "metric name typo": (SWEEP, study("search: {metric: robust_accc}\n"), "search.metric: 'robust_accc' is not reported"),
+    "metric name typo": (
+        SWEEP,
+        study("search: {metric: robust_accc}\n"),
+        "search.metric: 'robust_accc' is not reported",
+    ),
     "duplicate YAML key": (SWEEP, study("base: {epochs: 1}\nbase: {epochs: 100000}\n"), "duplicate key 'base'"),
-    "YAML alias bomb": (SWEEP, study("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
-                                     "c: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n"), "YAML aliases (*name) are not accepted"),
+    "YAML alias bomb": (
+        SWEEP,
+        study(
+            "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+            "c: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+        ),
+        "YAML aliases (*name) are not accepted",
+    ),
     "non-UTF-8 study file": (SWEEP, ("bytes", b"name: x\ndescription: \xff\xfe\n"), "not UTF-8 text"),
     "oversized study file": (SWEEP, study("# " + "x" * (1 << 20) + "\n"), "expected at most 1048576"),
     "study name outside runs/": (SWEEP, study("name: ../../ESCAPED\n"), "name: expected a plain name"),
     "study path given as a name": (SWEEP, ["--study", "../../etc/passwd"], "expected the name of a shipped study"),
     "abbreviated flag": (SWEEP, ["--study", "sensitivity", "--smok"], "unrecognized arguments: --smok"),
     "zero samples": (SWEEP, ["--study", "sensitivity", "--num-samples", "0"], "num_samples: expected an integer >= 1"),
-    "negative samples": (SWEEP, ["--study", "sensitivity", "--num-samples", "-3"], "num_samples: expected an integer >= 1"),
+    "negative samples": (
+        SWEEP,
+        ["--study", "sensitivity", "--num-samples", "-3"],
+        "num_samples: expected an integer >= 1",
+    ),
     "negative seed": (SWEEP, ["--study", "sensitivity", "--seed", "-1"], "seed: expected an integer in [0, 2^32)"),
     "huge seed": (SWEEP, study("base: {seed: 100000000000000000000}\n"), "seed: expected an integer in [0, 2^32)"),
-    "infinite learning rate": (SWEEP, ["--study", "sensitivity", "--set", "optim.lr=inf"], "optim.lr: expected a finite number"),
+    "infinite learning rate": (
+        SWEEP,
+        ["--study", "sensitivity", "--set", "optim.lr=inf"],
+        "optim.lr: expected a finite number",
+    ),
     "infinite Delta": (SWEEP, ["--study", "sensitivity", "--set", "method_args.delta=inf"], "expected a finite number"),
-    "absurd WRN width": (SWEEP, study("base: {model: wrn, model_args: {width: 1000000}}\n"),
-                         "model_args.width: expected an integer in [1, 32]"),
-    "unknown device": (SWEEP, ["--study", "sensitivity", "--set", "device=bogus"], "device: expected auto, cpu, cuda or cuda:N"),
-    "relative SQLite URI": (SWEEP, ["--study", "sensitivity", "--tracking-uri", "sqlite://x.db"], "expected sqlite:////ABS/PATH"),
-    "unknown storage scheme": (SWEEP, ["--study", "sensitivity", "--storage-path", "bogus://x"], "unknown scheme 'bogus'"),
-    "zero evaluation batch": (SWEEP, study("evaluation: {protocol: quick, overrides: {batch_size: 0}}\n"),
-                              "batch_size: expected an integer >= 1"),
-    "evaluate: zero batch": (EVAL, ["--checkpoint", "GOOD", "--set", "batch_size=0"], "batch_size: expected an integer >= 1"),
-    "evaluate: negative AutoAttack images": (EVAL, ["--checkpoint", "GOOD", "--set", "autoattack.n=-1"],
-                                             "n: expected an integer >= 0"),
-    "evaluate: CUDA without CUDA": (EVAL, ["--checkpoint", "GOOD", "--device", "cuda:7"], "device cuda:7: not available here"),
+    "absurd WRN width": (
+        SWEEP,
+        study("base: {model: wrn, model_args: {width: 1000000}}\n"),
+        "model_args.width: expected an integer in [1, 32]",
+    ),
+    "unknown device": (
+        SWEEP,
+        ["--study", "sensitivity", "--set", "device=bogus"],
+        "device: expected auto, cpu, cuda or cuda:N",
+    ),
+    "relative SQLite URI": (
+        SWEEP,
+        ["--study", "sensitivity", "--tracking-uri", "sqlite://x.db"],
+        "expected sqlite:////ABS/PATH",
+    ),
+    "unknown storage scheme": (
+        SWEEP,
+        ["--study", "sensitivity", "--storage-path", "bogus://x"],
+        "unknown scheme 'bogus'",
+    ),
+    "zero evaluation batch": (
+        SWEEP,
+        study("evaluation: {protocol: quick, overrides: {batch_size: 0}}\n"),
+        "batch_size: expected an integer >= 1",
+    ),
+    "evaluate: zero batch": (
+        EVAL,
+        ["--checkpoint", "GOOD", "--set", "batch_size=0"],
+        "batch_size: expected an integer >= 1",
+    ),
+    "evaluate: negative AutoAttack images": (
+        EVAL,
+        ["--checkpoint", "GOOD", "--set", "autoattack.n=-1"],
+        "n: expected an integer >= 0",
+    ),
+    "evaluate: CUDA without CUDA": (
+        EVAL,
+        ["--checkpoint", "GOOD", "--device", "cuda:7"],
+        "device cuda:7: not available here",
+    ),
     "evaluate: empty checkpoint": (EVAL, ["--checkpoint", "EMPTY"], "empty (0 bytes)"),
     "train: abbreviated flag": (TRAIN, ["--meth", "natural"], "unrecognized arguments: --meth"),
     "unknown study": (SWEEP, ["--study", "widthh"], "unknown study 'widthh'; expected one of:"),
     "missing study file": (SWEEP, ["--config", "/nonexistent/s.yaml"], "no such study file"),
     "unwritable output dir": (SWEEP, ["--study", "sensitivity", "--output-dir", "FILE/out"], "not writable"),
-    "server that answers /health but is not MLflow": (SWEEP, ["--study", "sensitivity", "--tracking-uri", "HEALTHURL"],
-                                                       "MLflow tracking server unreachable or not MLflow"),
-    "stage reference without =value": (SWEEP, study("stages:\n  - {name: a}\n  - {name: b, base: {init_checkpoint: 'stage:a/method'}}\n"),
-                                       "expected stage:NAME/key=value[,key=value], got the condition 'method'"),
-    "absurd WRN width from the command line": (SWEEP, ["--study", "width", "--set", "model_args.width=1e6"],
-                                               "model_args.width: expected an integer"),
-    "unreachable MLflow server": (SWEEP, ["--study", "sensitivity", "--tracking-uri", "http://127.0.0.1:9",
-                                          "--tracking-timeout", "1"], "MLflow tracking server unreachable"),
-    "negative MLflow wait": (SWEEP, ["--study", "sensitivity", "--tracking-timeout", "-1"],
-                             "--tracking-timeout: expected a number of seconds >= 0"),
-    "bad MLflow URI": (SWEEP, ["--study", "sensitivity", "--tracking-uri", "mlflow.db"], "expected sqlite:////ABS/PATH"),
+    "server that answers /health but is not MLflow": (
+        SWEEP,
+        ["--study", "sensitivity", "--tracking-uri", "HEALTHURL"],
+        "MLflow tracking server unreachable or not MLflow",
+    ),
+    "stage reference without =value": (
+        SWEEP,
+        study("stages:\n  - {name: a}\n  - {name: b, base: {init_checkpoint: 'stage:a/method'}}\n"),
+        "expected stage:NAME/key=value[,key=value], got the condition 'method'",
+    ),
+    "absurd WRN width from the command line": (
+        SWEEP,
+        ["--study", "width", "--set", "model_args.width=1e6"],
+        "model_args.width: expected an integer",
+    ),
+    "unreachable MLflow server": (
+        SWEEP,
+        ["--study", "sensitivity", "--tracking-uri", "http://127.0.0.1:9", "--tracking-timeout", "1"],
+        "MLflow tracking server unreachable",
+    ),
+    "negative MLflow wait": (
+        SWEEP,
+        ["--study", "sensitivity", "--tracking-timeout", "-1"],
+        "--tracking-timeout: expected a number of seconds >= 0",
+    ),
+    "bad MLflow URI": (
+        SWEEP,
+        ["--study", "sensitivity", "--tracking-uri", "mlflow.db"],
+        "expected sqlite:////ABS/PATH",
+    ),
     "resume with nothing to resume": (SWEEP, ["--study", "sensitivity", "--resume"], "nothing to resume"),
-    "init checkpoint of another architecture": (SWEEP, study("base: {model: vgg16, model_args: {width_factor: 0.1}, init_checkpoint: GOOD}\n"),
-                                                "does not match the model vgg16"),
-    "truncated init checkpoint": (SWEEP, study("base: {init_checkpoint: BAD}\n"), "truncated or not a torch checkpoint"),
-    "unreachable Ray address": (SWEEP, ["--study", "sensitivity", "--address", "127.0.0.1:9"],
-                                "Ray address 127.0.0.1:9: unreachable"),
-    "trial that never fits the cluster": (SWEEP, ["--study", "sensitivity", "--cluster-config", "GPUYAML", "--gpus-per-worker", "2",
-                                                  "--storage-path", "s3://bucket/sprout"],
-                                          "a worker needs {CPU: 1, GPU: 2}, more than any node type"),
-    "local storage on a multi-node cluster": (SWEEP, ["--study", "sensitivity", "--cluster-config", "GPUYAML"],
-                                              "a local directory"),
-    "non-positive resource timeout": (SWEEP, ["--study", "sensitivity", "--resource-timeout", "0"],
-                                      "--resource-timeout: expected a number of seconds > 0"),
+    "init checkpoint of another architecture": (
+        SWEEP,
+        study("base: {model: vgg16, model_args: {width_factor: 0.1}, init_checkpoint: GOOD}\n"),
+        "does not match the model vgg16",
+    ),
+    "truncated init checkpoint": (
+        SWEEP,
+        study("base: {init_checkpoint: BAD}\n"),
+        "truncated or not a torch checkpoint",
+    ),
+    "unreachable Ray address": (
+        SWEEP,
+        ["--study", "sensitivity", "--address", "127.0.0.1:9"],
+        "Ray address 127.0.0.1:9: unreachable",
+    ),
+    "trial that never fits the cluster": (
+        SWEEP,
+        [
+            "--study",
+            "sensitivity",
+            "--cluster-config",
+            "GPUYAML",
+            "--gpus-per-worker",
+            "2",
+            "--storage-path",
+            "s3://bucket/sprout",
+        ],
+        "a worker needs {CPU: 1, GPU: 2}, more than any node type",
+    ),
+    "local storage on a multi-node cluster": (
+        SWEEP,
+        ["--study", "sensitivity", "--cluster-config", "GPUYAML"],
+        "a local directory",
+    ),
+    "non-positive resource timeout": (
+        SWEEP,
+        ["--study", "sensitivity", "--resource-timeout", "0"],
+        "--resource-timeout: expected a number of seconds > 0",
+    ),
     "train: unknown method": (TRAIN, ["--method", "madry"], "unknown method 'madry'; expected one of:"),
-    "train: out-of-range value": (TRAIN, ["--set", "method_args.alpha=2"], "method_args.alpha: expected a number in [0, 1]"),
+    "train: out-of-range value": (
+        TRAIN,
+        ["--set", "method_args.alpha=2"],
+        "method_args.alpha: expected a number in [0, 1]",
+    ),
     "train: unknown key": (TRAIN, ["--set", "method_args.alhpa=0.1"], "method_args: unknown key 'alhpa'"),
-    "train: checkpoint of another architecture": (TRAIN, ["--model", "vgg16", "--init-checkpoint", "GOOD"], "does not match the model vgg16"),
+    "train: checkpoint of another architecture": (
+        TRAIN,
+        ["--model", "vgg16", "--init-checkpoint", "GOOD"],
+        "does not match the model vgg16",
+    ),
     "train: truncated checkpoint": (TRAIN, ["--init-checkpoint", "BAD"], "truncated or not a torch checkpoint"),
     "train: unwritable output dir": (TRAIN, ["--epochs", "1", "--output-dir", "FILE/out"], "not writable"),
     "evaluate: missing checkpoint": (EVAL, ["--checkpoint", "/nonexistent/c.pt"], "no such checkpoint file"),
     "evaluate: truncated checkpoint": (EVAL, ["--checkpoint", "BAD"], "truncated or not a torch checkpoint"),
-    "evaluate: another architecture": (EVAL, ["--checkpoint", "GOOD", "--model", "wrn"], "checkpoint architecture is small_cnn, not the requested wrn"),
-    "evaluate: unknown protocol": (EVAL, ["--checkpoint", "GOOD", "--protocol", "strongest"], "unknown protocol 'strongest'"),
+    "evaluate: another architecture": (
+        EVAL,
+        ["--checkpoint", "GOOD", "--model", "wrn"],
+        "checkpoint architecture is small_cnn, not the requested wrn",
+    ),
+    "evaluate: unknown protocol": (
+        EVAL,
+        ["--checkpoint", "GOOD", "--protocol", "strongest"],
+        "unknown protocol 'strongest'",
+    ),
 }
 
 
@@ -169,8 +344,16 @@ def health_server():
 
 
 # one case per command, and the ones whose failure comes from outside Python (YAML, a socket)
-SUBPROCESS = {"malformed YAML", "YAML alias bomb", "abbreviated flag", "unreachable Ray address", "train: unknown method",
-              "train: abbreviated flag", "evaluate: truncated checkpoint", "evaluate: CUDA without CUDA"}
+SUBPROCESS = {
+    "malformed YAML",
+    "YAML alias bomb",
+    "abbreviated flag",
+    "unreachable Ray address",
+    "train: unknown method",
+    "train: abbreviated flag",
+    "evaluate: truncated checkpoint",
+    "evaluate: CUDA without CUDA",
+}
 
 
 def _main_of(cmd):
@@ -215,9 +398,14 @@ def test_bad_input_is_one_clear_line(case, tmp_path, ckpt, health_server, monkey
     file_.write_text("")
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
-    subst = lambda s: (s.replace("GPUYAML", str(ROOT / "cluster" / "gpu.yaml")).replace("GOOD", str(good))  # noqa: E731
-                       .replace("BAD", str(bad)).replace("FILE", str(file_)).replace("EMPTY", str(empty))
-                       .replace("HEALTHURL", health_server))
+    subst = lambda s: (
+        s.replace("GPUYAML", str(ROOT / "cluster" / "gpu.yaml"))
+        .replace("GOOD", str(good))  # noqa: E731
+        .replace("BAD", str(bad))
+        .replace("FILE", str(file_))
+        .replace("EMPTY", str(empty))
+        .replace("HEALTHURL", health_server)
+    )
     out = tmp_path / "out"
     if isinstance(arg, tuple):
         f = tmp_path / "study.yaml"
@@ -248,8 +436,13 @@ def test_resume_refuses_another_studys_output_directory(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "launch.json").write_text('{"parent_run_id": "x", "study": "width", "trials": {}}')
-    p = subprocess.run(SWEEP + ["--study", "sensitivity", "--resume", "--output-dir", str(out)],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    p = subprocess.run(
+        SWEEP + ["--study", "sensitivity", "--resume", "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert p.returncode == 2, p.stderr
     (line,) = p.stderr.strip().splitlines()
     assert "holds a launch of study 'width', not 'sensitivity'" in line
@@ -262,10 +455,16 @@ def test_resume_refuses_a_launch_that_ran_another_plan(tmp_path):
     its trials would not match their records."""
     out = tmp_path / "out"
     out.mkdir()
-    (out / "launch.json").write_text('{"parent_run_id": "x", "study": "sensitivity", "plan": "0123456789abcdef", '
-                                          '"trials": {}, "ledger": {}}')
-    p = subprocess.run(SWEEP + ["--study", "sensitivity", "--smoke-test", "--resume", "--output-dir", str(out)],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    (out / "launch.json").write_text(
+        '{"parent_run_id": "x", "study": "sensitivity", "plan": "0123456789abcdef", "trials": {}, "ledger": {}}'
+    )
+    p = subprocess.run(
+        SWEEP + ["--study", "sensitivity", "--smoke-test", "--resume", "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert p.returncode == 2, p.stderr
     (line,) = p.stderr.strip().splitlines()
     assert "--resume: the study, --smoke-test or the command-line values differ from the launch" in line
@@ -274,12 +473,16 @@ def test_resume_refuses_a_launch_that_ran_another_plan(tmp_path):
     assert "Started a local Ray instance" not in p.stdout + p.stderr
 
 
-@pytest.mark.parametrize("changed, now, expected", [
-    ("stages[main].data.val_size", ["--set", "data.val_size=200"], "stages[main].data.val_size was 100"),
-    ("stages[main].certify.shard_size", ["--set", "data.val_size=100"], "stages[main].certify.shard_size was 25"),
-])
-def test_resume_names_the_validation_or_certification_setting_that_changed(tmp_path, monkeypatch, capfd, changed, now,
-                                                                             expected):
+@pytest.mark.parametrize(
+    "changed, now, expected",
+    [
+        ("stages[main].data.val_size", ["--set", "data.val_size=200"], "stages[main].data.val_size was 100"),
+        ("stages[main].certify.shard_size", ["--set", "data.val_size=100"], "stages[main].certify.shard_size was 25"),
+    ],
+)
+def test_resume_names_the_validation_or_certification_setting_that_changed(
+    tmp_path, monkeypatch, capfd, changed, now, expected
+):
     """--resume with another validation split or certification plan than the launch's: one line
     naming the setting, exit 2, before Ray starts."""
     from orchestrator.launch import plan_fields, plan_fingerprint
@@ -292,11 +495,21 @@ def test_resume_names_the_validation_or_certification_setting_that_changed(tmp_p
         fields[changed] = 25
     out = tmp_path / "out"
     out.mkdir()
-    (out / "launch.json").write_text(json.dumps({
-        "parent_run_id": "x", "study": "sensitivity", "plan": "0" * 16 if changed.endswith("shard_size")
-        else plan_fingerprint(launched), "plan_fields": fields, "trials": {}, "ledger": {}}))
-    code, _, stderr = run_in_process(SWEEP, ["--study", "sensitivity", "--resume", "--output-dir", str(out), *now],
-                                     tmp_path, monkeypatch, capfd)
+    (out / "launch.json").write_text(
+        json.dumps(
+            {
+                "parent_run_id": "x",
+                "study": "sensitivity",
+                "plan": "0" * 16 if changed.endswith("shard_size") else plan_fingerprint(launched),
+                "plan_fields": fields,
+                "trials": {},
+                "ledger": {},
+            }
+        )
+    )
+    code, _, stderr = run_in_process(
+        SWEEP, ["--study", "sensitivity", "--resume", "--output-dir", str(out), *now], tmp_path, monkeypatch, capfd
+    )
     assert code == 2, stderr
     (line,) = stderr.strip().splitlines()
     assert f"--resume: {expected}" in line and "expected the same" in line, line
@@ -312,11 +525,34 @@ def test_resume_refuses_another_storage_path(tmp_path, monkeypatch, capfd):
     fingerprint = plan_fingerprint(plan(parse(raw, src), src, smoke=True))
     out = tmp_path / "out"
     out.mkdir()
-    (out / "launch.json").write_text('{"parent_run_id": "x", "study": "sensitivity", "plan": "%s", '
-                                          '"storage_path": "/data/launch", "trials": {}, "ledger": {}}' % fingerprint)
-    code, stdout, stderr = run_in_process(SWEEP, ["--study", "sensitivity", "--smoke-test", "--resume", "--output-dir",
-                                                  str(out), "--storage-path", str(tmp_path / "elsewhere")],
-                                          tmp_path, monkeypatch, capfd)
+    (out / "launch.json").write_text(
+        json.dumps(
+            {
+                "parent_run_id": "x",
+                "study": "sensitivity",
+                "plan": fingerprint,
+                "storage_path": "/data/launch",
+                "trials": {},
+                "ledger": {},
+            }
+        )
+    )
+    code, stdout, stderr = run_in_process(
+        SWEEP,
+        [
+            "--study",
+            "sensitivity",
+            "--smoke-test",
+            "--resume",
+            "--output-dir",
+            str(out),
+            "--storage-path",
+            str(tmp_path / "elsewhere"),
+        ],
+        tmp_path,
+        monkeypatch,
+        capfd,
+    )
     assert code == 2, stderr
     (line,) = stderr.strip().splitlines()
     assert "is not where the launch in" in line and "(/data/launch)" in line

@@ -2,15 +2,14 @@
 result survives JSON, and a shard's file is read back only when it is one of ours for that
 shard. Fast tier (no Ray, no AutoAttack); the end-to-end phase is in test_sweep.py (smoke),
 test_reliability.py (killed and resumed) and test_fake_cluster.py (two nodes at once)."""
+
 import json
 
 import pytest
 import torch
 
 from orchestrator.certify.shards import ShardJob, cuts, read_shard, write_bytes
-from trainables.evaluation import Shard, union
-from trainables.evaluation import evaluate, evaluate_shard, finish
-from trainables.evaluation import get_protocol
+from trainables.evaluation import Shard, evaluate, evaluate_shard, finish, get_protocol, union
 
 TIMES = ("eval_time_s", "attack_seconds")  # wall-clock figures: the only keys allowed to differ
 
@@ -18,8 +17,19 @@ TIMES = ("eval_time_s", "attack_seconds")  # wall-clock figures: the only keys a
 def protocol():
     """Every attack family but AutoAttack (the slow tier's), on 120 images in batches of 40, the
     subsets cut where shards do not fall."""
-    return get_protocol("quick", {"n": 120, "batch_size": 40, "autoattack": False, "curve.n": 70, "large_eps.n": 70,
-                                  "cw_l2.n": 25, "cw_l2.iterations": 30, "pgd.runs": [[10, 1], [10, 2]]})
+    return get_protocol(
+        "quick",
+        {
+            "n": 120,
+            "batch_size": 40,
+            "autoattack": False,
+            "curve.n": 70,
+            "large_eps.n": 70,
+            "cw_l2.n": 25,
+            "cw_l2.iterations": 30,
+            "pgd.runs": [[10, 1], [10, 2]],
+        },
+    )
 
 
 def sharded(model, digits, p, bounds, **kw):
@@ -44,8 +54,17 @@ def test_any_cut_gives_the_same_deterministic_numbers_and_random_ones_within_noi
     p = protocol()
     whole = evaluate(natural_digits, digits, p, seed=3)
     cut, shards = sharded(natural_digits, digits, p, [(0, 33), (33, 90), (90, 120)])  # not on batch boundaries
-    for k in ("clean_acc", "fgsm_acc", "cw_l2_acc", "cw_l2_median_norm", "zero_grad_frac", "inv_rotation_acc",
-              "inv_grayscale_acc", "robust_acc_min_n", "n_eval"):
+    for k in (
+        "clean_acc",
+        "fgsm_acc",
+        "cw_l2_acc",
+        "cw_l2_median_norm",
+        "zero_grad_frac",
+        "inv_rotation_acc",
+        "inv_grayscale_acc",
+        "robust_acc_min_n",
+        "n_eval",
+    ):
         assert json.dumps(cut[k]) == json.dumps(whole[k]), k  # no random draw: image for image the same
     for k in ("pgd10_acc", "pgd10x2_acc", "cw_linf_acc", "robust_acc_min", "large_eps_acc"):
         # random starts: within the attacks' own noise (over 6 seeds these vary by up to 6 of the 120 images)
@@ -82,8 +101,10 @@ def test_a_shard_file_counts_only_when_it_is_ours_for_that_shard(tmp_path, natur
     good = {"format": SHARD_FORMAT, "job": asdict(job), "shard": shard.to_json()}
     write_bytes(job.path, json.dumps(good).encode())
     assert read_shard(job).n == 20
-    for bad in ({**good, "job": {**asdict(job), "seed": 1}},  # another plan's shard
-                {**good, "format": "something else"}):
+    for bad in (
+        {**good, "job": {**asdict(job), "seed": 1}},  # another plan's shard
+        {**good, "format": "something else"},
+    ):
         write_bytes(job.path, json.dumps(bad).encode())
         assert read_shard(job) is None
     write_bytes(job.path, json.dumps(good).encode()[:100])  # truncated: runs again
@@ -96,11 +117,28 @@ def test_autoattack_inputs_and_log_are_kept_beside_the_checkpoint(tmp_path, natu
     test-set indices, and AutoAttack's log, written beside the finalist's checkpoint."""
     from orchestrator.certify import phase
 
-    overrides = {"n": 20, "batch_size": 5, "autoattack.n": 10, "curve": False, "large_eps": False, "cw_l2": False,
-                 "transfer": False, "invariance": False, "pgd.runs": [[10, 1]]}
+    overrides = {
+        "n": 20,
+        "batch_size": 5,
+        "autoattack.n": 10,
+        "curve": False,
+        "large_eps": False,
+        "cw_l2": False,
+        "transfer": False,
+        "invariance": False,
+        "pgd.runs": [[10, 1]],
+    }
     p = get_protocol("quick", overrides)
-    settings = phase.Settings(protocol="quick", overrides=overrides, seed=0, shard_size=5, transfer_source=None,
-                              keep_adversarial=True, cpus=1, gpus=0)
+    settings = phase.Settings(
+        protocol="quick",
+        overrides=overrides,
+        seed=0,
+        shard_size=5,
+        transfer_source=None,
+        keep_adversarial=True,
+        cpus=1,
+        gpus=0,
+    )
     ckpt = tmp_path / "checkpoint"
     f = phase.Finalist("main", "t1", {"dataset": "digits", "eps": 0.1}, str(ckpt), str(tmp_path / "cert"))
     for a, b in ((0, 5), (5, 20)):

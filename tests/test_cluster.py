@@ -1,5 +1,6 @@
 """Cluster launcher files: Ray's own validation (the path `ray up` takes), offline, and the
 security rules (localhost bindings, no credentials)."""
+
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ def test_constraints_pin_every_dependency_the_cluster_installs():
     """The cluster installs exact versions (the ones the tests passed with), for every
     dependency the project declares."""
     import re
+
     import tomllib
 
     pins = {}
@@ -86,7 +88,11 @@ def test_the_nodes_get_the_project_sources_not_the_users_outputs(path):
     import tomllib
 
     meta = tomllib.loads((root / "pyproject.toml").read_text())
-    needed = {"pyproject.toml", meta["project"]["readme"], *(p.rstrip("*") for p in meta["tool"]["setuptools"]["packages"]["find"]["include"])}
+    needed = {
+        "pyproject.toml",
+        meta["project"]["readme"],
+        *(p.rstrip("*") for p in meta["tool"]["setuptools"]["packages"]["find"]["include"]),
+    }
     assert needed <= {local.removeprefix("./") for local in project.values()}
 
 
@@ -96,7 +102,7 @@ def test_ray_up_returns_when_the_head_mlflow_server_answers_and_ray_down_stops_i
     server = next(i for i, c in enumerate(cmds) if "mlflow server" in c)
     assert "cluster/wait_for_mlflow.py" in cmds[server + 1] and "--timeout" in cmds[server + 1]
     stop = (CLUSTER / "head_bashrc.sh").read_text()
-    assert "ray() {" in stop and "pkill -f \"mlflow server --backend-store-uri sqlite:///$HOME/mlflow/mlflow.db\"" in stop
+    assert "ray() {" in stop and 'pkill -f "mlflow server --backend-store-uri sqlite:///$HOME/mlflow/mlflow.db"' in stop
     assert "sqlite:///$HOME/mlflow/mlflow.db" in cmds[server]  # the server the function stops
 
 
@@ -106,8 +112,21 @@ def test_waiting_for_mlflow_fails_with_the_servers_log(tmp_path):
 
     log = tmp_path / "server.log"
     log.write_text("starting\nOSError: [Errno 98] Address already in use\n")
-    p = subprocess.run([sys.executable, str(CLUSTER / "wait_for_mlflow.py"), "--url", "http://127.0.0.1:9",
-                        "--timeout", "1", "--log", str(log)], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(CLUSTER / "wait_for_mlflow.py"),
+            "--url",
+            "http://127.0.0.1:9",
+            "--timeout",
+            "1",
+            "--log",
+            str(log),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 1
     assert "did not answer within 1 s" in p.stderr and "Address already in use" in p.stderr
 
@@ -138,5 +157,9 @@ def test_a_stopped_private_rays_session_is_tidied_down_to_plain_files(tmp_path):
     s.bind(str(root / "session_1" / "sock"))
     s.close()
     assert tidy_session(tmp_path) == 3
-    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == ["ray", "session_1", "session_1/logs",
-                                                                         "session_1/logs/raylet.out"]
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == [
+        "ray",
+        "session_1",
+        "session_1/logs",
+        "session_1/logs/raylet.out",
+    ]

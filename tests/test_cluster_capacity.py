@@ -1,21 +1,34 @@
 """What a cluster can grow to, read from its launcher config: concurrency, trials that can
 never fit, the bounded wait for the first trial's resources, and storage on many nodes."""
+
 import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from orchestrator.cluster import (ResourceError, check_storage, concurrency, is_multi_node, max_trials,
-                                  read_cluster_config, trial_need, wait_for_first_trial)
+from orchestrator.cluster import (
+    ResourceError,
+    check_storage,
+    concurrency,
+    is_multi_node,
+    max_trials,
+    read_cluster_config,
+    trial_need,
+    wait_for_first_trial,
+)
 from trainables.errors import ConfigError
 
 CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
 
 
 def write(tmp_path, node_types, head="head", max_workers=None, provider="aws"):
-    cfg = {"cluster_name": "t", "provider": {"type": provider}, "head_node_type": head,
-           "available_node_types": node_types}
+    cfg = {
+        "cluster_name": "t",
+        "provider": {"type": provider},
+        "head_node_type": head,
+        "available_node_types": node_types,
+    }
     if max_workers is not None:
         cfg["max_workers"] = max_workers
     p = tmp_path / "c.yaml"
@@ -35,7 +48,9 @@ def test_shipped_gpu_cluster_grows_from_zero_gpus_to_its_max():
 
 
 def test_concurrency_packs_workers_per_node_and_respects_the_cluster_max(tmp_path):
-    shape = write(tmp_path, {"head": HEAD, "g4": {"resources": {"CPU": 32, "GPU": 4}, "max_workers": 10}}, max_workers=2)
+    shape = write(
+        tmp_path, {"head": HEAD, "g4": {"resources": {"CPU": 32, "GPU": 4}, "max_workers": 10}}, max_workers=2
+    )
     # 2 nodes at most (cluster max_workers), 4 one-GPU workers each, 2 workers per trial
     assert max_trials(shape, trial_need(2, 4, 1)) == 4
     # a worker of 16 CPUs: 2 per node (CPU-bound), so 2 nodes x 2 = 4 one-worker trials
@@ -67,7 +82,10 @@ def test_waiting_for_resources_is_bounded_and_names_what_is_missing(monkeypatch)
 
     asked = []
     monkeypatch.setattr(sdk, "request_resources", lambda bundles=None, **kw: asked.append(bundles))
-    with pytest.raises(ResourceError, match=r"after waiting 1 s \(--resource-timeout\).*missing: 2 more node slot\(s\) of \{CPU: 1, GPU: 1\}"):
+    with pytest.raises(
+        ResourceError,
+        match=r"after waiting 1 s \(--resource-timeout\).*missing: 2 more node slot\(s\) of \{CPU: 1, GPU: 1\}",
+    ):
         wait_for_first_trial(trial_need(2, 1, 1), 1.0, poll_s=0.2, nodes=lambda: [{"CPU": 4}], say=lambda s: None)
     assert asked[0] == [{"CPU": 1.0, "GPU": 1.0}] * 2 and asked[-1] == []  # asked the autoscaler, then withdrew
 
@@ -75,22 +93,31 @@ def test_waiting_for_resources_is_bounded_and_names_what_is_missing(monkeypatch)
 def test_waiting_ends_as_soon_as_a_node_arrives(monkeypatch):
     import ray.autoscaler.sdk as sdk
 
-    monkeypatch.setattr(sdk, "request_resources", lambda bundles=None, **kw: None)
-    arrivals = iter([[{"CPU": 4}], [{"CPU": 4}], [{"CPU": 4}, {"CPU": 1, "GPU": 1}]])
-    last = []
+    asked = []
+    monkeypatch.setattr(sdk, "request_resources", lambda bundles=None, **kw: asked.append(bundles))
+    arrivals = [[{"CPU": 4}], [{"CPU": 4}], [{"CPU": 4}, {"CPU": 1, "GPU": 1}], [{"CPU": 4}]]
+    polls = []
 
     def nodes():
-        last[:] = next(arrivals, last)
-        return list(last)
+        polls.append(1)
+        return list(arrivals[min(len(polls), len(arrivals)) - 1])
 
-    wait_for_first_trial(trial_need(1, 1, 1), 60.0, poll_s=0.01, nodes=nodes, say=lambda s: None)
+    lines = []
+    wait_for_first_trial(trial_need(1, 1, 1), 60.0, poll_s=0.01, nodes=nodes, say=lines.append)
+    # it stopped polling at the third look, when the GPU node was there, and withdrew its request
+    assert len(polls) == 3, polls
+    assert asked[0] == [{"CPU": 1.0, "GPU": 1.0}] and asked[-1] == []
+    assert len(lines) == 1 and "asked the autoscaler" in lines[0]
 
 
 def test_local_storage_is_refused_on_many_nodes_and_shared_storage_is_not(tmp_path):
     shape = read_cluster_config(CLUSTER / "gpu.yaml")
     multi, why = is_multi_node(shape, [])
     assert multi
-    with pytest.raises(ConfigError, match=r"--storage-path .*multi-node cluster.*s3://BUCKET/PATH, gs://BUCKET/PATH, or a path on an NFS mount"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--storage-path .*multi-node cluster.*s3://BUCKET/PATH, gs://BUCKET/PATH, or a path on an NFS mount",
+    ):
         check_storage(str(tmp_path / "ray"), multi_node=multi, declared_shared=False, where=why)
     check_storage("s3://bucket/sprout", multi_node=multi, declared_shared=False, where=why)
     check_storage(str(tmp_path / "nfs"), multi_node=multi, declared_shared=True, where=why)
@@ -98,9 +125,15 @@ def test_local_storage_is_refused_on_many_nodes_and_shared_storage_is_not(tmp_pa
 
 
 def test_a_fake_multinode_cluster_is_one_machine_and_two_hosts_are_many(tmp_path):
-    fake = write(tmp_path, {"ray.head.default": {"resources": {"CPU": 1}, "max_workers": 0},
-                            "w": {"resources": {"CPU": 1, "GPU": 1}, "max_workers": 2}},
-                 head="ray.head.default", provider="fake_multinode")
+    fake = write(
+        tmp_path,
+        {
+            "ray.head.default": {"resources": {"CPU": 1}, "max_workers": 0},
+            "w": {"resources": {"CPU": 1, "GPU": 1}, "max_workers": 2},
+        },
+        head="ray.head.default",
+        provider="fake_multinode",
+    )
     assert not is_multi_node(fake, [])[0]
     assert is_multi_node(None, [{"NodeManagerHostname": "a"}, {"NodeManagerHostname": "b"}])[0]
     assert not is_multi_node(None, [{"NodeManagerHostname": "a"}])[0]
@@ -131,8 +164,10 @@ def test_a_local_ray_that_times_out_at_start_is_started_once_more_and_says_so(mo
 
     from orchestrator import cluster
 
-    timeout = Exception("The current node timed out during startup. This could happen because some of the "
-                        "raylet failed to startup or the GCS has become overloaded.")
+    timeout = Exception(
+        "The current node timed out during startup. This could happen because some of the "
+        "raylet failed to startup or the GCS has become overloaded."
+    )
     calls, lines = [], []
 
     def fake_init(**kw):
@@ -152,7 +187,9 @@ def test_a_local_ray_that_times_out_at_start_is_started_once_more_and_says_so(mo
     # its processes find this Ray, not another one on the machine (ray._private.services reads this)
     from ray._private.services import get_ray_address_from_environment
 
-    assert os.environ["RAY_TMPDIR"] == str(tmp_path) and cluster.own_address_file(tmp_path).read_text() == "127.0.0.1:6380"
+    assert (
+        os.environ["RAY_TMPDIR"] == str(tmp_path) and cluster.own_address_file(tmp_path).read_text() == "127.0.0.1:6380"
+    )
     assert get_ray_address_from_environment(None, None) == "127.0.0.1:6380"
 
     calls.clear(), lines.clear()

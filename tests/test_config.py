@@ -3,9 +3,9 @@ from typing import Literal
 
 import pytest
 
-from trainables.schema import build, parse_number, parse_override
-from trainables.errors import ConfigError
 from trainables.config import resolve
+from trainables.errors import ConfigError
+from trainables.schema import build, parse_number, parse_override
 
 
 def test_parse_number_fractions_and_errors():

@@ -1,4 +1,5 @@
 """Data loading on small files in the real formats, written here."""
+
 import pickle
 
 import numpy as np
@@ -33,8 +34,11 @@ def test_cifar100_python_format(tmp_path):
     base = tmp_path / "cifar-100-python"
     base.mkdir()
     for name, n in (("train", 30), ("test", 10)):
-        (base / name).write_bytes(pickle.dumps({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                                                "fine_labels": list(rng.integers(0, 100, n))}))
+        (base / name).write_bytes(
+            pickle.dumps(
+                {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "fine_labels": list(rng.integers(0, 100, n))}
+            )
+        )
     (base / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"f{i}" for i in range(100)]}))
     b = get_dataset("cifar100", root=str(tmp_path), download=False)
     assert b.num_classes == 100 and b.x_train.shape == (30, 3, 32, 32)
@@ -141,8 +145,9 @@ def test_validation_split_is_stratified_seeded_and_disjoint(digits):
     assert with_validation(digits, None) is digits and with_validation(digits, 0) is digits
 
 
-@pytest.mark.parametrize("size, message", [(1437, "fewer than the 1437 training images"),
-                                           (0.0001, "gives 0 validation images")])
+@pytest.mark.parametrize(
+    "size, message", [(1437, "fewer than the 1437 training images"), (0.0001, "gives 0 validation images")]
+)
 def test_a_validation_split_that_leaves_nothing_is_one_clear_error(digits, size, message):
     from trainables.data import with_validation
 

@@ -2,6 +2,7 @@
 clean correctness, the per-image worst case, the eps-0 check, every masking threshold at its
 boundary, the C&W-L2 radius per data set and AutoAttack's random state. Each test fails on
 the code before these fixes."""
+
 import math
 
 import pytest
@@ -9,11 +10,18 @@ import torch
 from torch import nn
 
 from trainables.attacks import cw_margin, pgd_linf, pgd_linf_best, pgd_linf_to_the_end
-from trainables.evaluation import evaluate
+from trainables.evaluation import evaluate, get_protocol
+from trainables.evaluation.masking import (
+    AA_MAX_GAP,
+    CHECKS,
+    EPS0_MAX_CHANGED,
+    LARGE_EPS_MAX_ACC,
+    RESTARTS_MAX_GAIN,
+    SQUARE_MAX_GAIN,
+    ZERO_GRAD_MAX_FRAC,
+    noise,
+)
 from trainables.evaluation.runner import worst_case
-from trainables.evaluation.masking import (AA_MAX_GAP, EPS0_MAX_CHANGED, LARGE_EPS_MAX_ACC, RESTARTS_MAX_GAIN, SQUARE_MAX_GAIN,
-                                ZERO_GRAD_MAX_FRAC, CHECKS, noise)
-from trainables.evaluation import get_protocol
 
 
 class Scaled(nn.Module):
@@ -25,11 +33,6 @@ class Scaled(nn.Module):
 
     def forward(self, x):
         return self.scale * self.net(x)
-
-
-@pytest.fixture(scope="module")
-def natural(natural_digits):
-    return natural_digits  # trained once per session (conftest.py)
 
 
 # ----------------------------------------------------------------------------- C&W margin
@@ -57,7 +60,7 @@ class Bump(nn.Module):
     lands in the band at step 1 and steps out of it (to 0.1) at step 2."""
 
     def forward(self, x):
-        z = 10 * torch.exp(-((x.flatten(1)[:, 0] - 0.06) / 0.01) ** 2) - 1
+        z = 10 * torch.exp(-(((x.flatten(1)[:, 0] - 0.06) / 0.01) ** 2)) - 1
         return torch.stack([torch.zeros_like(z), z], 1)
 
 
@@ -101,8 +104,10 @@ def _per_image(correct: dict[str, list[int]]) -> dict[str, torch.Tensor]:
 def test_worst_case_is_per_image_over_the_images_every_attack_ran_on():
     # PGD breaks images 0 and 1, AutoAttack (on the first 4 only) breaks images 2 and 3:
     # each alone leaves 50 % on those 4 images, together they leave none
-    w = worst_case(_per_image({"clean": [1, 1, 1, 1, 1, 0], "pgd20": [0, 0, 1, 1, 1, 0], "autoattack": [1, 1, 0, 0]}),
-                   ["pgd20", "autoattack"])
+    w = worst_case(
+        _per_image({"clean": [1, 1, 1, 1, 1, 0], "pgd20": [0, 0, 1, 1, 1, 0], "autoattack": [1, 1, 0, 0]}),
+        ["pgd20", "autoattack"],
+    )
     assert w["robust_acc_min"] == 0.0 and w["robust_acc_min_n"] == 4
     assert w["robust_acc_min_attacks"] == ["pgd20", "autoattack"]
     # beside it, every number on the same 4 images (PGD-20 is 50 % there, 50 % on all 6)
@@ -111,10 +116,14 @@ def test_worst_case_is_per_image_over_the_images_every_attack_ran_on():
 
 @pytest.mark.slow  # AutoAttack
 def test_the_reported_worst_case_is_at_most_every_attack_on_the_same_images(natural, digits):
-    p = get_protocol("quick", {"n": 80, "autoattack.n": 40, "curve.n": 40, "large_eps.n": 40, "cw_l2.n": 10, "transfer": False})
+    p = get_protocol(
+        "quick", {"n": 80, "autoattack.n": 40, "curve.n": 40, "large_eps.n": 40, "cw_l2.n": 10, "transfer": False}
+    )
     r = evaluate(natural, digits, p, seed=0)
     assert r["robust_acc_min_n"] == 40
-    assert r["robust_acc_min"] <= min(r["autoattack_acc"], r["masking_checks"]["pgd_overestimates_robustness"]["values"]["pgd20_acc"])
+    assert r["robust_acc_min"] <= min(
+        r["autoattack_acc"], r["masking_checks"]["pgd_overestimates_robustness"]["values"]["pgd20_acc"]
+    )
     # the eps-0 point goes through the attack pipeline and agrees with clean accuracy
     assert r["masking_checks"]["eps0_differs_from_clean"]["ok"] is True
     assert r["cw_l2_radius"] == 0.5 and r["cw_l2_acc"] < r["clean_acc"]  # informative on 8x8 inputs
@@ -144,26 +153,61 @@ def _check(name, r, extra):
     return CHECKS.get(name)(r, extra).ok
 
 
-@pytest.mark.parametrize("name, at, past", [
-    ("not_zero_at_large_eps", ({"large_eps": 0.5, "large_eps_acc": LARGE_EPS_MAX_ACC}, {}),
-     ({"large_eps": 0.5, "large_eps_acc": LARGE_EPS_MAX_ACC + 0.01}, {})),
-    ("more_steps_or_restarts_still_help", ({"n_eval": 200}, {"pgd_runs": {(20, 1): 0.5, (100, 3): 0.5 - RESTARTS_MAX_GAIN}}),
-     ({"n_eval": 200}, {"pgd_runs": {(20, 1): 0.5, (100, 3): 0.5 - RESTARTS_MAX_GAIN - 0.005}})),
-    ("black_box_beats_white_box", ({}, {"autoattack_n": 1000, "autoattack_steps": {"apgd-ce": 0.5, "square": 0.5 - SQUARE_MAX_GAIN}}),
-     ({}, {"autoattack_n": 1000, "autoattack_steps": {"apgd-ce": 0.5, "square": 0.5 - SQUARE_MAX_GAIN - 0.001}})),
-    ("zero_input_gradients", ({"zero_grad_frac": ZERO_GRAD_MAX_FRAC}, {}), ({"zero_grad_frac": ZERO_GRAD_MAX_FRAC + 0.005}, {})),
-    ("pgd_overestimates_robustness", ({"autoattack_acc": 0.4}, {"autoattack_pgd20_acc": 0.4 + AA_MAX_GAP}),
-     ({"autoattack_acc": 0.4}, {"autoattack_pgd20_acc": 0.4 + AA_MAX_GAP + 0.01})),
-    ("eps0_differs_from_clean", ({}, {"eps0_changed": EPS0_MAX_CHANGED, "curve_n": 100}),
-     ({}, {"eps0_changed": EPS0_MAX_CHANGED + 1, "curve_n": 100})),
-    ("one_step_beats_iterative", ({"n_eval": 100, "fgsm_acc": 0.3}, {"pgd_runs": {(20, 1): 0.3 + noise(100) - 1e-6}}),
-     ({"n_eval": 100, "fgsm_acc": 0.3}, {"pgd_runs": {(20, 1): 0.3 + 0.02}})),
-    ("transfer_beats_white_box", ({"n_eval": 100, "transfer_acc": 0.5 - 0.01}, {"transfer_white_box_acc": 0.5}),
-     ({"n_eval": 100, "transfer_acc": 0.5 - 0.02}, {"transfer_white_box_acc": 0.5})),
-    ("accuracy_not_monotone_in_eps", ({"curve_eps": [0, 0.1], "curve_pgd_acc": [0.5, 0.51]}, {"curve_n": 100}),
-     ({"curve_eps": [0, 0.1], "curve_pgd_acc": [0.5, 0.52]}, {"curve_n": 100})),
-    ("perturbation_out_of_bounds", ({}, {"bound_violations": {"pgd20": 1e-5}}), ({}, {"bound_violations": {"pgd20": 2e-5}})),
-])
+@pytest.mark.parametrize(
+    "name, at, past",
+    [
+        (
+            "not_zero_at_large_eps",
+            ({"large_eps": 0.5, "large_eps_acc": LARGE_EPS_MAX_ACC}, {}),
+            ({"large_eps": 0.5, "large_eps_acc": LARGE_EPS_MAX_ACC + 0.01}, {}),
+        ),
+        (
+            "more_steps_or_restarts_still_help",
+            ({"n_eval": 200}, {"pgd_runs": {(20, 1): 0.5, (100, 3): 0.5 - RESTARTS_MAX_GAIN}}),
+            ({"n_eval": 200}, {"pgd_runs": {(20, 1): 0.5, (100, 3): 0.5 - RESTARTS_MAX_GAIN - 0.005}}),
+        ),
+        (
+            "black_box_beats_white_box",
+            ({}, {"autoattack_n": 1000, "autoattack_steps": {"apgd-ce": 0.5, "square": 0.5 - SQUARE_MAX_GAIN}}),
+            ({}, {"autoattack_n": 1000, "autoattack_steps": {"apgd-ce": 0.5, "square": 0.5 - SQUARE_MAX_GAIN - 0.001}}),
+        ),
+        (
+            "zero_input_gradients",
+            ({"zero_grad_frac": ZERO_GRAD_MAX_FRAC}, {}),
+            ({"zero_grad_frac": ZERO_GRAD_MAX_FRAC + 0.005}, {}),
+        ),
+        (
+            "pgd_overestimates_robustness",
+            ({"autoattack_acc": 0.4}, {"autoattack_pgd20_acc": 0.4 + AA_MAX_GAP}),
+            ({"autoattack_acc": 0.4}, {"autoattack_pgd20_acc": 0.4 + AA_MAX_GAP + 0.01}),
+        ),
+        (
+            "eps0_differs_from_clean",
+            ({}, {"eps0_changed": EPS0_MAX_CHANGED, "curve_n": 100}),
+            ({}, {"eps0_changed": EPS0_MAX_CHANGED + 1, "curve_n": 100}),
+        ),
+        (
+            "one_step_beats_iterative",
+            ({"n_eval": 100, "fgsm_acc": 0.3}, {"pgd_runs": {(20, 1): 0.3 + noise(100) - 1e-6}}),
+            ({"n_eval": 100, "fgsm_acc": 0.3}, {"pgd_runs": {(20, 1): 0.3 + 0.02}}),
+        ),
+        (
+            "transfer_beats_white_box",
+            ({"n_eval": 100, "transfer_acc": 0.5 - 0.01}, {"transfer_white_box_acc": 0.5}),
+            ({"n_eval": 100, "transfer_acc": 0.5 - 0.02}, {"transfer_white_box_acc": 0.5}),
+        ),
+        (
+            "accuracy_not_monotone_in_eps",
+            ({"curve_eps": [0, 0.1], "curve_pgd_acc": [0.5, 0.51]}, {"curve_n": 100}),
+            ({"curve_eps": [0, 0.1], "curve_pgd_acc": [0.5, 0.52]}, {"curve_n": 100}),
+        ),
+        (
+            "perturbation_out_of_bounds",
+            ({}, {"bound_violations": {"pgd20": 1e-5}}),
+            ({}, {"bound_violations": {"pgd20": 2e-5}}),
+        ),
+    ],
+)
 def test_each_masking_check_is_silent_at_its_threshold_and_fires_past_it(name, at, past):
     assert _check(name, *at) is True
     assert _check(name, *past) is False
@@ -195,7 +239,7 @@ def test_pgd_early_exit_gives_what_attacking_every_input_to_the_end_gives(natura
     kw = dict(eps=eps, steps=steps, step_size=eps / 4, restarts=restarts, loss=loss, kappa=50.0)
     ref = pgd_linf_to_the_end(natural, x, y, generator=torch.Generator().manual_seed(3), **kw)
     fast = pgd_linf_best(natural, x, y, bn="eval", generator=torch.Generator().manual_seed(3), **kw)
-    fooled = (natural(ref).argmax(1) != y)
+    fooled = natural(ref).argmax(1) != y
     assert 0 < int(fooled.sum()) < len(y)  # some inputs leave early, some stay to the end
     torch.testing.assert_close(fast, ref, rtol=0, atol=1e-6)
 
@@ -213,8 +257,17 @@ def test_autoattack_curve_never_rises_and_attacks_only_what_is_still_standing(na
 
     monkeypatch.setattr(ea, "autoattack", spy)
     n_aa, n_curve = 10, 16  # AutoAttack's images, and the curve's (a superset)
-    p = get_protocol("standard", {"n": 40, "autoattack.n": n_aa, "curve.n": n_curve, "pgd": {"runs": [[10, 1]]},
-                                   "curve.multiples": [0.0, 0.5, 1.0, 2.0], "large_eps": False})
+    p = get_protocol(
+        "standard",
+        {
+            "n": 40,
+            "autoattack.n": n_aa,
+            "curve.n": n_curve,
+            "pgd": {"runs": [[10, 1]]},
+            "curve.multiples": [0.0, 0.5, 1.0, 2.0],
+            "large_eps": False,
+        },
+    )
     r = evaluate(natural, digits, p, eps=0.05, seed=0, device=torch.device("cpu"))
     aa = r["curve_autoattack_acc"]
     assert all(b <= a for a, b in zip(aa, aa[1:])), aa

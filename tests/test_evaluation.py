@@ -1,18 +1,16 @@
 """Evaluation: known answers, bounds, determinism, masking checks, AutoAttack, the CLI."""
+
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 from torch import nn
 
 from trainables.attacks import cw_l2, pgd_linf
-from trainables.evaluation import evaluate
-from trainables.evaluation import get_protocol
-
-ROOT = Path(__file__).resolve().parents[1]
+from trainables.evaluation import evaluate, get_protocol
 
 
 class Linear2(nn.Module):
@@ -65,17 +63,12 @@ def test_cw_l2_finds_the_minimal_perturbation_of_a_linear_classifier(linear):
 
 
 def _trained(method: str, epochs: int):
-    from trainables.loop import build, fit
     from trainables.config import resolve
+    from trainables.loop import build, fit
 
     comp = build(resolve({"method": method, "epochs": epochs, "monitor": {"every": 0}}))
     fit(comp)
     return comp.net.eval()
-
-
-@pytest.fixture(scope="module")
-def natural(natural_digits):
-    return natural_digits  # trained once per session (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +136,13 @@ def test_masking_checks_stay_silent_on_a_normally_trained_model(robust_results):
 
 
 @pytest.mark.slow  # AutoAttack
-@pytest.mark.parametrize("wrapper, expected", [
-    (Quantized, {"zero_input_gradients", "not_zero_at_large_eps"}),
-    (Saturated, {"zero_input_gradients", "pgd_overestimates_robustness"}),
-])
+@pytest.mark.parametrize(
+    "wrapper, expected",
+    [
+        (Quantized, {"zero_input_gradients", "not_zero_at_large_eps"}),
+        (Saturated, {"zero_input_gradients", "pgd_overestimates_robustness"}),
+    ],
+)
 def test_masking_checks_fire_on_models_built_to_mask_gradients(natural, digits, wrapper, expected):
     # AutoAttack on 20 (not 40): the flags are far past their thresholds on these models
     r = evaluate(wrapper(natural).eval(), digits, small_quick(**{"transfer": False, "autoattack.n": 20}), seed=0)
@@ -169,10 +165,24 @@ def test_autoattack_is_never_above_pgd_by_more_than_noise(robust_results):
 def test_protocol_and_budgets_are_recorded(robust_results):
     r = robust_results
     assert r["protocol"] == "quick" and r["protocol_budgets"]["pgd"]["runs"] == [[20, 1], [100, 3]]
-    for key in ("clean_acc", "fgsm_acc", "pgd20_acc", "pgd100x3_acc", "cw_linf_acc", "cw_l2_acc",
-                "inv_rotation_acc", "inv_brightness_acc", "inv_contrast_acc", "inv_grayscale_acc",
-                "autoattack_acc", "curve_eps", "curve_pgd_acc", "zero_grad_frac", "masking_flags",
-                "transfer_acc"):
+    for key in (
+        "clean_acc",
+        "fgsm_acc",
+        "pgd20_acc",
+        "pgd100x3_acc",
+        "cw_linf_acc",
+        "cw_l2_acc",
+        "inv_rotation_acc",
+        "inv_brightness_acc",
+        "inv_contrast_acc",
+        "inv_grayscale_acc",
+        "autoattack_acc",
+        "curve_eps",
+        "curve_pgd_acc",
+        "zero_grad_frac",
+        "masking_flags",
+        "transfer_acc",
+    ):
         assert key in r, key
 
 

@@ -10,6 +10,7 @@ The cluster keeps its session files in a temporary directory of its own; at the 
 process that names it (and everything they started) is killed: a `ray stop` of this cluster
 only, so other tests' Rays run on beside it.
 """
+
 import json
 import os
 import shutil
@@ -23,11 +24,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import kill_tree, processes_mentioning, ray_train_workers, wait_for
+from helpers import ROOT, kill_tree, mlflow_client, processes_mentioning, ray_train_workers, wait_for
 
 pytestmark = pytest.mark.slow  # a simulated Ray cluster
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 HEAD_RESOURCES = {"CPU": 1, "sweep_driver": 10000}
 CLUSTER = {
@@ -35,16 +35,29 @@ CLUSTER = {
     "max_workers": 3,
     "idle_timeout_minutes": 1,
     "upscaling_speed": 1.0,
-    "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
-                 "disable_launch_config_check": True},
+    "provider": {
+        "type": "fake_multinode",
+        "use_node_id_as_ip": True,
+        "disable_node_updaters": True,
+        "disable_launch_config_check": True,
+    },
     "available_node_types": {
         "ray.head.default": {"resources": HEAD_RESOURCES, "node_config": {}, "max_workers": 0},
         "gpu_worker": {"resources": {"CPU": 1, "GPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 3},
     },
     "head_node_type": "ray.head.default",
-    "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
-    "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [], "setup_commands": [],
-    "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
+    "auth": {},
+    "docker": {},
+    "file_mounts": {},
+    "cluster_synced_files": [],
+    "file_mounts_sync_continuously": False,
+    "rsync_exclude": [],
+    "rsync_filter": [],
+    "initialization_commands": [],
+    "setup_commands": [],
+    "head_setup_commands": [],
+    "worker_setup_commands": [],
+    "head_start_ray_commands": [],
     "worker_start_ray_commands": [],
 }
 ADDRESS = "127.0.0.1:6379"  # the fake provider's nodes join the GCS on the default port
@@ -71,10 +84,13 @@ def nodes() -> list[dict]:
     Removing 1 nodes ...") reach a driver's stdout whenever they happen, before or after ours."""
     with tempfile.TemporaryDirectory() as d:
         answer = Path(d) / "nodes.json"
-        code = ("import json, ray, sys; ray.init(address=%r, logging_level='ERROR'); "
-                "open(sys.argv[1], 'w').write(json.dumps(ray.nodes()))") % ADDRESS
-        p = subprocess.run([sys.executable, "-c", code, str(answer)], capture_output=True, text=True, env=ray_env(),
-                           timeout=120)
+        code = (
+            f"import json, ray, sys; ray.init(address={ADDRESS!r}, logging_level='ERROR'); "
+            "open(sys.argv[1], 'w').write(json.dumps(ray.nodes()))"
+        )
+        p = subprocess.run(
+            [sys.executable, "-c", code, str(answer)], capture_output=True, text=True, env=ray_env(), timeout=120
+        )
         assert p.returncode == 0, p.stderr[-2000:]
         return json.loads(answer.read_text())
 
@@ -92,15 +108,34 @@ def cluster(tmp_path_factory):
     TOKEN["RAY_AUTH_TOKEN_PATH"] = str(token)
     config = d / "cluster.json"
     config.write_text(json.dumps(CLUSTER))
-    env = ray_env(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1",
-                  # a node whose raylet dies is declared dead within seconds, not half a minute
-                  RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3")
+    env = ray_env(
+        RAY_FAKE_CLUSTER="1",
+        AUTOSCALER_UPDATE_INTERVAL_S="1",
+        # a node whose raylet dies is declared dead within seconds, not half a minute
+        RAY_health_check_period_ms="1000",
+        RAY_health_check_failure_threshold="3",
+    )
     temp = tempfile.mkdtemp(prefix="fk", dir="/tmp")  # short: Ray's socket paths live under it
     CLUSTER_TEMP["dir"] = temp
-    p = subprocess.run([str(BIN / "ray"), "start", "--head", f"--autoscaling-config={config}", "--num-cpus=1",
-                        "--num-gpus=0", f"--resources={json.dumps({'sweep_driver': 10000})}", f"--temp-dir={temp}",
-                        "--dashboard-host=127.0.0.1", "--include-dashboard=true"],
-                       capture_output=True, text=True, env=env, cwd=d, timeout=300)
+    p = subprocess.run(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            f"--autoscaling-config={config}",
+            "--num-cpus=1",
+            "--num-gpus=0",
+            f"--resources={json.dumps({'sweep_driver': 10000})}",
+            f"--temp-dir={temp}",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=d,
+        timeout=300,
+    )
     try:
         assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
         yield d, config
@@ -114,8 +149,14 @@ def submit(d: Path, args: list[str], log: Path) -> subprocess.Popen:
     job = d / f"job-{time.time_ns()}"
     job.mkdir()
     shutil.copy(ROOT / "orchestrator" / "sweep.py", job / "sweep.py")
-    return subprocess.Popen([sys.executable, "sweep.py", *args], cwd=job, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env=ray_env(RAY_ADDRESS=ADDRESS), start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "sweep.py", *args],
+        cwd=job,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        env=ray_env(RAY_ADDRESS=ADDRESS),
+        start_new_session=True,
+    )
 
 
 def finish(proc: subprocess.Popen, log: Path, timeout: float = 900) -> None:
@@ -128,9 +169,7 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 900) -> None:
 
 
 def check_mlflow(out: Path, summary: dict) -> dict:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    client = mlflow_client(out)
     parent = client.get_run(summary["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"summary.json", "summary.csv"}
@@ -151,14 +190,30 @@ def test_a_study_on_zero_gpus_scales_up_and_completes(cluster, tmp_path):
     before = [n for n in nodes() if n["Alive"]]
     assert len(before) == 1 and not before[0]["Resources"].get("GPU"), "the cluster must start with no GPU node"
     # token authentication is on: a client without it is turned away
-    code = "import ray; ray.init(address=%r, logging_level='ERROR')" % ADDRESS
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
-                       env=ray_env(RAY_AUTH_MODE="disabled"))
+    code = f"import ray; ray.init(address={ADDRESS!r}, logging_level='ERROR')"
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=ray_env(RAY_AUTH_MODE="disabled")
+    )
     assert p.returncode != 0 and "InvalidAuthToken" in p.stderr + p.stdout, p.stderr[-2000:]
     out = tmp_path / "out"
     log = tmp_path / "log.txt"
-    proc = submit(d, ["--smoke-test", "--num-samples", "2", "--gpus-per-worker", "1", "--cluster-config", str(config),
-                      "--output-dir", str(out), "--resource-timeout", "300"], log)
+    proc = submit(
+        d,
+        [
+            "--smoke-test",
+            "--num-samples",
+            "2",
+            "--gpus-per-worker",
+            "1",
+            "--cluster-config",
+            str(config),
+            "--output-dir",
+            str(out),
+            "--resource-timeout",
+            "300",
+        ],
+        log,
+    )
     finish(proc, log)
     text = log.read_text()
     assert "up to 3 at once" in text  # from what the config lets the cluster grow to, not from 0 GPUs now
@@ -182,7 +237,7 @@ def test_a_study_on_zero_gpus_scales_up_and_completes(cluster, tmp_path):
         shards = t["metrics"].get("test/shard_placement") or []
         assert all(p["node_id"] in gpu_ids for p in shards), shards
         for i, a in enumerate(shards):
-            for b in shards[i + 1:]:
+            for b in shards[i + 1 :]:
                 overlapping |= a["node_id"] != b["node_id"] and a["began"] < b["ended"] and b["began"] < a["ended"]
     assert overlapping, [t["metrics"].get("test/shard_placement") for t in summary["trials"]]
 
@@ -229,7 +284,5 @@ def test_a_lost_node_costs_at_most_one_epoch(cluster, tmp_path):
     assert "test/pgd20_acc" in m and m["test/clean_acc"] > 0.5
     runs = check_mlflow(out, summary)
     (run,) = runs.values()
-    from mlflow.tracking import MlflowClient
-
-    epochs = [int(x.step) for x in MlflowClient(f"sqlite:///{out / 'mlflow.db'}").get_metric_history(run.info.run_id, "loss")]
+    epochs = [int(x.step) for x in mlflow_client(out).get_metric_history(run.info.run_id, "loss")]
     assert set(range(1, 7)) <= set(epochs)  # every epoch recorded, the re-run one included

@@ -1,6 +1,7 @@
 """Fidelity to the reference codes: each test pins a setting to its reference and fails on the
 value the project used before (weight decay, shortcut, schedules, beta's ascent, the paper
 tables' study settings), and beta must move under the paper's defaults."""
+
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,4 +1,5 @@
 """Every registered method on every small model, and the method-specific properties."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,8 +18,9 @@ SMALL_MODELS = {
 
 def make(method: str, model: str = "small_cnn", margs=None, cfg=None, lr=0.1, seed=0, in_ch=1):
     torch.manual_seed(seed)
-    net = create_model(model, SMALL_MODELS[model] if margs is None else margs, num_classes=10,
-                       in_channels=in_ch, image_size=8)
+    net = create_model(
+        model, SMALL_MODELS[model] if margs is None else margs, num_classes=10, in_channels=in_ch, image_size=8
+    )
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     cls = METHODS.get(method)
     conf = cfg if cfg is not None else cls.Config()
@@ -132,8 +134,12 @@ def test_sprout_state_round_trips_and_the_removed_softplus_form_is_refused():
         m.beta_tensor.add_(0.25)
     other.load_state_dict(m.state_dict())
     assert torch.equal(other.beta, m.beta) and torch.equal(other.beta_start, m.beta_start)
-    old = {"rho": torch.zeros(10), "beta": torch.ones(10), "beta_param": "softplus",
-           "beta_optimizer": m.beta_optimizer.state_dict()}
+    old = {
+        "rho": torch.zeros(10),
+        "beta": torch.ones(10),
+        "beta_param": "softplus",
+        "beta_optimizer": m.beta_optimizer.state_dict(),
+    }
     with pytest.raises(CheckpointError, match="softplus"):
         other.load_state_dict(old)
     with pytest.raises(CheckpointError, match="softplus"):  # the oldest form named no parametrization
@@ -156,7 +162,9 @@ def test_all_modules_off_is_natural_cross_entropy(tiny_batch):
     assert torch.allclose(m.loss(logits, ya, yb, lam, m.beta), F.cross_entropy(logits, y), atol=1e-6)
     ls = SproutConfig(gaussian=False, mixup=False, dirichlet=False, label_smoothing=0.1)
     m.cfg = ls.resolved()
-    assert torch.allclose(m.loss(logits, ya, yb, lam, m.beta), F.cross_entropy(logits, y, label_smoothing=0.1), atol=1e-6)
+    assert torch.allclose(
+        m.loss(logits, ya, yb, lam, m.beta), F.cross_entropy(logits, y, label_smoothing=0.1), atol=1e-6
+    )
 
 
 def test_paper_variant_uses_one_forward_and_one_backward(tiny_batch, monkeypatch):
@@ -166,7 +174,9 @@ def test_paper_variant_uses_one_forward_and_one_backward(tiny_batch, monkeypatch
     net.register_forward_hook(lambda *a: forwards.append(1))
     orig_backward = torch.Tensor.backward
     orig_grad = torch.autograd.grad
-    monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, **k: (backwards.append(1), orig_backward(self, *a, **k))[1])
+    monkeypatch.setattr(
+        torch.Tensor, "backward", lambda self, *a, **k: (backwards.append(1), orig_backward(self, *a, **k))[1]
+    )
     monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: (grads.append(1), orig_grad(*a, **k))[1])
     beta0 = m.beta.clone()
     w0 = [p.detach().clone() for p in net.parameters()]
@@ -195,6 +205,8 @@ def test_a_diverging_run_is_reported_as_diverged_not_as_a_crash(method, digits):
     from trainables.errors import DivergedError
     from trainables.loop import build, fit
 
-    comp = build(resolve({"method": method, "epochs": 1, "optim": {"lr": 1e20}, "monitor": {"every": 0}}), bundle=digits)
+    comp = build(
+        resolve({"method": method, "epochs": 1, "optim": {"lr": 1e20}, "monitor": {"every": 0}}), bundle=digits
+    )
     with pytest.raises(DivergedError, match="diverged at epoch 1"):
         fit(comp)

@@ -1,4 +1,5 @@
 """Failures: a killed worker, a killed driver, a diverging trial; determinism; disk use."""
+
 import json
 import os
 import signal
@@ -8,12 +9,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import ray_train_workers, wait_for
+from helpers import SWEEP, mlflow_client, ray_train_workers, sweep, wait_for
 
 pytestmark = pytest.mark.slow  # every test here starts Ray
-
-ROOT = Path(__file__).resolve().parents[1]
-SWEEP = ROOT / "orchestrator" / "sweep.py"
 
 
 def write_study(path: Path, text: str) -> Path:
@@ -22,14 +20,17 @@ def write_study(path: Path, text: str) -> Path:
 
 
 def start(args, cwd, log):
-    return subprocess.Popen([sys.executable, str(SWEEP), *args], cwd=cwd, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, str(SWEEP), *args],
+        cwd=cwd,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def mlflow_runs(out: Path):
-    from mlflow.tracking import MlflowClient
-
-    c = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    c = mlflow_client(out)
     exps = c.search_experiments()
     return [r for e in exps for r in c.search_runs([e.experiment_id])]
 
@@ -49,9 +50,8 @@ def one_worker_reference() -> float:
     import torch
 
     from trainables.config import resolve
-    from trainables.evaluation import evaluate
+    from trainables.evaluation import evaluate, get_protocol
     from trainables.loop import build, fit
-    from trainables.evaluation import get_protocol
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as a Train worker with cpus_per_worker 1
@@ -84,7 +84,9 @@ def test_a_killed_ddp_worker_restarts_its_group_from_the_last_checkpoint_and_tra
     assert two["status"] == "completed" and two["metrics"]["epoch"] == 6
     assert two["config"]["batch_size"] == 16  # per worker: 2 x 16
     assert "test/pgd20_acc" in two["metrics"]  # a one-trial grid: certified
-    assert two["metrics"]["resumed_from_epoch"] >= 2 and two["metrics"]["images_per_s"] > 0  # restarted from a checkpoint
+    assert (
+        two["metrics"]["resumed_from_epoch"] >= 2 and two["metrics"]["images_per_s"] > 0
+    )  # restarted from a checkpoint
     one_acc, two_acc = one_worker_reference(), two["metrics"]["test/clean_acc"]
     assert two_acc > 0.85 and abs(one_acc - two_acc) < 0.05, (one_acc, two_acc)
 
@@ -103,9 +105,8 @@ def test_killed_driver_resumes_without_rerunning_completed_trials_or_certified_s
     """The driver and its Ray are killed (SIGKILL) while the finalists are being certified: the
     relaunch refuses to mix launches, --resume runs no trial again and only the shards that had
     no result, and the union of old and new shards equals one evaluation of each finalist."""
+    from trainables.evaluation import evaluate, get_protocol
     from trainables.loading import load_model_from_checkpoint
-    from trainables.evaluation import evaluate
-    from trainables.evaluation import get_protocol
 
     study = write_study(tmp_path / "s.yaml", STUDY2)
     out = tmp_path / "out"
@@ -114,13 +115,14 @@ def test_killed_driver_resumes_without_rerunning_completed_trials_or_certified_s
     wait_for(log, "[main] certify: 1/24 shards", proc)  # 2 finalists x 360 test images / 30
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, no clean-up
     proc.wait()
-    done_first = [line.split()[3] for line in log.read_text().splitlines() if " completed" in line and "/2 trial" in line]
+    done_first = [
+        line.split()[3] for line in log.read_text().splitlines() if " completed" in line and "/2 trial" in line
+    ]
     assert len(done_first) == 2
     assert not (out / "summary.json").exists()
     # a plain relaunch into the same directory is refused: it would mix two launches
-    p = subprocess.run([sys.executable, str(SWEEP), "--config", str(study), "--output-dir", str(out)],
-                       capture_output=True, text=True, cwd=tmp_path)
-    assert p.returncode == 2 and "pass --resume" in p.stderr
+    p = sweep("--config", str(study), "--output-dir", str(out), cwd=tmp_path, expect=2)
+    assert "pass --resume" in p.stderr
     log2 = tmp_path / "log2.txt"
     proc2 = start(["--config", str(study), "--output-dir", str(out), "--resume"], tmp_path, log2)
     assert proc2.wait(timeout=900) == 0, log2.read_text()[-3000:]
@@ -160,9 +162,7 @@ def detdiv(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("detdiv")
     study = write_study(tmp_path / "s.yaml", DETDIV)
     out = tmp_path / "out"
-    p = subprocess.run([sys.executable, str(SWEEP), "--config", str(study), "--output-dir", str(out), "--seed", "7"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=900)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    sweep("--config", str(study), "--output-dir", str(out), "--seed", "7", cwd=tmp_path)
     return out, json.loads((out / "summary.json").read_text())["trials"]
 
 
@@ -184,9 +184,14 @@ def test_same_seed_same_metrics_through_the_orchestrator(detdiv):
     out, trials = detdiv
     same = [t for t in trials if t["searched"]["optim.lr"] == 0.1]
     assert len(same) == 2 and same[0]["trial_id"] != same[1]["trial_id"]
-    results = [{k: v for k, v in t["metrics"].items()
-                if not ("time" in k or "per_s" in k or "seconds/" in k or "placement" in k or k == "checkpoint_path")}
-               for t in same]
+    results = [
+        {
+            k: v
+            for k, v in t["metrics"].items()
+            if not ("time" in k or "per_s" in k or "seconds/" in k or "placement" in k or k == "checkpoint_path")
+        }
+        for t in same
+    ]
     assert "test/robust_acc" in results[0]  # certified (a grid): the test numbers are compared too
     assert results[0] == results[1]
     # disk: of 3 epoch checkpoints only the last keep_checkpoints (2) remain, per trial

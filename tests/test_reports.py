@@ -1,26 +1,43 @@
 """Each study's report step, on stored (synthetic) results, and one multi-stage study end to end."""
+
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import sweep
 
 from orchestrator.results import reports
 from orchestrator.study.load import load_raw, parse
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def row(stage="main", trial="t_00000", status="completed", searched=None, **cfg_and_metrics):
     metrics = cfg_and_metrics.pop("metrics", {})
     cfg = {"method": "sprout", "model": "vgg16", "dataset": "cifar10", "model_args": {}, **cfg_and_metrics}
-    base = {"clean_acc": 0.9, "robust_acc": 0.5, "pgd20_acc": 0.6, "autoattack_acc": 0.5, "autoattack_n": 100,
-            "n_eval": 100, "masking_flags": [], "epoch_time_s": 1.0, "mean_epoch_time_s": 1.0, "images_per_s": 100.0}
+    base = {
+        "clean_acc": 0.9,
+        "robust_acc": 0.5,
+        "pgd20_acc": 0.6,
+        "autoattack_acc": 0.5,
+        "autoattack_n": 100,
+        "n_eval": 100,
+        "masking_flags": [],
+        "epoch_time_s": 1.0,
+        "mean_epoch_time_s": 1.0,
+        "images_per_s": 100.0,
+    }
     # a certified trial: its evaluation's numbers under test/, its training's bare
     named = {k if k in TRAINING or k.startswith("beta") else f"test/{k}": v for k, v in {**base, **metrics}.items()}
-    return {"trial_id": trial, "stage": stage, "study": "s", "config": cfg, "searched": searched or {},
-            "metrics": named, "status": status, "mlflow_run_id": "r", "checkpoint": None}
+    return {
+        "trial_id": trial,
+        "stage": stage,
+        "study": "s",
+        "config": cfg,
+        "searched": searched or {},
+        "metrics": named,
+        "status": status,
+        "mlflow_run_id": "r",
+        "checkpoint": None,
+    }
 
 
 TRAINING = ("epoch_time_s", "mean_epoch_time_s", "images_per_s", "mean_images_per_s", "precision")
@@ -37,13 +54,30 @@ def _sensitivity_rows(n):
     rnd = random.Random(0)
     rows = []
     for i in range(n):
-        s = {"method_args.alpha": 10 ** rnd.uniform(-3, -0.3), "method_args.mixup_a": 10 ** rnd.uniform(-1.3, 0.3),
-             "method_args.delta": rnd.uniform(0, 0.3), "method_args.lr_beta": 10 ** rnd.uniform(-3, -0.3)}
+        s = {
+            "method_args.alpha": 10 ** rnd.uniform(-3, -0.3),
+            "method_args.mixup_a": 10 ** rnd.uniform(-1.3, 0.3),
+            "method_args.delta": rnd.uniform(0, 0.3),
+            "method_args.lr_beta": 10 ** rnd.uniform(-3, -0.3),
+        }
         if i == 0:
-            s = {"method_args.alpha": 0.01, "method_args.mixup_a": 0.2, "method_args.delta": 0.1, "method_args.lr_beta": 0.01}
-        rows.append(row(trial=f"t_{i:05d}", searched=s, metrics={"robust_acc": 0.3 + s["method_args.delta"],
-                                                                   "clean_acc": 0.95 - s["method_args.delta"],
-                                                                   "beta": [1.0 + j / 10 for j in range(10)]}))
+            s = {
+                "method_args.alpha": 0.01,
+                "method_args.mixup_a": 0.2,
+                "method_args.delta": 0.1,
+                "method_args.lr_beta": 0.01,
+            }
+        rows.append(
+            row(
+                trial=f"t_{i:05d}",
+                searched=s,
+                metrics={
+                    "robust_acc": 0.3 + s["method_args.delta"],
+                    "clean_acc": 0.95 - s["method_args.delta"],
+                    "beta": [1.0 + j / 10 for j in range(10)],
+                },
+            )
+        )
         rows[-1]["paper_default"] = i == 0
     return rows
 
@@ -51,8 +85,13 @@ def _sensitivity_rows(n):
 def test_sensitivity_report_uses_optunas_plots_and_says_what_few_trials_cannot_show(tmp_path):
     files = reports.write_report(study("sensitivity"), _sensitivity_rows(8), tmp_path)
     names = {f.name for f in files}
-    assert {"report.md", "sensitivity_pareto.png", "sensitivity_slice.png", "sensitivity_parallel.png",
-            "sensitivity_importance.png"} <= names
+    assert {
+        "report.md",
+        "sensitivity_pareto.png",
+        "sensitivity_slice.png",
+        "sensitivity_parallel.png",
+        "sensitivity_importance.png",
+    } <= names
     assert "sensitivity_contour.png" not in names  # 8 trials over 4 parameters: no interpolated picture
     assert sum(1 for f in files if f.name.startswith("beta_")) == 8  # Figure 4 for every SPROUT trial
     text = (tmp_path / "report.md").read_text()
@@ -69,16 +108,26 @@ def test_sensitivity_report_draws_a_contour_when_there_are_enough_trials(tmp_pat
 
 
 def test_width_report_plots_each_method_against_width(tmp_path):
-    rows = [row(trial=f"t_{i:05d}", method=m, model="wrn", model_args={"width": w}, searched={"method": m, "model_args.width": w})
-            for i, (m, w) in enumerate([(m, w) for m in ("sprout", "pgd_at") for w in (1, 2, 4)])]
+    rows = [
+        row(
+            trial=f"t_{i:05d}",
+            method=m,
+            model="wrn",
+            model_args={"width": w},
+            searched={"method": m, "model_args.width": w},
+        )
+        for i, (m, w) in enumerate([(m, w) for m in ("sprout", "pgd_at") for w in (1, 2, 4)])
+    ]
     files = reports.write_report(study("width"), rows, tmp_path)
     assert (tmp_path / "width.png").exists() and tmp_path / "report.md" in files
     assert "AutoAttack" in (tmp_path / "report.md").read_text()
 
 
 def test_scalability_report_ratios_to_natural_with_the_paper_beside(tmp_path):
-    rows = [row(trial=f"t_{i:05d}", method=m, model="vgg16", metrics={"mean_epoch_time_s": t})
-            for i, (m, t) in enumerate([("natural", 2.0), ("sprout", 2.2), ("pgd_at", 22.0)])]
+    rows = [
+        row(trial=f"t_{i:05d}", method=m, model="vgg16", metrics={"mean_epoch_time_s": t})
+        for i, (m, t) in enumerate([("natural", 2.0), ("sprout", 2.2), ("pgd_at", 22.0)])
+    ]
     reports.write_report(study("scalability"), rows, tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert "| vgg16 | sprout | 2.200 | 100 | 1.10x | 271.7 | 1.85x |" in text
@@ -87,14 +136,23 @@ def test_scalability_report_ratios_to_natural_with_the_paper_beside(tmp_path):
 
 
 def test_ablation_and_compare_reports_put_paper_cells_beside_ours_and_flag_masking(tmp_path):
-    rows = [row(trial="t_00000", searched={"case": "SPROUT"}, metrics={"masking_flags": ["black_box_beats_white_box"]}),
-            row(trial="t_00001", searched={"case": "GA"})]
+    rows = [
+        row(trial="t_00000", searched={"case": "SPROUT"}, metrics={"masking_flags": ["black_box_beats_white_box"]}),
+        row(trial="t_00001", searched={"case": "GA"}),
+    ]
     reports.write_report(study("ablation"), rows, tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert "62.64" in text and "12.44" in text and "**FLAGGED**: black_box_beats_white_box" in text
     assert "1 trial(s) have gradient-masking flags" in text
-    rows = [row(trial="t_00000", method="pgd_at", searched={"case": "pgd_at", "model": "wrn"}, model="wrn",
-                metrics={"transfer_acc": 0.8})]
+    rows = [
+        row(
+            trial="t_00000",
+            method="pgd_at",
+            searched={"case": "pgd_at", "model": "wrn"},
+            model="wrn",
+            metrics={"transfer_acc": 0.8},
+        )
+    ]
     reports.write_report(study("compare"), rows, tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert "45.91" in text and "85.84" in text and "82.66" in text  # Tables 2, 3, 5
@@ -104,8 +162,10 @@ def test_imagenet_and_init_reports(tmp_path):
     rows = [row(trial="t_00000", method="natural", model="resnet152", metrics={"pgd_targeted_acc_eps0.01": 0.1})]
     reports.write_report(study("imagenet"), rows, tmp_path)
     assert "9.14" in (tmp_path / "report.md").read_text()
-    rows = [row(stage="sprout", trial=f"t_{i:05d}", searched={"init_checkpoint": c})
-            for i, c in enumerate(["stage:pretrain/method=natural", "random"])]
+    rows = [
+        row(stage="sprout", trial=f"t_{i:05d}", searched={"init_checkpoint": c})
+        for i, c in enumerate(["stage:pretrain/method=natural", "random"])
+    ]
     reports.write_report(study("init"), rows, tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert "| natural |" in text and "| random |" in text
@@ -116,14 +176,14 @@ def test_init_study_smoke_runs_both_stages_as_one_command(tmp_path):
     """The starting checkpoints come from the first stage of the same command; both stages are
     grids, so every trial of each is certified on the test split. (Which of several trials a
     reference picks: tests/test_study.py.)"""
-    p = subprocess.run([sys.executable, str(ROOT / "orchestrator" / "sweep.py"), "--study", "init", "--smoke-test",
-                        "--output-dir", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=1200)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    sweep("--study", "init", "--smoke-test", "--output-dir", str(tmp_path), cwd=tmp_path, timeout=1200)
     s = json.loads((tmp_path / "summary.json").read_text())
     stages = [t["stage"] for t in s["trials"]]
     assert stages.count("pretrain") == 1 and stages.count("sprout") == 2  # the study's smoke: both kinds of start
     assert all(t["status"] == "completed" and "test/robust_acc" in t["metrics"] for t in s["trials"])
-    starts = {t["searched"]["init_checkpoint"]: t["config"]["init_checkpoint"] for t in s["trials"] if t["stage"] == "sprout"}
+    starts = {
+        t["searched"]["init_checkpoint"]: t["config"]["init_checkpoint"] for t in s["trials"] if t["stage"] == "sprout"
+    }
     assert starts["random"] is None
     pretrain_ck = {t["config"]["method"]: t["checkpoint"] for t in s["trials"] if t["stage"] == "pretrain"}
     assert starts["stage:pretrain/method=pgd_at"] == str(Path(pretrain_ck["pgd_at"]) / "checkpoint.pt")

@@ -2,6 +2,7 @@
 end, run again or are new; an Optuna study seeded with what ended; a resuming worker falling
 back to the checkpoint before an unusable latest one. The end-to-end cycles (Ctrl-C, a killed
 driver) are in test_reliability.py."""
+
 import json
 import math
 
@@ -9,11 +10,11 @@ import optuna
 import pytest
 import torch
 
+from orchestrator import record
 from orchestrator.launch import plan_fingerprint
+from orchestrator.record import LaunchFile
 from orchestrator.study.load import load_raw, parse, plan
 from orchestrator.study.space import config_key, grid_points
-from orchestrator import record
-from orchestrator.record import LaunchFile
 from orchestrator.tuner import resume, searchers
 
 
@@ -26,9 +27,11 @@ def test_a_resumed_grid_runs_the_unfinished_trials_again_and_only_the_points_lef
     search = stage_of("width").search
     points = grid_points(search)
     assert len(points) == len({config_key(p) for p in points}) >= 3
-    records = [{"trial_id": "a", "config": points[0], "status": "completed"},
-               {"trial_id": "b", "config": points[1], "status": "failed"},
-               {"trial_id": "c", "config": points[2], "status": "running", "train_run": "train-x"}]
+    records = [
+        {"trial_id": "a", "config": points[0], "status": "completed"},
+        {"trial_id": "b", "config": points[1], "status": "failed"},
+        {"trial_id": "c", "config": points[2], "status": "running", "train_run": "train-x"},
+    ]
     ended, unfinished = record.split(records)
     assert [r["trial_id"] for r in ended] == ["a", "b"] and [r["trial_id"] for r in unfinished] == ["c"]
     assert resume.remaining_grid(search, records) == points[3:]
@@ -38,9 +41,11 @@ def test_a_resumed_grid_runs_the_unfinished_trials_again_and_only_the_points_lef
 
 def test_two_unfinished_trials_with_one_config_start_again_instead_of_sharing_a_train_run():
     cfg = {"seed": 1}
-    unfinished = [{"trial_id": "a", "config": cfg, "status": "running"},
-                  {"trial_id": "b", "config": cfg, "status": "running"},
-                  {"trial_id": "c", "config": {"seed": 2}, "status": "running"}]
+    unfinished = [
+        {"trial_id": "a", "config": cfg, "status": "running"},
+        {"trial_id": "b", "config": cfg, "status": "running"},
+        {"trial_id": "c", "config": {"seed": 2}, "status": "running"},
+    ]
     assert resume.resume_map(unfinished) == {config_key({"seed": 2}): "train-c"}
 
 
@@ -62,16 +67,22 @@ def test_an_optuna_study_is_seeded_with_the_ended_trials_and_their_values():
     # a record holds the trial's last result: its validation numbers (what Optuna was told) and
     # its test numbers, which must not reach the new study
     test = {m: 0.9 for m in search.metrics}
-    ended = [{"config": base, "metrics": {**test, **{m: 0.5 + i for i, m in enumerate(search.objectives)}}},
-             {"config": base, "metrics": {**test, **{m: float("nan") for m in search.objectives}}},  # diverged
-             {"config": base, "metrics": {}}]  # failed before a result
+    ended = [
+        {"config": base, "metrics": {**test, **{m: 0.5 + i for i, m in enumerate(search.objectives)}}},
+        {"config": base, "metrics": {**test, **{m: float("nan") for m in search.objectives}}},  # diverged
+        {"config": base, "metrics": {}},
+    ]  # failed before a result
     assert search.objectives == ["val/clean_acc", "val/robust_acc"]
     storage = searchers.seeded_study(search, optuna.samplers.RandomSampler(seed=0), ended, "s")
     trials = optuna.load_study(study_name="s", storage=storage).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL"]
     assert trials[0].values == [0.5 + i for i in range(len(search.objectives))]
-    assert trials[0].params == {"method_args/alpha": 0.01, "method_args/mixup_a": 0.2, "method_args/delta": 0.1,
-                                "method_args/lr_beta": 0.1}
+    assert trials[0].params == {
+        "method_args/alpha": 0.01,
+        "method_args/mixup_a": 0.2,
+        "method_args/delta": 0.1,
+        "method_args/lr_beta": 0.1,
+    }
 
 
 def test_the_plan_fingerprint_changes_with_what_trials_would_run():

@@ -1,6 +1,7 @@
 """Selection on the validation split: nothing measured on the test split reaches Optuna, ASHA
 or the choice of finalists. Unit tests on canned rows, and one search run twice on data that
 differ only in their test labels."""
+
 import json
 import pickle
 import textwrap
@@ -8,11 +9,11 @@ import textwrap
 import numpy as np
 import pytest
 
-from orchestrator.results.table import table
+from orchestrator.results.tables import table
+from orchestrator.study.intervals import intervals, wilson
 from orchestrator.study.load import load_raw, parse
 from orchestrator.study.names import val_name
 from orchestrator.study.selection import mark_finalists, pareto
-from orchestrator.study.intervals import intervals, wilson
 
 
 def test_wilson_interval_matches_the_closed_form_and_stays_in_bounds():
@@ -21,8 +22,19 @@ def test_wilson_interval_matches_the_closed_form_and_stays_in_bounds():
     lo, hi = wilson(0.7, 10_000)
     assert hi - lo == pytest.approx(0.018, abs=1e-3)  # about +-0.9
     assert wilson(0.0, 10)[0] == 0.0 and wilson(1.0, 10)[1] == pytest.approx(1.0) and wilson(1.0, 10)[0] < 1
-    ci = intervals({"clean_acc": 0.9, "n_eval": 100, "autoattack_acc": 0.5, "autoattack_n": 20, "robust_acc": 0.5,
-                    "robust_acc_min_n": 20, "val/robust_acc": 0.6, "val/robust_acc_min_n": 50, "loss": 0.3})
+    ci = intervals(
+        {
+            "clean_acc": 0.9,
+            "n_eval": 100,
+            "autoattack_acc": 0.5,
+            "autoattack_n": 20,
+            "robust_acc": 0.5,
+            "robust_acc_min_n": 20,
+            "val/robust_acc": 0.6,
+            "val/robust_acc_min_n": 50,
+            "loss": 0.3,
+        }
+    )
     assert set(ci) == {"clean_acc", "autoattack_acc", "robust_acc", "val/robust_acc"}
     assert ci["autoattack_acc"] == [round(x, 4) for x in wilson(0.5, 20)]
     assert ci["val/robust_acc"] == [round(x, 4) for x in wilson(0.6, 50)]
@@ -40,11 +52,24 @@ def test_a_search_selects_on_validation_names_only():
 
 
 def _row(tid, val, test, status="completed", default=False):
-    return {"trial_id": tid, "stage": "main", "status": status, "config": {"method": "sprout"}, "searched": {},
-            "paper_default": default, "metrics": {"val/clean_acc": val[0], "val/robust_acc": val[1],
-                                                  "test/clean_acc": test[0], "test/robust_acc": test[1],
-                                                  "test/n_eval": 100, "test/robust_acc_min_n": 100,
-                                                  "val/robust_acc_min_n": 50, "val/n_eval": 50}}
+    return {
+        "trial_id": tid,
+        "stage": "main",
+        "status": status,
+        "config": {"method": "sprout"},
+        "searched": {},
+        "paper_default": default,
+        "metrics": {
+            "val/clean_acc": val[0],
+            "val/robust_acc": val[1],
+            "test/clean_acc": test[0],
+            "test/robust_acc": test[1],
+            "test/n_eval": 100,
+            "test/robust_acc_min_n": 100,
+            "val/robust_acc_min_n": 50,
+            "val/n_eval": 50,
+        },
+    }
 
 
 def test_finalists_are_the_validation_pareto_set_whatever_the_test_split_says():
@@ -83,8 +108,20 @@ def _write_cifar(root, test_labels, seed=0, n_batch=64, n_test=50):
     model learns it in a few dozen steps; the test images are the same in every copy, their
     labels are ``test_labels``."""
     rng = np.random.default_rng(seed)
-    colours = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255],
-                        [0, 255, 255], [255, 255, 255], [128, 128, 128], [255, 128, 0]])
+    colours = np.array(
+        [
+            [0, 0, 0],
+            [255, 0, 0],
+            [0, 255, 0],
+            [0, 0, 255],
+            [255, 255, 0],
+            [255, 0, 255],
+            [0, 255, 255],
+            [255, 255, 255],
+            [128, 128, 128],
+            [255, 128, 0],
+        ]
+    )
     pattern = np.repeat(colours, 1024, axis=1)  # (10, 3072): channel-major, as CIFAR stores it
 
     def images(labels):
@@ -101,8 +138,10 @@ def _write_cifar(root, test_labels, seed=0, n_batch=64, n_test=50):
     (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
 
 
-SEARCH = ("{algorithm: optuna, num_samples: 3, metric: robust_acc, "
-          "params: {optim.lr: {type: float, low: 0.02, high: 0.3, log: true}}}")
+SEARCH = (
+    "{algorithm: optuna, num_samples: 3, metric: robust_acc, "
+    "params: {optim.lr: {type: float, low: 0.02, high: 0.3, log: true}}}"
+)
 STUDY = textwrap.dedent("""
     name: leak
     base: {method: natural, dataset: cifar10, model: small_cnn, model_args: {width: 8}, epochs: 3, batch_size: 32,

@@ -1,16 +1,15 @@
 """Study files: every shipped study validates; bad ones fail with one line naming the field."""
+
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT, sweep
 
 from orchestrator.study.load import list_studies, load_raw, parse, plan, study_dir
 from orchestrator.study.space import DefineByRun, default_point, optuna_name
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", sorted(list_studies()))
@@ -28,13 +27,22 @@ def test_sensitivity_searches_the_four_parameters_around_the_paper_defaults():
     stage = plan(parse(raw, src), src).stages[0]
     specs = stage.search.param_specs("s")
     assert set(specs) == {"method_args.alpha", "method_args.mixup_a", "method_args.delta", "method_args.lr_beta"}
-    defaults = {"method_args.alpha": 0.01, "method_args.mixup_a": 0.2, "method_args.delta": 0.1, "method_args.lr_beta": 0.01}
+    defaults = {
+        "method_args.alpha": 0.01,
+        "method_args.mixup_a": 0.2,
+        "method_args.delta": 0.1,
+        "method_args.lr_beta": 0.01,
+    }
     for key, value in defaults.items():
         assert specs[key].low <= value <= specs[key].high, key
     assert default_point(specs, stage.base) == defaults
     # the enqueued first point uses Optuna's flattened keys (nested keys are silently ignored)
-    assert {optuna_name(k) for k in defaults} == {"method_args/alpha", "method_args/mixup_a", "method_args/delta",
-                                                  "method_args/lr_beta"}
+    assert {optuna_name(k) for k in defaults} == {
+        "method_args/alpha",
+        "method_args/mixup_a",
+        "method_args/delta",
+        "method_args/lr_beta",
+    }
 
 
 class FakeTrial:
@@ -52,7 +60,8 @@ class FakeTrial:
 
 
 def test_conditional_parameters_are_only_suggested_when_their_condition_holds(tmp_path):
-    raw = yaml.safe_load(textwrap.dedent("""
+    raw = yaml.safe_load(
+        textwrap.dedent("""
         name: cond
         base: {dataset: digits}
         search:
@@ -60,7 +69,8 @@ def test_conditional_parameters_are_only_suggested_when_their_condition_holds(tm
           params:
             method: {values: [sprout, trades]}
             method_args.beta: {type: float, low: 1.0, high: 10.0, when: {method: trades}}
-    """))
+    """)
+    )
     stage = plan(parse(raw, "cond.yaml"), "cond.yaml").stages[0]
     space = DefineByRun(stage.search.param_specs("s"), stage.base)
     for choice, expected in (("sprout", ["method"]), ("trades", ["method", "method_args/beta"])):
@@ -77,14 +87,26 @@ def test_a_stage_reference_resolves_to_the_matching_completed_trial_of_its_stage
     from trainables.errors import ConfigError
 
     def row(stage, method, status="completed", lr=0.1):
-        return {"stage": stage, "status": status, "checkpoint": f"/ck/{stage}-{method}-{lr}-{status}",
-                "config": {"method": method, "optim": {"lr": lr}}}
+        return {
+            "stage": stage,
+            "status": status,
+            "checkpoint": f"/ck/{stage}-{method}-{lr}-{status}",
+            "config": {"method": method, "optim": {"lr": lr}},
+        }
 
-    rows = [row("other", "pgd_at"), row("pretrain", "pgd_at", status="failed"), row("pretrain", "natural"),
-            row("pretrain", "pgd_at", lr=0.01), row("pretrain", "pgd_at")]
+    rows = [
+        row("other", "pgd_at"),
+        row("pretrain", "pgd_at", status="failed"),
+        row("pretrain", "natural"),
+        row("pretrain", "pgd_at", lr=0.01),
+        row("pretrain", "pgd_at"),
+    ]
     assert ref_target("stage:pretrain/method=natural", rows) == "/ck/pretrain-natural-0.1-completed/checkpoint.pt"
     assert ref_target("stage:pretrain/method=pgd_at", rows) == "/ck/pretrain-pgd_at-0.01-completed/checkpoint.pt"
-    assert ref_target("stage:pretrain/method=pgd_at,optim.lr=0.1", rows) == "/ck/pretrain-pgd_at-0.1-completed/checkpoint.pt"
+    assert (
+        ref_target("stage:pretrain/method=pgd_at,optim.lr=0.1", rows)
+        == "/ck/pretrain-pgd_at-0.1-completed/checkpoint.pt"
+    )
     assert ref_target("stage:pretrain/method=trades", rows) is None
     raw, src = load_raw(name="init")
     sprout = plan(parse(raw, src), src).stages[1]
@@ -92,14 +114,15 @@ def test_a_stage_reference_resolves_to_the_matching_completed_trial_of_its_stage
         resolve_refs_for(sprout, rows, {})
     rows.append(row("pretrain", "trades"))
     refs = resolve_refs_for(sprout, rows, {})
-    assert refs == {f"stage:pretrain/method={m}": f"/ck/pretrain-{m}-{0.01 if m == 'pgd_at' else 0.1}-completed/checkpoint.pt"
-                    for m in ("natural", "pgd_at", "trades")}
+    assert refs == {
+        f"stage:pretrain/method={m}": f"/ck/pretrain-{m}-{0.01 if m == 'pgd_at' else 0.1}-completed/checkpoint.pt"
+        for m in ("natural", "pgd_at", "trades")
+    }
 
 
 def test_unknown_study_lists_the_valid_ones(tmp_path):
-    p = subprocess.run([sys.executable, str(ROOT / "orchestrator" / "sweep.py"), "--study", "widthh"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert p.returncode == 2 and "unknown study 'widthh'; expected one of:" in p.stderr and "sensitivity" in p.stderr
+    p = sweep("--study", "widthh", cwd=tmp_path, timeout=120, expect=2)
+    assert "unknown study 'widthh'; expected one of:" in p.stderr and "sensitivity" in p.stderr
 
 
 def test_list_prints_every_study_from_a_copy_of_the_script(tmp_path):
@@ -128,8 +151,9 @@ PROBE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("argv", [["orchestrator/sweep.py", "--help"], ["orchestrator/sweep.py", "--list"],
-                                  ["trainables.train", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["orchestrator/sweep.py", "--help"], ["orchestrator/sweep.py", "--list"], ["trainables.train", "--help"]]
+)
 def test_help_and_list_answer_without_loading_torch_or_ray(argv):
     """Help and listings import neither torch nor Ray, so they answer at once."""
     p = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120)

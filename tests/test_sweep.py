@@ -1,5 +1,6 @@
 """End to end through local Ray on CPU: the sensitivity smoke study, and ASHA. (DDP over gloo, with a
 worker killed mid-training, is in test_reliability.py.)"""
+
 import json
 import re
 import shutil
@@ -11,7 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import kill_tree, sweep
+from helpers import kill_tree, mlflow_client, sweep
+
+from trainables.evaluation.masking import CHECKS
 
 pytestmark = pytest.mark.slow  # every test here starts Ray
 
@@ -31,7 +34,10 @@ def test_smoke_sensitivity_writes_summary_and_table(smoke):
         assert t["status"] == "completed" and t["config"]["method"] == "sprout"
         for k in ("epoch_time_s", "images_per_s", "val/clean_acc", "val/robust_acc", "val/pgd20_acc"):
             assert k in t["metrics"], k
-        assert t["metrics"]["val/masking_flags"] is not None
+        # the screening ran its masking checks: the flags are registered checks' names, each with its detail
+        flags = t["metrics"]["val/masking_flags"]
+        assert isinstance(flags, list) and set(flags) <= set(CHECKS.names()), flags
+        assert [d.split(":")[0] for d in t["metrics"].get("val/masking_details", [])] == flags
         # selected on a validation split held out of digits' training split (20 %), screened there
         assert t["config"]["data"]["val_size"] == 0.2 and t["metrics"]["val/n_eval"] == 287
         assert t["selected_on"] == "validation" and isinstance(t["finalist"], bool)
@@ -43,20 +49,30 @@ def test_smoke_sensitivity_writes_summary_and_table(smoke):
             continue
         assert {"test/clean_acc", "test/robust_acc", "test/pgd20_acc", "test/autoattack_acc"} <= test
         assert t["metrics"]["test/n_eval"] == 100 and t["metrics"]["test/shards"] == 2
-        assert t["metrics"]["test/masking_flags"] is not None and len(t["ci95"]["test/robust_acc"]) == 2
+        assert len(t["ci95"]["test/robust_acc"]) == 2
         (cert,) = [f for f in t["certification"] if f.endswith("certification.json")]
-        assert json.loads(Path(cert).read_text())["robust_acc_min"] == t["metrics"]["test/robust_acc"]
+        certified = json.loads(Path(cert).read_text())
+        assert certified["robust_acc_min"] == t["metrics"]["test/robust_acc"]
+        # the test split's flags are exactly the certification's failed checks, every check having run or said why not
+        checks = certified["masking_checks"]
+        assert set(checks) == set(CHECKS.names())
+        assert t["metrics"]["test/masking_flags"] == [n for n in CHECKS.ordered() if checks[n]["ok"] is False]
     assert any(t["finalist"] for t in s["trials"])
     # the paper's defaults were enqueued as the first Optuna point, and are always a finalist
     firsts = [t["searched"] for t in s["trials"]]
-    assert {"method_args.alpha": 0.01, "method_args.mixup_a": 0.2, "method_args.delta": 0.1,
-            "method_args.lr_beta": 0.01} in firsts
+    assert {
+        "method_args.alpha": 0.01,
+        "method_args.mixup_a": 0.2,
+        "method_args.delta": 0.1,
+        "method_args.lr_beta": 0.01,
+    } in firsts
     assert all(t["finalist"] for t in s["trials"] if t["paper_default"])
     assert (out / "summary.csv").read_text().count("\n") == 4
     # Tune's trial directories are named by the trial id people see, not by Optuna's "a/b" keys
     exp = out / "ray" / "sensitivity-main"
-    assert {d.name for d in exp.iterdir() if d.is_dir() and d.name.startswith("trial_")} == \
-        {f"trial_{t['trial_id']}" for t in s["trials"]}
+    assert {d.name for d in exp.iterdir() if d.is_dir() and d.name.startswith("trial_")} == {
+        f"trial_{t['trial_id']}" for t in s["trials"]
+    }
     assert "robust%" in p.stdout and "-m mlflow ui --backend-store-uri sqlite:////" in p.stdout
     # the finished sweep leaves no live-looking Ray session behind: no sockets, no dangling links,
     # no address of its stopped Ray
@@ -66,11 +82,9 @@ def test_smoke_sensitivity_writes_summary_and_table(smoke):
 
 
 def test_smoke_sensitivity_mlflow_parent_and_children(smoke):
-    from mlflow.tracking import MlflowClient
-
     out, _ = smoke
     s = json.loads((out / "summary.json").read_text())
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    client = mlflow_client(out)
     exp = client.get_experiment_by_name("sensitivity")
     parent = client.get_run(s["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED"
@@ -103,10 +117,10 @@ def test_smoke_table_is_a_person_readable_summary(smoke):
     image counts, at most 120 characters wide."""
     out, p = smoke
     s = json.loads((out / "summary.json").read_text())
-    lines = p.stdout[p.stdout.index("trial  "):].splitlines()
-    table = lines[:lines.index(next(x for x in lines if x.startswith("wrote ")))]
+    lines = p.stdout[p.stdout.index("trial  ") :].splitlines()
+    table = lines[: lines.index(next(x for x in lines if x.startswith("wrote ")))]
     assert max(len(x) for x in table) <= 120
-    body = table[2:2 + len(s["trials"])]
+    body = table[2 : 2 + len(s["trials"])]
     ids = [row.split()[0].lstrip("^*") for row in body]
     assert sorted(ids) == sorted(t["trial_id"] for t in s["trials"])
     for t in s["trials"]:
@@ -122,7 +136,7 @@ def test_smoke_table_is_a_person_readable_summary(smoke):
     assert robust == sorted(robust, reverse=True)
     best = max(s["trials"], key=lambda t: t["metrics"]["val/robust_acc"])
     assert f"{100 * best['metrics']['val/robust_acc']:.1f}±" in body[0]  # percentages with their interval
-    footer = " ".join(" ".join(table[2 + len(s["trials"]):]).split())  # wrapped at the table's width
+    footer = " ".join(" ".join(table[2 + len(s["trials"]) :]).split())  # wrapped at the table's width
     assert "selected on validation (287 images;" in footer and "certified on test (100 images)" in footer
     assert "on the same 10 images" in footer  # clean, PGD-20, AutoAttack, worst case: AutoAttack's images
 
@@ -144,32 +158,35 @@ def test_smoke_console_follows_each_trial_through_training_screening_and_certifi
         assert any(x.startswith(f"[main] certified {t['trial_id']}: clean ") for x in lines) == t["finalist"]
     finalists = sum(t["finalist"] for t in s["trials"])
     progress = [x for x in lines if x.startswith("[main] certify: ")]
-    assert progress[-1].startswith(f"[main] certify: {2 * finalists}/{2 * finalists} shards, {100 * finalists}/"
-                                   f"{100 * finalists} test images"), progress
+    assert progress[-1].startswith(
+        f"[main] certify: {2 * finalists}/{2 * finalists} shards, {100 * finalists}/{100 * finalists} test images"
+    ), progress
     assert all("images/s" in x and ("s left" in x or "unknown yet" in x) for x in progress), progress
     both = p.stdout + p.stderr
-    for noise in ("INFO", "Trial status", "[I 20", "Configuration for experiment", "View detailed results",
-                  "maximum expected startup concurrency"):
+    for noise in (
+        "INFO",
+        "Trial status",
+        "[I 20",
+        "Configuration for experiment",
+        "View detailed results",
+        "maximum expected startup concurrency",
+    ):
         assert noise not in both, noise
 
 
 def test_smoke_search_is_model_based_and_says_so(smoke):
-    from mlflow.tracking import MlflowClient
-
     out, p = smoke
     assert "search: Optuna TPE (2 objectives, 2 random start-up trials)" in p.stdout
     s = json.loads((out / "summary.json").read_text())
-    parent = MlflowClient(f"sqlite:///{out / 'mlflow.db'}").get_run(s["mlflow_parent_run_id"])
+    parent = mlflow_client(out).get_run(s["mlflow_parent_run_id"])
     assert parent.data.params["sampler.main"].startswith("Optuna TPE")
     assert "Optuna TPE" in (out / "report.md").read_text()
 
 
 def test_smoke_mlflow_layout_compares_trials_well(smoke):
-    from mlflow.tracking import MlflowClient
-
     out, p = smoke
     s = json.loads((out / "summary.json").read_text())
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    client = mlflow_client(out)
     exp = client.get_experiment_by_name("sensitivity")
     assert exp.artifact_location == (out / "mlartifacts").resolve().as_uri()  # the output directory is self-contained
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -195,7 +212,7 @@ def test_smoke_mlflow_layout_compares_trials_well(smoke):
         assert {"val/seconds/pgd20", "val/seconds/fgsm"} <= set(r.data.metrics)
         assert Path(r.data.tags["checkpoint"]).is_file()
         arts = {a.path for a in client.list_artifacts(r.info.run_id)}
-        assert "checkpoint.pt" in arts and Path(exp.artifact_location[len("file://"):]).is_dir()
+        assert "checkpoint.pt" in arts and Path(exp.artifact_location[len("file://") :]).is_dir()
 
 
 def test_printed_mlflow_command_works_in_a_new_shell(smoke):
@@ -206,8 +223,16 @@ def test_printed_mlflow_command_works_in_a_new_shell(smoke):
     assert cmd[-4:] == ["--host", "127.0.0.1", "--port", "5000"]
     # and where the study's runs are (the UI's start page is its GenAI overview)
     after = p.stdout.splitlines()[p.stdout.splitlines().index(line) + 1]
-    assert re.fullmatch(r"  then http://127\.0\.0\.1:5000/#/experiments/\d+/runs \(the study's training runs\)", after), after
-    v = subprocess.run([cmd[0], "-m", "mlflow", "--version"], capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert re.fullmatch(
+        r"  then http://127\.0\.0\.1:5000/#/experiments/\d+/runs \(the study's training runs\)", after
+    ), after
+    v = subprocess.run(
+        [cmd[0], "-m", "mlflow", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert v.returncode == 0, v.stderr[-500:]
 
 
@@ -231,10 +256,17 @@ ASHA_STUDY = textwrap.dedent("""
 def another_ray():
     """A second Ray running on the machine while the sweep runs (a second study, a user's own)."""
     d = tempfile.mkdtemp(prefix="other-ray-")  # short: Ray's socket paths
-    code = ("import ray, sys; ray.init(address='local', num_cpus=0, include_dashboard=False, _temp_dir=sys.argv[1]); "
-            "print('up', flush=True); sys.stdin.read()")
-    p = subprocess.Popen([sys.executable, "-c", code, d], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    code = (
+        "import ray, sys; ray.init(address='local', num_cpus=0, include_dashboard=False, _temp_dir=sys.argv[1]); "
+        "print('up', flush=True); sys.stdin.read()"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code, d],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert p.stdout.readline().strip() == "up"
         yield
@@ -247,8 +279,6 @@ def test_asha_stops_trials_early_and_later_trials_still_run(tmp_path):
     """Early-stopped trials must release their worker groups (the dashboard must run, and Ray
     Train's placement-group cleaner must find this sweep's Ray although another one runs on the
     machine), or later trials and the certification wait forever: the timeout catches that hang."""
-    from mlflow.tracking import MlflowClient
-
     f = tmp_path / "asha.yaml"
     f.write_text(ASHA_STUDY)
     out = tmp_path / "out"
@@ -257,7 +287,7 @@ def test_asha_stops_trials_early_and_later_trials_still_run(tmp_path):
     trials = json.loads((out / "summary.json").read_text())["trials"]
     statuses = [t["status"] for t in trials]
     assert len(trials) == 6 and "stopped" in statuses and "completed" in statuses
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    client = mlflow_client(out)
     runs = {r.info.run_id: r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])}
     for t in trials:
         r = runs[t["mlflow_run_id"]]
