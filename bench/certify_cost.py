@@ -11,6 +11,7 @@ AutoAttack on every image, so every shard holds the same work (a protocol that r
 on its first n images only puts it in the first shards: choose ``certify.shard_size`` at most
 n / GPUs there). Repeats alternate the two settings; the medians are compared.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,16 @@ def certify(ckpt: str, config: dict, images: int, shards: int, storage: Path, ru
     from orchestrator.certify import phase
 
     overrides = {"n": images, "autoattack.n": images, "curve.n": images, "large_eps.n": images, "cw_l2.n": images}
-    settings = phase.Settings(protocol="quick", overrides=overrides, seed=0, shard_size=-(-images // shards),
-                              transfer_source=None, keep_adversarial=False, cpus=1.0, gpus=0.0)
+    settings = phase.Settings(
+        protocol="quick",
+        overrides=overrides,
+        seed=0,
+        shard_size=-(-images // shards),
+        transfer_source=None,
+        keep_adversarial=False,
+        cpus=1.0,
+        gpus=0.0,
+    )
     f = phase.Finalist("bench", f"k{shards}-{run}", config, ckpt, str(storage / f"k{shards}-{run}"))
     t0 = time.perf_counter()
     phase.plan([f], settings)
@@ -71,7 +80,13 @@ def main(argv=None) -> int:
         ckpt = checkpoint_dir(root, args.epochs)
         config = to_dict(resolve({"method": "sprout"}))
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address="local", num_cpus=args.shards, include_dashboard=False, logging_level="ERROR", _temp_dir=tempfile.mkdtemp(prefix="cb"))
+        ray.init(
+            address="local",
+            num_cpus=args.shards,
+            include_dashboard=False,
+            logging_level="ERROR",
+            _temp_dir=tempfile.mkdtemp(prefix="cb"),
+        )
         try:
             certify(ckpt, config, 4, args.shards, root, -1)  # start the task processes once (torch imported)
             times = {1: [], args.shards: []}
@@ -86,11 +101,20 @@ def main(argv=None) -> int:
     keys = ("test/clean_acc", "test/fgsm_acc", "test/cw_l2_acc", "test/inv_rotation_acc")
     same = all(json.dumps(results[1][k]) == json.dumps(results[args.shards][k]) for k in keys)
     aa = (results[1]["test/autoattack_acc"], results[args.shards]["test/autoattack_acc"])
-    out = {"images": args.images, "shards": args.shards, "protocol": "quick, AutoAttack on every image",
-           "seconds_1_shard": times[1], f"seconds_{args.shards}_shards": times[args.shards],
-           "speedup": one / many, "deterministic_numbers_equal": same, "autoattack_acc_1_vs_k": aa}
-    print(f"certification of one model, {args.images} images: 1 shard {one:.1f} s, {args.shards} shards {many:.1f} s "
-          f"(median of {args.repeats}); speed-up {one / many:.2f}x on {args.shards} CPUs")
+    out = {
+        "images": args.images,
+        "shards": args.shards,
+        "protocol": "quick, AutoAttack on every image",
+        "seconds_1_shard": times[1],
+        f"seconds_{args.shards}_shards": times[args.shards],
+        "speedup": one / many,
+        "deterministic_numbers_equal": same,
+        "autoattack_acc_1_vs_k": aa,
+    }
+    print(
+        f"certification of one model, {args.images} images: 1 shard {one:.1f} s, {args.shards} shards {many:.1f} s "
+        f"(median of {args.repeats}); speed-up {one / many:.2f}x on {args.shards} CPUs"
+    )
     print(f"deterministic attacks equal across the cut: {same}; AutoAttack {aa[0]:.3f} (1 shard) vs {aa[1]:.3f}")
     p = save(out, args.json, "certify_cost-cpu")
     if p:

@@ -14,6 +14,7 @@ Width scales the cost by (width / 10)^2 (a WRN's FLOPs); narrow networks use a G
 so their figures are lower bounds. Evaluation counts every PGD step and restart of the
 study's protocol on its images, and AutoAttack on its images and curve points.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,9 @@ def trials(study_name: str) -> list[tuple[dict, object]]:
     """(resolved training config as a dict, the stage's protocol) for every trial of a study
     (grid studies expanded; Optuna studies as num_samples copies of their base)."""
     from orchestrator.study.load import load_raw, parse, plan
-    from trainables.schema import deep_merge, set_nested, to_dict
-    from trainables.evaluation import get_protocol
     from trainables.config import resolve
+    from trainables.evaluation import get_protocol
+    from trainables.schema import deep_merge, set_nested, to_dict
 
     raw, source = load_raw(name=study_name)
     p = plan(parse(raw, source), source)
@@ -84,8 +85,12 @@ def eval_passes(proto, aa_per_image: float) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", default="width")
-    ap.add_argument("--natural-epoch-s", type=float, default=None,
-                    help=f"seconds of a natural WRN-34-10 CIFAR-10 epoch on the GPU (default {ASSUMED_NATURAL_EPOCH_S}, assumed)")
+    ap.add_argument(
+        "--natural-epoch-s",
+        type=float,
+        default=None,
+        help=f"seconds of a natural WRN-34-10 CIFAR-10 epoch on the GPU (default {ASSUMED_NATURAL_EPOCH_S}, assumed)",
+    )
     ap.add_argument("--acceptance", default=None, help="a bench/gpu_acceptance.py JSON: its natural images/s")
     ap.add_argument("--step-cost", default=str(RESULTS / "step_cost-small_cnn-cpu.json"))
     ap.add_argument("--eval-cost", default=str(RESULTS / "eval_cost-cpu.json"))
@@ -109,14 +114,18 @@ def main(argv=None) -> int:
         eval_s = eval_passes(proto, aa) * pass_s * scale
         rows.append((cfg["method"], width, cfg["epochs"], train_s / 3600, eval_s / 3600))
         total += train_s + eval_s
-    print(f"study {args.study}: {len(rows)} trial(s); natural WRN-34-10 epoch {epoch_s:.0f} s ({basis}); "
-          f"step ratios from {Path(args.step_cost).name}; AutoAttack {aa:.0f} passes/image from {Path(args.eval_cost).name}")
+    print(
+        f"study {args.study}: {len(rows)} trial(s); natural WRN-34-10 epoch {epoch_s:.0f} s ({basis}); "
+        f"step ratios from {Path(args.step_cost).name}; AutoAttack {aa:.0f} passes/image from {Path(args.eval_cost).name}"
+    )
     print(f"{'method':<20}{'width':>6}{'epochs':>7}{'train GPU-h':>13}{'eval GPU-h':>12}")
     for m, w, e, t, v in rows:
         print(f"{m:<20}{w:>6g}{e:>7}{t:>13.1f}{v:>12.1f}")
     hours = total / 3600
-    print(f"total {hours:.0f} GPU-hours, about ${hours * args.price_per_gpu_hour:,.0f} at ${args.price_per_gpu_hour}/GPU-hour "
-          f"(estimate; narrow widths are lower bounds)")
+    print(
+        f"total {hours:.0f} GPU-hours, about ${hours * args.price_per_gpu_hour:,.0f} at ${args.price_per_gpu_hour}/GPU-hour "
+        f"(estimate; narrow widths are lower bounds)"
+    )
     return 0
 
 

@@ -12,6 +12,7 @@ is protocol X with --smoke-test's budgets (the width smoke study runs ``standard
 PGD-k should cost about k input-gradient passes; the early-exit column is the time of PGD that
 attacks every image to the end divided by the time of the evaluation's PGD (same result).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,8 @@ from trainables.attacks import bn_mode, input_grad, pgd_linf, pgd_linf_best, pgd
 
 def trained_model(device, method: str = "natural", epochs: int = 5):
     """A digits model and its training seconds (the loop's own epoch times, monitor off)."""
-    from trainables.loop import build, fit
     from trainables.config import resolve
+    from trainables.loop import build, fit
 
     comp = build(resolve({"method": method, "epochs": epochs, "monitor": {"every": 0}}), device=device)
     fit(comp)
@@ -38,8 +39,7 @@ def trained_model(device, method: str = "natural", epochs: int = 5):
 
 def protocol_costs(names: list[str], methods: list[str], epochs: int, device) -> list[dict]:
     """Each protocol on each model: evaluation seconds, per attack, and the ratio to training."""
-    from trainables.evaluation import evaluate
-    from trainables.evaluation import get_protocol, smoke_overrides
+    from trainables.evaluation import evaluate, get_protocol, smoke_overrides
 
     rows = []
     print(f"\nprotocols on digits models trained {epochs} epochs ({torch.get_num_threads()} thread(s)):")
@@ -54,11 +54,22 @@ def protocol_costs(names: list[str], methods: list[str], epochs: int, device) ->
             r = evaluate(net, bundle, p, seed=0, device=device)
             secs = r["attack_seconds"]
             top = sorted(secs.items(), key=lambda kv: -kv[1])[:4]
-            rows.append({"model": method, "protocol": name, "train_s": round(train_s, 2), "eval_s": round(r["eval_time_s"], 2),
-                         "ratio": round(r["eval_time_s"] / train_s, 2), "attack_seconds": secs,
-                         "robust_acc_min": r.get("robust_acc_min"), "autoattack_acc": r.get("autoattack_acc")})
-            print(f"{method:<10}{name:<17}{train_s:>9.1f}{r['eval_time_s']:>9.1f}{r['eval_time_s'] / train_s:>11.1f}x  "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in top))
+            rows.append(
+                {
+                    "model": method,
+                    "protocol": name,
+                    "train_s": round(train_s, 2),
+                    "eval_s": round(r["eval_time_s"], 2),
+                    "ratio": round(r["eval_time_s"] / train_s, 2),
+                    "attack_seconds": secs,
+                    "robust_acc_min": r.get("robust_acc_min"),
+                    "autoattack_acc": r.get("autoattack_acc"),
+                }
+            )
+            print(
+                f"{method:<10}{name:<17}{train_s:>9.1f}{r['eval_time_s']:>9.1f}{r['eval_time_s'] / train_s:>11.1f}x  "
+                + ", ".join(f"{k} {v:.1f}" for k, v in top)
+            )
     return rows
 
 
@@ -73,7 +84,11 @@ def early_exit(methods: list[str], epochs: int, n: int, device) -> dict:
         kw = dict(eps=0.1, steps=100, step_size=0.025, restarts=3)
         t_end = timed(lambda: pgd_linf_to_the_end(net, x, y, generator=torch.Generator().manual_seed(0), **kw), device)
         t_fast = timed(lambda: pgd_linf_best(net, x, y, generator=torch.Generator().manual_seed(0), **kw), device)
-        out[method] = {"to_the_end_s": round(t_end, 2), "early_exit_s": round(t_fast, 2), "speedup": round(t_end / t_fast, 2)}
+        out[method] = {
+            "to_the_end_s": round(t_end, 2),
+            "early_exit_s": round(t_fast, 2),
+            "speedup": round(t_end / t_fast, 2),
+        }
         print(f"  {method:<10}{t_end:>8.1f}s / {t_fast:>6.1f}s = {t_end / t_fast:.2f}x")
     return out
 
@@ -103,13 +118,22 @@ def main(argv=None) -> int:
             input_grad(net, x, y)
 
     fb_s = median([timed(fb, device) for _ in range(args.repeats)])
-    out = {"device": device_name(device), "model": "small_cnn (digits)", "n": args.n,
-           "forward_backward_ms": round(1000 * fb_s, 3), "pgd": {}}
+    out = {
+        "device": device_name(device),
+        "model": "small_cnn (digits)",
+        "n": args.n,
+        "forward_backward_ms": round(1000 * fb_s, 3),
+        "pgd": {},
+    }
     print(f"small_cnn on digits, {args.n} images on {out['device']}; one input-gradient pass: {1000 * fb_s:.2f} ms")
     print(f"{'attack':<12}{'images/s':>10}{'x k passes':>12}")
     for k in (int(s) for s in args.steps.split(",")):
-        t = median([timed(lambda: pgd_linf(net, x, y, eps=eps, steps=k, step_size=eps / 4), device)
-                    for _ in range(args.repeats)])
+        t = median(
+            [
+                timed(lambda: pgd_linf(net, x, y, eps=eps, steps=k, step_size=eps / 4), device)
+                for _ in range(args.repeats)
+            ]
+        )
         ratio = t / (k * fb_s)
         out["pgd"][f"pgd{k}"] = {"images_per_s": round(args.n / t, 1), "ratio_to_k_passes": round(ratio, 3)}
         print(f"{'PGD-' + str(k):<12}{args.n / t:>10.1f}{ratio:>11.2f}x")
@@ -117,8 +141,14 @@ def main(argv=None) -> int:
 
     m = min(args.autoattack_n, len(y))
     t = timed(lambda: autoattack(net, x[:m].cpu(), y[:m].cpu(), eps=eps, seed=0, device=device, batch_size=256), device)
-    out["autoattack"] = {"images_per_s": round(m / t, 2), "n": m, "equivalent_passes_per_image": round(t / (fb_s / args.n) / m, 1)}
-    print(f"{'AutoAttack':<12}{m / t:>10.2f}   (~{out['autoattack']['equivalent_passes_per_image']:.0f} input-gradient passes per image)")
+    out["autoattack"] = {
+        "images_per_s": round(m / t, 2),
+        "n": m,
+        "equivalent_passes_per_image": round(t / (fb_s / args.n) / m, 1),
+    }
+    print(
+        f"{'AutoAttack':<12}{m / t:>10.2f}   (~{out['autoattack']['equivalent_passes_per_image']:.0f} input-gradient passes per image)"
+    )
     methods = [m for m in args.methods.split(",") if m]
     out["early_exit"] = early_exit(methods, args.epochs, args.n, device)
     if args.protocols:

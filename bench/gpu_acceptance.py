@@ -18,6 +18,7 @@ Sections (all by default):
 - ``ddp``: with two or more GPUs, images/s of 2 DDP workers (NCCL) against 1.
 Peak GPU memory is recorded for every configuration.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +78,17 @@ def make_method(name: str, tiny: bool, device: torch.device, *, amp: bool, compi
     from bench.step_cost import make_method as build
 
     model, margs = model_spec(tiny)
-    return build(name, model, margs, (3, 32, 32), 10, device, torch.bfloat16 if amp else None,
-                 channels_last=device.type == "cuda", compile_=compile_)
+    return build(
+        name,
+        model,
+        margs,
+        (3, 32, 32),
+        10,
+        device,
+        torch.bfloat16 if amp else None,
+        channels_last=device.type == "cuda",
+        compile_=compile_,
+    )
 
 
 def section_step(args, device) -> dict[str, Any]:
@@ -87,7 +97,7 @@ def section_step(args, device) -> dict[str, Any]:
     y = torch.randint(0, 10, (args.batch_size,), generator=g).to(device)
     names = args.methods.split(",")
     out: dict[str, Any] = {}
-    for compile_ in ([False] if args.no_compile else [False, True]):
+    for compile_ in [False] if args.no_compile else [False, True]:
         for amp in (False, True):
             key = f"{'bf16' if amp else 'fp32'}{'+compile' if compile_ else ''}"
             methods, peaks = {}, {}
@@ -106,32 +116,53 @@ def section_step(args, device) -> dict[str, Any]:
             rows = {}
             for n in names:
                 s = median(times[n])
-                rows[n] = {"ms_per_step": round(1000 * s, 3), "images_per_s": round(args.batch_size / s, 1),
-                           "ratio_to_natural": round(s / base, 3) if base else None, "peak_gib": peaks[n]}
+                rows[n] = {
+                    "ms_per_step": round(1000 * s, 3),
+                    "images_per_s": round(args.batch_size / s, 1),
+                    "ratio_to_natural": round(s / base, 3) if base else None,
+                    "peak_gib": peaks[n],
+                }
             out[key] = rows
             del methods
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            print(f"[step] {key}: " + "  ".join(f"{n} {r['ms_per_step']:.1f} ms ({r['ratio_to_natural'] or 0:.2f}x)"
-                                                for n, r in rows.items()), flush=True)
+            print(
+                f"[step] {key}: "
+                + "  ".join(
+                    f"{n} {r['ms_per_step']:.1f} ms ({r['ratio_to_natural'] or 0:.2f}x)" for n, r in rows.items()
+                ),
+                flush=True,
+            )
     return out
 
 
 def _train_one(method: str, args, device, bundle, *, amp: bool, compile_: bool):
-    from trainables.loop import build, fit
     from trainables.config import resolve
+    from trainables.loop import build, fit
 
     model, margs = model_spec(args.tiny)
-    cfg = resolve({"method": method, "dataset": "cifar10", "model": model, "model_args": margs,
-                   "epochs": args.train_epochs, "batch_size": args.batch_size, "monitor": {"every": 0},
-                   "fast": {"amp": "bf16" if amp else "off", "channels_last": "auto", "compile": compile_}})
+    cfg = resolve(
+        {
+            "method": method,
+            "dataset": "cifar10",
+            "model": model,
+            "model_args": margs,
+            "epochs": args.train_epochs,
+            "batch_size": args.batch_size,
+            "monitor": {"every": 0},
+            "fast": {"amp": "bf16" if amp else "off", "channels_last": "auto", "compile": compile_},
+        }
+    )
     peak_reset(device)
     comp = build(cfg, device=device, bundle=bundle)
     hist = fit(comp)
     steady = hist[1:] or hist  # the first epoch carries allocation and compilation
-    return comp, {"images_per_s": round(median([h["images_per_s"] for h in steady]), 1),
-                  "epoch_time_s": round(median([h["epoch_time_s"] for h in steady]), 3),
-                  "final_loss": round(float(hist[-1]["loss"]), 4), "peak_gib": peak_gib(device)}
+    return comp, {
+        "images_per_s": round(median([h["images_per_s"] for h in steady]), 1),
+        "epoch_time_s": round(median([h["epoch_time_s"] for h in steady]), 3),
+        "final_loss": round(float(hist[-1]["loss"]), 4),
+        "peak_gib": peak_gib(device),
+    }
 
 
 def section_train(args, device, bundle) -> tuple[dict[str, Any], Any]:
@@ -144,8 +175,11 @@ def section_train(args, device, bundle) -> tuple[dict[str, Any], Any]:
         out[method] = r
         if method == "natural":
             natural = comp
-        print(f"[train] {method}: {r['images_per_s']:.0f} images/s (goal {GOAL_IMAGES_PER_S}); 200 CIFAR-10 epochs "
-              f"in {r['minutes_for_200_epochs_of_cifar10']} min; peak {r['peak_gib']} GiB", flush=True)
+        print(
+            f"[train] {method}: {r['images_per_s']:.0f} images/s (goal {GOAL_IMAGES_PER_S}); 200 CIFAR-10 epochs "
+            f"in {r['minutes_for_200_epochs_of_cifar10']} min; peak {r['peak_gib']} GiB",
+            flush=True,
+        )
     return out, natural
 
 
@@ -166,10 +200,16 @@ def section_eval(args, device, comp) -> dict[str, Any]:
     xa, ya = x[: args.autoattack_n], y[: args.autoattack_n]
     peak_reset(device)
     t_aa = timed(lambda: autoattack(net, xa, ya, eps=eps, seed=0, device=device, batch_size=args.eval_batch), device)
-    out = {"clean_acc": round(clean, 4), "pgd20": {"images": len(x), "images_per_s": round(len(x) / t_pgd, 1), "peak_gib": pgd_peak},
-           "autoattack": {"images": len(xa), "images_per_s": round(len(xa) / t_aa, 2), "peak_gib": peak_gib(device)}}
-    print(f"[eval] clean {clean:.3f}; PGD-20 {out['pgd20']['images_per_s']:.0f} images/s; "
-          f"AutoAttack {out['autoattack']['images_per_s']:.2f} images/s", flush=True)
+    out = {
+        "clean_acc": round(clean, 4),
+        "pgd20": {"images": len(x), "images_per_s": round(len(x) / t_pgd, 1), "peak_gib": pgd_peak},
+        "autoattack": {"images": len(xa), "images_per_s": round(len(xa) / t_aa, 2), "peak_gib": peak_gib(device)},
+    }
+    print(
+        f"[eval] clean {clean:.3f}; PGD-20 {out['pgd20']['images_per_s']:.0f} images/s; "
+        f"AutoAttack {out['autoattack']['images_per_s']:.2f} images/s",
+        flush=True,
+    )
     return out
 
 
@@ -202,8 +242,11 @@ def section_ddp(args, bundle) -> dict[str, Any]:
         # rank 0's images/s is its own shard's rate: the group's rate is world times that
         out[f"{world}_workers_images_per_s"] = round(r["images_per_s"] * world, 1)
     out["speedup_2_over_1"] = round(out["2_workers_images_per_s"] / out["1_workers_images_per_s"], 3)
-    print(f"[ddp] 1 worker {out['1_workers_images_per_s']:.0f}, 2 workers {out['2_workers_images_per_s']:.0f} "
-          f"images/s ({out['speedup_2_over_1']:.2f}x)", flush=True)
+    print(
+        f"[ddp] 1 worker {out['1_workers_images_per_s']:.0f}, 2 workers {out['2_workers_images_per_s']:.0f} "
+        f"images/s ({out['speedup_2_over_1']:.2f}x)",
+        flush=True,
+    )
     return out
 
 
@@ -242,17 +285,27 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="default: bench/results/gpu_acceptance-<gpu>.json")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available() and not args.allow_cpu:
-        print("error: no CUDA device: this benchmark measures a GPU (use --tiny --allow-cpu to check the code path)",
-              file=sys.stderr)
+        print(
+            "error: no CUDA device: this benchmark measures a GPU (use --tiny --allow-cpu to check the code path)",
+            file=sys.stderr,
+        )
         return 2
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.tiny:
-        args.train_images, args.eval_n, args.autoattack_n = min(args.train_images, 512), min(args.eval_n, 64), min(args.autoattack_n, 8)
+        args.train_images, args.eval_n, args.autoattack_n = (
+            min(args.train_images, 512),
+            min(args.eval_n, 64),
+            min(args.autoattack_n, 8),
+        )
         args.batch_size, args.eval_batch = min(args.batch_size, 32), min(args.eval_batch, 64)
     sections = set(args.sections.split(","))
     bundle = learnable_cifar(args.train_images, max(args.eval_n, args.autoattack_n))
-    result: dict[str, Any] = {"device": device_name(device), "model": dict(zip(("name", "args"), model_spec(args.tiny))),
-                              "batch_size": args.batch_size, "tiny": args.tiny}
+    result: dict[str, Any] = {
+        "device": device_name(device),
+        "model": dict(zip(("name", "args"), model_spec(args.tiny))),
+        "batch_size": args.batch_size,
+        "tiny": args.tiny,
+    }
     if "step" in sections:
         result["step"] = section_step(args, device)
     natural = None

@@ -8,6 +8,7 @@ epoch) over the plain loop (which also saves a checkpoint every epoch), after st
 first epoch and the last (final evaluation) are left out; (2) ray.init and per-trial start-up
 seconds; (3) images/s with 1 and 2 DDP workers on CPU (gloo).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,13 +32,14 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 def plain(cfg_raw: dict, threads: int) -> list[float]:
     """Per-epoch wall times of the plain loop, checkpointing every epoch like the Ray worker."""
     from trainables.checkpoint import save_checkpoint
-    from trainables.loop import build, fit
     from trainables.config import resolve
+    from trainables.loop import build, fit
 
     torch.set_num_threads(threads)
     comp = build(resolve(cfg_raw))
     stamps = [time.perf_counter()]
     with tempfile.TemporaryDirectory() as d:
+
         def on_end(metrics, make_state):
             save_checkpoint(make_state(), Path(d) / "checkpoint.pt")
             stamps.append(time.perf_counter())
@@ -57,8 +59,12 @@ def through_ray(cfg_raw: dict, workers: int, storage: str, name: str) -> dict:
     class Stamp(ray.train.UserCallback):
         def after_report(self, run_context, metrics, checkpoint):
             with open(log, "a") as f:
-                f.write(json.dumps({"t": time.time(), **{k: v for k, v in metrics[0].items()
-                                                        if isinstance(v, (int, float))}}) + "\n")
+                f.write(
+                    json.dumps(
+                        {"t": time.time(), **{k: v for k, v in metrics[0].items() if isinstance(v, (int, float))}}
+                    )
+                    + "\n"
+                )
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -70,8 +76,12 @@ def through_ray(cfg_raw: dict, workers: int, storage: str, name: str) -> dict:
     trainer.fit()
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     stamps = [r["t"] for r in rows]
-    return {"per_epoch": [b - a for a, b in zip(stamps, stamps[1:])], "first_report_s": stamps[0] - t0,
-            "first_epoch_s": rows[0]["epoch_time_s"], "images_per_s": [r["images_per_s"] for r in rows]}
+    return {
+        "per_epoch": [b - a for a, b in zip(stamps, stamps[1:])],
+        "first_report_s": stamps[0] - t0,
+        "first_epoch_s": rows[0]["epoch_time_s"],
+        "images_per_s": [r["images_per_s"] for r in rows],
+    }
 
 
 def main(argv=None) -> int:
@@ -98,8 +108,12 @@ def main(argv=None) -> int:
     p_steady = median(plain_epochs[1:])
     r_steady = median(one["per_epoch"][:-1])
     out = {
-        "device": "cpu", "method": args.method, "dataset": "digits", "epochs": args.epochs,
-        "plain_epoch_s": round(p_steady, 4), "ray_epoch_s": round(r_steady, 4),
+        "device": "cpu",
+        "method": args.method,
+        "dataset": "digits",
+        "epochs": args.epochs,
+        "plain_epoch_s": round(p_steady, 4),
+        "ray_epoch_s": round(r_steady, 4),
         "ray_over_plain_epoch_ratio": round(r_steady / p_steady, 3),
         "ray_init_s": round(ray_init_s, 2),
         "trial_startup_s": round(one["first_report_s"] - one["first_epoch_s"], 2),
@@ -113,7 +127,9 @@ def main(argv=None) -> int:
     print(f"  ray.init                          {ray_init_s:.1f} s")
     print(f"  per-trial start-up                {out['trial_startup_s']:.1f} s (worker group, process group, data)")
     print(f"  images/s, 1 DDP worker            {out['images_per_s_1_worker']:.0f}")
-    print(f"  images/s, 2 DDP workers (gloo)    {out['images_per_s_2_workers']:.0f}   ({out['ddp_2_over_1_throughput']:.2f}x)")
+    print(
+        f"  images/s, 2 DDP workers (gloo)    {out['images_per_s_2_workers']:.0f}   ({out['ddp_2_over_1_throughput']:.2f}x)"
+    )
     p = save(out, args.json, "orchestration-cpu")
     if p:
         print(f"wrote {p}")

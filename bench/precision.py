@@ -11,6 +11,7 @@ fp32 on the GPU by default (its ``bf16_default``). Attacks always run in fp32; o
 forwards change. Digits figures are noisy (360 test images, one seed): a difference of a point
 or two is within run-to-run noise, which the output states.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,16 @@ TOLERANCE = 2.0  # points of robust accuracy bf16 may cost before a method train
 
 def run_one(method: str, amp: str, args, device) -> dict:
     from trainables.config import resolve
-    from trainables.evaluation import evaluate
+    from trainables.evaluation import evaluate, get_protocol
     from trainables.loop import build, fit
-    from trainables.evaluation import get_protocol
 
-    raw = {"method": method, "dataset": args.dataset, "seed": args.seed, "monitor": {"every": 0},
-           "fast": {"amp": amp, "channels_last": "off"}}
+    raw = {
+        "method": method,
+        "dataset": args.dataset,
+        "seed": args.seed,
+        "monitor": {"every": 0},
+        "fast": {"amp": amp, "channels_last": "off"},
+    }
     for key in ("epochs", "model"):
         if getattr(args, key):
             raw[key] = getattr(args, key)
@@ -48,8 +53,13 @@ def run_one(method: str, amp: str, args, device) -> dict:
     train_s = time.perf_counter() - t0
     p = get_protocol("basic", {"n": args.n, "autoattack": {"n": args.n}, "checks": False})
     r = evaluate(comp.net, comp.bundle, p, eps=cfg.eps, seed=args.seed, device=device)
-    return {"clean": 100 * r["clean_acc"], "pgd20": 100 * r["pgd20_acc"], "autoattack": 100 * r["autoattack_acc"],
-            "robust": 100 * r["robust_acc_min"], "train_s": round(train_s, 1)}
+    return {
+        "clean": 100 * r["clean_acc"],
+        "pgd20": 100 * r["pgd20_acc"],
+        "autoattack": 100 * r["autoattack_acc"],
+        "robust": 100 * r["robust_acc_min"],
+        "train_s": round(train_s, 1),
+    }
 
 
 def main(argv=None) -> int:
@@ -72,8 +82,11 @@ def main(argv=None) -> int:
         rows[method] = {}
         for amp, label in (("off", "fp32"), ("bf16", "bf16")):
             r = rows[method][label] = run_one(method, amp, args, device)
-            print(f"{method:<12}{label:>10}{r['clean']:>8.2f}{r['pgd20']:>8.2f}{r['autoattack']:>8.2f}"
-                  f"{r['robust']:>8.2f}{r['train_s']:>9.1f}", flush=True)
+            print(
+                f"{method:<12}{label:>10}{r['clean']:>8.2f}{r['pgd20']:>8.2f}{r['autoattack']:>8.2f}"
+                f"{r['robust']:>8.2f}{r['train_s']:>9.1f}",
+                flush=True,
+            )
         d = {k: round(rows[method]["bf16"][k] - rows[method]["fp32"][k], 2) for k in ("clean", "robust")}
         rows[method]["bf16_minus_fp32"] = d
         rows[method]["keep_fp32"] = d["robust"] < -args.tolerance
@@ -81,10 +94,19 @@ def main(argv=None) -> int:
     print(f"\nbf16 - fp32 (points; one test image = {one_image:.2f}):")
     for method, r in rows.items():
         d = r["bf16_minus_fp32"]
-        print(f"  {method:<12} clean {d['clean']:+.2f}  robust {d['robust']:+.2f}"
-              f"  -> {'fp32 by default on the GPU' if r['keep_fp32'] else 'bf16 is fine'}")
-    out = {"device": device_name(device), "dataset": args.dataset, "epochs": args.epochs, "n": args.n,
-           "seed": args.seed, "tolerance_points": args.tolerance, "methods": rows}
+        print(
+            f"  {method:<12} clean {d['clean']:+.2f}  robust {d['robust']:+.2f}"
+            f"  -> {'fp32 by default on the GPU' if r['keep_fp32'] else 'bf16 is fine'}"
+        )
+    out = {
+        "device": device_name(device),
+        "dataset": args.dataset,
+        "epochs": args.epochs,
+        "n": args.n,
+        "seed": args.seed,
+        "tolerance_points": args.tolerance,
+        "methods": rows,
+    }
     p = save(out, args.json, f"precision-{device.type}")
     if p:
         print(f"wrote {p}")

@@ -10,6 +10,7 @@ every ratio is to natural training measured in the same run. The SPROUT line is 
 variant (one backward pass); ``sprout_reference`` is the released code's step (3 theta steps
 and a separate beta pass).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,12 +28,30 @@ from trainables.methods.sprout import SproutConfig  # noqa: E402
 from trainables.models import create_model  # noqa: E402
 
 # forward-backward passes per step, for the "at or below (k+1)" check
-FB_COUNT = {"natural": 1, "sprout": 1, "sprout_reference": 4, "pgd_at": 11, "trades": 12, "free_at": 8,
-            "fast_at": 2, "backward_smoothing": 4}
+FB_COUNT = {
+    "natural": 1,
+    "sprout": 1,
+    "sprout_reference": 4,
+    "pgd_at": 11,
+    "trades": 12,
+    "free_at": 8,
+    "fast_at": 2,
+    "backward_smoothing": 4,
+}
 
 
-def make_method(name: str, model: str, margs: dict, shape, classes: int, device, amp, *,
-                channels_last: bool | None = None, compile_: bool = False):
+def make_method(
+    name: str,
+    model: str,
+    margs: dict,
+    shape,
+    classes: int,
+    device,
+    amp,
+    *,
+    channels_last: bool | None = None,
+    compile_: bool = False,
+):
     """A method ready to step on a fresh model. channels_last: default on CUDA with amp;
     compile_: torch.compile the trained model (attacks keep the plain one, as in the loop)."""
     torch.manual_seed(0)
@@ -47,8 +66,15 @@ def make_method(name: str, model: str, margs: dict, shape, classes: int, device,
     cfg = SproutConfig(variant="reference").resolved() if name == "sprout_reference" else cls.Config()
     if hasattr(cfg, "resolved"):
         cfg = cfg.resolved()
-    m = cls(torch.compile(net) if compile_ else net, opt, cfg, num_classes=classes, eps=8 / 255, device=device,
-            amp_dtype=amp)
+    m = cls(
+        torch.compile(net) if compile_ else net,
+        opt,
+        cfg,
+        num_classes=classes,
+        eps=8 / 255,
+        device=device,
+        amp_dtype=amp,
+    )
     m.net = net
     return m
 
@@ -60,7 +86,9 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", default="3,32,32")
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--methods", default="natural,sprout,sprout_reference,pgd_at,trades,free_at,fast_at,backward_smoothing")
+    ap.add_argument(
+        "--methods", default="natural,sprout,sprout_reference,pgd_at,trades,free_at,fast_at,backward_smoothing"
+    )
     ap.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
     ap.add_argument("--steps", type=int, default=5, help="steps timed per round")
     ap.add_argument("--warmup", type=int, default=2)
@@ -88,17 +116,30 @@ def main(argv=None) -> int:
         for n, m in methods.items():
             times[n].append(timed(lambda: [m.train_step(x, y) for _ in range(args.steps)], device) / args.steps)
     base = median(times["natural"]) if "natural" in times else None
-    out = {"device": device_name(device), "model": args.model, "model_args": margs, "batch_size": args.batch_size,
-           "input_shape": list(shape), "amp": args.amp, "repeats": args.repeats, "steps_per_repeat": args.steps,
-           "methods": {}}
-    print(f"{args.model} {margs or ''} batch {args.batch_size} x {shape} on {out['device']}  "
-          f"(median of {args.repeats} interleaved rounds of {args.steps} steps)")
+    out = {
+        "device": device_name(device),
+        "model": args.model,
+        "model_args": margs,
+        "batch_size": args.batch_size,
+        "input_shape": list(shape),
+        "amp": args.amp,
+        "repeats": args.repeats,
+        "steps_per_repeat": args.steps,
+        "methods": {},
+    }
+    print(
+        f"{args.model} {margs or ''} batch {args.batch_size} x {shape} on {out['device']}  "
+        f"(median of {args.repeats} interleaved rounds of {args.steps} steps)"
+    )
     print(f"{'method':<20}{'ms/step':>10}{'x natural':>11}{'fwd-bwd':>9}")
     for n in names:
         ms = 1000 * median(times[n])
         ratio = median(times[n]) / base if base else None
-        out["methods"][n] = {"ms_per_step": round(ms, 3), "ratio_to_natural": round(ratio, 3) if ratio else None,
-                             "forward_backward_passes": FB_COUNT.get(n)}
+        out["methods"][n] = {
+            "ms_per_step": round(ms, 3),
+            "ratio_to_natural": round(ratio, 3) if ratio else None,
+            "forward_backward_passes": FB_COUNT.get(n),
+        }
         print(f"{n:<20}{ms:>10.2f}{ratio:>10.2f}x{FB_COUNT.get(n, '-'):>9}")
     p = save(out, args.json, f"step_cost-{args.model}-{device.type}")
     if p:

@@ -23,6 +23,7 @@ PATH (the head's setup command), copies it to ~/sprout-orchestrator and keeps ML
 ~/mlflow, as it would on a real head node. Not part of CI (it takes minutes and installs
 packages); run it after changing anything under cluster/ and put its line in the README.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,9 @@ def run(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
 
 
 def install_missing() -> None:
-    missing = [pkg for tool, pkg in PACKAGES.items() if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
+    missing = [
+        pkg for tool, pkg in PACKAGES.items() if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()
+    ]
     if missing:
         run(["apt-get", "update", "-q"], 600)
         run(["apt-get", "install", "-y", "-q", *missing], 900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
@@ -78,13 +81,28 @@ def start_sshd(d: Path) -> tuple[subprocess.Popen, Path, int]:
     (d / "authorized_keys").chmod(0o600)
     port = free_port()
     config = d / "sshd_config"
-    config.write_text("\n".join([
-        f"ListenAddress 127.0.0.1:{port}", f"HostKey {host}", f"AuthorizedKeysFile {d / 'authorized_keys'}",
-        "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password",
-        "StrictModes no", "UsePAM no", f"PidFile {d / 'sshd.pid'}", "Subsystem sftp internal-sftp", ""]))
+    config.write_text(
+        "\n".join(
+            [
+                f"ListenAddress 127.0.0.1:{port}",
+                f"HostKey {host}",
+                f"AuthorizedKeysFile {d / 'authorized_keys'}",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PermitRootLogin prohibit-password",
+                "StrictModes no",
+                "UsePAM no",
+                f"PidFile {d / 'sshd.pid'}",
+                "Subsystem sftp internal-sftp",
+                "",
+            ]
+        )
+    )
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=open(d / "sshd.log", "w"))
+    proc = subprocess.Popen(
+        [sshd, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=open(d / "sshd.log", "w")
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -102,11 +120,16 @@ def loopback_config(d: Path, key: Path, port: int) -> Path:
     cfg = yaml.safe_load((ROOT / "cluster" / "local.yaml").read_text())
     cfg["cluster_name"] = "sprout-loopback"
     cfg["provider"].update({"head_ip": "127.0.0.1", "worker_ips": []})
-    cfg["auth"] = {"ssh_user": getpass.getuser(), "ssh_private_key": str(key),
-                   "ssh_proxy_command": f"nc 127.0.0.1 {port}"}
+    cfg["auth"] = {
+        "ssh_user": getpass.getuser(),
+        "ssh_private_key": str(key),
+        "ssh_proxy_command": f"nc 127.0.0.1 {port}",
+    }
     cfg["min_workers"] = cfg["max_workers"] = 0
     cpus = os.cpu_count() or 2
-    cfg["head_start_ray_commands"] = [c.replace("--num-cpus=0", f"--num-cpus={cpus}") for c in cfg["head_start_ray_commands"]]
+    cfg["head_start_ray_commands"] = [
+        c.replace("--num-cpus=0", f"--num-cpus={cpus}") for c in cfg["head_start_ray_commands"]
+    ]
     path = d / "loopback.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -133,12 +156,16 @@ def check_results() -> str:
     trials = summary["trials"]
     assert trials and all(t["status"] == "completed" for t in trials), [t["status"] for t in trials]
     assert summary["tracking_uri"] == "http://127.0.0.1:5000", summary["tracking_uri"]
-    with urllib.request.urlopen("http://127.0.0.1:5000/api/2.0/mlflow/experiments/get-by-name?experiment_name=sensitivity",
-                                timeout=10) as r:
+    with urllib.request.urlopen(
+        "http://127.0.0.1:5000/api/2.0/mlflow/experiments/get-by-name?experiment_name=sensitivity", timeout=10
+    ) as r:
         exp = json.loads(r.read())["experiment"]["experiment_id"]
-    req = urllib.request.Request("http://127.0.0.1:5000/api/2.0/mlflow/runs/search", method="POST",
-                                 data=json.dumps({"experiment_ids": [exp], "max_results": 200}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        "http://127.0.0.1:5000/api/2.0/mlflow/runs/search",
+        method="POST",
+        data=json.dumps({"experiment_ids": [exp], "max_results": 200}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=10) as r:
         runs = json.loads(r.read()).get("runs", [])
     ids = {run["info"]["run_id"] for run in runs}
@@ -165,9 +192,24 @@ def main(argv=None) -> int:
         t_submit = time.monotonic()
         log = d / "submit.log"
         with open(log, "w") as f:
-            sub = subprocess.Popen([RAY, "submit", str(config), "orchestrator/sweep.py", "--", "--smoke-test",
-                                    "--tracking-uri", "http://127.0.0.1:5000", "--output-dir", OUTPUT],
-                                   cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True)
+            sub = subprocess.Popen(
+                [
+                    RAY,
+                    "submit",
+                    str(config),
+                    "orchestrator/sweep.py",
+                    "--",
+                    "--smoke-test",
+                    "--tracking-uri",
+                    "http://127.0.0.1:5000",
+                    "--output-dir",
+                    OUTPUT,
+                ],
+                cwd=ROOT,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             first = None
             while sub.poll() is None:
                 if first is None and " epoch 1:" in log.read_text():
@@ -185,8 +227,10 @@ def main(argv=None) -> int:
         assert not mlflow_answers(timeout=2), "ray down left the head's MLflow server running"
         mode = Path("~/.ray/auth_token").expanduser().stat().st_mode & 0o777
         assert mode == 0o600, f"~/.ray/auth_token has mode {oct(mode)}, expected 0o600"
-        print(f"loopback check passed ({time.strftime('%Y-%m-%d')}): ray up {up_s:.0f} s, first trial's first epoch "
-              f"{first:.0f} s after ray submit, {time.monotonic() - t0:.0f} s in all; {results}; ray down stopped MLflow")
+        print(
+            f"loopback check passed ({time.strftime('%Y-%m-%d')}): ray up {up_s:.0f} s, first trial's first epoch "
+            f"{first:.0f} s after ray submit, {time.monotonic() - t0:.0f} s in all; {results}; ray down stopped MLflow"
+        )
         return 0
     finally:
         if not args.keep:

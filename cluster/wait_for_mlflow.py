@@ -27,8 +27,11 @@ def main() -> int:
     except Exception as e:  # noqa: BLE001 - whatever it was, the server is not usable: show its log
         log = Path(args.log).expanduser()
         tail = log.read_text(errors="replace").splitlines()[-20:] if log.is_file() else ["(no log written)"]
-        print(f"MLflow server at {args.url} did not answer within {args.timeout:.0f} s "
-              f"({type(e).__name__}: {str(e)[:200]}); its log, {log}, ends:", file=sys.stderr)
+        print(
+            f"MLflow server at {args.url} did not answer within {args.timeout:.0f} s "
+            f"({type(e).__name__}: {str(e)[:200]}); its log, {log}, ends:",
+            file=sys.stderr,
+        )
         print("\n".join(tail), file=sys.stderr)
         return 1
     print(f"MLflow server answers at {args.url} ({time.monotonic() - t0:.0f} s)")

@@ -4,6 +4,7 @@ cluster to join and what it can grow to, and (with ``--resume``) that the launch
 Bad input fails here in one line, before anything is written; ``prepare`` returns what the
 sweep then runs (a ``Launch``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,16 @@ def plan_fingerprint(plan: Plan) -> str:
     would not match it, nor a certification shard its finalist)."""
     from trainables.schema import to_dict
 
-    stages = [{"name": s.name, "base": s.base, "search": to_dict(s.search), "evaluation": to_dict(s.evaluation),
-               "certify": to_dict(s.certify)} for s in plan.stages]
+    stages = [
+        {
+            "name": s.name,
+            "base": s.base,
+            "search": to_dict(s.search),
+            "evaluation": to_dict(s.evaluation),
+            "certify": to_dict(s.certify),
+        }
+        for s in plan.stages
+    ]
     blob = json.dumps({"seed": plan.seed, "stages": stages}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -118,8 +127,11 @@ def prepare(args: argparse.Namespace) -> Launch:
     storage_path = _storage_path(args, output_dir, plan, study.name)
     multi, why = cluster.is_multi_node(shape, [])
     cluster.check_storage(storage_path, multi_node=multi, declared_shared=args.shared_storage, where=why)
-    created = [d for d in (output_dir, None if "://" in storage_path else Path(storage_path).expanduser().resolve())
-               if d is not None and not d.exists()]
+    created = [
+        d
+        for d in (output_dir, None if "://" in storage_path else Path(storage_path).expanduser().resolve())
+        if d is not None and not d.exists()
+    ]
     output_dir = writable_dir(output_dir, private=True)
     tracking_uri = tracking_uri or default_tracking_uri(output_dir)
     check_tracking_uri(tracking_uri)
@@ -130,8 +142,9 @@ def prepare(args: argparse.Namespace) -> Launch:
 
 def _storage_path(args: argparse.Namespace, output_dir: Path, plan: Plan, study: str) -> str:
     """Where checkpoints go: --storage-path, or on --resume the launch's own, or OUTPUT/ray."""
-    path = args.storage_path and (args.storage_path if "://" in args.storage_path
-                                  else str(Path(args.storage_path).expanduser().resolve()))
+    path = args.storage_path and (
+        args.storage_path if "://" in args.storage_path else str(Path(args.storage_path).expanduser().resolve())
+    )
     if args.resume:
         if not launch_file_in(output_dir).exists():
             raise ConfigError(f"--resume: nothing to resume in {output_dir} (no earlier launch of {study} there)")
@@ -165,9 +178,8 @@ def check_data(plan) -> None:
 def check_checkpoints(plan) -> None:
     """Init checkpoints and transfer sources named by path load now (weights_only, matching
     architecture), not hours later on a worker."""
-    from trainables.loading import load_model_from_checkpoint
-    from trainables.loading import build_model
     from trainables.config import resolve
+    from trainables.loading import build_model, load_model_from_checkpoint
 
     for stage in plan.stages:
         ck = stage.base.get("init_checkpoint")
@@ -184,8 +196,10 @@ def _check_same_study(runs_file: Path, study: str) -> None:
     except (OSError, ValueError, AttributeError):
         return  # nothing to resume is said by the caller; an unreadable file by the tracker
     if earlier and earlier != study:
-        raise ConfigError(f"--resume: {runs_file.parent} holds a launch of study {earlier!r}, not {study!r}; "
-                          "resume it with its own study file or choose another --output-dir")
+        raise ConfigError(
+            f"--resume: {runs_file.parent} holds a launch of study {earlier!r}, not {study!r}; "
+            "resume it with its own study file or choose another --output-dir"
+        )
 
 
 def resumed_launch(runs_file: Path, plan: Plan, storage_path: str | None) -> str | None:
@@ -203,15 +217,21 @@ def resumed_launch(runs_file: Path, plan: Plan, storage_path: str | None) -> str
     if earlier and earlier != fingerprint:
         then, now = state.get("plan_fields") or {}, plan_fields(plan)
         changed = next((k for k in now if k in then and then[k] != now[k]), None)
-        what = (f"{changed} was {then[changed]!r} in the launch in {runs_file.parent}, expected the same, got "
-                f"{now[changed]!r}" if changed else
-                f"the study, --smoke-test or the command-line values differ from the launch in {runs_file.parent} "
-                f"(plan {fingerprint}, launched as {earlier})")
-        raise ConfigError(f"--resume: {what}; resume with the same file and options, or start a new launch in another "
-                          "--output-dir")
+        what = (
+            f"{changed} was {then[changed]!r} in the launch in {runs_file.parent}, expected the same, got "
+            f"{now[changed]!r}"
+            if changed
+            else f"the study, --smoke-test or the command-line values differ from the launch in {runs_file.parent} "
+            f"(plan {fingerprint}, launched as {earlier})"
+        )
+        raise ConfigError(
+            f"--resume: {what}; resume with the same file and options, or start a new launch in another --output-dir"
+        )
     if storage_path and stored and storage_path != stored:
-        raise ConfigError(f"--resume: --storage-path {storage_path} is not where the launch in {runs_file.parent} keeps "
-                          f"its checkpoints ({stored}); leave it out or give that path")
+        raise ConfigError(
+            f"--resume: --storage-path {storage_path} is not where the launch in {runs_file.parent} keeps "
+            f"its checkpoints ({stored}); leave it out or give that path"
+        )
     return stored
 
 
@@ -222,8 +242,10 @@ def pick_output_dir(args, name: str, study: str) -> Path:
     if args.output_dir:
         out = Path(args.output_dir).expanduser().resolve()
         if launch_file_in(out).exists() and not args.resume:
-            raise ConfigError(f"--output-dir {out}: holds an earlier launch of this study; "
-                              f"pass --resume to continue it or choose another directory")
+            raise ConfigError(
+                f"--output-dir {out}: holds an earlier launch of this study; "
+                f"pass --resume to continue it or choose another directory"
+            )
     else:
         out = Path("runs", name).resolve()
     if args.resume:

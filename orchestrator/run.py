@@ -6,6 +6,7 @@ Ctrl-C and SIGTERM stop the study at any point: its MLflow runs say KILLED, the 
 143, and ``--resume`` goes on where it stopped (trials from their checkpoints, certification from
 its finished shards).
 """
+
 from __future__ import annotations
 
 import os
@@ -78,8 +79,11 @@ def run(launch: Launch) -> int:
         session.tracker.mark_interrupted()
         session.tracker.finish_parent("KILLED")
         ray.shutdown()
-        print(f"interrupted ({signal.Signals(signum).name}): no summary written; continue with --resume "
-              f"--output-dir {launch.output_dir}", file=sys.stderr)
+        print(
+            f"interrupted ({signal.Signals(signum).name}): no summary written; continue with --resume "
+            f"--output-dir {launch.output_dir}",
+            file=sys.stderr,
+        )
         return getattr(e, "exit_code", 128 + signum)
     except BaseException:
         session.tracker.mark_interrupted()
@@ -107,15 +111,18 @@ def start_ray(launch: Launch) -> tuple[int, dict[str, float], Any]:
     """Join or start Ray, check the storage against the cluster as it is, wait (bounded) for room
     for one trial; (trials at once, a driver's resources, the console mailbox)."""
     address, args = launch.address, launch.args
-    cluster.start_ray(address, verbose=args.verbose, temp_dir=None if address else cluster.ray_temp_dir(launch.output_dir))
+    cluster.start_ray(
+        address, verbose=args.verbose, temp_dir=None if address else cluster.ray_temp_dir(launch.output_dir)
+    )
     if launch.shape is None:
         multi, why = cluster.is_multi_node(None, cluster.alive_nodes())
         cluster.check_storage(launch.storage_path, multi_node=multi, declared_shared=args.shared_storage, where=why)
     driver = cluster.driver_resources()
     need = cluster.plan_need(launch.plan.resources, driver)
     cluster.wait_for_first_trial(need, args.resource_timeout)
-    cap = cluster.concurrency(launch.shape, need, launch.plan.resources.max_concurrent_trials,
-                              cluster.alive_node_resources())
+    cap = cluster.concurrency(
+        launch.shape, need, launch.plan.resources.max_concurrent_trials, cluster.alive_node_resources()
+    )
     return cap, driver, console_lines()
 
 
@@ -125,12 +132,19 @@ def open_session(launch: Launch, cap: int, driver: dict[str, float], console: An
     launch_file = LaunchFile(launch.output_dir)
     tags = provenance()
     tracker = Tracker(launch.tracking_uri, plan.study.name, launch.output_dir, launch_file)
-    parent = tracker.start_parent(plan.study.name, {"study_file": plan.source, "smoke_test": args.smoke_test,
-                                                    "seed": plan.seed, "resources": plan.resources.__dict__,
-                                                    "stages": [s.name for s in plan.stages]},
-                                  {**tags, "description": plan.study.description[:500]}, resume=args.resume,
-                                  launch={"plan": launch.fingerprint, "plan_fields": plan_fields(plan),
-                                          "storage_path": launch.storage_path})
+    parent = tracker.start_parent(
+        plan.study.name,
+        {
+            "study_file": plan.source,
+            "smoke_test": args.smoke_test,
+            "seed": plan.seed,
+            "resources": plan.resources.__dict__,
+            "stages": [s.name for s in plan.stages],
+        },
+        {**tags, "description": plan.study.description[:500]},
+        resume=args.resume,
+        launch={"plan": launch.fingerprint, "plan_fields": plan_fields(plan), "storage_path": launch.storage_path},
+    )
     return Session(launch, launch_file, tracker, parent, tags, cap, driver, console)
 
 
@@ -156,24 +170,56 @@ def trials(session: Session, stage, refs: dict[str, str]) -> list[dict]:
     name = f"{plan.study.name}-{stage.name}"
     records = stage_records(session.launch_file.read(), stage.name)
     sp = plan_stage(stage, plan.seed, session.cap, records, name)
-    payload = {"base": stage.base, "resources": to_dict(plan.resources), "storage_path": launch.storage_path,
-               "screen": stage.evaluation.screen, "objectives": stage.search.objectives, "refs": refs,
-               "stage": stage.name, "console": session.console, "resumes": sp.resumes}
+    payload = {
+        "base": stage.base,
+        "resources": to_dict(plan.resources),
+        "storage_path": launch.storage_path,
+        "screen": stage.evaluation.screen,
+        "objectives": stage.search.objectives,
+        "refs": refs,
+        "stage": stage.name,
+        "console": session.console,
+        "resumes": sp.resumes,
+    }
     trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), session.driver)
-    callbacks = [TrialLedger(session.launch_file, stage.name, sp.resumes),
-                 MLflowTrialCallback(session.tracker, parent_run_id=session.parent, stage=stage.name,
-                                     study=plan.study.name, base=stage.base, refs=refs, tags=session.tags,
-                                     resumes=sp.resumes),
-                 Progress(stage.name, sp.ended + sp.todo, session.console, done=sp.ended), interrupts.InterruptWatch()]
+    callbacks = [
+        TrialLedger(session.launch_file, stage.name, sp.resumes),
+        MLflowTrialCallback(
+            session.tracker,
+            parent_run_id=session.parent,
+            stage=stage.name,
+            study=plan.study.name,
+            base=stage.base,
+            refs=refs,
+            tags=session.tags,
+            resumes=sp.resumes,
+        ),
+        Progress(stage.name, sp.ended + sp.todo, session.console, done=sp.ended),
+        interrupts.InterruptWatch(),
+    ]
     again = f", {sp.ended} ended earlier, {len(sp.resumes)} resumed from their checkpoints" if records else ""
-    print(f"[{stage.name}] {sp.ended + sp.todo} trial(s){again}, up to {session.cap} at once, "
-          f"{plan.resources.num_workers} worker(s) each; search: {sampler_label(stage.search)}", flush=True)
+    print(
+        f"[{stage.name}] {sp.ended + sp.todo} trial(s){again}, up to {session.cap} at once, "
+        f"{plan.resources.num_workers} worker(s) each; search: {sampler_label(stage.search)}",
+        flush=True,
+    )
     session.tracker.log_params(session.parent, {f"sampler.{stage.name}": sampler_label(stage.search)})
     if sp.todo > 0:
-        run_stage(stage, name=name, trainable=trainable, tune_config=sp.tune_config,
-                  storage_path=launch.storage_path, callbacks=callbacks)
-    return rows_from_records(stage_records(session.launch_file.read(), stage.name), study=plan.study.name,
-                             stage=stage, refs=refs, run_id_of=session.launch_file.trial_run_id)
+        run_stage(
+            stage,
+            name=name,
+            trainable=trainable,
+            tune_config=sp.tune_config,
+            storage_path=launch.storage_path,
+            callbacks=callbacks,
+        )
+    return rows_from_records(
+        stage_records(session.launch_file.read(), stage.name),
+        study=plan.study.name,
+        stage=stage,
+        refs=refs,
+        run_id_of=session.launch_file.trial_run_id,
+    )
 
 
 def certify(session: Session, stage, rows: list[dict], refs: dict[str, str]) -> None:
@@ -183,18 +229,34 @@ def certify(session: Session, stage, rows: list[dict], refs: dict[str, str]) -> 
         return
     launch, res = session.launch, session.launch.plan.resources
     settings = certification.Settings(
-        protocol=stage.evaluation.protocol, overrides=dict(stage.evaluation.overrides or {}), seed=launch.plan.seed,
-        shard_size=stage.certify.shard_size, transfer_source=substitute(stage.evaluation.transfer_source, refs),
-        keep_adversarial=stage.certify.save_adversarial, cpus=res.cpus_per_worker, gpus=res.gpus_per_worker)
-    jobs = [certification.Finalist(stage.name, r["trial_id"], r["config"], r["checkpoint"],
-                                   certification.certification_dir(launch.storage_path, launch.study.name, stage.name,
-                                                                    r["trial_id"])) for r in finalists]
+        protocol=stage.evaluation.protocol,
+        overrides=dict(stage.evaluation.overrides or {}),
+        seed=launch.plan.seed,
+        shard_size=stage.certify.shard_size,
+        transfer_source=substitute(stage.evaluation.transfer_source, refs),
+        keep_adversarial=stage.certify.save_adversarial,
+        cpus=res.cpus_per_worker,
+        gpus=res.gpus_per_worker,
+    )
+    jobs = [
+        certification.Finalist(
+            stage.name,
+            r["trial_id"],
+            r["config"],
+            r["checkpoint"],
+            certification.certification_dir(launch.storage_path, launch.study.name, stage.name, r["trial_id"]),
+        )
+        for r in finalists
+    ]
     by_id = {r["trial_id"]: r for r in finalists}
     certification.plan(jobs, settings)
     n = sorted({f.images for f in jobs})
-    print(f"[{stage.name}] certify {len(jobs)} finalist(s) on the test split ({'/'.join(map(str, n))} images each, "
-          f"{stage.evaluation.protocol} protocol): {sum(len(f.jobs) for f in jobs)} shard(s) of up to "
-          f"{settings.shard_size} images", flush=True)
+    print(
+        f"[{stage.name}] certify {len(jobs)} finalist(s) on the test split ({'/'.join(map(str, n))} images each, "
+        f"{stage.evaluation.protocol} protocol): {sum(len(f.jobs) for f in jobs)} shard(s) of up to "
+        f"{settings.shard_size} images",
+        flush=True,
+    )
 
     def done(f: certification.Finalist) -> None:
         row = by_id[f.trial_id]
@@ -202,9 +264,12 @@ def certify(session: Session, stage, rows: list[dict], refs: dict[str, str]) -> 
         row["certification"] = f.files
         session.tracker.log_certification(stage.name, f.trial_id, f.result, _local(f.files), session.tags)
         m = f.result
-        print(f"[{stage.name}] certified {f.trial_id}: clean {m[TEST + 'clean_acc']:.4f}  robust "
-              f"{m[TEST + 'robust_acc']:.4f} on {m.get(TEST + 'robust_acc_min_n')} images  masking "
-              f"{describe_flags(m.get(TEST + 'masking_flags'))}", flush=True)
+        print(
+            f"[{stage.name}] certified {f.trial_id}: clean {m[TEST + 'clean_acc']:.4f}  robust "
+            f"{m[TEST + 'robust_acc']:.4f} on {m.get(TEST + 'robust_acc_min_n')} images  masking "
+            f"{describe_flags(m.get(TEST + 'masking_flags'))}",
+            flush=True,
+        )
 
     # each shard's attacks on the console only with --verbose: its progress lines say enough
     certification.run(jobs, settings, console=session.console if launch.args.verbose else None, on_finalist=done)
@@ -223,9 +288,18 @@ def _local(paths: list[str]) -> list:
 def finish(session: Session, rows: list[dict], wall_time_s: float) -> list:
     """summary.json, summary.csv and the report, logged to the parent run."""
     launch, tracker = session.launch, session.tracker
-    jpath, cpath = write_summary(launch.output_dir, launch.study.name, rows, {
-        "study_file": launch.plan.source, "smoke_test": launch.args.smoke_test, "mlflow_parent_run_id": session.parent,
-        "tracking_uri": launch.tracking_uri, "wall_time_s": wall_time_s})
+    jpath, cpath = write_summary(
+        launch.output_dir,
+        launch.study.name,
+        rows,
+        {
+            "study_file": launch.plan.source,
+            "smoke_test": launch.args.smoke_test,
+            "mlflow_parent_run_id": session.parent,
+            "tracking_uri": launch.tracking_uri,
+            "wall_time_s": wall_time_s,
+        },
+    )
     report_files = write_report(launch.study, rows, launch.output_dir)
     for path in [jpath, cpath, *report_files]:
         tracker.client.log_artifact(session.parent, str(path))
@@ -247,7 +321,9 @@ def report(session: Session, rows: list[dict], files: list) -> int:
     if uri.startswith("sqlite"):
         print(f"open the MLflow UI:  {mlflow_ui_command(uri)}")
         # the UI's start page is MLflow's GenAI overview; the study's trials are in its runs table
-        print(f"  then http://127.0.0.1:5000/#/experiments/{session.tracker.experiment_id}/runs (the study's training runs)")
+        print(
+            f"  then http://127.0.0.1:5000/#/experiments/{session.tracker.experiment_id}/runs (the study's training runs)"
+        )
     else:
         print(f"MLflow: {uri.rstrip('/')}/#/experiments/{session.tracker.experiment_id}/runs")
     if rows and all(r["status"] == TrialStatus.FAILED for r in rows):
@@ -255,8 +331,11 @@ def report(session: Session, rows: list[dict], files: list) -> int:
         return EXIT_FAILED
     broken = [r for r in rows if r.get("certification_error")]
     if broken:
-        print(f"error: the certification of {len(broken)} finalist(s) failed (first: {broken[0]['trial_id']}: "
-              f"{broken[0]['certification_error']}); --resume runs its missing shards again", file=sys.stderr)
+        print(
+            f"error: the certification of {len(broken)} finalist(s) failed (first: {broken[0]['trial_id']}: "
+            f"{broken[0]['certification_error']}); --resume runs its missing shards again",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     return 0
 

@@ -11,6 +11,7 @@ This file runs as a plain script (``ray submit`` copies it alone to the head nod
 imports the installed package and finds study files through it. Every input is validated
 before Ray starts; bad input is one line on stderr and exit code 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,33 +32,63 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue an interrupted study from its storage path")
     p.add_argument("--output-dir", default=None, help="default: runs/STUDY (runs/STUDY-smoke with --smoke-test)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite under --output-dir)")
-    p.add_argument("--tracking-timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="how long to wait for an MLflow server that refuses connections (still starting) "
-                        "before refusing --tracking-uri (default 60)")
-    p.add_argument("--storage-path", default=None, help="Ray storage for checkpoints and certification shards "
-                                                        "(default: OUTPUT_DIR/ray; shared storage on multi-node clusters)")
+    p.add_argument(
+        "--tracking-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for an MLflow server that refuses connections (still starting) "
+        "before refusing --tracking-uri (default 60)",
+    )
+    p.add_argument(
+        "--storage-path",
+        default=None,
+        help="Ray storage for checkpoints and certification shards "
+        "(default: OUTPUT_DIR/ray; shared storage on multi-node clusters)",
+    )
     p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (DDP ranks) per trial")
     p.add_argument("--gpus-per-worker", type=float, default=None)
     p.add_argument("--max-concurrent-trials", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=None, help="Optuna trials (or grid repeats) per stage")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a training-config key in every stage, e.g. data.root=/mnt/imagenet")
-    p.add_argument("--verbose", action="store_true", help="show the workers' logs and Ray's, Tune's and Optuna's messages")
-    p.add_argument("--skip-data-check", action="store_true",
-                   help="do not check data roots on this node (data only on the workers)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a training-config key in every stage, e.g. data.root=/mnt/imagenet",
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="show the workers' logs and Ray's, Tune's and Optuna's messages"
+    )
+    p.add_argument(
+        "--skip-data-check", action="store_true", help="do not check data roots on this node (data only on the workers)"
+    )
     c = p.add_argument_group("cluster")
-    c.add_argument("--address", default=None,
-                   help="join this Ray cluster (default: $RAY_ADDRESS; on a `ray up` head node, its cluster; "
-                        "otherwise a private local Ray)")
-    c.add_argument("--cluster-config", default=None,
-                   help="the cluster launcher YAML, to know what the cluster can grow to "
-                        f"(default: {BOOTSTRAP_CONFIG} when present, as on a `ray up` head node)")
-    c.add_argument("--resource-timeout", type=float, default=900.0, metavar="SECONDS",
-                   help="how long to wait for the cluster to provide the first trial's resources (default 900)")
-    c.add_argument("--shared-storage", action="store_true",
-                   help="declare --storage-path a file system every node shares (an NFS mount this "
-                        "sweep does not recognise)")
+    c.add_argument(
+        "--address",
+        default=None,
+        help="join this Ray cluster (default: $RAY_ADDRESS; on a `ray up` head node, its cluster; "
+        "otherwise a private local Ray)",
+    )
+    c.add_argument(
+        "--cluster-config",
+        default=None,
+        help="the cluster launcher YAML, to know what the cluster can grow to "
+        f"(default: {BOOTSTRAP_CONFIG} when present, as on a `ray up` head node)",
+    )
+    c.add_argument(
+        "--resource-timeout",
+        type=float,
+        default=900.0,
+        metavar="SECONDS",
+        help="how long to wait for the cluster to provide the first trial's resources (default 900)",
+    )
+    c.add_argument(
+        "--shared-storage",
+        action="store_true",
+        help="declare --storage-path a file system every node shares (an NFS mount this sweep does not recognise)",
+    )
     return p.parse_args(argv)
 
 

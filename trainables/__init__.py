@@ -3,6 +3,7 @@
 Importing the package is cheap (no torch): submodules load when used, so command-line help
 and study listings answer at once.
 """
+
 from __future__ import annotations
 
 from typing import Any

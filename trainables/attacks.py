@@ -5,11 +5,13 @@ training (PGD-AT, TRADES, Fast-AT, Backward Smoothing) and evaluation. Which Bat
 attack runs in is explicit (``bn=``) and restored afterwards: the reference codes disagree on
 it and it changes results. Attacks always run in fp32 (autocast off).
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, Literal
+from collections.abc import Iterator
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -69,8 +71,9 @@ def cw_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float = math.inf) ->
     return (other - true).clamp(max=kappa)
 
 
-def _attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str, target: torch.Tensor | None,
-                 kappa: float = math.inf) -> torch.Tensor:
+def _attack_loss(
+    logits: torch.Tensor, y: torch.Tensor, loss: str, target: torch.Tensor | None, kappa: float = math.inf
+) -> torch.Tensor:
     if target is not None:  # targeted: descend CE towards the target == ascend its negative
         return -F.cross_entropy(logits, target, reduction="sum")
     if loss == "ce":
@@ -80,8 +83,15 @@ def _attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str, target: torch
     raise ValueError(f"unknown attack loss {loss!r}")
 
 
-def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: str = "ce",
-               target: torch.Tensor | None = None, kappa: float = math.inf) -> torch.Tensor:
+def input_grad(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    loss: str = "ce",
+    target: torch.Tensor | None = None,
+    kappa: float = math.inf,
+) -> torch.Tensor:
     """d loss / d x without touching parameter gradients (``kappa``: the C&W loss's cap)."""
     x = x.detach().requires_grad_(True)
     value = _attack_loss(model(x), y, loss, target, kappa)
@@ -89,10 +99,22 @@ def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: str 
     return g
 
 
-def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
-             step_size: float, restarts: int = 1, random_start: bool = True, loss: str = "ce",
-             target: torch.Tensor | None = None, bn: BNMode = "eval",
-             generator: torch.Generator | None = None, kappa: float = math.inf) -> torch.Tensor:
+def pgd_linf(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    step_size: float,
+    restarts: int = 1,
+    random_start: bool = True,
+    loss: str = "ce",
+    target: torch.Tensor | None = None,
+    bn: BNMode = "eval",
+    generator: torch.Generator | None = None,
+    kappa: float = math.inf,
+) -> torch.Tensor:
     """PGD-L-inf as training uses it (the reference codes' attack): each restart's last iterate;
     over ``restarts`` an input that any restart fools (or, targeted, sends to ``target``) is
     kept. ``steps=1, step_size=eps, random_start=False`` is FGSM."""
@@ -119,10 +141,22 @@ def _fooled(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) 
     return (pred == target) if target is not None else (pred != y)
 
 
-def pgd_linf_best(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
-                  step_size: float, restarts: int = 1, random_start: bool = True, loss: str = "ce",
-                  target: torch.Tensor | None = None, bn: BNMode = "eval",
-                  generator: torch.Generator | None = None, kappa: float = math.inf) -> torch.Tensor:
+def pgd_linf_best(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    step_size: float,
+    restarts: int = 1,
+    random_start: bool = True,
+    loss: str = "ce",
+    target: torch.Tensor | None = None,
+    bn: BNMode = "eval",
+    generator: torch.Generator | None = None,
+    kappa: float = math.inf,
+) -> torch.Tensor:
     """PGD-L-inf as evaluation uses it: per input, the first iterate of any step or restart that
     fools the model (the last iterate may have stepped back out).
 
@@ -162,9 +196,19 @@ def pgd_linf_best(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
     return best
 
 
-def pgd_linf_to_the_end(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
-                        step_size: float, restarts: int = 1, generator: torch.Generator | None = None,
-                        loss: str = "ce", kappa: float = math.inf) -> torch.Tensor:
+def pgd_linf_to_the_end(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    step_size: float,
+    restarts: int = 1,
+    generator: torch.Generator | None = None,
+    loss: str = "ce",
+    kappa: float = math.inf,
+) -> torch.Tensor:
     """``pgd_linf_best`` as it ran before the early exit: every input, every step, every
     restart. The reference the early exit must reproduce (tests) and the cost it saves (bench)."""
     x = x.detach()
@@ -187,17 +231,27 @@ def pgd_linf_to_the_end(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, e
     return best
 
 
-def trades_inner(model: nn.Module, x: torch.Tensor, *, eps: float, steps: int, step_size: float,
-                 start: torch.Tensor | None = None, bn: BNMode = "eval",
-                 generator: torch.Generator | None = None, init_std: float = 0.001) -> torch.Tensor:
+def trades_inner(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    step_size: float,
+    start: torch.Tensor | None = None,
+    bn: BNMode = "eval",
+    generator: torch.Generator | None = None,
+    init_std: float = 0.001,
+) -> torch.Tensor:
     """TRADES' inner maximization of KL(f(x) || f(x')) from x + init_std * N(0, 1) (or ``start``)."""
     x = x.detach()
     with bn_mode(model, bn), fp32(x):
         with torch.no_grad():
             p_nat = F.softmax(model(x), dim=1)
         if start is None:
-            noise = torch.randn(x.shape, generator=generator,
-                                device=generator.device if generator else x.device).to(x.device)
+            noise = torch.randn(x.shape, generator=generator, device=generator.device if generator else x.device).to(
+                x.device
+            )
             start = x + init_std * noise
         x_adv = linf_project(start.detach(), x, eps=eps)
         for _ in range(steps):
@@ -209,9 +263,19 @@ def trades_inner(model: nn.Module, x: torch.Tensor, *, eps: float, steps: int, s
 
 
 # ----------------------------------------------------------------------------- C&W L2
-def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, search_steps: int = 10,
-          iterations: int = 1000, lr: float = 0.01, initial_const: float = 1e-3, kappa: float = 0.0,
-          abort_early: bool = True, bn: BNMode = "eval") -> torch.Tensor:
+def cw_l2(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    search_steps: int = 10,
+    iterations: int = 1000,
+    lr: float = 0.01,
+    initial_const: float = 1e-3,
+    kappa: float = 0.0,
+    abort_early: bool = True,
+    bn: BNMode = "eval",
+) -> torch.Tensor:
     """Carlini & Wagner L2 (tanh box, Adam, binary search over the constant c per sample).
 
     Returns the L2 norm of the smallest successful perturbation found per sample (``inf``
@@ -236,8 +300,9 @@ def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, search_steps: i
                 x_adv = (torch.tanh(w) + 1) / 2
                 logits = model(x_adv)
                 l2sq = (x_adv - x).pow(2).sum(dims)
-                margin = (logits.gather(1, y[:, None]).squeeze(1)
-                          - logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1))
+                margin = logits.gather(1, y[:, None]).squeeze(1) - logits.masked_fill(
+                    F.one_hot(y, logits.shape[1]).bool(), float("-inf")
+                ).amax(1)
                 f = margin.clamp(min=-kappa)
                 loss = (l2sq + const * f).sum()
                 opt.zero_grad(set_to_none=True)
@@ -273,8 +338,9 @@ def brightness(x: torch.Tensor, factor: float) -> torch.Tensor:
 
 def contrast(x: torch.Tensor, factor: float) -> torch.Tensor:
     """Blend with the per-image mean grey level (torchvision's adjust_contrast)."""
-    grey = x.mean(dim=1, keepdim=True) if x.shape[1] == 1 else (
-        0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    grey = (
+        x.mean(dim=1, keepdim=True) if x.shape[1] == 1 else (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    )
     mean = grey.mean(dim=(1, 2, 3), keepdim=True)
     return (factor * x + (1 - factor) * mean).clamp(0.0, 1.0)
 

@@ -31,7 +31,9 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # unique: two writers never meet
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )  # unique: two writers never meet
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, **state}, f)
@@ -56,7 +58,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(
             f"{path}: refused: holds objects other than tensors and plain data "
-            f"(loaded with weights_only=True; {first[:160]})") from None
+            f"(loaded with weights_only=True; {first[:160]})"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, IndexError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: truncated or not a torch checkpoint ({str(e).splitlines()[0][:160]})") from None
     if not isinstance(state, dict):
@@ -64,7 +67,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def model_weights(state: dict[str, Any]) -> dict[str, "torch.Tensor"]:
+def model_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The model's state dict from one of our checkpoints or from a bare state dict."""
     import torch
 
@@ -75,7 +78,7 @@ def model_weights(state: dict[str, Any]) -> dict[str, "torch.Tensor"]:
     raise CheckpointError("checkpoint holds no 'model' state dict")
 
 
-def load_weights(model: "nn.Module", state: dict[str, Any], path: str | os.PathLike, expected: str) -> None:
+def load_weights(model: nn.Module, state: dict[str, Any], path: str | os.PathLike, expected: str) -> None:
     """Load weights strictly; a checkpoint of another architecture is one clear error."""
     weights = model_weights(state)
     saved = state.get("config", {}) if isinstance(state.get("config"), dict) else {}
@@ -86,4 +89,5 @@ def load_weights(model: "nn.Module", state: dict[str, Any], path: str | os.PathL
         n_missing = str(e).count("Missing key") + str(e).count("size mismatch")
         raise CheckpointError(
             f"{path}: checkpoint architecture ({arch}) does not match the model {expected} "
-            f"({n_missing or 'some'} mismatching entries)") from None
+            f"({n_missing or 'some'} mismatching entries)"
+        ) from None

@@ -1,11 +1,13 @@
 """Shared command-line plumbing: one clear line and a non-zero exit for bad input."""
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 from .errors import ConfigError, DivergedError
 

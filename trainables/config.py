@@ -4,16 +4,18 @@ Resolution order: data set and method defaults < study file / ``--set`` values. 
 ``resolve()`` every default is explicit (model, epochs, eps, the optimizer, the method's
 variant-specific values), so the saved config says exactly what ran.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
-from .schema import build, check, deep_merge
 from .data import DATASETS
 from .methods import METHODS
 from .models import MODELS
+from .schema import build, check, deep_merge
 
 
 @dataclass(frozen=True)
@@ -34,12 +36,22 @@ class OptimConfig:
         check(self.lr > 0, where, "lr", "a number > 0", self.lr)
         check(0 <= self.momentum < 1, where, "momentum", "a number in [0, 1)", self.momentum)
         check(self.weight_decay >= 0, where, "weight_decay", "a number >= 0", self.weight_decay)
-        check(all(0 < m <= 1 for m in self.milestones), where, "milestones",
-              "fractions of training in (0, 1]", self.milestones)
+        check(
+            all(0 < m <= 1 for m in self.milestones),
+            where,
+            "milestones",
+            "fractions of training in (0, 1]",
+            self.milestones,
+        )
         check(0 < self.gamma <= 1, where, "gamma", "a number in (0, 1]", self.gamma)
         if self.momentum_cycle:
-            check(len(self.momentum_cycle) == 2 and 0 <= self.momentum_cycle[0] <= self.momentum_cycle[1] < 1,
-                  where, "momentum_cycle", "[lowest, highest] momentum in [0, 1)", self.momentum_cycle)
+            check(
+                len(self.momentum_cycle) == 2 and 0 <= self.momentum_cycle[0] <= self.momentum_cycle[1] < 1,
+                where,
+                "momentum_cycle",
+                "[lowest, highest] momentum in [0, 1)",
+                self.momentum_cycle,
+            )
 
 
 @dataclass(frozen=True)
@@ -58,8 +70,13 @@ class DataConfig:
     def validate(self, where: str) -> None:
         check(self.loader_workers >= 0, where, "loader_workers", "an integer >= 0", self.loader_workers)
         if self.val_size is not None:
-            check(self.val_size >= 0 and (self.val_size < 1 or float(self.val_size).is_integer()), where,
-                  "val_size", "a count of images (an integer >= 1), a fraction in (0, 1), or 0 for none", self.val_size)
+            check(
+                self.val_size >= 0 and (self.val_size < 1 or float(self.val_size).is_integer()),
+                where,
+                "val_size",
+                "a count of images (an integer >= 1), a fraction in (0, 1), or 0 for none",
+                self.val_size,
+            )
         check(0 <= self.val_seed < 2**32, where, "val_seed", "an integer in [0, 2^32)", self.val_seed)
         if self.image_size is not None:
             check(8 <= self.image_size <= 1024, where, "image_size", "an integer in [8, 1024]", self.image_size)
@@ -124,8 +141,13 @@ class TrainConfig:
             check(0 <= self.eps <= 1, where, "eps", "a number in [0, 1] (pixel units)", self.eps)
         check(self.keep_checkpoints >= 1, where, "keep_checkpoints", "an integer >= 1", self.keep_checkpoints)
         check(0 <= self.seed < 2**32, where, "seed", "an integer in [0, 2^32)", self.seed)
-        check(bool(re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device)), where, "device",
-              "auto, cpu, cuda or cuda:N", self.device)
+        check(
+            bool(re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device)),
+            where,
+            "device",
+            "auto, cpu, cuda or cuda:N",
+            self.device,
+        )
 
 
 def resolve(raw: Mapping[str, Any] | TrainConfig) -> TrainConfig:
@@ -140,8 +162,11 @@ def resolve(raw: Mapping[str, Any] | TrainConfig) -> TrainConfig:
     meth = build(method_cls.Config, cfg.method_args, "method_args")
     if hasattr(meth, "resolved"):
         meth = meth.resolved()
-    optim = cfg.optim if isinstance(cfg.optim, OptimConfig) else build(
-        OptimConfig, deep_merge(deep_merge(method_cls.default_optim, data.optim), cfg.optim), "optim")
+    optim = (
+        cfg.optim
+        if isinstance(cfg.optim, OptimConfig)
+        else build(OptimConfig, deep_merge(deep_merge(method_cls.default_optim, data.optim), cfg.optim), "optim")
+    )
     epochs = cfg.epochs or data.default_epochs or method_cls.default_epochs
     eps = cfg.eps if cfg.eps is not None else data.eps
     batch_size = cfg.batch_size or data.batch_size
@@ -149,5 +174,6 @@ def resolve(raw: Mapping[str, Any] | TrainConfig) -> TrainConfig:
         from .data import val_count
 
         val_count(cfg.data.val_size, data.num_train)
-    return replace(cfg, model=model, epochs=epochs, eps=eps, batch_size=batch_size, model_args=margs,
-                   method_args=meth, optim=optim)
+    return replace(
+        cfg, model=model, epochs=epochs, eps=eps, batch_size=batch_size, model_args=margs, method_args=meth, optim=optim
+    )

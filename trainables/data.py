@@ -5,14 +5,16 @@ Small data sets (``digits``, CIFAR) are held as tensors and batched by :class:`T
 which augments on the device the data lives on (on a GPU: the airbench approach, no CPU
 loader). ImageNet goes through a torchvision ``ImageFolder`` and a ``DataLoader``.
 """
+
 from __future__ import annotations
 
 import copy
 import io
 import pickle
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,9 +25,10 @@ from .devices import generator, home
 from .errors import DataError
 from .registry import Registry
 
+
 @dataclass(frozen=True)
 class DatasetEntry:
-    load: Callable[..., "DataBundle"]  # load(root=, download=, image_size=)
+    load: Callable[..., DataBundle]  # load(root=, download=, image_size=)
     eps: float  # the data set's standard L-inf budget, pixel units
     default_model: str
     default_epochs: int | None  # overrides the method's default epochs when set
@@ -47,7 +50,7 @@ DATASETS: Registry[DatasetEntry] = Registry("data set")
 
 
 def register_dataset(name: str, **defaults: Any):
-    def deco(fn: Callable[..., "DataBundle"]) -> Callable[..., "DataBundle"]:
+    def deco(fn: Callable[..., DataBundle]) -> Callable[..., DataBundle]:
         DATASETS.register(name)(DatasetEntry(load=fn, **defaults))
         return fn
 
@@ -88,7 +91,7 @@ class DataBundle:
             raise DataError(f"{self.name}: no validation split (set data.val_size)")
         return self.as_test_of_validation().test_tensors(limit)
 
-    def as_test_of_validation(self) -> "DataBundle":
+    def as_test_of_validation(self) -> DataBundle:
         """A view whose "test" images are the validation split: what evaluation code reads."""
         from dataclasses import replace
 
@@ -119,8 +122,10 @@ def val_count(val_size: float, num_train: int, where: str = "data.val_size") -> 
     """Images in the validation split: ``val_size`` is a count (>= 1) or a fraction in (0, 1)."""
     n = int(round(val_size * num_train)) if 0 < val_size < 1 else int(val_size)
     if not 1 <= n < num_train:
-        raise DataError(f"{where}: {val_size:g} gives {n} validation images; expected at least 1 and fewer than "
-                        f"the {num_train} training images")
+        raise DataError(
+            f"{where}: {val_size:g} gives {n} validation images; expected at least 1 and fewer than "
+            f"the {num_train} training images"
+        )
     return n
 
 
@@ -157,8 +162,14 @@ def with_validation(bundle: DataBundle, val_size: float | None, seed: int = 0) -
     if bundle.y_train is not None:
         n_val = val_count(val_size, len(bundle.y_train))
         tr, va = stratified_split(bundle.y_train, n_val, seed)
-        return replace(bundle, x_train=bundle.x_train[tr], y_train=bundle.y_train[tr],
-                       x_val=bundle.x_train[va], y_val=bundle.y_train[va], val_index=va)
+        return replace(
+            bundle,
+            x_train=bundle.x_train[tr],
+            y_train=bundle.y_train[tr],
+            x_val=bundle.x_train[va],
+            y_val=bundle.y_train[va],
+            val_index=va,
+        )
     from torch.utils.data import Subset
 
     labels = torch.tensor(bundle.train_dataset.targets, dtype=torch.long)
@@ -167,15 +178,30 @@ def with_validation(bundle: DataBundle, val_size: float | None, seed: int = 0) -
     # validation images get the test transform (no random crop or flip)
     val_view = copy.copy(bundle.train_dataset)
     val_view.transform = bundle.test_dataset.transform
-    return replace(bundle, train_dataset=Subset(bundle.train_dataset, tr.tolist()),
-                   val_dataset=Subset(val_view, va.tolist()), val_index=va)
+    return replace(
+        bundle,
+        train_dataset=Subset(bundle.train_dataset, tr.tolist()),
+        val_dataset=Subset(val_view, va.tolist()),
+        val_index=va,
+    )
 
 
 # ----------------------------------------------------------------------------- digits
 # A small CNN from random init on 1437 images: batch 32 and lr 0.1 for every method (the
 # CIFAR references' SPROUT lr of 0.01 assumes a start from a naturally trained model).
-@register_dataset("digits", eps=0.1, cw_l2_radius=0.5, default_model="small_cnn", default_epochs=15,
-                  mean=(0.3,), std=(0.4,), batch_size=32, optim={"lr": 0.1}, val_default=0.2, num_train=1437)
+@register_dataset(
+    "digits",
+    eps=0.1,
+    cw_l2_radius=0.5,
+    default_model="small_cnn",
+    default_epochs=15,
+    mean=(0.3,),
+    std=(0.4,),
+    batch_size=32,
+    optim={"lr": 0.1},
+    val_default=0.2,
+    num_train=1437,
+)
 def digits(root: str | None = None, download: bool = True, image_size: int | None = None) -> DataBundle:
     """scikit-learn's bundled handwritten digits: 8x8 greyscale, 1797 images, 10 classes.
     A fixed seeded split (seed 0): 1437 train, 360 test. Needs no network."""
@@ -188,9 +214,16 @@ def digits(root: str | None = None, download: bool = True, image_size: int | Non
     n_test = 360
     test, train = perm[:n_test], perm[n_test:]
     return DataBundle(
-        name="digits", num_classes=10, in_channels=1, image_size=8,
-        x_train=x[train], y_train=y[train], x_test=x[test], y_test=y[test],
-        augment="none", class_names=[str(i) for i in range(10)],
+        name="digits",
+        num_classes=10,
+        in_channels=1,
+        image_size=8,
+        x_train=x[train],
+        y_train=y[train],
+        x_test=x[test],
+        y_test=y[test],
+        augment="none",
+        class_names=[str(i) for i in range(10)],
     )
 
 
@@ -200,9 +233,12 @@ class _ArrayUnpickler(pickle.Unpickler):
     so a crafted file cannot run code."""
 
     _ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
     }
 
     def find_class(self, module: str, name: str) -> Any:
@@ -235,9 +271,19 @@ def _cifar_arrays(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Tenso
     return x, torch.from_numpy(labels)
 
 
-def _cifar(name: str, root: str | None, download: bool, folder: str, train_files: list[str],
-           test_file: str, meta_file: str, label_key: str, names_key: str, num_classes: int,
-           tv_cls: str) -> DataBundle:
+def _cifar(
+    name: str,
+    root: str | None,
+    download: bool,
+    folder: str,
+    train_files: list[str],
+    test_file: str,
+    meta_file: str,
+    label_key: str,
+    names_key: str,
+    num_classes: int,
+    tv_cls: str,
+) -> DataBundle:
     root_path = Path(root or "./data").expanduser().resolve()
     base = root_path / folder
     if not base.is_dir():
@@ -257,30 +303,81 @@ def _cifar(name: str, root: str | None, download: bool, folder: str, train_files
     if int(y_train.max()) >= num_classes or int(y_test.max()) >= num_classes:
         raise DataError(f"{base}: labels outside 0..{num_classes - 1}")
     return DataBundle(
-        name=name, num_classes=num_classes, in_channels=3, image_size=32,
-        x_train=torch.cat(xs), y_train=y_train, x_test=x_test, y_test=y_test,
-        augment="crop_flip", class_names=class_names,
+        name=name,
+        num_classes=num_classes,
+        in_channels=3,
+        image_size=32,
+        x_train=torch.cat(xs),
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        augment="crop_flip",
+        class_names=class_names,
     )
 
 
-@register_dataset("cifar10", eps=8 / 255, default_model="vgg16", default_epochs=None, val_default=5000, num_train=50_000,
-                  mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616))
+@register_dataset(
+    "cifar10",
+    eps=8 / 255,
+    default_model="vgg16",
+    default_epochs=None,
+    val_default=5000,
+    num_train=50_000,
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2471, 0.2435, 0.2616),
+)
 def cifar10(root: str | None = None, download: bool = True, image_size: int | None = None) -> DataBundle:
-    return _cifar("cifar10", root, download, "cifar-10-batches-py",
-                  [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta",
-                  "labels", "label_names", 10, "CIFAR10")
+    return _cifar(
+        "cifar10",
+        root,
+        download,
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        "test_batch",
+        "batches.meta",
+        "labels",
+        "label_names",
+        10,
+        "CIFAR10",
+    )
 
 
-@register_dataset("cifar100", eps=8 / 255, default_model="vgg16", default_epochs=None, val_default=5000, num_train=50_000,
-                  mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
+@register_dataset(
+    "cifar100",
+    eps=8 / 255,
+    default_model="vgg16",
+    default_epochs=None,
+    val_default=5000,
+    num_train=50_000,
+    mean=(0.5071, 0.4865, 0.4409),
+    std=(0.2673, 0.2564, 0.2762),
+)
 def cifar100(root: str | None = None, download: bool = True, image_size: int | None = None) -> DataBundle:
-    return _cifar("cifar100", root, download, "cifar-100-python", ["train"], "test", "meta",
-                  "fine_labels", "fine_label_names", 100, "CIFAR100")
+    return _cifar(
+        "cifar100",
+        root,
+        download,
+        "cifar-100-python",
+        ["train"],
+        "test",
+        "meta",
+        "fine_labels",
+        "fine_label_names",
+        100,
+        "CIFAR100",
+    )
 
 
 # ----------------------------------------------------------------------------- ImageNet
-@register_dataset("imagenet", eps=4 / 255, default_model="resnet152", default_epochs=None, val_default=10_000,
-                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+@register_dataset(
+    "imagenet",
+    eps=4 / 255,
+    default_model="resnet152",
+    default_epochs=None,
+    val_default=10_000,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+)
 def imagenet(root: str | None = None, download: bool = True, image_size: int | None = None) -> DataBundle:
     """An ImageFolder root with ``train/`` and ``val/`` (one folder per class in each).
     ImageNet cannot be downloaded automatically; ``download`` is ignored."""
@@ -294,9 +391,13 @@ def imagenet(root: str | None = None, download: bool = True, image_size: int | N
             raise DataError(f"{base / split}: missing; expected an ImageFolder directory (one folder per class)")
     size = image_size or 224
     resize = int(round(size * 256 / 224))
-    train_tf = transforms.Compose([
-        transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-    ])
+    train_tf = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+        ]
+    )
     test_tf = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor()])
     try:
         train = datasets.ImageFolder(str(base / "train"), transform=train_tf)
@@ -306,10 +407,18 @@ def imagenet(root: str | None = None, download: bool = True, image_size: int | N
     if train.classes != val.classes:
         raise DataError(f"{base}: train/ and val/ hold different class folders")
     return DataBundle(
-        name="imagenet", num_classes=len(train.classes), in_channels=3, image_size=size,
-        x_train=None, y_train=None, x_test=None, y_test=None, augment="folder",
+        name="imagenet",
+        num_classes=len(train.classes),
+        in_channels=3,
+        image_size=size,
+        x_train=None,
+        y_train=None,
+        x_test=None,
+        y_test=None,
+        augment="folder",
         class_names=list(train.classes),
-        train_dataset=train, test_dataset=val,
+        train_dataset=train,
+        test_dataset=val,
     )
 
 
@@ -328,11 +437,14 @@ def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tens
     xp = F.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(x.device)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device)[None])  # (N, H)
-    cols = (dx[:, None] + torch.arange(w, device=x.device)[None])  # (N, W)
-    out = xp[torch.arange(n, device=x.device)[:, None, None, None],
-             torch.arange(c, device=x.device)[None, :, None, None],
-             rows[:, None, :, None], cols[:, None, None, :]]
+    rows = dy[:, None] + torch.arange(h, device=x.device)[None]  # (N, H)
+    cols = dx[:, None] + torch.arange(w, device=x.device)[None]  # (N, W)
+    out = xp[
+        torch.arange(n, device=x.device)[:, None, None, None],
+        torch.arange(c, device=x.device)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
     flip = (torch.rand(n, generator=gen, device=gen.device) < 0.5).to(x.device)
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
@@ -344,8 +456,18 @@ class TensorLoader:
     and on every re-run, so a resumed epoch sees the same batches.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, shuffle: bool,
-                 augment: str, seed: int, device: torch.device | str = "cpu", drop_last: bool = False):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        augment: str,
+        seed: int,
+        device: torch.device | str = "cpu",
+        drop_last: bool = False,
+    ):
         self.device = torch.device(device)
         self.x = x.to(self.device)
         self.y = y.to(self.device)
@@ -370,7 +492,7 @@ class TensorLoader:
         if self.world > 1:
             per_rank = -(-n // self.world)
             idx = torch.cat([idx, idx[: per_rank * self.world - n]])  # pad as DistributedSampler
-            idx = idx[self.rank:: self.world]
+            idx = idx[self.rank :: self.world]
         return idx
 
     def __len__(self) -> int:
@@ -381,30 +503,43 @@ class TensorLoader:
         idx = self._indices().to(self.device)
         gen = generator(self.device, self.seed * 7_919 + self.epoch * 31 + self.rank)
         for i in range(len(self)):
-            b = idx[i * self.batch_size: (i + 1) * self.batch_size]
+            b = idx[i * self.batch_size : (i + 1) * self.batch_size]
             xb, yb = self.x[b], self.y[b]
             if self.augment == "crop_flip":
                 xb = crop_flip(xb, gen)
             yield xb, yb
 
 
-def make_train_loader(bundle: DataBundle, *, batch_size: int, seed: int, device: torch.device,
-                      num_workers: int = 4):
+def make_train_loader(bundle: DataBundle, *, batch_size: int, seed: int, device: torch.device, num_workers: int = 4):
     """The training loader: a TensorLoader for tensor data (on ``device`` when it is a GPU),
     a DataLoader with a DistributedSampler, pinned memory and workers for folder data."""
     if bundle.x_train is not None:
         on_device = home(device)
-        return TensorLoader(bundle.x_train, bundle.y_train, batch_size=batch_size, shuffle=True,
-                            augment=bundle.augment, seed=seed, device=on_device)
+        return TensorLoader(
+            bundle.x_train,
+            bundle.y_train,
+            batch_size=batch_size,
+            shuffle=True,
+            augment=bundle.augment,
+            seed=seed,
+            device=on_device,
+        )
     from torch.utils.data import DataLoader, DistributedSampler
 
     rank, world = dist_info()
-    sampler = DistributedSampler(bundle.train_dataset, num_replicas=world, rank=rank, seed=seed) \
-        if world > 1 else None
+    sampler = DistributedSampler(bundle.train_dataset, num_replicas=world, rank=rank, seed=seed) if world > 1 else None
     g = torch.Generator().manual_seed(seed)
-    loader = DataLoader(bundle.train_dataset, batch_size=batch_size, shuffle=sampler is None,
-                        sampler=sampler, num_workers=num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=num_workers > 0, drop_last=True, generator=g)
+    loader = DataLoader(
+        bundle.train_dataset,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
+        drop_last=True,
+        generator=g,
+    )
     return loader
 
 
@@ -413,4 +548,3 @@ def set_loader_epoch(loader: Any, epoch: int) -> None:
         loader.set_epoch(epoch)
     elif getattr(loader, "sampler", None) is not None and hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
-

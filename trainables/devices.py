@@ -1,4 +1,5 @@
 """Where tensors and random generators live: one rule for the whole package."""
+
 from __future__ import annotations
 
 import torch
@@ -22,6 +23,7 @@ def pick_device(spec: str = "auto") -> torch.device:
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         from .errors import ConfigError
 
-        raise ConfigError(f"device {spec}: not available here ({torch.cuda.device_count()} CUDA device(s)); "
-                          "use auto or cpu")
+        raise ConfigError(
+            f"device {spec}: not available here ({torch.cuda.device_count()} CUDA device(s)); use auto or cpu"
+        )
     return device

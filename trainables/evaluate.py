@@ -14,15 +14,16 @@ import argparse
 
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import EVAL_FILE
-    from .loading import load_model_from_checkpoint
     from .cli import Parser, writable_dir
     from .devices import pick_device
     from .evaluation import evaluate, format_table, get_protocol
     from .files import write_json
+    from .loading import load_model_from_checkpoint
     from .schema import parse_override
 
-    ap = Parser(prog="python -m trainables.evaluate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(
+        prog="python -m trainables.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--protocol", default="quick", help="basic, quick, paper, standard or imagenet")
     ap.add_argument("--output-dir", required=True)
@@ -42,16 +43,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.n is not None:
         overrides["n"] = args.n
     protocol = get_protocol(args.protocol, overrides)
-    model, cfg, bundle = load_model_from_checkpoint(args.checkpoint, expect_model=args.model, data_root=args.data_root,
-                                                    download=args.download)
+    model, cfg, bundle = load_model_from_checkpoint(
+        args.checkpoint, expect_model=args.model, data_root=args.data_root, download=args.download
+    )
     source = None
     if args.transfer_source:
-        source, _, _ = load_model_from_checkpoint(args.transfer_source, data_root=args.data_root, download=args.download)
+        source, _, _ = load_model_from_checkpoint(
+            args.transfer_source, data_root=args.data_root, download=args.download
+        )
     device = pick_device(args.device)
     out = writable_dir(args.output_dir, private=True)
     model.to(device)
-    results = evaluate(model, bundle, protocol, eps=cfg.eps, seed=args.seed, device=device,
-                       transfer_source=source, log=print)
+    results = evaluate(
+        model, bundle, protocol, eps=cfg.eps, seed=args.seed, device=device, transfer_source=source, log=print
+    )
     results["checkpoint"] = str(args.checkpoint)
     write_json(out / EVAL_FILE, results)
     print(format_table(results))

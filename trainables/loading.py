@@ -19,18 +19,26 @@ def build_model(cfg: TrainConfig, bundle: DataBundle | None = None) -> nn.Module
     its data set (``bundle``, loaded from the config when not given)."""
     entry = DATASETS.get(cfg.dataset)
     if bundle is None:
-        bundle = get_dataset(cfg.dataset, root=cfg.data.root, download=cfg.data.download,
-                             image_size=cfg.data.image_size)
-    net = create_model(cfg.model, cfg.model_args, num_classes=bundle.num_classes,
-                       in_channels=bundle.in_channels, image_size=bundle.image_size,
-                       mean=entry.mean, std=entry.std)
+        bundle = get_dataset(
+            cfg.dataset, root=cfg.data.root, download=cfg.data.download, image_size=cfg.data.image_size
+        )
+    net = create_model(
+        cfg.model,
+        cfg.model_args,
+        num_classes=bundle.num_classes,
+        in_channels=bundle.in_channels,
+        image_size=bundle.image_size,
+        mean=entry.mean,
+        std=entry.std,
+    )
     if cfg.init_checkpoint:
         load_weights(net, load_checkpoint(cfg.init_checkpoint), cfg.init_checkpoint, cfg.model)
     return net
 
 
-def load_model_from_checkpoint(path: str, *, expect_model: str | None = None, data_root: str | None = None,
-                               download: bool | None = None) -> tuple[nn.Module, TrainConfig, DataBundle]:
+def load_model_from_checkpoint(
+    path: str, *, expect_model: str | None = None, data_root: str | None = None, download: bool | None = None
+) -> tuple[nn.Module, TrainConfig, DataBundle]:
     """Model, resolved config and data of one of our checkpoints. ``data_root`` and
     ``download`` (when given) replace what the checkpoint's config says: the command line
     decides where data is read and whether anything is fetched, not a file."""

@@ -5,13 +5,15 @@ DDP-ready: with a process group, the training data is sharded per rank, the mode
 (by ``prepare_model`` or by plain DDP), per-epoch metrics are averaged across ranks, and only
 rank 0 evaluates and builds checkpoints.
 """
+
 from __future__ import annotations
 
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,14 +21,14 @@ import torch.distributed as dist
 from torch import nn
 
 from .attacks import pgd_linf
-from .schema import to_dict
-from .devices import generator, home, pick_device
+from .config import FastConfig, OptimConfig, TrainConfig
 from .data import DataBundle, dist_info, get_dataset, make_train_loader, set_loader_epoch, with_validation
+from .devices import generator, home, pick_device
 from .errors import DivergedError
+from .loading import build_model
 from .methods import METHODS, Method
 from .metrics import accuracy, batched
-from .loading import build_model
-from .config import FastConfig, OptimConfig, TrainConfig
+from .schema import to_dict
 
 EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]] | None], None]
 
@@ -89,15 +91,21 @@ class Components:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def build(cfg: TrainConfig, *, device: torch.device | None = None, resume: dict[str, Any] | None = None,
-          prepare_model: Callable[[nn.Module], nn.Module] | None = None,
-          bundle: DataBundle | None = None) -> Components:
+def build(
+    cfg: TrainConfig,
+    *,
+    device: torch.device | None = None,
+    resume: dict[str, Any] | None = None,
+    prepare_model: Callable[[nn.Module], nn.Module] | None = None,
+    bundle: DataBundle | None = None,
+) -> Components:
     """Build data, model, optimizer and method; restore them from ``resume`` if given."""
     device = device or pick_device(cfg.device)
     seed_everything(cfg.seed)
     if bundle is None:
-        bundle = get_dataset(cfg.dataset, root=cfg.data.root, download=cfg.data.download,
-                             image_size=cfg.data.image_size)
+        bundle = get_dataset(
+            cfg.dataset, root=cfg.data.root, download=cfg.data.download, image_size=cfg.data.image_size
+        )
     if not bundle.has_val:  # train on the training split minus the validation split
         bundle = with_validation(bundle, cfg.data.val_size, cfg.data.val_seed)
     net = build_model(cfg, bundle)
@@ -113,14 +121,28 @@ def build(cfg: TrainConfig, *, device: torch.device | None = None, resume: dict[
     if cfg.fast.compile:
         model = torch.compile(model)
     opt_cfg = cfg.optim
-    optimizer = torch.optim.SGD(net.parameters(), lr=opt_cfg.lr, momentum=opt_cfg.momentum,
-                                weight_decay=opt_cfg.weight_decay, nesterov=opt_cfg.nesterov)
+    optimizer = torch.optim.SGD(
+        net.parameters(),
+        lr=opt_cfg.lr,
+        momentum=opt_cfg.momentum,
+        weight_decay=opt_cfg.weight_decay,
+        nesterov=opt_cfg.nesterov,
+    )
     method_cls = METHODS.get(cfg.method)
-    method = method_cls(model, optimizer, cfg.method_args, num_classes=bundle.num_classes,
-                        eps=cfg.eps, device=device, amp_dtype=amp_dtype(cfg.fast, device, method_cls), seed=cfg.seed)
+    method = method_cls(
+        model,
+        optimizer,
+        cfg.method_args,
+        num_classes=bundle.num_classes,
+        eps=cfg.eps,
+        device=device,
+        amp_dtype=amp_dtype(cfg.fast, device, method_cls),
+        seed=cfg.seed,
+    )
     method.net = net  # attacks run on the unwrapped (uncompiled) model
-    loader = make_train_loader(bundle, batch_size=cfg.batch_size, seed=cfg.seed, device=device,
-                               num_workers=cfg.data.loader_workers)
+    loader = make_train_loader(
+        bundle, batch_size=cfg.batch_size, seed=cfg.seed, device=device, num_workers=cfg.data.loader_workers
+    )
     comp = Components(cfg, bundle, net, model, optimizer, method, loader, device)
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
@@ -163,8 +185,11 @@ def monitor(comp: Components) -> dict[str, float]:
         return pgd_linf(net, xb, yb, eps=eps, steps=m.pgd_steps, step_size=eps / 4, generator=gen)
 
     x_adv = batched(attack, x, y, batch_size=256, device=comp.device)
-    return {"monitor_clean_acc": accuracy(net, x, y), "monitor_pgd_acc": accuracy(net, x_adv, y),
-            "monitor_split": "val" if comp.bundle.has_val else "test"}
+    return {
+        "monitor_clean_acc": accuracy(net, x, y),
+        "monitor_pgd_acc": accuracy(net, x_adv, y),
+        "monitor_split": "val" if comp.bundle.has_val else "test",
+    }
 
 
 def train_epoch(comp: Components, epoch: int) -> dict[str, Any]:
@@ -200,7 +225,8 @@ def train_epoch(comp: Components, epoch: int) -> dict[str, Any]:
         torch.cuda.synchronize(comp.device)
     elapsed = time.perf_counter() - t0
     loss_total, correct_total, seen_total, slowest = _all_reduce_sum(
-        [loss_sum.item(), correct.item(), float(seen), elapsed], comp.device)
+        [loss_sum.item(), correct.item(), float(seen), elapsed], comp.device
+    )
     _, world = dist_info()
     loss = loss_total / max(seen_total, 1)
     if not math.isfinite(loss):
@@ -218,8 +244,9 @@ def train_epoch(comp: Components, epoch: int) -> dict[str, Any]:
     return metrics
 
 
-def fit(comp: Components, *, on_epoch_end: EpochCallback | None = None,
-        log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def fit(
+    comp: Components, *, on_epoch_end: EpochCallback | None = None, log: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
     """Train from ``comp.start_epoch`` to ``cfg.epochs``. After each epoch, ``on_epoch_end``
     gets the metrics and (on rank 0) a function that builds the checkpoint state."""
     cfg = comp.cfg

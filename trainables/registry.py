@@ -3,11 +3,13 @@
 Every method, model and data set registers itself by name with a decorator; tests are
 parametrized over ``names()`` so a new entry is tested the moment it is registered.
 """
+
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import ConfigError
 
@@ -32,9 +34,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise ConfigError(
-                f"unknown {self.kind} {name!r}; expected one of: {', '.join(self.names())}"
-            ) from None
+            raise ConfigError(f"unknown {self.kind} {name!r}; expected one of: {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -54,8 +54,13 @@ def declared_names(files: list[Path], decorator: str) -> list[str]:
     names = []
     for f in files:
         for node in ast.walk(ast.parse(f.read_text())):
-            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == decorator and node.args
-                    and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) == decorator
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
                 names.append(node.args[0].value)
     return sorted(set(names))
 

@@ -4,15 +4,17 @@
 frozen dataclass, naming the offending key (``where.key``) in every error. Numbers may be
 written as fractions (``8/255``); they are parsed explicitly, never with ``eval``.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal, Mapping, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
@@ -33,8 +35,9 @@ class _StrictLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         if not self.aliases and self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise yaml.constructor.ConstructorError(None, None, "YAML aliases (*name) are not accepted",
-                                                    event.start_mark)
+            raise yaml.constructor.ConstructorError(
+                None, None, "YAML aliases (*name) are not accepted", event.start_mark
+            )
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
@@ -214,9 +217,7 @@ def build(cls: type[C], data: Mapping[str, Any] | None, where: str) -> C:
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = [k for k in data if k not in names]
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r}; expected one of: {', '.join(names)}"
-        )
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; expected one of: {', '.join(names)}")
     kwargs = {k: coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)

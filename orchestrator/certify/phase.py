@@ -12,12 +12,14 @@ unsharded evaluation of the same images. A sweep stopped during certification an
 only the shards that have no result yet. The console says how far it is at least every
 ``HEARTBEAT_S`` seconds.
 """
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..study.names import TEST, under
 from .shards import ShardJob, count_images, cuts, read_bytes, read_shard, run_shard, write_bytes
@@ -83,9 +85,22 @@ def plan(finalists: list[Finalist], settings: Settings) -> None:
     """Cut each finalist's images into shards and pick up those an earlier launch finished."""
     for f in finalists:
         n = _images(settings, f.config)
-        f.jobs = [ShardJob(f.stage, f.trial_id, a, b, f.checkpoint, f.directory, settings.protocol,
-                           dict(settings.overrides), settings.seed, settings.transfer_source, settings.keep_adversarial)
-                  for a, b in cuts(n, settings.shard_size)]
+        f.jobs = [
+            ShardJob(
+                f.stage,
+                f.trial_id,
+                a,
+                b,
+                f.checkpoint,
+                f.directory,
+                settings.protocol,
+                dict(settings.overrides),
+                settings.seed,
+                settings.transfer_source,
+                settings.keep_adversarial,
+            )
+            for a, b in cuts(n, settings.shard_size)
+        ]
         for job in f.jobs:
             shard = read_shard(job)
             if shard is not None:
@@ -106,16 +121,24 @@ class Progress:
         rate = self.images / elapsed if elapsed > 0 and self.images else 0.0
         left = (self.total_images - self.images) / rate if rate else float("nan")
         eta = f"~{left:.0f} s left" if rate else "time left unknown yet"
-        self.say(f"[{self.stage}] certify: {self.shards}/{self.total_shards} shards, {self.images}/{self.total_images} "
-                 f"test images, {rate:.1f} images/s, {eta}{what}")
+        self.say(
+            f"[{self.stage}] certify: {self.shards}/{self.total_shards} shards, {self.images}/{self.total_images} "
+            f"test images, {rate:.1f} images/s, {eta}{what}"
+        )
         self.last = time.monotonic()
 
     def due(self) -> bool:
         return time.monotonic() - self.last >= HEARTBEAT_S
 
 
-def run(finalists: list[Finalist], settings: Settings, *, console=None, say: Callable[[str], None] = print,
-        on_finalist: Callable[[Finalist], None] | None = None) -> None:
+def run(
+    finalists: list[Finalist],
+    settings: Settings,
+    *,
+    console=None,
+    say: Callable[[str], None] = print,
+    on_finalist: Callable[[Finalist], None] | None = None,
+) -> None:
     """Certify ``finalists``: every missing shard as a Ray task, all at once; each finalist's
     result as soon as its last shard is in (``on_finalist``)."""
     import ray
@@ -124,15 +147,15 @@ def run(finalists: list[Finalist], settings: Settings, *, console=None, say: Cal
 
     todo = [(f, j) for f in finalists for j in f.jobs if j.start not in f.done]
     total = sum(len(f.jobs) for f in finalists)
-    progress = Progress(finalists[0].stage if finalists else "certify", total,
-                        sum(f.images for f in finalists), say)
+    progress = Progress(finalists[0].stage if finalists else "certify", total, sum(f.images for f in finalists), say)
     progress.shards = total - len(todo)
     progress.images = sum(j.stop - j.start for f in finalists for j in f.jobs if j.start in f.done)
     if progress.shards:
         say(f"[{progress.stage}] certify: {progress.shards} of {total} shards finished in an earlier launch")
     task = ray.remote(num_cpus=settings.cpus, num_gpus=settings.gpus, max_retries=1)(run_shard)
-    pending = {task.remote(j, threads=max(1, int(settings.cpus)), gpus=settings.gpus, console=console): (f, j)
-               for f, j in todo}
+    pending = {
+        task.remote(j, threads=max(1, int(settings.cpus)), gpus=settings.gpus, console=console): (f, j) for f, j in todo
+    }
     if pending:
         progress.line(f" ({len(pending)} shard task(s) submitted)")
     for f in finalists:
@@ -158,8 +181,9 @@ def run(finalists: list[Finalist], settings: Settings, *, console=None, say: Cal
             f.done[job.start] = shard
             progress.shards += 1
             progress.images += job.stop - job.start
-            progress.line(f" (trial {f.trial_id} images {job.start}-{job.stop - 1}: {info['seconds']:.0f} s on "
-                          f"{info['device']})")
+            progress.line(
+                f" (trial {f.trial_id} images {job.start}-{job.stop - 1}: {info['seconds']:.0f} s on {info['device']})"
+            )
             if len(f.done) == len(f.jobs):
                 _finish(f, settings, on_finalist)
         if pending and progress.due():
@@ -169,9 +193,7 @@ def run(finalists: list[Finalist], settings: Settings, *, console=None, say: Cal
 def _finish(f: Finalist, settings: Settings, on_finalist) -> None:
     """A finalist's metrics from the union of its shards; its files beside them (and, with
     ``save_adversarial``, AutoAttack's inputs and log beside its checkpoint)."""
-    from trainables.evaluation import union
-    from trainables.evaluation import finish, protocol_eps
-    from trainables.evaluation import get_protocol
+    from trainables.evaluation import finish, get_protocol, protocol_eps, union
 
     protocol = get_protocol(settings.protocol, settings.overrides)
     whole = union(list(f.done.values()))
@@ -189,8 +211,11 @@ def _finish(f: Finalist, settings: Settings, on_finalist) -> None:
     if settings.keep_adversarial and whole.adversarial:
         _save_adversarial(f, whole)
     f.result = under(TEST, {k: v for k, v in result.items() if k not in ("attack_seconds",)})
-    f.result[TEST + "masking_details"] = [f"{n}: {result['masking_checks'][n]['detail']}"
-                                         for n in result.get("masking_flags", []) if n in result.get("masking_checks", {})]
+    f.result[TEST + "masking_details"] = [
+        f"{n}: {result['masking_checks'][n]['detail']}"
+        for n in result.get("masking_flags", [])
+        if n in result.get("masking_checks", {})
+    ]
     for name, seconds in (result.get("attack_seconds") or {}).items():
         f.result[f"{TEST}seconds/{name.replace('@', '_at_')}"] = seconds
     if on_finalist is not None:

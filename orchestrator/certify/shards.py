@@ -4,6 +4,7 @@ the study's storage before it returns. A shard that finished is never run again:
 reads its file. Files are plain JSON (and, with ``save_adversarial``, tensors loaded with
 ``weights_only``): nothing a shard wrote is unpickled.
 """
+
 from __future__ import annotations
 
 import io
@@ -129,15 +130,13 @@ def _load(checkpoint: str):
 
 def run_shard(job: ShardJob, *, threads: int, gpus: float, console=None) -> dict[str, Any]:
     """Evaluate one shard and write its result; returns what the progress line needs."""
+    import ray
     import torch
 
+    from trainables.evaluation import evaluate_shard, get_protocol, protocol_eps
     from trainables.loading import load_model_from_checkpoint
-    from trainables.evaluation import evaluate_shard, protocol_eps
-    from trainables.evaluation import get_protocol
 
     from ..record import console_say
-
-    import ray
 
     torch.set_num_threads(max(1, threads))
     t0, began = time.perf_counter(), time.time()
@@ -146,13 +145,29 @@ def run_shard(job: ShardJob, *, threads: int, gpus: float, console=None) -> dict
     model.to(device).eval()
     source = load_model_from_checkpoint(job.transfer_source)[0] if job.transfer_source else None
     protocol = get_protocol(job.protocol, job.overrides)
-    shard = evaluate_shard(model, bundle, protocol, eps=protocol_eps(protocol, bundle.name, cfg.eps), start=job.start,
-                           stop=job.stop, seed=job.seed, device=device, transfer_source=source,
-                           keep_adversarial=job.keep_adversarial,
-                           log=console_say(console, f"[{job.stage}] certify {job.trial_id}", f"images {job.start}-{job.stop - 1}"))
+    shard = evaluate_shard(
+        model,
+        bundle,
+        protocol,
+        eps=protocol_eps(protocol, bundle.name, cfg.eps),
+        start=job.start,
+        stop=job.stop,
+        seed=job.seed,
+        device=device,
+        transfer_source=source,
+        keep_adversarial=job.keep_adversarial,
+        log=console_say(console, f"[{job.stage}] certify {job.trial_id}", f"images {job.start}-{job.stop - 1}"),
+    )
     # where and when it ran: a finalist's shards spread over the cluster's nodes at once
-    shard.notes["placement"] = [{"images": [job.start, job.stop], "node_id": ray.get_runtime_context().get_node_id(),
-                                 "device": device.type, "began": began, "ended": time.time()}]
+    shard.notes["placement"] = [
+        {
+            "images": [job.start, job.stop],
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "device": device.type,
+            "began": began,
+            "ended": time.time(),
+        }
+    ]
     if job.keep_adversarial:
         buf = io.BytesIO()
         torch.save(shard.adversarial, buf)
@@ -165,8 +180,7 @@ def count_images(config: dict, protocol: str, overrides: dict) -> int:
     """How many test images the protocol evaluates for a trial of this (resolved) training
     config: the protocol's ``n``, at most the test split."""
     from trainables.data import get_dataset
-    from trainables.evaluation import evaluation_size
-    from trainables.evaluation import get_protocol
+    from trainables.evaluation import evaluation_size, get_protocol
 
     data = config.get("data") or {}
     bundle = get_dataset(config["dataset"], root=data.get("root"), download=False, image_size=data.get("image_size"))

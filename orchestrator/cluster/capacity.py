@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from trainables.errors import ConfigError
 
@@ -48,8 +49,9 @@ class TrialNeed:
         return f"{self.num_workers} worker(s) x {_fmt(self.bundle)}"
 
 
-def trial_need(num_workers: int, cpus_per_worker: float, gpus_per_worker: float,
-               driver: Mapping[str, float] | None = None) -> TrialNeed:
+def trial_need(
+    num_workers: int, cpus_per_worker: float, gpus_per_worker: float, driver: Mapping[str, float] | None = None
+) -> TrialNeed:
     bundle = {"CPU": float(cpus_per_worker)}
     if gpus_per_worker > 0:
         bundle["GPU"] = float(gpus_per_worker)
@@ -89,12 +91,14 @@ def max_trials(shape: ClusterShape, need: TrialNeed) -> int:
         raise ResourceError(
             f"resources: a worker needs {_fmt(need.bundle)}, more than any node type of {shape.source} offers "
             f"(largest: {largest.name} {_fmt(largest.resources)}); lower --gpus-per-worker/cpus_per_worker "
-            f"or add a larger node type")
+            f"or add a larger node type"
+        )
     workers_at_max = sum(_copies(need.bundle, t.resources) * n for t, n in hosts)
     if workers_at_max < need.num_workers:
         raise ResourceError(
             f"resources: a trial needs {need.describe()}; {shape.source} can grow to at most "
-            f"{workers_at_max} such worker(s) (max_workers {shape.max_workers}); lower --num-workers")
+            f"{workers_at_max} such worker(s) (max_workers {shape.max_workers}); lower --num-workers"
+        )
     return workers_at_max // need.num_workers
 
 
@@ -108,8 +112,9 @@ def alive_node_resources() -> list[dict[str, float]]:
     return [dict(n["Resources"]) for n in alive_nodes()]
 
 
-def concurrency(shape: ClusterShape | None, need: TrialNeed, requested: int | None,
-                nodes_now: list[Mapping[str, float]]) -> int:
+def concurrency(
+    shape: ClusterShape | None, need: TrialNeed, requested: int | None, nodes_now: list[Mapping[str, float]]
+) -> int:
     """How many trials run at once: bounded by what the cluster can grow to when its config is
     known, by ``requested`` (--max-concurrent-trials) otherwise, and never more than either."""
     if shape is not None and shape.fully_declared:
@@ -120,9 +125,14 @@ def concurrency(shape: ClusterShape | None, need: TrialNeed, requested: int | No
     return max(1, trials_that_fit(nodes_now, need))
 
 
-def wait_for_first_trial(need: TrialNeed, timeout_s: float, *, poll_s: float = 2.0,
-                         nodes: Callable[[], list[dict[str, float]]] = alive_node_resources,
-                         say: Callable[[str], None] = print) -> None:
+def wait_for_first_trial(
+    need: TrialNeed,
+    timeout_s: float,
+    *,
+    poll_s: float = 2.0,
+    nodes: Callable[[], list[dict[str, float]]] = alive_node_resources,
+    say: Callable[[str], None] = print,
+) -> None:
     """Return once the cluster holds one trial's worker group; until then ask the autoscaler
     for it. After ``timeout_s`` fail with the resources that are missing."""
     if trials_that_fit(nodes(), need) >= 1:
@@ -146,7 +156,8 @@ def wait_for_first_trial(need: TrialNeed, timeout_s: float, *, poll_s: float = 2
         raise ResourceError(
             f"resources: no room for one trial ({need.describe()}) after waiting {timeout_s:.0f} s "
             f"(--resource-timeout); the cluster has {len(present)} node(s) with {_fmt(total)} in all; "
-            f"missing: {_missing(need, present)}")
+            f"missing: {_missing(need, present)}"
+        )
     finally:
         request_resources(bundles=[])  # the autoscaler is driven by the trials from here on
 

@@ -12,8 +12,8 @@ import json
 import os
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from trainables.errors import ConfigError
 
@@ -52,8 +52,9 @@ def refused(e: BaseException) -> bool:
     return isinstance(reason, ConnectionRefusedError) or isinstance(e, ConnectionRefusedError)
 
 
-def wait_for_server(uri: str, wait_s: float, *, timeout: float = 5.0, poll_s: float = POLL_S,
-                    say: Callable[[str], None] | None = None) -> None:
+def wait_for_server(
+    uri: str, wait_s: float, *, timeout: float = 5.0, poll_s: float = POLL_S, say: Callable[[str], None] | None = None
+) -> None:
     """Return once the server at ``uri`` answers as MLflow. A server that refuses connections is
     probed again until ``wait_s`` has passed (saying so once through ``say``); the last failure,
     or any failure other than a refused connection, is raised."""
@@ -90,8 +91,9 @@ def _check_sqlite(uri: str) -> None:
         raise ConfigError(f"--tracking-uri {uri}: {parent} is not writable")
 
 
-def check_tracking_uri(uri: str, timeout: float = 5.0, wait_s: float = SERVER_WAIT_S,
-                       say: Callable[[str], None] = print) -> None:
+def check_tracking_uri(
+    uri: str, timeout: float = 5.0, wait_s: float = SERVER_WAIT_S, say: Callable[[str], None] = print
+) -> None:
     """Fail before Ray starts when the store cannot be used. A server that refuses connections
     is waited for up to ``wait_s`` (``ray up`` may have just started it), saying so once."""
     if uri.startswith("sqlite:"):
@@ -103,6 +105,8 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, wait_s: float = SERVER_WA
     try:
         wait_for_server(uri, wait_s, timeout=timeout, say=say)
     except Exception as e:  # noqa: BLE001 - any failure means unusable
-        raise ConfigError(f"--tracking-uri {uri}: MLflow tracking server unreachable or not MLflow "
-                          f"({type(e).__name__}: {str(e)[:200]})") from None
+        raise ConfigError(
+            f"--tracking-uri {uri}: MLflow tracking server unreachable or not MLflow "
+            f"({type(e).__name__}: {str(e)[:200]})"
+        ) from None
     return None

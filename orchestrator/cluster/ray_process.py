@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from trainables.errors import ConfigError
 
 from .capacity import DRIVER_RESOURCE
 from .shape import BOOTSTRAP_CONFIG
+
 
 def ray_address(explicit: str | None, say: Callable[[str], None] = print) -> str | None:
     """The cluster to join: --address, $RAY_ADDRESS, or this node's cluster when it is a head
@@ -27,8 +28,10 @@ def ray_address(explicit: str | None, say: Callable[[str], None] = print) -> str
         if local_ray_running():
             say(f"ray: joining the cluster of this head node ({BOOTSTRAP_CONFIG} and a running Ray)")
             return "auto"
-        say(f"ray: {BOOTSTRAP_CONFIG} is here but no Ray runs on this machine (a head node after `ray down`): "
-            "starting a private local Ray")
+        say(
+            f"ray: {BOOTSTRAP_CONFIG} is here but no Ray runs on this machine (a head node after `ray down`): "
+            "starting a private local Ray"
+        )
     return None
 
 
@@ -101,8 +104,9 @@ def tidy_session(output_dir: Path) -> int:
 SLOW_START = "timed out during startup"
 
 
-def start_ray(address: str | None, verbose: bool = False, temp_dir: str | None = None,
-              say: Callable[[str], None] = print) -> None:
+def start_ray(
+    address: str | None, verbose: bool = False, temp_dir: str | None = None, say: Callable[[str], None] = print
+) -> None:
     """Join ``address``, or start a private local Ray (never another cluster on this machine)
     with its session files in ``temp_dir``; a local start that times out is tried once more."""
     import ray
@@ -110,8 +114,13 @@ def start_ray(address: str | None, verbose: bool = False, temp_dir: str | None =
     # The dashboard (ray[default]) must run: without it a trial that ASHA stops early never
     # releases its worker group's placement group and later trials wait forever. It listens
     # on 127.0.0.1 only.
-    kw = dict(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=verbose,
-              configure_logging=True, logging_level="INFO" if verbose else "ERROR")
+    kw = dict(
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        log_to_driver=verbose,
+        configure_logging=True,
+        logging_level="INFO" if verbose else "ERROR",
+    )
     if not verbose:
         # Tune's start-of-experiment box (its legacy reporter at verbose 0 prints nothing), and
         # the local raylet's warning that trial drivers and worker groups start more Python
@@ -124,9 +133,12 @@ def start_ray(address: str | None, verbose: bool = False, temp_dir: str | None =
         try:
             ray.init(address=address, **kw)
         except (ConnectionError, RuntimeError) as e:
-            hint = ("" if os.environ.get("RAY_AUTH_MODE") == "token" else
-                    "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and put its token in "
-                    "~/.ray/auth_token")
+            hint = (
+                ""
+                if os.environ.get("RAY_AUTH_MODE") == "token"
+                else "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and put its token in "
+                "~/.ray/auth_token"
+            )
             raise ConfigError(f"Ray address {address}: cannot join ({str(e).splitlines()[0][:200]}){hint}") from None
         return
     # A private Ray on this machine: Ray Train's controller polls its workers every 0.5 s (not 2 s:
@@ -137,7 +149,9 @@ def start_ray(address: str | None, verbose: bool = False, temp_dir: str | None =
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     if temp_dir:  # the processes of this Ray find it, not another one on the machine (own_address_file)
         os.environ["RAY_TMPDIR"] = temp_dir
-    local = dict(address="local", resources={DRIVER_RESOURCE: 10_000}, **({"_temp_dir": temp_dir} if temp_dir else {}), **kw)
+    local = dict(
+        address="local", resources={DRIVER_RESOURCE: 10_000}, **({"_temp_dir": temp_dir} if temp_dir else {}), **kw
+    )
     try:
         ray.init(**local)
     except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this
@@ -202,5 +216,7 @@ def check_address_reachable(address: str, timeout_s: float = 5.0) -> None:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             pass
     except OSError as e:
-        raise ConfigError(f"Ray address {address}: unreachable ({e.strerror or type(e).__name__}); "
-                          f"is the cluster up (ray up / ray start --head)?") from None
+        raise ConfigError(
+            f"Ray address {address}: unreachable ({e.strerror or type(e).__name__}); "
+            f"is the cluster up (ray up / ray start --head)?"
+        ) from None

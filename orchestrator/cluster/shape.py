@@ -7,9 +7,10 @@ present size says nothing about what a study can use."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from trainables.errors import ConfigError
 
@@ -73,8 +74,15 @@ def read_cluster_config(path: str | os.PathLike) -> ClusterShape:
     for name, t in raw["available_node_types"].items():
         t = t or {}
         res = {k: float(v) for k, v in (t.get("resources") or {}).items()}
-        types.append(NodeType(name=str(name), resources=res, min_workers=int(t.get("min_workers", 0) or 0),
-                              max_workers=int(t.get("max_workers", 0) or 0), declared=bool(res)))
+        types.append(
+            NodeType(
+                name=str(name),
+                resources=res,
+                min_workers=int(t.get("min_workers", 0) or 0),
+                max_workers=int(t.get("max_workers", 0) or 0),
+                declared=bool(res),
+            )
+        )
     head = str(raw.get("head_node_type", ""))
     if head not in {t.name for t in types}:
         raise ConfigError(f"--cluster-config {p}: head_node_type {head!r} is not one of available_node_types")
@@ -90,7 +98,9 @@ def _prepared(raw: Mapping[str, Any], p: Path) -> Mapping[str, Any]:
     try:
         return prepare_config(dict(raw))
     except Exception as e:  # noqa: BLE001 - Ray's own validation, any failure is bad input
-        raise ConfigError(f"--cluster-config {p}: not a valid Ray cluster config ({str(e).splitlines()[0][:200]})") from None
+        raise ConfigError(
+            f"--cluster-config {p}: not a valid Ray cluster config ({str(e).splitlines()[0][:200]})"
+        ) from None
 
 
 def find_cluster_config(explicit: str | None, bootstrap: str = BOOTSTRAP_CONFIG) -> ClusterShape | None:

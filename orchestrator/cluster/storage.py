@@ -5,8 +5,9 @@ systems are accepted."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from trainables.errors import ConfigError
 
@@ -14,8 +15,24 @@ from .shape import ClusterShape
 
 # File systems that every node of a cluster can share; a --storage-path on one of them is fine
 # on a multi-node cluster (Ray Train needs every node to reach every checkpoint).
-SHARED_FS_TYPES = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "cephfs", "ceph",
-                   "glusterfs", "fuse.gcsfuse", "fuse.s3fs", "fuse.juicefs", "fuse.mountpoint-s3", "wekafs")
+SHARED_FS_TYPES = (
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "lustre",
+    "gpfs",
+    "beegfs",
+    "cephfs",
+    "ceph",
+    "glusterfs",
+    "fuse.gcsfuse",
+    "fuse.s3fs",
+    "fuse.juicefs",
+    "fuse.mountpoint-s3",
+    "wekafs",
+)
 
 
 def fs_type(path: str | os.PathLike) -> str | None:
@@ -45,8 +62,10 @@ def check_storage(storage_path: str, *, multi_node: bool, declared_shared: bool,
     if "://" in storage_path:
         scheme = storage_path.split("://", 1)[0]
         if scheme not in STORAGE_SCHEMES:
-            raise ConfigError(f"--storage-path {storage_path}: unknown scheme {scheme!r}; expected a directory or "
-                              f"one of {', '.join(s + '://' for s in STORAGE_SCHEMES)}")
+            raise ConfigError(
+                f"--storage-path {storage_path}: unknown scheme {scheme!r}; expected a directory or "
+                f"one of {', '.join(s + '://' for s in STORAGE_SCHEMES)}"
+            )
         return
     if not multi_node or declared_shared:
         return
@@ -59,7 +78,8 @@ def check_storage(storage_path: str, *, multi_node: bool, declared_shared: bool,
     raise ConfigError(
         f"--storage-path {storage_path}: a local directory ({kind or 'unknown'} file system) on a multi-node "
         f"cluster ({where}); use shared storage: s3://BUCKET/PATH, gs://BUCKET/PATH, or a path on an NFS mount "
-        f"present on every node (add --shared-storage if it is one this check does not recognise)")
+        f"present on every node (add --shared-storage if it is one this check does not recognise)"
+    )
 
 
 def is_multi_node(shape: ClusterShape | None, nodes_now: list[Mapping[str, Any]]) -> tuple[bool, str]:

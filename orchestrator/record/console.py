@@ -2,9 +2,11 @@
 per epoch) cannot carry: a worker's screening says each attack's accuracy while it runs, a
 resumed worker says which checkpoint it fell back to. Senders never wait; the sweep prints what
 arrived (``orchestrator.results.progress``)."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class ConsoleLines:

@@ -6,8 +6,9 @@ one per trial) and every trial's record (the ledger, ``orchestrator.record.ledge
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from trainables.files import write_json
 

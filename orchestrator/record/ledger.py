@@ -6,7 +6,8 @@ trials and builds ``--resume`` from it; the summary reads it."""
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .status import ENDED
 

@@ -1,11 +1,13 @@
 """A trial's status: one closed vocabulary for the ledger, selection, MLflow, the console and the
 summary, and what Tune and the worker say about a trial turned into it (its status when Tune
 completes it, a failed trial's cause). No Ray import: Tune's trial objects are only read."""
+
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any
 
 
 class TrialStatus(str, Enum):
@@ -27,8 +29,9 @@ class TrialStatus(str, Enum):
     @property
     def mlflow(self) -> str:
         """The MLflow run status it ends in."""
-        return {TrialStatus.COMPLETED: "FINISHED", TrialStatus.STOPPED: "KILLED",
-                TrialStatus.RUNNING: "RUNNING"}.get(self, "FAILED")
+        return {TrialStatus.COMPLETED: "FINISHED", TrialStatus.STOPPED: "KILLED", TrialStatus.RUNNING: "RUNNING"}.get(
+            self, "FAILED"
+        )
 
 
 ENDED = tuple(s.value for s in TrialStatus if s.ended)
@@ -53,8 +56,12 @@ def _innermost(err: BaseException) -> BaseException:
     e, seen = err, set()
     while id(e) not in seen:
         seen.add(id(e))
-        inner = (getattr(e, "cause", None) or getattr(e, "controller_failure", None)
-                 or next(iter((getattr(e, "worker_failures", None) or {}).values()), None) or e.__cause__)
+        inner = (
+            getattr(e, "cause", None)
+            or getattr(e, "controller_failure", None)
+            or next(iter((getattr(e, "worker_failures", None) or {}).values()), None)
+            or e.__cause__
+        )
         if not isinstance(inner, BaseException):
             break
         e = inner
@@ -62,7 +69,7 @@ def _innermost(err: BaseException) -> BaseException:
 
 
 def _cut(line: str, limit: int) -> str:
-    return line if len(line) <= limit else line[:limit - 1] + "…"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def error_cause(err: BaseException | str | None, limit: int = 300) -> str | None:
@@ -72,8 +79,11 @@ def error_cause(err: BaseException | str | None, limit: int = 300) -> str | None
     if err is None:
         return None
     e = _innermost(err) if isinstance(err, BaseException) else err
-    lines = [ln.strip() for ln in _ANSI.sub("", str(e)[:_TEXT_MAX]).splitlines()
-             if ln.strip() and not ln.strip().startswith(("Traceback", "File "))]
+    lines = [
+        ln.strip()
+        for ln in _ANSI.sub("", str(e)[:_TEXT_MAX]).splitlines()
+        if ln.strip() and not ln.strip().startswith(("Traceback", "File "))
+    ]
     # a RayTaskError's text is a banner and a traceback; its last line is "Type: message"
     line = next((ln for ln in reversed(lines) if _EXCEPTION_LINE.match(ln)), None)
     if line is None and isinstance(e, BaseException):

@@ -1,5 +1,5 @@
 """What a study leaves for people: MLflow runs (``tracking``, and ``callbacks`` for the trials'),
-the console (``progress``, ``table``), summary files (``summary``) and reports (``reports``);
+the console (``progress``, ``tables``), summary files (``summary``) and reports (``reports``);
 numbers formatted one way (``format``). The names below load their module when first used."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ _HOME = {
     "provenance": "tracking",
     "MLflowTrialCallback": "callbacks",
     "Progress": "progress",
-    "table": "table",
+    "table": "tables",
     "add_certification": "summary",
     "add_intervals": "summary",
     "rows_from_records": "summary",

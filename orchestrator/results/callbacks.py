@@ -6,8 +6,9 @@ study's ``Tracker``."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ray import tune
 
@@ -23,9 +24,18 @@ class MLflowTrialCallback(tune.Callback):
     """Creates a child run per trial, logs per-epoch metrics, the final result (its screening on
     validation), tags and artifacts, and ends the run with the trial's real status."""
 
-    def __init__(self, tracker: Tracker, *, parent_run_id: str, stage: str, study: str,
-                 base: Mapping[str, Any], refs: Mapping[str, str], tags: Mapping[str, str],
-                 resumes: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        tracker: Tracker,
+        *,
+        parent_run_id: str,
+        stage: str,
+        study: str,
+        base: Mapping[str, Any],
+        refs: Mapping[str, str],
+        tags: Mapping[str, str],
+        resumes: Mapping[str, str] | None = None,
+    ):
         self.tracker = tracker
         self.resumes = dict(resumes or {})  # config key -> Train run of a trial run again: its MLflow run goes on
         self.parent = parent_run_id
@@ -73,9 +83,16 @@ class MLflowTrialCallback(tune.Callback):
         cfg = self.config(trial)  # as given: the resolved config follows with the first result
         searched = searched_values(trial.config)
         searched.pop("case", None)
-        tags = {**self.tags, "mlflow.parentRunId": self.parent, "study": self.study, "stage": self.stage,
-                "trial_id": trial.trial_id, "method": str(cfg.get("method")), "trial_status": TrialStatus.RUNNING.value,
-                "searched_params": ",".join(short_name(k) for k in searched)}
+        tags = {
+            **self.tags,
+            "mlflow.parentRunId": self.parent,
+            "study": self.study,
+            "stage": self.stage,
+            "trial_id": trial.trial_id,
+            "method": str(cfg.get("method")),
+            "trial_status": TrialStatus.RUNNING.value,
+            "searched_params": ",".join(short_name(k) for k in searched),
+        }
         run = client.create_run(self.tracker.experiment_id, run_name=f"{self.stage}-{trial.trial_id}", tags=tags)
         self.tracker.launch_file.set_trial_run_id(trial_key(self.stage, trial.trial_id), run.info.run_id)
         self._run_ids[trial_key(self.stage, trial.trial_id)] = run.info.run_id
@@ -118,7 +135,11 @@ class MLflowTrialCallback(tune.Callback):
                 client.set_tag(run_id, "checkpoint", str(Path(ck, CHECKPOINT_FILE)))
             if ck and Path(ck, EVAL_FILE).exists():
                 client.log_artifact(run_id, str(Path(ck, EVAL_FILE)))
-            if ck and Path(ck, CHECKPOINT_FILE).exists() and Path(ck, CHECKPOINT_FILE).stat().st_size <= CHECKPOINT_ARTIFACT_MAX:
+            if (
+                ck
+                and Path(ck, CHECKPOINT_FILE).exists()
+                and Path(ck, CHECKPOINT_FILE).stat().st_size <= CHECKPOINT_ARTIFACT_MAX
+            ):
                 client.log_artifact(run_id, str(Path(ck, CHECKPOINT_FILE)))
             if error:
                 self.tracker.log_artifact_json(run_id, "error.json", {"error": error})

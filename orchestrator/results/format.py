@@ -1,4 +1,5 @@
 """How numbers read in tables, on the console and in reports: one set of formatters."""
+
 from __future__ import annotations
 
 import math

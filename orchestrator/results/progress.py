@@ -1,6 +1,7 @@
 """The sweep's console while trials run: one line per epoch (the first with the trial's searched
 values), one per attack of each screening (sent by the workers, ``orchestrator.tuner.console``),
 and one per finished trial; Tune's own table is kept quiet."""
+
 from __future__ import annotations
 
 import time
@@ -9,9 +10,9 @@ from ray import tune
 
 from trainables.evaluation import describe_flags
 
+from ..record import TrialStatus, completed_status, drain, trial_error
 from ..study.names import VAL
 from ..study.space import searched_values, short_name
-from ..record import TrialStatus, completed_status, drain, trial_error
 from .format import short
 
 
@@ -34,10 +35,16 @@ class Progress(tune.Callback):
         self.done += 1
         m = trial.last_result or {}
         flags = m.get(f"{VAL}masking_flags")
-        val = (f"  val clean {m[VAL + 'clean_acc']:.4f} robust {m[VAL + 'robust_acc']:.4f}"
-               if isinstance(m.get(VAL + "robust_acc"), float) else "")
-        print(f"[{self.stage}] {self.done}/{self.total} trial {trial.trial_id} {status}{val}"
-              f"{'  masking ' + describe_flags(flags) if flags else ''}  ({time.time() - self.t0:.0f}s)", flush=True)
+        val = (
+            f"  val clean {m[VAL + 'clean_acc']:.4f} robust {m[VAL + 'robust_acc']:.4f}"
+            if isinstance(m.get(VAL + "robust_acc"), float)
+            else ""
+        )
+        print(
+            f"[{self.stage}] {self.done}/{self.total} trial {trial.trial_id} {status}{val}"
+            f"{'  masking ' + describe_flags(flags) if flags else ''}  ({time.time() - self.t0:.0f}s)",
+            flush=True,
+        )
 
     def drain(self, force: bool = False) -> None:
         """Print what trials said since the last call (at most once a second unless forced)."""
@@ -55,7 +62,9 @@ class Progress(tune.Callback):
         if trial.trial_id in self.said:
             return ""
         self.said.add(trial.trial_id)
-        values = [f"{short_name(k) if k != 'case' else 'case'}={short(v)}" for k, v in searched_values(trial.config).items()]
+        values = [
+            f"{short_name(k) if k != 'case' else 'case'}={short(v)}" for k, v in searched_values(trial.config).items()
+        ]
         first = f"  [{' '.join(values)}]" if values else ""
         if result.get("resumed_from_epoch"):
             first += f"  (resumed from its epoch-{result['resumed_from_epoch']} checkpoint)"
@@ -66,10 +75,15 @@ class Progress(tune.Callback):
             return
         mon = ""
         if "monitor_clean_acc" in result:  # the per-epoch monitor ran (monitor.every), on val or test
-            mon = (f"  monitor ({result.get('monitor_split', 'test')}) clean {result['monitor_clean_acc']:.3f}"
-                   f" robust {result.get('monitor_pgd_acc', float('nan')):.3f}")
-        print(f"[{self.stage}] trial {trial.trial_id} epoch {result['epoch']}: loss {result.get('loss', float('nan')):.4f}"
-              f"{mon}  {result.get('images_per_s', 0):.0f} img/s{self._first(trial, result)}", flush=True)
+            mon = (
+                f"  monitor ({result.get('monitor_split', 'test')}) clean {result['monitor_clean_acc']:.3f}"
+                f" robust {result.get('monitor_pgd_acc', float('nan')):.3f}"
+            )
+        print(
+            f"[{self.stage}] trial {trial.trial_id} epoch {result['epoch']}: loss {result.get('loss', float('nan')):.4f}"
+            f"{mon}  {result.get('images_per_s', 0):.0f} img/s{self._first(trial, result)}",
+            flush=True,
+        )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.drain(force=True)

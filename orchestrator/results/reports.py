@@ -8,22 +8,24 @@ named ``val``; the search plots show the validation numbers the search selected 
 Robustness columns always show AutoAttack beside PGD, and a trial whose gradient-masking
 checks fired says so in its row.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ..study.intervals import finite as _finite
 from trainables.evaluation import describe_flags
 from trainables.schema import flatten, to_dict
 
+from ..record import TrialStatus
+from ..study.intervals import finite as _finite
 from ..study.names import TEST, VAL
 from ..study.paper import paper_numbers
 from ..study.space import short_name
-from ..record import TrialStatus
 from .format import num, pct
-from .table import table
+from .tables import table
 
 REPORTS: dict[str, Callable[..., list[Path]]] = {}
 
@@ -44,7 +46,7 @@ def _pct(v: Any) -> str:
 def test_view(row: dict) -> dict[str, Any]:
     """A row's test-split numbers (its certification) under their bare names; empty for a trial
     that was not certified."""
-    return {k[len(TEST):]: v for k, v in row["metrics"].items() if k.startswith(TEST)}
+    return {k[len(TEST) :]: v for k, v in row["metrics"].items() if k.startswith(TEST)}
 
 
 def _num(v: Any, fmt: str = "{:.3g}") -> str:
@@ -120,19 +122,31 @@ def write_report(study, rows: list[dict], output_dir: Path) -> list[Path]:
         nval = sorted({r["metrics"]["val/n_eval"] for r in selected if r["metrics"].get("val/n_eval")})
         ntest = sorted({test_view(r)["n_eval"] for r in selected if test_view(r).get("n_eval")})
         finalists = [r["trial_id"] for r in selected if r.get("finalist")]
-        text += [f"Selected on validation ({'/'.join(map(str, nval))} images held out of the training split; the "
-                 f"search saw only those numbers), certified on test ({'/'.join(map(str, ntest))} images). "
-                 f"Finalists (^): {', '.join(finalists) or 'none'}. Every accuracy below is the test split's unless "
-                 "named `val`; `summary.json` has each one's 95 % interval (`ci95`).", ""]
+        text += [
+            f"Selected on validation ({'/'.join(map(str, nval))} images held out of the training split; the "
+            f"search saw only those numbers), certified on test ({'/'.join(map(str, ntest))} images). "
+            f"Finalists (^): {', '.join(finalists) or 'none'}. Every accuracy below is the test split's unless "
+            "named `val`; `summary.json` has each one's 95 % interval (`ci95`).",
+            "",
+        ]
     precisions = sorted({str(r["metrics"]["precision"]) for r in rows if r["metrics"].get("precision")})
     if precisions:
-        text += [f"Training forwards ran in {' and '.join(precisions)} (attacks always in fp32; `precision` in "
-                 "each trial's metrics and MLflow params).", ""]
-    text += ["Accuracies in %. `robust min` counts an image only if it is correct clean and under every white-box attack of the protocol "
-             "(AutoAttack included); PGD alone is an upper bound on robustness.", ""]
+        text += [
+            f"Training forwards ran in {' and '.join(precisions)} (attacks always in fp32; `precision` in "
+            "each trial's metrics and MLflow params).",
+            "",
+        ]
+    text += [
+        "Accuracies in %. `robust min` counts an image only if it is correct clean and under every white-box attack of the protocol "
+        "(AutoAttack included); PGD alone is an upper bound on robustness.",
+        "",
+    ]
     if flagged:
-        text += [f"**{len(flagged)} trial(s) have gradient-masking flags**: their PGD numbers are not trustworthy "
-                 "(see the `masking` column and each finalist's certification.json).", ""]
+        text += [
+            f"**{len(flagged)} trial(s) have gradient-masking flags**: their PGD numbers are not trustworthy "
+            "(see the `masking` column and each finalist's certification.json).",
+            "",
+        ]
     text += sections
     text += beta_section(rows)
     text += ["", "## All trials", "", "```", table(rows), "```", ""]
@@ -177,10 +191,13 @@ def sensitivity(rows, out, paper):
     import optuna
 
     split = "validation " if keys[0].startswith(VAL) else ""
-    text = [f"{len(done)} completed trial(s); ★ marks the paper's defaults (alpha 0.01, Mixup a 0.2, Delta 0.1, "
-            "gamma_beta 0.01). Robust accuracy is the per-image worst case over the white-box attacks"
-            + (" (the plots show the validation numbers the search selected on: the screening's)" if split else "")
-            + ".", ""]
+    text = [
+        f"{len(done)} completed trial(s); ★ marks the paper's defaults (alpha 0.01, Mixup a 0.2, Delta 0.1, "
+        "gamma_beta 0.01). Robust accuracy is the per-image worst case over the white-box attacks"
+        + (" (the plots show the validation numbers the search selected on: the screening's)" if split else "")
+        + ".",
+        "",
+    ]
     figures = _Figures(out, text)
     study, default = search_study(done)
     with warnings.catch_warnings():
@@ -189,14 +206,28 @@ def sensitivity(rows, out, paper):
         _interpolated_plots(figures, study, done, split)
     _plt().close("all")
     params = list(study.trials[0].params)
-    text += ["", "## Trials", "", "Ordered by the number the plots show (the validation worst case the search selected "
-             "on); ^ marks the finalists, whose test numbers are their certification.", "",
-             _md_table(["trial", *params, "val clean", "val robust min", "test clean", "test robust min"],
-                       [[("^ " if r.get("finalist") else "") + ("★ " if r.get("paper_default") else "") + r["trial_id"],
-                         *[_num(_short_searched(r).get(k)) for k in params], _pct(r["metrics"].get(VAL + "clean_acc")),
-                         _pct(r["metrics"].get(VAL + "robust_acc")), _pct(test_view(r).get("clean_acc")),
-                         _pct(test_view(r).get("robust_acc"))]
-                        for r in sorted(done, key=lambda r: (-r["metrics"][keys[1]], r["trial_id"]))])]
+    text += [
+        "",
+        "## Trials",
+        "",
+        "Ordered by the number the plots show (the validation worst case the search selected "
+        "on); ^ marks the finalists, whose test numbers are their certification.",
+        "",
+        _md_table(
+            ["trial", *params, "val clean", "val robust min", "test clean", "test robust min"],
+            [
+                [
+                    ("^ " if r.get("finalist") else "") + ("★ " if r.get("paper_default") else "") + r["trial_id"],
+                    *[_num(_short_searched(r).get(k)) for k in params],
+                    _pct(r["metrics"].get(VAL + "clean_acc")),
+                    _pct(r["metrics"].get(VAL + "robust_acc")),
+                    _pct(test_view(r).get("clean_acc")),
+                    _pct(test_view(r).get("robust_acc")),
+                ]
+                for r in sorted(done, key=lambda r: (-r["metrics"][keys[1]], r["trial_id"]))
+            ],
+        ),
+    ]
     return text, figures.files
 
 
@@ -214,7 +245,9 @@ def _search_plots(figures: _Figures, study, default, split: str) -> None:
     if default is not None:
         for a, k in zip(list(ax.flat) if hasattr(ax, "flat") else [ax], list(study.trials[0].params)):
             a.scatter([default.params[k]], [default.values[1]], marker="*", s=200, c="gold", edgecolors="k", zorder=5)
-    figures.save(ax, "slice", f"{'Validation r' if split else 'R'}obust accuracy against each parameter (one point per trial)")
+    figures.save(
+        ax, "slice", f"{'Validation r' if split else 'R'}obust accuracy against each parameter (one point per trial)"
+    )
     ax = ovm.plot_parallel_coordinate(study, target=robust, target_name=f"{split}robust accuracy")
     figures.save(ax, "parallel", "Parallel coordinates")
 
@@ -229,8 +262,11 @@ def _interpolated_plots(figures: _Figures, study, done: list[dict], split: str) 
         ax = ovm.plot_contour(study, params=["alpha", "mixup_a"], target=robust, target_name=f"{split}robust accuracy")
         figures.save(ax, "contour", "Robust accuracy over (alpha, Mixup a), interpolated")
     else:
-        text += [f"No contour: {len(done)} trial(s) (a contour needs at least {CONTOUR_MIN_TRIALS}; the slices "
-                 "above show every trial as it is).", ""]
+        text += [
+            f"No contour: {len(done)} trial(s) (a contour needs at least {CONTOUR_MIN_TRIALS}; the slices "
+            "above show every trial as it is).",
+            "",
+        ]
     imp = importances(done)
     if not imp:
         text.append("Not enough completed trials with varied parameters to estimate importances.")
@@ -239,19 +275,28 @@ def _interpolated_plots(figures: _Figures, study, done: list[dict], split: str) 
     figures.save(ax, "importance", "Parameter importances (Optuna, fANOVA on robust accuracy)")
     text.append(_md_table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in imp.items()]))
     if len(done) < IMPORTANCE_MIN_TRIALS:
-        text += ["", f"Caveat: {len(done)} trials; importances estimated from fewer than "
-                 f"{IMPORTANCE_MIN_TRIALS} trials are unreliable (they rank what varied, not what matters)."]
+        text += [
+            "",
+            f"Caveat: {len(done)} trials; importances estimated from fewer than "
+            f"{IMPORTANCE_MIN_TRIALS} trials are unreliable (they rank what varied, not what matters).",
+        ]
 
 
 def _short_searched(r: dict) -> dict[str, Any]:
-    return {short_name(k): v for k, v in r["searched"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        short_name(k): v for k, v in r["searched"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def _plotted(done: list[dict]) -> list[str]:
     """The two numbers the search plots show: what the search selected on (validation) when
     every trial has them, so that Optuna's "best trials" are the search's own; else the test's."""
     val = [VAL + "clean_acc", VAL + "robust_acc"]
-    return val if all(_finite(r["metrics"].get(k)) for r in done for k in val) else [TEST + "clean_acc", TEST + "robust_acc"]
+    return (
+        val
+        if all(_finite(r["metrics"].get(k)) for r in done for k in val)
+        else [TEST + "clean_acc", TEST + "robust_acc"]
+    )
 
 
 def search_study(done: list[dict]):
@@ -274,8 +319,11 @@ def search_study(done: list[dict]):
         sv = _short_searched(r)
         if any(k not in sv for k in keys):
             continue
-        t = optuna.trial.create_trial(params={k: float(sv[k]) for k in keys}, distributions=dists,
-                                      values=[r["metrics"][k] for k in _plotted(done)])
+        t = optuna.trial.create_trial(
+            params={k: float(sv[k]) for k in keys},
+            distributions=dists,
+            values=[r["metrics"][k] for k in _plotted(done)],
+        )
         study.add_trial(t)
         if r.get("paper_default"):
             default = t
@@ -322,19 +370,36 @@ def width(rows, out, paper):
             axes[0].plot(ws, [p[1].get("autoattack_acc", math.nan) for p in pts], "s--", label=f"{method} AutoAttack")
         axes[1].plot(ws, [p[1].get("clean_acc") for p in pts], "o-", label=method)
         for w, m in pts:
-            table.append([method, w, _pct(m.get("clean_acc")), _pct(m.get("pgd20_acc")), _pct(m.get("autoattack_acc")),
-                          _pct(m.get("robust_acc")), _flags(m)])
+            table.append(
+                [
+                    method,
+                    w,
+                    _pct(m.get("clean_acc")),
+                    _pct(m.get("pgd20_acc")),
+                    _pct(m.get("autoattack_acc")),
+                    _pct(m.get("robust_acc")),
+                    _flags(m),
+                ]
+            )
     for ax, title in zip(axes, ("robust accuracy", "clean accuracy")):
         ax.set_xlabel("WRN width k")
         ax.set_ylabel(title)
         ax.legend(fontsize=8)
     p = _savefig(fig, out / "width.png")
     note = [c for c in paper.get("cells", [])]
-    text = ["## Accuracy against width", "", f"![width]({p.name})", "",
-            _md_table(["method", "width", "clean", "PGD-20", "AutoAttack", "robust min", "masking"], table)]
+    text = [
+        "## Accuracy against width",
+        "",
+        f"![width]({p.name})",
+        "",
+        _md_table(["method", "width", "clean", "PGD-20", "AutoAttack", "robust min", "masking"], table),
+    ]
     if note:
-        text += ["", "Paper (Figure 3, no table): both methods below 47 % PGD-20 accuracy at width 1; "
-                 "SPROUT ahead of PGD-AT by roughly 15 points at larger widths."]
+        text += [
+            "",
+            "Paper (Figure 3, no table): both methods below 47 % PGD-20 accuracy at width 1; "
+            "SPROUT ahead of PGD-AT by roughly 15 points at larger widths.",
+        ]
     return text, [p]
 
 
@@ -343,8 +408,11 @@ def width(rows, out, paper):
 def scalability(rows, out, paper):
     plt = _plt()
     done = [r for r in rows if r["status"] == TrialStatus.COMPLETED]
-    nat = {r["config"]["model"]: r["metrics"].get("mean_epoch_time_s") or r["metrics"].get("epoch_time_s")
-           for r in done if r["config"]["method"] == "natural"}
+    nat = {
+        r["config"]["model"]: r["metrics"].get("mean_epoch_time_s") or r["metrics"].get("epoch_time_s")
+        for r in done
+        if r["config"]["method"] == "natural"
+    }
     paper_nat = {c["model"]: c["seconds_10_epochs"] for c in paper.get("cells", []) if c["method"] == "natural"}
     table, bars = [], {}
     for r in sorted(done, key=lambda r: (r["config"]["model"], r["config"]["method"])):
@@ -353,8 +421,17 @@ def scalability(rows, out, paper):
         ratio = t / nat[model] if model in nat and nat[model] else None
         cell = _paper_cell(paper, r)
         pratio = cell["seconds_10_epochs"] / paper_nat[model] if cell and model in paper_nat else None
-        table.append([model, method, _num(t, "{:.3f}"), _num(m.get("images_per_s"), "{:.0f}"), _num(ratio, "{:.2f}x"),
-                      _num(cell.get("seconds_10_epochs") if cell else None, "{:.1f}"), _num(pratio, "{:.2f}x")])
+        table.append(
+            [
+                model,
+                method,
+                _num(t, "{:.3f}"),
+                _num(m.get("images_per_s"), "{:.0f}"),
+                _num(ratio, "{:.2f}x"),
+                _num(cell.get("seconds_10_epochs") if cell else None, "{:.1f}"),
+                _num(pratio, "{:.2f}x"),
+            ]
+        )
         if ratio is not None:
             bars.setdefault(model, []).append((method, ratio, pratio))
     files = []
@@ -372,16 +449,25 @@ def scalability(rows, out, paper):
             ax.legend()
         p = _savefig(fig, out / "scalability.png")
         files.append(p)
-    text = ["## Training cost per epoch", "", "Mean seconds per epoch after the first (start-up excluded); "
-            "ratios to natural training on the same model, measured in the same study.", "",
-            _md_table(["model", "method", "s/epoch", "images/s", "ratio to natural", "paper s/10 epochs", "paper ratio"], table)]
+    text = [
+        "## Training cost per epoch",
+        "",
+        "Mean seconds per epoch after the first (start-up excluded); "
+        "ratios to natural training on the same model, measured in the same study.",
+        "",
+        _md_table(
+            ["model", "method", "s/epoch", "images/s", "ratio to natural", "paper s/10 epochs", "paper ratio"], table
+        ),
+    ]
     if files:
         text += ["", f"![scalability]({files[0].name})"]
     return text, files
 
 
 # ----------------------------------------------------------------------------- tables
-def _robust_table(rows, paper, key_cols: list[tuple[str, str]], label: Callable[[dict], list[str]], label_head: list[str]):
+def _robust_table(
+    rows, paper, key_cols: list[tuple[str, str]], label: Callable[[dict], list[str]], label_head: list[str]
+):
     head = [*label_head]
     for title, key in key_cols:
         head.append(title)
@@ -394,7 +480,7 @@ def _robust_table(rows, paper, key_cols: list[tuple[str, str]], label: Callable[
         cell = _paper_cell(paper, r)
         line = label(r)
         line[-1] += _status_note(r)
-        for title, key in key_cols:
+        for _title, key in key_cols:
             v = _pct(m.get(key))
             if key == "autoattack_acc" and m.get("autoattack_n") and m.get("autoattack_n") != m.get("n_eval"):
                 v += f" (n={m['autoattack_n']})"  # AutoAttack may run on a subset of the PGD images
@@ -422,7 +508,9 @@ def protocol_of(row: dict):
     return get_protocol(ev["protocol"], ev.get("overrides"))
 
 
-def attack_columns(rows: list[dict], *, only: tuple[str, ...] | None = None, without: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+def attack_columns(
+    rows: list[dict], *, only: tuple[str, ...] | None = None, without: tuple[str, ...] = ()
+) -> list[tuple[str, str]]:
     """Table columns of the attacks the rows' protocols ran, from the attack registry
     (``only`` / ``without`` select attacks by name)."""
     from trainables.evaluation import ATTACKS
@@ -441,7 +529,11 @@ CLEAN, ROBUST = ("clean", "clean_acc"), ("robust min", "robust_acc")
 @register("ablation")
 def ablation(rows, out, paper):
     cols = [CLEAN, *attack_columns(rows), ROBUST]
-    return ["## Module ablation", "", _robust_table(rows, paper, cols, lambda r: [r["searched"].get("case", "?")], ["case"])], []
+    return [
+        "## Module ablation",
+        "",
+        _robust_table(rows, paper, cols, lambda r: [r["searched"].get("case", "?")], ["case"]),
+    ], []
 
 
 @register("compare")
@@ -450,9 +542,15 @@ def compare(rows, out, paper):
     cols = [CLEAN, *attack_columns(main, without=("invariance",)), ROBUST]
     inv = attack_columns(main, only=("invariance",))
     lab = lambda r: [r["config"]["model"], r["searched"].get("case", r["config"]["method"])]  # noqa: E731
-    return ["## Robustness (Tables 2 and 3, AutoAttack beside)", "",
-            _robust_table(main, paper, cols, lab, ["model", "method"]), "",
-            "## Invariance (Table 5)", "", _robust_table(main, paper, inv, lab, ["model", "method"])], []
+    return [
+        "## Robustness (Tables 2 and 3, AutoAttack beside)",
+        "",
+        _robust_table(main, paper, cols, lab, ["model", "method"]),
+        "",
+        "## Invariance (Table 5)",
+        "",
+        _robust_table(main, paper, inv, lab, ["model", "method"]),
+    ], []
 
 
 @register("init")
@@ -470,8 +568,11 @@ def init(rows, out, paper):
 @register("imagenet")
 def imagenet(rows, out, paper):
     cols = [CLEAN, *attack_columns(rows, only=("targeted", "autoattack"))]
-    return ["## ImageNet, random-targeted PGD (Table 4)", "",
-            _robust_table(rows, paper, cols, lambda r: [r["config"]["method"]], ["method"])], []
+    return [
+        "## ImageNet, random-targeted PGD (Table 4)",
+        "",
+        _robust_table(rows, paper, cols, lambda r: [r["config"]["method"]], ["method"]),
+    ], []
 
 
 # ----------------------------------------------------------------------------- beta (Figure 4)
@@ -480,8 +581,15 @@ def beta_plots(rows: list[dict], out: Path) -> list[Path]:
     end of training, side by side, on one colour scale shared by every trial and panel."""
     import numpy as np
 
-    trials = [(r, np.asarray(r["metrics"]["beta"], float), np.asarray(r["metrics"].get("beta_start") or r["metrics"]["beta"], float))
-              for r in rows if r["metrics"].get("beta")]
+    trials = [
+        (
+            r,
+            np.asarray(r["metrics"]["beta"], float),
+            np.asarray(r["metrics"].get("beta_start") or r["metrics"]["beta"], float),
+        )
+        for r in rows
+        if r["metrics"].get("beta")
+    ]
     if not trials:
         return []
     vmax = max(max(np.outer(b, b).max(), np.outer(b0, b0).max()) for _, b, b0 in trials)
@@ -501,8 +609,12 @@ def beta_plots(rows: list[dict], out: Path) -> list[Path]:
             ax.set_yticks(range(k))
         fig.colorbar(im, ax=axes, shrink=0.85, label="beta_s * beta_t")
         drift = r["metrics"].get("beta_drift")
-        fig.suptitle(f"{r['stage']} {r['trial_id']}: beta moved {100 * drift:.2f} % (||end - start|| / ||start||)"
-                     if drift is not None else f"{r['stage']} {r['trial_id']}", fontsize=9)
+        fig.suptitle(
+            f"{r['stage']} {r['trial_id']}: beta moved {100 * drift:.2f} % (||end - start|| / ||start||)"
+            if drift is not None
+            else f"{r['stage']} {r['trial_id']}",
+            fontsize=9,
+        )
         files.append(_savefig(fig, d / f"beta_{r['stage']}_{r['trial_id']}.png", tight=False))
     return files
 
@@ -512,8 +624,22 @@ def beta_section(rows: list[dict]) -> list[str]:
     sprout = [r for r in rows if r["metrics"].get("beta_drift") is not None]
     if not sprout:
         return []
-    table = [[r["stage"], r["trial_id"], _num(100 * r["metrics"]["beta_drift"], "{:.2f}"),
-              _num(r["metrics"].get("beta_mean"), "{:.4f}"), _num(r["metrics"].get("beta_std"), "{:.4f}")] for r in sprout]
-    return ["", "## How far beta moved", "", "Relative change ||beta_end - beta_start|| / ||beta_start|| in %, "
-            "and beta's mean and spread at the end (`beta/*.png`: the start beside the end).", "",
-            _md_table(["stage", "trial", "beta drift %", "beta mean", "beta std"], table)]
+    table = [
+        [
+            r["stage"],
+            r["trial_id"],
+            _num(100 * r["metrics"]["beta_drift"], "{:.2f}"),
+            _num(r["metrics"].get("beta_mean"), "{:.4f}"),
+            _num(r["metrics"].get("beta_std"), "{:.4f}"),
+        ]
+        for r in sprout
+    ]
+    return [
+        "",
+        "## How far beta moved",
+        "",
+        "Relative change ||beta_end - beta_start|| / ||beta_start|| in %, "
+        "and beta's mean and spread at the end (`beta/*.png`: the start beside the end).",
+        "",
+        _md_table(["stage", "trial", "beta drift %", "beta mean", "beta std"], table),
+    ]

@@ -3,39 +3,69 @@
 A row holds a trial's config, its searched values, its metrics (training metrics bare, the
 screening under ``val/``, the certification under ``test/``), where it ran, its status, whether
 it is a finalist and on what it was selected, and every accuracy's 95 % interval (``ci95``)."""
+
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from trainables.files import write_json
-from ..study.intervals import intervals
 
-from ..study.names import PLACEMENT, TEST, TUNE_INTERNAL
-from ..study.space import default_point, searched_values, trial_config
-from ..study.space import sampler_label
 from ..record import TrialStatus, trial_key
+from ..study.intervals import intervals
+from ..study.names import PLACEMENT, TEST, TUNE_INTERNAL
+from ..study.space import default_point, sampler_label, searched_values, trial_config
 
-KEY_METRICS = ("val/robust_acc", "test/clean_acc", "test/robust_acc", "test/pgd20_acc", "test/autoattack_acc",
-               "epoch_time_s", "images_per_s")
+KEY_METRICS = (
+    "val/robust_acc",
+    "test/clean_acc",
+    "test/robust_acc",
+    "test/pgd20_acc",
+    "test/autoattack_acc",
+    "epoch_time_s",
+    "images_per_s",
+)
 
 
-def trial_row(*, study: str, stage: str, trial_id: str, config: dict, searched: dict, metrics: dict,
-              status: str, mlflow_run_id: str | None, checkpoint: str | None, error: str | None = None,
-              evaluation: dict | None = None) -> dict:
+def trial_row(
+    *,
+    study: str,
+    stage: str,
+    trial_id: str,
+    config: dict,
+    searched: dict,
+    metrics: dict,
+    status: str,
+    mlflow_run_id: str | None,
+    checkpoint: str | None,
+    error: str | None = None,
+    evaluation: dict | None = None,
+) -> dict:
     """One trial of summary.json. Where it ran (``device``, ``node_id``) is kept apart from its
     metrics, which depend only on the config and seed."""
     placement = {k: metrics[k] for k in PLACEMENT if k in metrics}
-    return {"trial_id": trial_id, "stage": stage, "study": study, "config": config, "searched": searched,
-            "evaluation": evaluation or {}, "placement": placement,
-            "metrics": {k: v for k, v in metrics.items() if k not in TUNE_INTERNAL and k not in PLACEMENT},
-            "status": status, "mlflow_run_id": mlflow_run_id, "checkpoint": checkpoint, **({"error": error} if error else {})}
+    return {
+        "trial_id": trial_id,
+        "stage": stage,
+        "study": study,
+        "config": config,
+        "searched": searched,
+        "evaluation": evaluation or {},
+        "placement": placement,
+        "metrics": {k: v for k, v in metrics.items() if k not in TUNE_INTERNAL and k not in PLACEMENT},
+        "status": status,
+        "mlflow_run_id": mlflow_run_id,
+        "checkpoint": checkpoint,
+        **({"error": error} if error else {}),
+    }
 
 
-def rows_from_records(records: list[dict], *, study: str, stage, refs: dict[str, str],
-                      run_id_of: Callable[[str], str | None]) -> list[dict]:
+def rows_from_records(
+    records: list[dict], *, study: str, stage, refs: dict[str, str], run_id_of: Callable[[str], str | None]
+) -> list[dict]:
     """A stage's trial records (``orchestrator.tuner.ledger``) as summary rows, sorted by trial
     id. A trial's config is the resolved one its worker reported; a trial that failed before
     reporting keeps the config it was given."""
@@ -48,12 +78,19 @@ def rows_from_records(records: list[dict], *, study: str, stage, refs: dict[str,
         given = dict(record.get("config") or {})
         searched = searched_values(given)
         reported = metrics.pop("resolved_config", None)
-        row = trial_row(study=study, stage=stage.name, trial_id=record["trial_id"],
-                        config=json.loads(reported) if reported else trial_config(stage.base, given, refs),
-                        searched=searched, metrics=metrics, status=record.get("status", TrialStatus.STOPPED.value),
-                        mlflow_run_id=run_id_of(trial_key(stage.name, record["trial_id"])),
-                        checkpoint=record.get("checkpoint"), error=record.get("error"),
-                        evaluation={"protocol": stage.evaluation.protocol, "overrides": dict(stage.evaluation.overrides or {})})
+        row = trial_row(
+            study=study,
+            stage=stage.name,
+            trial_id=record["trial_id"],
+            config=json.loads(reported) if reported else trial_config(stage.base, given, refs),
+            searched=searched,
+            metrics=metrics,
+            status=record.get("status", TrialStatus.STOPPED.value),
+            mlflow_run_id=run_id_of(trial_key(stage.name, record["trial_id"])),
+            checkpoint=record.get("checkpoint"),
+            error=record.get("error"),
+            evaluation={"protocol": stage.evaluation.protocol, "overrides": dict(stage.evaluation.overrides or {})},
+        )
         row["paper_default"] = bool(defaults) and all(searched.get(k) == v for k, v in defaults.items())
         row["search"] = sampler_label(stage.search)
         if record.get("resumes"):
@@ -81,18 +118,52 @@ def write_summary(output_dir: Path, study: str, rows: list[dict], extra: dict | 
     cpath = output_dir / "summary.csv"
     searched_keys = sorted({k for r in rows for k in r["searched"]})
     metric_keys = [k for k in KEY_METRICS if any(k in r["metrics"] for r in rows)]
-    extra_metrics = sorted({k for r in rows for k, v in r["metrics"].items()
-                            if k.endswith("_acc") and k not in metric_keys and isinstance(v, (int, float))})
+    extra_metrics = sorted(
+        {
+            k
+            for r in rows
+            for k, v in r["metrics"].items()
+            if k.endswith("_acc") and k not in metric_keys and isinstance(v, (int, float))
+        }
+    )
     with open(cpath, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["study", "stage", "trial_id", "status", "finalist", "method", "model", "dataset", *searched_keys,
-                    *metric_keys, *extra_metrics, "val_masking_flags", "test_masking_flags", "mlflow_run_id"])
+        w.writerow(
+            [
+                "study",
+                "stage",
+                "trial_id",
+                "status",
+                "finalist",
+                "method",
+                "model",
+                "dataset",
+                *searched_keys,
+                *metric_keys,
+                *extra_metrics,
+                "val_masking_flags",
+                "test_masking_flags",
+                "mlflow_run_id",
+            ]
+        )
         for r in rows:
             c, m = r["config"], r["metrics"]
-            w.writerow([study, r["stage"], r["trial_id"], r["status"], bool(r.get("finalist")), c.get("method"),
-                        c.get("model"), c.get("dataset"), *[r["searched"].get(k) for k in searched_keys],
-                        *[m.get(k) for k in metric_keys], *[m.get(k) for k in extra_metrics],
-                        ";".join(m.get("val/masking_flags") or []), ";".join(m.get(TEST + "masking_flags") or []),
-                        r["mlflow_run_id"]])
+            w.writerow(
+                [
+                    study,
+                    r["stage"],
+                    r["trial_id"],
+                    r["status"],
+                    bool(r.get("finalist")),
+                    c.get("method"),
+                    c.get("model"),
+                    c.get("dataset"),
+                    *[r["searched"].get(k) for k in searched_keys],
+                    *[m.get(k) for k in metric_keys],
+                    *[m.get(k) for k in extra_metrics],
+                    ";".join(m.get("val/masking_flags") or []),
+                    ";".join(m.get(TEST + "masking_flags") or []),
+                    r["mlflow_run_id"],
+                ]
+            )
     return jpath, cpath
-

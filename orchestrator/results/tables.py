@@ -1,11 +1,12 @@
 """The results table printed at the end of a study."""
+
 from __future__ import annotations
 
 import textwrap
 
 from trainables.cli import one_line
-from ..study.intervals import finite
 
+from ..study.intervals import finite
 from ..study.names import TEST, VAL
 from ..study.space import short_name
 from .format import num, pct, pm
@@ -30,16 +31,24 @@ def _order(rows: list[dict], selected: bool) -> list[dict]:
 
 def _footer(rows: list[dict], selected: bool) -> list[str]:
     lines = []
-    nval, ntest, nsame = _counts(rows, VAL + "n_eval"), _counts(rows, TEST + "n_eval"), _counts(rows, TEST + "robust_acc_min_n")
+    nval, ntest, nsame = (
+        _counts(rows, VAL + "n_eval"),
+        _counts(rows, TEST + "n_eval"),
+        _counts(rows, TEST + "robust_acc_min_n"),
+    )
     if selected:
-        lines.append(f"^ finalists: selected on validation ({nval or '?'} images; val rob%: the screening's worst case, "
-                     f"± its 95 % interval), certified on test ({ntest or 'no'} images).")
+        lines.append(
+            f"^ finalists: selected on validation ({nval or '?'} images; val rob%: the screening's worst case, "
+            f"± its 95 % interval), certified on test ({ntest or 'no'} images)."
+        )
     elif ntest:
         lines.append(f"^ certified on test ({ntest} images): every completed trial of a grid.")
     if nsame:
-        lines.append(f"clean%, pgd20%, AA% and robust% are the test split's, on the same {nsame} images (those every "
-                     "attack ran on); robust%: correct clean and under every white-box attack (the number to trust), "
-                     "± its 95 % interval (Wilson). summary.csv has every number on all its images.")
+        lines.append(
+            f"clean%, pgd20%, AA% and robust% are the test split's, on the same {nsame} images (those every "
+            "attack ran on); robust%: correct clean and under every white-box attack (the number to trust), "
+            "± its 95 % interval (Wilson). summary.csv has every number on all its images."
+        )
     if any(r.get("paper_default") for r in rows):
         lines.append("* the paper's default hyperparameters. PGD alone is an upper bound on robustness.")
     else:
@@ -55,18 +64,41 @@ def table(rows: list[dict]) -> str:
     searched = sorted({k for r in rows for k in r["searched"]} - {"method"})
     selected = any(r.get("selected_on") == "validation" for r in rows)
     staged = len({r["stage"] for r in rows}) > 1  # one stage: its name says nothing
-    head = ["trial", *(["stage"] if staged else []), "method", *[short_name(k) for k in searched], "status",
-            *(["val rob%"] if selected else []), "clean%", "pgd20%", "AA%", "robust%", "s/ep", "masking"]
+    head = [
+        "trial",
+        *(["stage"] if staged else []),
+        "method",
+        *[short_name(k) for k in searched],
+        "status",
+        *(["val rob%"] if selected else []),
+        "clean%",
+        "pgd20%",
+        "AA%",
+        "robust%",
+        "s/ep",
+        "masking",
+    ]
     body = []
     for r in _order(rows, selected):
         m = r["metrics"]
         mark = ("^" if r.get("finalist") else "") + ("*" if r.get("paper_default") else "")
         flags = m.get(TEST + "masking_flags")
-        body.append([mark + r["trial_id"], *([r["stage"]] if staged else []), r["config"].get("method"),
-                     *[num(r["searched"].get(k)) for k in searched], r["status"],
-                     *([pm(m, VAL + "robust_acc")] if selected else []), _same_images(m, "clean_acc"),
-                     _same_images(m, "pgd20_acc"), _same_images(m, "autoattack_acc"), pm(m, TEST + "robust_acc"),
-                     num(m.get("epoch_time_s")), "-" if flags is None else (f"{len(flags)} flag(s)" if flags else "ok")])
+        body.append(
+            [
+                mark + r["trial_id"],
+                *([r["stage"]] if staged else []),
+                r["config"].get("method"),
+                *[num(r["searched"].get(k)) for k in searched],
+                r["status"],
+                *([pm(m, VAL + "robust_acc")] if selected else []),
+                _same_images(m, "clean_acc"),
+                _same_images(m, "pgd20_acc"),
+                _same_images(m, "autoattack_acc"),
+                pm(m, TEST + "robust_acc"),
+                num(m.get("epoch_time_s")),
+                "-" if flags is None else (f"{len(flags)} flag(s)" if flags else "ok"),
+            ]
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     keep = len(head)
     while sum(widths[:keep]) + 2 * (keep - 1) > TABLE_WIDTH and keep > 6:

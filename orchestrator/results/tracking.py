@@ -7,6 +7,7 @@ diverged, failed) is what MLflow records: no trial run is left RUNNING. Runs int
 killed driver are marked KILLED when the study is resumed; a trial run again goes on in its old
 run. The run ids live in the launch file (``orchestrator.record``).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,14 +15,14 @@ import math
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
-
+from typing import Any
 
 from trainables.schema import flatten
 
-from ..study.names import NOT_METRICS, SETTINGS, TEST
 from ..record import LaunchFile, trial_key
+from ..study.names import NOT_METRICS, SETTINGS, TEST
 
 CHECKPOINT_ARTIFACT_MAX = 50 * 2**20  # a final checkpoint up to this size is also logged as an artifact
 
@@ -32,10 +33,18 @@ def provenance() -> dict[str, str]:
 
     root = Path(__file__).resolve().parents[2]
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=5).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = (
+            subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or "unknown"
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         if dirty and commit != "unknown":
             commit += "-dirty"
     except (OSError, subprocess.SubprocessError):
@@ -95,8 +104,14 @@ class Tracker:
         # it back): keep no client in it.
         return {**self.__dict__, "_client": None}
 
-    def start_parent(self, study: str, params: Mapping[str, Any], tags: Mapping[str, str], resume: bool,
-                     launch: Mapping[str, Any] | None = None) -> str:
+    def start_parent(
+        self,
+        study: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        resume: bool,
+        launch: Mapping[str, Any] | None = None,
+    ) -> str:
         """The study's parent run: a new one, or on ``--resume`` the launch's own. ``launch``
         (its plan fingerprint and storage path) is kept in the launch file for later resumes."""
         pid = self.launch_file.read().get("parent_run_id")
@@ -104,10 +119,15 @@ class Tracker:
             self.client.update_run(pid, "RUNNING")
             self.mark_interrupted()
             return pid
-        run = self.client.create_run(self.experiment_id, run_name=f"{study}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                     tags={**tags, "study": study, "kind": "study"})
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{study}-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={**tags, "study": study, "kind": "study"},
+        )
         pid = run.info.run_id
-        self.launch_file.start({"parent_run_id": pid, "experiment_id": self.experiment_id, "study": study, **(launch or {})})
+        self.launch_file.start(
+            {"parent_run_id": pid, "experiment_id": self.experiment_id, "study": study, **(launch or {})}
+        )
         self.log_params(pid, params)
         return pid
 
@@ -138,7 +158,7 @@ class Tracker:
         existing = set(self.client.get_run(run_id).data.params)
         items = [p for p in items if p.key not in existing]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
+            self.client.log_batch(run_id, params=items[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
@@ -146,7 +166,7 @@ class Tracker:
         ts = int(time.time() * 1000)
         items = [Metric(k, v, ts, step) for k, v in metrics.items()]
         for i in range(0, len(items), 500):
-            self.client.log_batch(run_id, metrics=items[i:i + 500])
+            self.client.log_batch(run_id, metrics=items[i : i + 500])
 
     def log_artifact_json(self, run_id: str, name: str, data: Any) -> None:
         with tempfile.TemporaryDirectory() as d:
@@ -159,8 +179,9 @@ class Tracker:
         if pid:
             self.client.set_terminated(pid, status)
 
-    def log_certification(self, stage: str, trial_id: str, result: Mapping[str, Any], files: list[Path],
-                          tags: Mapping[str, str]) -> str | None:
+    def log_certification(
+        self, stage: str, trial_id: str, result: Mapping[str, Any], files: list[Path], tags: Mapping[str, str]
+    ) -> str | None:
         """A certified trial's test-split numbers: a child run of the trial's own run (named
         ``certify-<trial>``) with them as metrics, the protocol's budgets as params and the
         certification's files; the trial's run gets the same metrics. Idempotent per trial."""
@@ -171,9 +192,18 @@ class Tracker:
         cert_key = f"certify:{key}"
         run_id = self.launch_file.trial_run_id(cert_key)
         if run_id is None:
-            run = self.client.create_run(self.experiment_id, run_name=f"certify-{stage}-{trial_id}", tags={
-                **tags, "mlflow.parentRunId": trial_run, "kind": "certification", "stage": stage, "trial_id": trial_id,
-                "split": "test"})
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"certify-{stage}-{trial_id}",
+                tags={
+                    **tags,
+                    "mlflow.parentRunId": trial_run,
+                    "kind": "certification",
+                    "stage": stage,
+                    "trial_id": trial_id,
+                    "split": "test",
+                },
+            )
             run_id = run.info.run_id
             self.launch_file.set_trial_run_id(cert_key, run_id)
         numbers = metric_items(result)

@@ -1,7 +1,9 @@
 """95 % intervals for accuracies measured on a finite number of images (no torch)."""
+
 from __future__ import annotations
 
 import math
+
 
 def finite(v) -> bool:
     """A real number (not a flag, not NaN or infinite): what an accuracy must be to count."""

@@ -7,12 +7,14 @@ certifies the finalists on test) and a ``certify`` section. ``parse`` checks the
 one pass (``orchestrator.study.rules``), before Ray starts; ``plan`` applies ``--smoke-test``
 and the command line and checks every changed stage again.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -55,8 +57,10 @@ def load_raw(name: str | None = None, path: str | None = None) -> tuple[dict, st
             raise ConfigError(f"--config {p}: no such study file")
     else:
         if not STUDY_NAME.match(name or "") or ".." in name:
-            raise ConfigError(f"--study {name!r}: expected the name of a shipped study ({', '.join(list_studies())}); "
-                              "give a file with --config")
+            raise ConfigError(
+                f"--study {name!r}: expected the name of a shipped study ({', '.join(list_studies())}); "
+                "give a file with --config"
+            )
         p = study_dir() / f"{name}.yaml"
         if not p.is_file():
             raise ConfigError(f"unknown study {name!r}; expected one of: {', '.join(list_studies())}")
@@ -76,7 +80,9 @@ def parse(raw: Mapping[str, Any], where: str) -> Study:
     if staged:
         stray = [k for k in STAGE_SECTIONS if k in raw]
         if stray:
-            raise ConfigError(f"{where}: {stray[0]}: give it inside each entry of stages (a study with stages has no top-level {stray[0]})")
+            raise ConfigError(
+                f"{where}: {stray[0]}: give it inside each entry of stages (a study with stages has no top-level {stray[0]})"
+            )
         stage_raws = raw.pop("stages")
         if not isinstance(stage_raws, list) or not stage_raws:
             raise ConfigError(f"{where}: stages: expected a non-empty list of stages, got {stage_raws!r}")
@@ -118,7 +124,9 @@ def plan(study: Study, source: str, *, smoke: bool = False, overrides: Mapping[s
     leave the valid domain)."""
     overrides = dict(overrides or {})
     res = study.resources
-    res_over = {k: overrides.pop(k) for k in list(overrides) if k in ("num_workers", "gpus_per_worker", "max_concurrent_trials")}
+    res_over = {
+        k: overrides.pop(k) for k in list(overrides) if k in ("num_workers", "gpus_per_worker", "max_concurrent_trials")
+    }
     if smoke:  # a smoke test runs on a laptop's CPUs; DDP stays when the study uses it
         res_over.setdefault("gpus_per_worker", 0.0)
         res_over.setdefault("num_workers", min(res.num_workers, 2))
@@ -182,6 +190,8 @@ def _shrink(sraw: dict, smoke: SmokeSpec) -> dict:
     except ConfigError:
         pass
     s["evaluation"] = ev
-    s["certify"] = {**s.get("certify", {}), "shard_size": min(int(s.get("certify", {}).get("shard_size", SMOKE_SHARD_SIZE)),
-                                                                SMOKE_SHARD_SIZE)}
+    s["certify"] = {
+        **s.get("certify", {}),
+        "shard_size": min(int(s.get("certify", {}).get("shard_size", SMOKE_SHARD_SIZE)), SMOKE_SHARD_SIZE),
+    }
     return s

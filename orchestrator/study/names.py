@@ -6,9 +6,11 @@ recorded under the split they were measured on: ``val/`` for the screening evalu
 selects on, ``test/`` for the certification of the finalists. Training metrics (``loss``,
 ``epoch``, ``monitor_*``, timings) carry no prefix.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 VAL = "val/"  # the screening evaluation on the validation split: what a search selects on
 TEST = "test/"  # the certification on the test split: what is reported
@@ -35,14 +37,40 @@ def under(prefix: str, result: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # What Tune adds to every result: bookkeeping, not metrics.
-TUNE_INTERNAL = frozenset({
-    "timestamp", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
-    "iterations_since_restore", "training_iteration", "date", "done", "config", "trial_id",
-    "checkpoint_dir_name", "should_checkpoint", "experiment_tag"})
+TUNE_INTERNAL = frozenset(
+    {
+        "timestamp",
+        "time_this_iter_s",
+        "time_total_s",
+        "pid",
+        "hostname",
+        "node_ip",
+        "time_since_restore",
+        "iterations_since_restore",
+        "training_iteration",
+        "date",
+        "done",
+        "config",
+        "trial_id",
+        "checkpoint_dir_name",
+        "should_checkpoint",
+        "experiment_tag",
+    }
+)
 PLACEMENT = ("device", "node_id")  # where a trial ran: kept with its results, not a metric
 # Results that are settings of an evaluation, not measurements (MLflow params), under every split.
-_SETTINGS = ("eps", "n_eval", "autoattack_n", "attack_step_size", "large_eps", "cw_l2_radius", "cw_l2_n",
-             "robust_acc_min_n", "protocol", "dataset")
+_SETTINGS = (
+    "eps",
+    "n_eval",
+    "autoattack_n",
+    "attack_step_size",
+    "large_eps",
+    "cw_l2_radius",
+    "cw_l2_n",
+    "robust_acc_min_n",
+    "protocol",
+    "dataset",
+)
 SETTINGS = frozenset({"final", "resumed_from_epoch", *_SETTINGS, *(p + k for p in SPLITS for k in _SETTINGS)})
 NOT_METRICS = TUNE_INTERNAL | SETTINGS | set(PLACEMENT)
 

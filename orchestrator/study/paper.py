@@ -1,5 +1,6 @@
 """The paper's published numbers that a study's report puts beside its own (``paper:`` names a
 file in ``orchestrator/study/paper_numbers/``, each cell with its table reference)."""
+
 from __future__ import annotations
 
 from pathlib import Path

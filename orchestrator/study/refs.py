@@ -3,11 +3,13 @@ completed trial of an earlier stage whose config has those values (the init stud
 SPROUT from the models its first stage trained). Checked when a study is validated, resolved
 to checkpoint paths between stages, substituted into each trial's config by its driver.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from trainables.checkpoint import CHECKPOINT_FILE
 from trainables.errors import ConfigError
@@ -23,7 +25,7 @@ def is_ref(value: Any) -> bool:
 
 def parse_ref(ref: str, where: str) -> tuple[str, dict[str, str]]:
     """``stage:NAME/k=v,k2=v2`` -> (NAME, {k: v, k2: v2}); a condition without ``=`` is refused."""
-    stage, _, cond = ref[len(STAGE_REF):].partition("/")
+    stage, _, cond = ref[len(STAGE_REF) :].partition("/")
     wanted = {}
     for c in filter(None, cond.split(",")):
         key, eq, value = c.partition("=")
@@ -36,8 +38,10 @@ def parse_ref(ref: str, where: str) -> tuple[str, dict[str, str]]:
 def check_ref(ref: str, where: str, earlier: list[str]) -> None:
     stage, _ = parse_ref(ref, where)
     if stage not in earlier:
-        raise ConfigError(f"{where}: {ref!r} refers to stage {stage!r}; expected one of the earlier stages: "
-                          f"{', '.join(earlier) or '(none)'}")
+        raise ConfigError(
+            f"{where}: {ref!r} refers to stage {stage!r}; expected one of the earlier stages: "
+            f"{', '.join(earlier) or '(none)'}"
+        )
 
 
 def retarget_refs(value: Any, key: str, new: str) -> Any:

@@ -7,6 +7,7 @@ Search ranges are checked by resolving the training config at their corners, so 
 leaves the valid domain (alpha above 1, a negative Delta) is refused by the same rule that
 trainables applies.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,6 +37,7 @@ def resolve(raw):
 def check_study(study: Study, where: str) -> None:
     """The study's own fields: its name names directories, its report and paper file exist,
     its stages have distinct names."""
+
     def fail(field: str, expected: str, got: Any) -> None:
         raise ConfigError(f"{where}: {field}: expected {expected}, got {got!r}")
 
@@ -74,8 +76,10 @@ def with_validation_split(stage: StageSpec, where: str) -> StageSpec:
         data["val_size"] = DATASETS.get(dataset).val_default
         return replace(stage, base={**stage.base, "data": data})
     if isinstance(size, (int, float)) and not isinstance(size, bool) and size <= 0:
-        raise ConfigError(f"{where}: base.data.val_size: expected a count >= 1 or a fraction in (0, 1) where a stage "
-                          f"selects (an Optuna search or ASHA selects on the validation split), got {size}")
+        raise ConfigError(
+            f"{where}: base.data.val_size: expected a count >= 1 or a fraction in (0, 1) where a stage "
+            f"selects (an Optuna search or ASHA selects on the validation split), got {size}"
+        )
     return stage
 
 
@@ -117,13 +121,17 @@ def _conditions_name_known_keys(stage: StageSpec, where: str) -> None:
     for k, spec in specs.items():
         for cond in spec.when:
             if cond not in specs and cond not in base:
-                raise ConfigError(f"{where}: search.params.{k}.when: {cond!r} is neither a searched parameter nor a base key")
+                raise ConfigError(
+                    f"{where}: search.params.{k}.when: {cond!r} is neither a searched parameter nor a base key"
+                )
 
 
 def _asha_grace_within_training(stage: StageSpec, where: str, epochs: int) -> None:
     grace = stage.search.scheduler.grace_period
     if stage.search.scheduler.type == "asha" and grace > epochs:
-        raise ConfigError(f"{where}: search.scheduler.grace_period: expected at most the {epochs} epochs a trial trains, got {grace}")
+        raise ConfigError(
+            f"{where}: search.scheduler.grace_period: expected at most the {epochs} epochs a trial trains, got {grace}"
+        )
 
 
 def _ranges_stay_valid(stage: StageSpec, where: str, earlier: list[str]) -> None:
@@ -173,9 +181,8 @@ def _protocols_exist(stage: StageSpec, where: str) -> None:
 def reported_metrics(stage: StageSpec) -> set[str]:
     """The metric names a stage's trials and their certification report: the loop's, the
     methods', the protocol's."""
-    from trainables.evaluation import metric_keys
+    from trainables.evaluation import get_protocol, metric_keys
     from trainables.methods import METHODS
-    from trainables.evaluation import get_protocol
 
     methods = {stage.base.get("method", "sprout")}
     for key, spec in stage.search.param_specs().items():
@@ -193,18 +200,22 @@ def reported_metrics(stage: StageSpec) -> set[str]:
 def screened_metrics(stage: StageSpec) -> set[str]:
     """The accuracies the screening evaluation measures on the validation split (and the
     per-image worst case over them, ``robust_acc``)."""
-    from trainables.evaluation import metric_keys
-    from trainables.evaluation import get_protocol
+    from trainables.evaluation import get_protocol, metric_keys
 
-    return {m for m in metric_keys(get_protocol(stage.evaluation.screen)) if m.endswith("_acc")} | {"clean_acc", "robust_acc"}
+    return {m for m in metric_keys(get_protocol(stage.evaluation.screen)) if m.endswith("_acc")} | {
+        "clean_acc",
+        "robust_acc",
+    }
 
 
 def _metrics_are_reported(stage: StageSpec, where: str) -> None:
     known = reported_metrics(stage)
     for m in stage.search.metrics:
         if m not in known:
-            raise ConfigError(f"{where}: search.metric: {m!r} is not reported by this stage's trials; expected one of: "
-                              f"{', '.join(sorted(known))}")
+            raise ConfigError(
+                f"{where}: search.metric: {m!r} is not reported by this stage's trials; expected one of: "
+                f"{', '.join(sorted(known))}"
+            )
 
 
 def _selection_reads_validation_only(stage: StageSpec, where: str) -> None:
@@ -213,13 +224,16 @@ def _selection_reads_validation_only(stage: StageSpec, where: str) -> None:
     screened = screened_metrics(stage)
     for m in stage.search.metrics:
         if m.endswith("_acc") and m not in screened:
-            raise ConfigError(f"{where}: search.metric: {m!r} is not measured on the validation split a search "
-                              f"selects on (the test split is read only by certification); the screening "
-                              f"protocol {stage.evaluation.screen!r} reports: {', '.join(sorted(screened))}")
+            raise ConfigError(
+                f"{where}: search.metric: {m!r} is not measured on the validation split a search "
+                f"selects on (the test split is read only by certification); the screening "
+                f"protocol {stage.evaluation.screen!r} reports: {', '.join(sorted(screened))}"
+            )
 
 
 def _asha_metric_is_per_epoch(stage: StageSpec, where: str) -> None:
     metric = stage.search.metrics[0]
     if stage.search.scheduler.type == "asha" and metric not in PER_EPOCH:
-        raise ConfigError(f"{where}: search.metric: ASHA needs a metric reported every epoch "
-                          f"({', '.join(PER_EPOCH)}), got {metric!r}")
+        raise ConfigError(
+            f"{where}: search.metric: ASHA needs a metric reported every epoch ({', '.join(PER_EPOCH)}), got {metric!r}"
+        )

@@ -12,11 +12,13 @@ made here and nowhere else:
   (``trial_config``);
 - the name a person reads in tables and on the console, ``alpha`` (``short_name``).
 """
+
 from __future__ import annotations
 
 import itertools
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from trainables.schema import deep_merge, flatten, set_nested, to_dict
 
@@ -93,8 +95,9 @@ class DefineByRun:
             if spec.type == "float":
                 chosen[key] = trial.suggest_float(name, spec.low, spec.high, log=spec.log)
             elif spec.type == "int":
-                chosen[key] = trial.suggest_int(name, int(spec.low), int(spec.high), log=spec.log,
-                                                step=int(spec.step or 1))
+                chosen[key] = trial.suggest_int(
+                    name, int(spec.low), int(spec.high), log=spec.log, step=int(spec.step or 1)
+                )
             else:
                 chosen[key] = trial.suggest_categorical(name, list(spec.values))
         return None
@@ -107,8 +110,9 @@ def distribution(spec: ParamSpec):
     if spec.type == "float":
         return optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log)
     if spec.type == "int":
-        return optuna.distributions.IntDistribution(int(spec.low), int(spec.high), log=spec.log,
-                                                    step=int(spec.step or 1))
+        return optuna.distributions.IntDistribution(
+            int(spec.low), int(spec.high), log=spec.log, step=int(spec.step or 1)
+        )
     return optuna.distributions.CategoricalDistribution(list(spec.values))
 
 

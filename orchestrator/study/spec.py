@@ -2,10 +2,12 @@
 screened and its finalists certified, and with which resources. Each dataclass checks its own
 fields (``validate``); the rules that span fields and stages are in ``orchestrator.study.rules``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from trainables.schema import build, check
 
@@ -28,7 +30,13 @@ class ParamSpec:
 
     def validate(self, where: str) -> None:
         if self.type in ("float", "int"):
-            check(self.low is not None and self.high is not None, where, "low/high", "both bounds for a numeric parameter", (self.low, self.high))
+            check(
+                self.low is not None and self.high is not None,
+                where,
+                "low/high",
+                "both bounds for a numeric parameter",
+                (self.low, self.high),
+            )
             check(self.low <= self.high, where, "low", f"a number <= high ({self.high})", self.low)
             if self.log:
                 check(self.low > 0, where, "low", "a number > 0 for a log-scale parameter", self.low)
@@ -70,16 +78,29 @@ class SearchSpec:
 
     def validate(self, where: str) -> None:
         check(self.num_samples >= 1, where, "num_samples", "an integer >= 1", self.num_samples)
-        check(len(self.metrics) == len(self.modes), where, "mode", f"{len(self.metrics)} modes, one per metric", self.mode)
+        check(
+            len(self.metrics) == len(self.modes), where, "mode", f"{len(self.metrics)} modes, one per metric", self.mode
+        )
         check(all(m in ("max", "min") for m in self.modes), where, "mode", "max or min", self.mode)
         if self.cases:
             check(self.algorithm == "grid", where, "algorithm", "grid when cases are listed", self.algorithm)
             names = [c.get("name") if isinstance(c, Mapping) else None for c in self.cases]
-            check(all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names), where,
-                  "cases", "mappings with distinct 'name's", names)
+            check(
+                all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names),
+                where,
+                "cases",
+                "mappings with distinct 'name's",
+                names,
+            )
         if len(self.metrics) > 1:
             check(self.algorithm == "optuna", where, "algorithm", "optuna for a multi-objective search", self.algorithm)
-            check(self.scheduler.type == "none", where, "scheduler.type", "none for a multi-objective search", self.scheduler.type)
+            check(
+                self.scheduler.type == "none",
+                where,
+                "scheduler.type",
+                "none for a multi-objective search",
+                self.scheduler.type,
+            )
 
     @property
     def metrics(self) -> list[str]:
@@ -174,7 +195,13 @@ class ResourceSpec:
         check(self.gpus_per_worker >= 0, where, "gpus_per_worker", "a number >= 0", self.gpus_per_worker)
         check(self.cpus_per_worker > 0, where, "cpus_per_worker", "a number > 0", self.cpus_per_worker)
         if self.max_concurrent_trials is not None:
-            check(self.max_concurrent_trials >= 1, where, "max_concurrent_trials", "an integer >= 1", self.max_concurrent_trials)
+            check(
+                self.max_concurrent_trials >= 1,
+                where,
+                "max_concurrent_trials",
+                "an integer >= 1",
+                self.max_concurrent_trials,
+            )
         check(self.max_failures >= 0, where, "max_failures", "an integer >= 0", self.max_failures)
 
 

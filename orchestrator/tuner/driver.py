@@ -6,13 +6,13 @@ storage path. A trial that ``--resume`` runs again (its driver died or was inter
 given its first Train run's name, so it resumes from that run's last checkpoint instead of
 starting over (``orchestrator.tuner.ledger``).
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-from ..study.space import config_key, trial_config
 from ..record import train_run_name
-
+from ..study.space import config_key, trial_config
 
 AUTO_BACKEND = "auto"  # resolved per worker group when it starts: nccl or gloo
 
@@ -78,8 +78,9 @@ def run_trial(given: dict[str, Any], *, payload: dict[str, Any]) -> None:
             "console": payload.get("console"),  # where the screening's per-attack lines go
             "label": f"[{payload.get('stage', 'main')}] trial {trial_id}",
         },
-        scaling_config=ray.train.ScalingConfig(num_workers=int(res["num_workers"]), use_gpu=gpus > 0,
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=int(res["num_workers"]), use_gpu=gpus > 0, resources_per_worker=resources
+        ),
         run_config=ray.train.RunConfig(
             name=train_run,
             storage_path=payload["storage_path"],

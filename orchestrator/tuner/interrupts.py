@@ -6,6 +6,7 @@ then returns as if the run had ended, so the sweep cannot tell an interrupted st
 finished one. ``InterruptWatch`` (a Tune callback) wraps Tune's handler once Tune installed
 it, to record that the signal came; SIGTERM takes the same path. A second signal exits at once.
 """
+
 from __future__ import annotations
 
 import os

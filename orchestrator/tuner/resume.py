@@ -18,17 +18,27 @@ checkpoints. ``--resume`` builds a new Tuner from the study file and that record
 What differs from an uninterrupted run: the Optuna sampler's random state (it is re-seeded, not
 restored), and ASHA's rungs, which start from the trials still to run.
 """
+
 from __future__ import annotations
 
 from collections import Counter
-from typing import Mapping
+from collections.abc import Mapping
 
 from ray import tune
 
-from ..record import (LaunchFile, TrialStatus, completed_status, plain, train_run_name, trial_error, trial_key,
-                      trial_of_train_run)
+from ..record import (
+    LaunchFile,
+    TrialStatus,
+    completed_status,
+    plain,
+    train_run_name,
+    trial_error,
+    trial_key,
+    trial_of_train_run,
+)
 from ..study.space import config_key, grid_points
 from . import interrupts
+
 
 class TrialLedger(tune.Callback):
     """Writes each trial's record to the launch file as Tune starts and ends it."""
@@ -57,9 +67,13 @@ class TrialLedger(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         config = plain(trial.config)
         train_run = self.resumes.get(config_key(config))
-        self._update(trial, config=config, status=TrialStatus.RUNNING.value,
-                     train_run=train_run or train_run_name(trial.trial_id),
-                     **({"resumes": trial_of_train_run(train_run)} if train_run else {}))
+        self._update(
+            trial,
+            config=config,
+            status=TrialStatus.RUNNING.value,
+            train_run=train_run or train_run_name(trial.trial_id),
+            **({"resumes": trial_of_train_run(train_run)} if train_run else {}),
+        )
 
     def _ended(self, trial, status: TrialStatus, error: str | None = None) -> None:
         last = {k: plain(v) for k, v in (trial.last_result or {}).items() if k != "config"}
@@ -69,8 +83,13 @@ class TrialLedger(tune.Callback):
             checkpoint = trial.checkpoint.path if trial.checkpoint else None
         except Exception:  # noqa: BLE001 - the record is still worth keeping without it
             checkpoint = None
-        self._update(trial, status=status.value, metrics=last, checkpoint=last.get("checkpoint_path") or checkpoint,
-                     **({"error": error} if error else {}))
+        self._update(
+            trial,
+            status=status.value,
+            metrics=last,
+            checkpoint=last.get("checkpoint_path") or checkpoint,
+            **({"error": error} if error else {}),
+        )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._ended(trial, completed_status(trial.last_result))
@@ -83,8 +102,11 @@ def resume_map(unfinished: list[dict]) -> dict[str, str]:
     """config key -> Train run to attach to, for unfinished trials whose config is unique (two
     identical configs cannot share one Train run: those start again from scratch)."""
     counts = Counter(config_key(r["config"]) for r in unfinished)
-    return {config_key(r["config"]): r.get("train_run") or train_run_name(r["trial_id"])
-            for r in unfinished if counts[config_key(r["config"])] == 1}
+    return {
+        config_key(r["config"]): r.get("train_run") or train_run_name(r["trial_id"])
+        for r in unfinished
+        if counts[config_key(r["config"])] == 1
+    }
 
 
 def remaining_grid(search, records: list[dict]) -> list[dict]:

@@ -1,9 +1,10 @@
 """The searchers a stage runs: Optuna's samplers (seeded), a fixed list of configs (a grid, or
 what is left of one), and an Optuna study seeded with the trials earlier launches ended."""
+
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 from ray.tune.search import Searcher
 
@@ -55,8 +56,12 @@ def seeded_study(search, sampler, ended: list[dict], name: str):
         params = {k: v for k, v in optuna_params(r["config"]).items() if k in dists}
         values = [(r.get("metrics") or {}).get(m) for m in search.objectives]  # what Optuna was told
         ok = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
-        study.add_trial(optuna.trial.create_trial(
-            params=params, distributions={k: dists[k] for k in params},
-            values=[float(v) for v in values] if ok else None,
-            state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={k: dists[k] for k in params},
+                values=[float(v) for v in values] if ok else None,
+                state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
+            )
+        )
     return storage

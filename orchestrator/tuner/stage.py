@@ -5,15 +5,16 @@ Every launch builds a new Tuner from the study and the trials recorded by earlie
 it (``orchestrator.tuner.ledger``); ``Tuner.restore`` is never called, so nothing Tune pickled
 into the storage path is ever loaded.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from ..record import split
 from ..study.refs import strip_refs
 from ..study.rules import resolve
 from ..study.space import DefineByRun, default_point, optuna_name, optuna_params
-from ..record import split
 from .resume import remaining_grid, resume_map
 from .searchers import FixedConfigs, make_sampler, seeded_study
 
@@ -41,9 +42,15 @@ def _scheduler(stage):
     search = stage.search
     if search.scheduler.type != "asha":
         return None
-    return ASHAScheduler(time_attr="epoch", metric=search.rung_metric, mode=search.modes[0],
-                         max_t=resolve(strip_refs(stage.base)).epochs, grace_period=search.scheduler.grace_period,
-                         reduction_factor=search.scheduler.reduction_factor, stop_last_trials=False)
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric=search.rung_metric,
+        mode=search.modes[0],
+        max_t=resolve(strip_refs(stage.base)).epochs,
+        grace_period=search.scheduler.grace_period,
+        reduction_factor=search.scheduler.reduction_factor,
+        stop_last_trials=False,
+    )
 
 
 def _optuna(stage, seed: int, records: list[dict], unfinished: list[dict], ended: list[dict], name: str):
@@ -58,9 +65,15 @@ def _optuna(stage, seed: int, records: list[dict], unfinished: list[dict], ended
     multi = len(search.objectives) > 1
     # the objectives are validation numbers (StageSpec.search.objectives): no test-split number
     # reaches Optuna or ASHA
-    return OptunaSearch(space=DefineByRun(specs, stage.base), metric=search.objectives if multi else search.objectives[0],
-                        mode=search.modes if multi else search.modes[0], points_to_evaluate=points or None,
-                        sampler=sampler, study_name=name, storage=seeded_study(search, sampler, ended, name))
+    return OptunaSearch(
+        space=DefineByRun(specs, stage.base),
+        metric=search.objectives if multi else search.objectives[0],
+        mode=search.modes if multi else search.modes[0],
+        points_to_evaluate=points or None,
+        sampler=sampler,
+        study_name=name,
+        storage=seeded_study(search, sampler, ended, name),
+    )
 
 
 def plan_stage(stage, seed: int, cap: int, records: list[dict], name: str) -> StagePlan:
@@ -75,8 +88,13 @@ def plan_stage(stage, seed: int, cap: int, records: list[dict], name: str) -> St
     else:
         searcher = _optuna(stage, seed, records, unfinished, ended, name)
         todo = max(0, stage.search.num_samples - len(ended))
-    config = tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(stage), num_samples=max(1, todo),
-                             max_concurrent_trials=cap, trial_dirname_creator=trial_dirname)
+    config = tune.TuneConfig(
+        search_alg=searcher,
+        scheduler=_scheduler(stage),
+        num_samples=max(1, todo),
+        max_concurrent_trials=cap,
+        trial_dirname_creator=trial_dirname,
+    )
     return StagePlan(config, todo, len(ended), resume_map(unfinished))
 
 
@@ -84,5 +102,8 @@ def run_stage(stage, *, name: str, trainable, tune_config, storage_path: str, ca
     """Run a stage's trials (a new Tuner on every launch: Tune's pickled state is never read)."""
     from ray import tune
 
-    tune.Tuner(trainable, tune_config=tune_config,
-               run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks, verbose=0)).fit()
+    tune.Tuner(
+        trainable,
+        tune_config=tune_config,
+        run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks, verbose=0),
+    ).fit()

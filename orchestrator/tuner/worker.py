@@ -10,6 +10,7 @@ results and the timings. Nothing here reads the test split: the finalists are ce
 after training, by ``orchestrator.certify``, and the worker group is released before that. A
 NaN or infinite loss ends the run with ``status: diverged``.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,8 @@ from typing import Any
 from trainables.checkpoint import CHECKPOINT_FILE, EVAL_FILE
 from trainables.files import write_json
 
-from ..study.names import VAL, under, val_name
 from ..record import TrialStatus, console_say
+from ..study.names import VAL, under, val_name
 
 logger = logging.getLogger(__name__)
 MAX_LIST = 64  # longer lists (per-image data) stay in eval.json, not in Tune's results
@@ -55,15 +56,16 @@ def worker_device(assigned):
         return assigned
     if not _said_cpu_fallback:
         _said_cpu_fallback = True
-        logger.warning("this node advertises a GPU (%s) but CUDA is not available to torch: training on CPU "
-                       "with gloo", os.environ.get("CUDA_VISIBLE_DEVICES", "?"))
+        logger.warning(
+            "this node advertises a GPU (%s) but CUDA is not available to torch: training on CPU with gloo",
+            os.environ.get("CUDA_VISIBLE_DEVICES", "?"),
+        )
     return torch.device("cpu")
 
 
 def _checkpoint_candidates(latest):
     """The latest checkpoint, then the run's earlier ones, newest first (Ray names them by time)."""
     import pyarrow.fs
-
     import ray.train
 
     parent, name = latest.path.rstrip("/").rsplit("/", 1)
@@ -71,8 +73,14 @@ def _checkpoint_candidates(latest):
         infos = latest.filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
     except OSError:
         infos = []
-    earlier = sorted((i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory
-                      and i.base_name.startswith("checkpoint_") and i.base_name < name), reverse=True)
+    earlier = sorted(
+        (
+            i.base_name
+            for i in infos
+            if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_") and i.base_name < name
+        ),
+        reverse=True,
+    )
     return [latest] + [ray.train.Checkpoint(f"{parent}/{n}", filesystem=latest.filesystem) for n in earlier]
 
 
@@ -88,7 +96,9 @@ def load_resume_state(latest, say=None) -> tuple[dict[str, Any], dict[str, Any] 
         with ckpt.as_directory() as d:
             try:
                 state = load_checkpoint(os.path.join(d, CHECKPOINT_FILE))
-                saved = json.loads(Path(d, EVAL_FILE).read_text()) if os.path.exists(os.path.join(d, EVAL_FILE)) else None
+                saved = (
+                    json.loads(Path(d, EVAL_FILE).read_text()) if os.path.exists(os.path.join(d, EVAL_FILE)) else None
+                )
             except (CheckpointError, ValueError) as e:
                 first_error = first_error or e
                 logger.warning("checkpoint %s is unusable (%s): trying the one before it", ckpt.path, e)
@@ -138,7 +148,8 @@ def setup(config: dict[str, Any]) -> Trial:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         resume, saved_eval = load_resume_state(
-            ckpt, console_say(config.get("console"), config.get("label", ""), "resume") if rank == 0 else None)
+            ckpt, console_say(config.get("console"), config.get("label", ""), "resume") if rank == 0 else None
+        )
     prepare = ray.train.torch.prepare_model if ctx.get_world_size() > 1 and device.type == "cuda" else None
     comp = build(cfg, device=device, resume=resume, prepare_model=prepare)
     label = device.type if device.type == assigned.type else f"{device.type} (GPU advertised, CUDA unavailable)"
@@ -148,23 +159,32 @@ def setup(config: dict[str, Any]) -> Trial:
 def screening(t: Trial) -> dict[str, Any]:
     """The screening evaluation on the validation split (its full result, unprefixed): what a
     search selects on. Empty without a validation split."""
-    from trainables.evaluation import evaluate
-    from trainables.evaluation import get_protocol
+    from trainables.evaluation import evaluate, get_protocol
 
     if t.saved_eval is not None:
         return t.saved_eval  # the run finished before a crash lost its last report: not again
     if not t.comp.bundle.has_val:
         return {}
-    return evaluate(t.comp.net, t.comp.bundle.as_test_of_validation(), get_protocol(t.config.get("screen", "screen")),
-                    eps=t.cfg.eps, seed=t.cfg.seed, device=t.comp.device, log=t.say("val"))
+    return evaluate(
+        t.comp.net,
+        t.comp.bundle.as_test_of_validation(),
+        get_protocol(t.config.get("screen", "screen")),
+        eps=t.cfg.eps,
+        seed=t.cfg.seed,
+        device=t.comp.device,
+        log=t.say("val"),
+    )
 
 
 def final_result(t: Trial, screened: dict[str, Any]) -> dict[str, Any]:
     """What the last epoch's report adds (rank 0): the screening under validation names, its
     masking details, the method's own results, the steady-state timings."""
     out = under(VAL, screened)
-    out[val_name("masking_details")] = [f"{n}: {screened['masking_checks'][n]['detail']}"
-                                        for n in screened.get("masking_flags", []) if n in screened.get("masking_checks", {})]
+    out[val_name("masking_details")] = [
+        f"{n}: {screened['masking_checks'][n]['detail']}"
+        for n in screened.get("masking_flags", [])
+        if n in screened.get("masking_checks", {})
+    ]
     for name, seconds in (screened.get("attack_seconds") or {}).items():  # MLflow: val/seconds/<attack>
         out[f"{VAL}seconds/{name.replace('@', '_at_')}"] = seconds
     out.update(t.comp.method.final_metrics())
@@ -185,9 +205,14 @@ def report_epoch(t: Trial, metrics: dict[str, Any], make_state) -> None:
     from trainables.checkpoint import save_checkpoint
     from trainables.schema import to_dict
 
-    report = {**metrics, "status": TrialStatus.RUNNING.value, "resumed_from_epoch": t.start_epoch,
-              "device": t.device_label, "resolved_config": json.dumps(to_dict(t.cfg)),
-              "node_id": t.node_id}  # which machine ran this epoch (it changes when a node is lost)
+    report = {
+        **metrics,
+        "status": TrialStatus.RUNNING.value,
+        "resumed_from_epoch": t.start_epoch,
+        "device": t.device_label,
+        "resolved_config": json.dumps(to_dict(t.cfg)),
+        "node_id": t.node_id,
+    }  # which machine ran this epoch (it changes when a node is lost)
     screened = None
     if metrics["epoch"] == t.cfg.epochs:
         if t.rank == 0:
@@ -213,9 +238,16 @@ def report_divergence(t: Trial, epoch: int, loss: float) -> None:
 
     nan = float("nan")
     # the searcher's objectives exist in every trial's last result: NaN here (Optuna: a failed trial)
-    ray.train.report({**{name: nan for name in t.config.get("objectives", ())}, "status": TrialStatus.DIVERGED.value,
-                      "resolved_config": json.dumps(to_dict(t.cfg)), "epoch": epoch,
-                      "loss": loss if math.isfinite(loss) else nan, "diverged": True})
+    ray.train.report(
+        {
+            **{name: nan for name in t.config.get("objectives", ())},
+            "status": TrialStatus.DIVERGED.value,
+            "resolved_config": json.dumps(to_dict(t.cfg)),
+            "epoch": epoch,
+            "loss": loss if math.isfinite(loss) else nan,
+            "diverged": True,
+        }
+    )
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -228,7 +260,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if comp.start_epoch >= cfg.epochs and comp.history:
             # restored from the final checkpoint (a driver crash can lose the last report in
             # flight): report the final result again instead of ending without one
-            report_epoch(t, dict(comp.history[-1]), (lambda: checkpoint_state(comp, cfg.epochs)) if t.rank == 0 else None)
+            report_epoch(
+                t, dict(comp.history[-1]), (lambda: checkpoint_state(comp, cfg.epochs)) if t.rank == 0 else None
+            )
         else:
             fit(comp, on_epoch_end=lambda metrics, make_state: report_epoch(t, metrics, make_state))
     except DivergedError as e:

@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from .shard import Shard
 from ..attacks import bn_mode, input_grad, pgd_linf, pgd_linf_best
 from ..data import DataBundle
 from ..devices import home
 from ..metrics import predict
 from ..schema import check
+from .shard import Shard
 
 
 def stable_seed(*parts: Any) -> int:

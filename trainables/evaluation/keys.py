@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-
 from .attacks import ATTACKS
-
 
 # what every evaluation reports besides its attacks' keys (trainables.evaluate)
 EVAL_KEYS = (

@@ -3,10 +3,12 @@
 protocol did not produce is reported as skipped (``ok: None``). Thresholds are named
 constants here and stated the same way in the README and in each flag's detail text.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..registry import Registry
 
@@ -56,8 +58,11 @@ def not_monotone(r, extra) -> Check:
         return _skip(name, "no eps curve in this protocol")
     tol = noise(extra.get("curve_n", r.get("n_eval", 1)))
     bad = [(eps[i], curve[i], curve[i + 1]) for i in range(len(curve) - 1) if curve[i + 1] > curve[i] + tol]
-    detail = ("PGD accuracy rises with eps at " + ", ".join(f"eps {e:.4g}: {a:.3f} -> {b:.3f}" for e, a, b in bad)
-              if bad else "PGD accuracy is non-increasing in eps")
+    detail = (
+        "PGD accuracy rises with eps at " + ", ".join(f"eps {e:.4g}: {a:.3f} -> {b:.3f}" for e, a, b in bad)
+        if bad
+        else "PGD accuracy is non-increasing in eps"
+    )
     return Check(name, not bad, detail, {"eps": eps, "pgd_acc": curve})
 
 
@@ -69,9 +74,13 @@ def eps0_differs(r, extra) -> Check:
     if "eps0_changed" not in extra:
         return _skip(name, "no eps-0 point on the eps curve")
     changed, m = extra["eps0_changed"], extra.get("curve_n", r.get("n_eval", 0))
-    return Check(name, changed <= EPS0_MAX_CHANGED,
-                 f"{changed} of {m} images change correctness between the clean input and the attack pipeline "
-                 f"at eps 0 (expected {EPS0_MAX_CHANGED})", {"changed": changed, "n": m})
+    return Check(
+        name,
+        changed <= EPS0_MAX_CHANGED,
+        f"{changed} of {m} images change correctness between the clean input and the attack pipeline "
+        f"at eps 0 (expected {EPS0_MAX_CHANGED})",
+        {"changed": changed, "n": m},
+    )
 
 
 @masking_check("not_zero_at_large_eps")
@@ -80,9 +89,12 @@ def not_zero_at_large_eps(r, extra) -> Check:
     if "large_eps_acc" not in r:
         return _skip(name, "large-eps PGD not run")
     acc = r["large_eps_acc"]
-    return Check(name, acc <= LARGE_EPS_MAX_ACC + _FLOAT,
-                 f"PGD accuracy at eps {r['large_eps']:.3g} is {acc:.3f} (expected <= {LARGE_EPS_MAX_ACC:g})",
-                 {"eps": r["large_eps"], "acc": acc})
+    return Check(
+        name,
+        acc <= LARGE_EPS_MAX_ACC + _FLOAT,
+        f"PGD accuracy at eps {r['large_eps']:.3g} is {acc:.3f} (expected <= {LARGE_EPS_MAX_ACC:g})",
+        {"eps": r["large_eps"], "acc": acc},
+    )
 
 
 @masking_check("one_step_beats_iterative")
@@ -92,9 +104,12 @@ def one_step_beats_iterative(r, extra) -> Check:
     if "fgsm_acc" not in r or not runs:
         return _skip(name, "FGSM or PGD not run")
     best = min(runs.values())
-    return Check(name, best <= r["fgsm_acc"] + noise(r.get("n_eval", 1)),
-                 f"FGSM {r['fgsm_acc']:.4f} vs best iterative PGD {best:.4f}",
-                 {"fgsm_acc": r["fgsm_acc"], "pgd_best_acc": best})
+    return Check(
+        name,
+        best <= r["fgsm_acc"] + noise(r.get("n_eval", 1)),
+        f"FGSM {r['fgsm_acc']:.4f} vs best iterative PGD {best:.4f}",
+        {"fgsm_acc": r["fgsm_acc"], "pgd_best_acc": best},
+    )
 
 
 @masking_check("more_steps_or_restarts_still_help")
@@ -107,10 +122,13 @@ def more_steps_help(r, extra) -> Check:
     (steps, restarts), acc = min(stronger.items(), key=lambda kv: kv[1])
     gap = runs[(20, 1)] - acc
     allowed = max(RESTARTS_MAX_GAIN + _FLOAT, noise(r.get("n_eval", 1)))  # 1 point, or one image when that is more
-    return Check(name, gap <= allowed,
-                 f"PGD-20 {runs[(20, 1)]:.4f} vs {restarts}xPGD-{steps} {acc:.4f} (gap {gap * 100:.2f} points, "
-                 f"expected <= {RESTARTS_MAX_GAIN * 100:g} point or one image)",
-                 {"pgd20_acc": runs[(20, 1)], f"pgd{steps}x{restarts}_acc": acc, "gap": gap})
+    return Check(
+        name,
+        gap <= allowed,
+        f"PGD-20 {runs[(20, 1)]:.4f} vs {restarts}xPGD-{steps} {acc:.4f} (gap {gap * 100:.2f} points, "
+        f"expected <= {RESTARTS_MAX_GAIN * 100:g} point or one image)",
+        {"pgd20_acc": runs[(20, 1)], f"pgd{steps}x{restarts}_acc": acc, "gap": gap},
+    )
 
 
 @masking_check("black_box_beats_white_box")
@@ -121,10 +139,13 @@ def black_box_beats_white_box(r, extra) -> Check:
         return _skip(name, "AutoAttack (with Square) not run")
     white = min(v for k, v in aa.items() if k != "square")
     drop = white - aa["square"]
-    return Check(name, drop <= max(SQUARE_MAX_GAIN + _FLOAT, noise(extra.get("autoattack_n", 1))),
-                 f"Square lowered accuracy by {drop * 100:.2f} points after the white-box attacks "
-                 f"(expected <= {SQUARE_MAX_GAIN * 100:g} or one image)",
-                 {"after_white_box": white, "after_square": aa["square"]})
+    return Check(
+        name,
+        drop <= max(SQUARE_MAX_GAIN + _FLOAT, noise(extra.get("autoattack_n", 1))),
+        f"Square lowered accuracy by {drop * 100:.2f} points after the white-box attacks "
+        f"(expected <= {SQUARE_MAX_GAIN * 100:g} or one image)",
+        {"after_white_box": white, "after_square": aa["square"]},
+    )
 
 
 @masking_check("transfer_beats_white_box")
@@ -133,9 +154,12 @@ def transfer_beats_white_box(r, extra) -> Check:
     if "transfer_acc" not in r or "transfer_white_box_acc" not in extra:
         return _skip(name, "transfer attack not run")
     wb = extra["transfer_white_box_acc"]
-    return Check(name, r["transfer_acc"] >= wb - noise(r.get("n_eval", 1)),
-                 f"transfer {r['transfer_acc']:.4f} vs white-box PGD {wb:.4f} on the same images",
-                 {"transfer_acc": r["transfer_acc"], "white_box_acc": wb})
+    return Check(
+        name,
+        r["transfer_acc"] >= wb - noise(r.get("n_eval", 1)),
+        f"transfer {r['transfer_acc']:.4f} vs white-box PGD {wb:.4f} on the same images",
+        {"transfer_acc": r["transfer_acc"], "white_box_acc": wb},
+    )
 
 
 @masking_check("zero_input_gradients")
@@ -144,9 +168,12 @@ def zero_input_gradients(r, extra) -> Check:
     if "zero_grad_frac" not in r:
         return _skip(name, "input gradients not measured")
     z = r["zero_grad_frac"]
-    return Check(name, z <= ZERO_GRAD_MAX_FRAC + _FLOAT,
-                 f"{z * 100:.1f}% of inputs have an all-zero input gradient (expected <= {ZERO_GRAD_MAX_FRAC * 100:g}%)",
-                 {"zero_grad_frac": z})
+    return Check(
+        name,
+        z <= ZERO_GRAD_MAX_FRAC + _FLOAT,
+        f"{z * 100:.1f}% of inputs have an all-zero input gradient (expected <= {ZERO_GRAD_MAX_FRAC * 100:g}%)",
+        {"zero_grad_frac": z},
+    )
 
 
 @masking_check("perturbation_out_of_bounds")
@@ -156,9 +183,12 @@ def out_of_bounds(r, extra) -> Check:
     if not viol:
         return _skip(name, "no attack produced inputs")
     bad = {k: v for k, v in viol.items() if v > BOUND_TOLERANCE}
-    detail = ("outside the eps ball or [0, 1]: " + ", ".join(f"{k} by {v:.2e}" for k, v in bad.items()) if bad else
-              f"all adversarial inputs inside the eps ball and [0, 1] (max excess {max(viol.values()):.1e}, "
-              f"tolerance {BOUND_TOLERANCE:g})")
+    detail = (
+        "outside the eps ball or [0, 1]: " + ", ".join(f"{k} by {v:.2e}" for k, v in bad.items())
+        if bad
+        else f"all adversarial inputs inside the eps ball and [0, 1] (max excess {max(viol.values()):.1e}, "
+        f"tolerance {BOUND_TOLERANCE:g})"
+    )
     return Check(name, not bad, detail, {"max_violation": viol})
 
 
@@ -168,10 +198,13 @@ def pgd_overestimates(r, extra) -> Check:
     if "autoattack_acc" not in r or "autoattack_pgd20_acc" not in extra:
         return _skip(name, "AutoAttack or PGD-20 not run")
     gap = extra["autoattack_pgd20_acc"] - r["autoattack_acc"]
-    return Check(name, gap <= AA_MAX_GAP + _FLOAT,
-                 f"PGD-20 {extra['autoattack_pgd20_acc']:.4f} vs AutoAttack {r['autoattack_acc']:.4f} on the same "
-                 f"{extra.get('autoattack_n')} images (gap {gap * 100:.1f} points, expected <= {AA_MAX_GAP * 100:g})",
-                 {"pgd20_acc": extra["autoattack_pgd20_acc"], "autoattack_acc": r["autoattack_acc"], "gap": gap})
+    return Check(
+        name,
+        gap <= AA_MAX_GAP + _FLOAT,
+        f"PGD-20 {extra['autoattack_pgd20_acc']:.4f} vs AutoAttack {r['autoattack_acc']:.4f} on the same "
+        f"{extra.get('autoattack_n')} images (gap {gap * 100:.1f} points, expected <= {AA_MAX_GAP * 100:g})",
+        {"pgd20_acc": extra["autoattack_pgd20_acc"], "autoattack_acc": r["autoattack_acc"], "gap": gap},
+    )
 
 
 def run_checks(r: dict[str, Any], extra: dict[str, Any]) -> list[Check]:

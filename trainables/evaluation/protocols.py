@@ -11,13 +11,15 @@ an attack with ``true`` / ``false`` (add it with its default budget, or remove i
 turns its attack off (``autoattack.n: 0``, ``cw_linf.steps: 0``, an empty curve) removes the
 attack; naming a field of an attack the protocol lacks adds it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
-from ..schema import build, check, to_dict
 from ..errors import ConfigError
+from ..schema import build, check, to_dict
 from .attacks import ATTACKS, attack_order
 
 
@@ -58,7 +60,9 @@ def make(name: str, *, attacks: Mapping[str, Mapping[str, Any]], **shared: Any) 
     return _assemble(Protocol(name=name), shared, {a: dict(f) for a, f in attacks.items()}, f"protocol ({name})")
 
 
-def _assemble(base: Protocol, shared: Mapping[str, Any], fields: Mapping[str, Mapping[str, Any]], where: str) -> Protocol:
+def _assemble(
+    base: Protocol, shared: Mapping[str, Any], fields: Mapping[str, Mapping[str, Any]], where: str
+) -> Protocol:
     budgets: dict[str, Any] = dict(base.attacks)
     for attack, values in fields.items():
         entry = ATTACKS.get(attack)  # an unknown attack is one clear error naming the known ones
@@ -87,8 +91,10 @@ def _split(overrides: Mapping[str, Any]) -> tuple[dict, dict, set]:
             attack, field = key.split(".", 1)
             fields.setdefault(attack, {})[field] = value
         else:
-            raise ConfigError(f"unknown key {key!r}; expected a shared field ({', '.join(SHARED)}), "
-                              f"an attack ({', '.join(ATTACKS.names())}) or ATTACK.FIELD")
+            raise ConfigError(
+                f"unknown key {key!r}; expected a shared field ({', '.join(SHARED)}), "
+                f"an attack ({', '.join(ATTACKS.names())}) or ATTACK.FIELD"
+            )
     return shared, fields, off
 
 
@@ -110,31 +116,69 @@ PROTOCOLS: dict[str, Protocol] = {
     # The screening evaluation on the validation split that a search selects on (seconds, no
     # AutoAttack): clean, FGSM, PGD-20, a PGD eps curve, and the masking checks they feed
     # (eps 0 against clean, monotone in eps, one step against many, zero gradients, bounds).
-    "screen": make("screen", n=1000, attacks={
-        "fgsm": {}, "pgd": {"runs": [[20, 1]]}, "curve": {"multiples": [0.0, 0.5, 1.0, 2.0]}}),
+    "screen": make(
+        "screen", n=1000, attacks={"fgsm": {}, "pgd": {"runs": [[20, 1]]}, "curve": {"multiples": [0.0, 0.5, 1.0, 2.0]}}
+    ),
     # Small and complete: every attack family, AutoAttack beside PGD, masking checks. Seconds
     # on digits; the smoke studies use it.
-    "quick": make("quick", n=200, attacks={
-        "fgsm": {}, "pgd": {"runs": [[20, 1], [100, 3]]}, "cw_linf": {"steps": 30},
-        "cw_l2": {"search_steps": 3, "iterations": 100, "n": 50}, "transfer": {}, "invariance": {},
-        "autoattack": {"n": 100}, "curve": {"multiples": [0.0, 0.5, 1.0, 2.0, 4.0], "n": 100},
-        "large_eps": {"n": 100}}),
+    "quick": make(
+        "quick",
+        n=200,
+        attacks={
+            "fgsm": {},
+            "pgd": {"runs": [[20, 1], [100, 3]]},
+            "cw_linf": {"steps": 30},
+            "cw_l2": {"search_steps": 3, "iterations": 100, "n": 50},
+            "transfer": {},
+            "invariance": {},
+            "autoattack": {"n": 100},
+            "curve": {"multiples": [0.0, 0.5, 1.0, 2.0, 4.0], "n": 100},
+            "large_eps": {"n": 100},
+        },
+    ),
     # The SPROUT paper's protocol (Tables 2, 3, 5): PGD-20/100/200 and 10x PGD-100 with step
     # eps/5, C&W-L-inf, C&W-L2 10x1000 at radius 0.05, transfer, invariance; plus AutoAttack.
-    "paper": make("paper", step_frac=0.2, attacks={
-        "fgsm": {}, "pgd": {"runs": [[20, 1], [100, 1], [200, 1], [100, 10]]}, "cw_linf": {"steps": 100},
-        "cw_l2": {"search_steps": 10, "iterations": 1000, "n": 1000}, "transfer": {}, "invariance": {},
-        "autoattack": {"n": None}, "curve": {"multiples": [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0], "n": 1000},
-        "large_eps": {"n": 1000}}),
+    "paper": make(
+        "paper",
+        step_frac=0.2,
+        attacks={
+            "fgsm": {},
+            "pgd": {"runs": [[20, 1], [100, 1], [200, 1], [100, 10]]},
+            "cw_linf": {"steps": 100},
+            "cw_l2": {"search_steps": 10, "iterations": 1000, "n": 1000},
+            "transfer": {},
+            "invariance": {},
+            "autoattack": {"n": None},
+            "curve": {"multiples": [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0], "n": 1000},
+            "large_eps": {"n": 1000},
+        },
+    ),
     # RobustBench-style: AutoAttack standard on the full test split, PGD beside it.
-    "standard": make("standard", attacks={
-        "fgsm": {}, "pgd": {"runs": [[20, 1], [100, 5]]}, "autoattack": {"n": None},
-        "curve": {"multiples": [0.0, 0.5, 1.0, 2.0], "n": 1000, "autoattack": True}, "large_eps": {"n": 1000}}),
+    "standard": make(
+        "standard",
+        attacks={
+            "fgsm": {},
+            "pgd": {"runs": [[20, 1], [100, 5]]},
+            "autoattack": {"n": None},
+            "curve": {"multiples": [0.0, 0.5, 1.0, 2.0], "n": 1000, "autoattack": True},
+            "large_eps": {"n": 1000},
+        },
+    ),
     # ImageNet (Table 4): random-targeted PGD at eps 0.005 .. 0.02, AutoAttack on 1000 images.
-    "imagenet": make("imagenet", n=5000, batch_size=64, step_frac=0.2, attacks={
-        "fgsm": {}, "pgd": {"runs": [[20, 1]]}, "autoattack": {"n": 1000},
-        "curve": {"multiples": [0.0, 0.5, 1.0, 2.0], "n": 500}, "large_eps": {"eps": 0.25, "n": 500},
-        "targeted": {"eps": [0.005, 0.01, 0.015, 0.02], "steps": 100}}),
+    "imagenet": make(
+        "imagenet",
+        n=5000,
+        batch_size=64,
+        step_frac=0.2,
+        attacks={
+            "fgsm": {},
+            "pgd": {"runs": [[20, 1]]},
+            "autoattack": {"n": 1000},
+            "curve": {"multiples": [0.0, 0.5, 1.0, 2.0], "n": 500},
+            "large_eps": {"eps": 0.25, "n": 500},
+            "targeted": {"eps": [0.005, 0.01, 0.015, 0.02], "steps": 100},
+        },
+    ),
 }
 
 

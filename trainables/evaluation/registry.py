@@ -5,8 +5,9 @@ results into metrics, and the metric keys it writes. One module per attack in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..registry import Registry
 
@@ -20,8 +21,8 @@ Columns = list[tuple[str, str]]  # (table label, metric key)
 class Attack:
     name: str
     Budget: type  # frozen dataclass; ``enabled()`` says whether a budget runs the attack at all
-    run: Callable[["EvalContext", Any], None]  # measures one shard, per image
-    summarize: Callable[["Summary", Any], None]  # metrics from the union of the shards
+    run: Callable[[EvalContext, Any], None]  # measures one shard, per image
+    summarize: Callable[[Summary, Any], None]  # metrics from the union of the shards
     metrics: Callable[[Any], list[str]]  # keys written into the result
     columns: Callable[[Any], Columns]  # what a results table shows
     # keys whose per-image results count in the worst case (white-box L-inf at the protocol's eps)
@@ -42,13 +43,13 @@ def register_attack(
     name: str,
     Budget: type,
     *,
-    summarize: Callable[["Summary", Any], None],
+    summarize: Callable[[Summary, Any], None],
     metrics: Callable[[Any], list[str]],
     columns: Callable[[Any], Columns] | None = None,
     worst_case: Callable[[Any], list[str]] | None = None,
     smoke: Callable[[Any], dict[str, Any]] | None = None,
 ):
-    def deco(run: Callable[["EvalContext", Any], None]):
+    def deco(run: Callable[[EvalContext, Any], None]):
         cols = columns or (lambda b: [(name, k) for k in metrics(b) if k.endswith("_acc")])
         ATTACKS.register(name)(
             Attack(

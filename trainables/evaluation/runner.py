@@ -7,7 +7,8 @@ BatchNorm in eval mode."""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,15 +22,24 @@ from .protocols import Protocol
 from .shard import Shard
 
 
-def evaluate(model: nn.Module, bundle: DataBundle, protocol: Protocol, *, eps: float | None = None,
-             seed: int = 0, device: torch.device | None = None, transfer_source: nn.Module | None = None,
-             log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module,
+    bundle: DataBundle,
+    protocol: Protocol,
+    *,
+    eps: float | None = None,
+    seed: int = 0,
+    device: torch.device | None = None,
+    transfer_source: nn.Module | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Run ``protocol``'s attacks, in the registry's order, on the test split. Returns one flat
     dict of metrics (see README "Evaluation"), with each attack's seconds in ``attack_seconds``.
     The same as ``finish`` of the ``union`` of ``evaluate_shard`` over any cut of the images."""
     eps = protocol_eps(protocol, bundle.name, eps)
-    shard = evaluate_shard(model, bundle, protocol, eps=eps, seed=seed, device=device,
-                           transfer_source=transfer_source, log=log)
+    shard = evaluate_shard(
+        model, bundle, protocol, eps=eps, seed=seed, device=device, transfer_source=transfer_source, log=log
+    )
     return finish(shard, protocol, eps=eps, dataset=bundle.name)
 
 
@@ -46,19 +56,42 @@ def evaluation_size(bundle: DataBundle, protocol: Protocol) -> int:
     return total if protocol.n is None else min(protocol.n, total)
 
 
-def evaluate_shard(model: nn.Module, bundle: DataBundle, protocol: Protocol, *, eps: float, start: int = 0,
-                   stop: int | None = None, seed: int = 0, device: torch.device | None = None,
-                   transfer_source: nn.Module | None = None, keep_adversarial: bool = False,
-                   log: Callable[[str], None] | None = None) -> Shard:
+def evaluate_shard(
+    model: nn.Module,
+    bundle: DataBundle,
+    protocol: Protocol,
+    *,
+    eps: float,
+    start: int = 0,
+    stop: int | None = None,
+    seed: int = 0,
+    device: torch.device | None = None,
+    transfer_source: nn.Module | None = None,
+    keep_adversarial: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Shard:
     """Measure images ``start`` to ``stop`` (protocol image indices) of ``protocol``'s images:
     every attack's per-image results, sums, maxima and seconds. ``finish(union(shards))`` makes
     the metrics."""
     device = device or next(model.parameters()).device
     x, y = bundle.test_tensors(protocol.n)
     stop = len(y) if stop is None else min(stop, len(y))
-    ctx = EvalContext(model=model, bundle=bundle, x=x[start:stop], y=y[start:stop], eps=eps, step_frac=protocol.step_frac,
-                      batch_size=protocol.batch_size, device=device, seed=seed, say=log or (lambda s: None), start=start,
-                      transfer_source=transfer_source, protocol=protocol, keep_adversarial=keep_adversarial)
+    ctx = EvalContext(
+        model=model,
+        bundle=bundle,
+        x=x[start:stop],
+        y=y[start:stop],
+        eps=eps,
+        step_frac=protocol.step_frac,
+        batch_size=protocol.batch_size,
+        device=device,
+        seed=seed,
+        say=log or (lambda s: None),
+        start=start,
+        transfer_source=transfer_source,
+        protocol=protocol,
+        keep_adversarial=keep_adversarial,
+    )
     t0 = time.perf_counter()
     ctx.per_image["clean"] = ctx.correct_on(ctx.x, ctx.y)
     ctx.say(f"  clean: {ctx.per_image['clean'].float().mean().item():.4f}")
@@ -73,14 +106,24 @@ def finish(shard: Shard, protocol: Protocol, *, eps: float, dataset: str) -> dic
     """The metrics of an evaluation from its per-image results (one shard, or the union of
     several): every attack's numbers, the per-image worst case, the masking checks."""
     s = Summary(shard, eps, dataset)
-    s.r.update({"protocol": protocol.name, "protocol_budgets": protocol.budgets(), "eps": eps,
-                "attack_step_size": protocol.step_frac * eps, "n_eval": shard.n, "dataset": dataset,
-                "clean_acc": s.acc("clean")})
+    s.r.update(
+        {
+            "protocol": protocol.name,
+            "protocol_budgets": protocol.budgets(),
+            "eps": eps,
+            "attack_step_size": protocol.step_frac * eps,
+            "n_eval": shard.n,
+            "dataset": dataset,
+            "clean_acc": s.acc("clean"),
+        }
+    )
     for name, budget in protocol.attacks:
         ATTACKS.get(name).summarize(s, budget)
     s.r["zero_grad_frac"] = s.acc("zero_grad") if shard.n else float("nan")
     s.r.update(worst_case(shard.per_image, [k[:-4] for k in worst_case_keys(protocol)]))
-    s.extra["bound_violations"] = {k.removeprefix("bound/"): v for k, v in shard.maxima.items() if k.startswith("bound/")}
+    s.extra["bound_violations"] = {
+        k.removeprefix("bound/"): v for k, v in shard.maxima.items() if k.startswith("bound/")
+    }
     if protocol.checks:
         s.r.update(summarize(run_checks(s.r, s.extra)))
     s.r["max_bound_violation"] = max(s.extra["bound_violations"].values(), default=0.0)
@@ -104,9 +147,14 @@ def worst_case(per_image: dict[str, torch.Tensor], attacks: list[str]) -> dict[s
         ok &= per_image[a][:m]
     acc = lambda t: t[:m].float().mean().item() if m else float("nan")  # noqa: E731
     weakest = min(ran, key=lambda a: acc(per_image[a]))
-    return {"robust_acc_min": acc(ok), "robust_acc_min_n": m, "robust_acc_min_attacks": ran,
-            "robust_acc_min_attack": weakest, "wc_clean_acc": acc(per_image["clean"]),
-            **{f"wc_{a}_acc": acc(per_image[a]) for a in ran}}
+    return {
+        "robust_acc_min": acc(ok),
+        "robust_acc_min_n": m,
+        "robust_acc_min_attacks": ran,
+        "robust_acc_min_attack": weakest,
+        "wc_clean_acc": acc(per_image["clean"]),
+        **{f"wc_{a}_acc": acc(per_image[a]) for a in ran},
+    }
 
 
 def format_table(r: dict[str, Any]) -> str:

@@ -40,7 +40,7 @@ class Shard:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Shard":
+    def from_json(cls, d: dict[str, Any]) -> Shard:
         per_image = {
             k: torch.tensor(v["values"], dtype=torch.bool if v["dtype"] == "bool" else torch.float64)
             for k, v in d["per_image"].items()

@@ -1,4 +1,5 @@
 """Training methods, registered by name; one file each. See :class:`base.Method`."""
+
 from __future__ import annotations
 
 from ..registry import Registry
@@ -19,4 +20,6 @@ def list_methods() -> list[str]:
     return METHODS.names()
 
 
-from . import natural, sprout, pgd_at, trades, free_at, fast_at, backward_smoothing  # noqa: E402,F401
+from . import backward_smoothing, fast_at, free_at, natural, pgd_at, sprout, trades  # noqa: E402,F401
+
+__all__ = ["METHODS", "Method", "list_methods", "register_method"]

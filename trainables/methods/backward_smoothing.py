@@ -6,6 +6,7 @@ one TRADES ascent step, then the TRADES outer loss.
 2. delta* = one signed ascent step (size eps) on KL(softmax(f(x)) || softmax(f(x'))) from x + xi*.
 3. theta descends CE(f(x), y) + beta * KL(f(x) || f(x + xi* + delta*)).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

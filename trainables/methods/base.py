@@ -3,6 +3,7 @@ and its state. ``train_step(x, y)`` does the whole update (forward, backward, op
 and whatever else the method needs, such as SPROUT's beta ascent or Free-AT's replays) and
 returns a dict with ``loss`` (detached scalar tensor), ``logits`` and named components for logging.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..schema import check
 from ..devices import generator
+from ..schema import check
 
 
 @dataclass(frozen=True)
@@ -35,15 +36,25 @@ class Method:
     # Optimizer and schedule defaults from the method's reference code (each method's docstring names it);
     # milestones are fractions of the total number of epochs.
     default_optim: ClassVar[dict[str, Any]] = dict(
-        lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="piecewise", milestones=(0.5, 0.75))
+        lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="piecewise", milestones=(0.5, 0.75)
+    )
     default_epochs: ClassVar[int] = 100
     # Under fast.amp=auto, train in bf16 on the GPU. False for a method that bf16 was measured
     # to cost more than 2 points of robust accuracy (bench/precision.py, README "Precision").
     bf16_default: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Any, *,
-                 num_classes: int, eps: float, device: torch.device,
-                 amp_dtype: torch.dtype | None = None, seed: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        cfg: Any,
+        *,
+        num_classes: int,
+        eps: float,
+        device: torch.device,
+        amp_dtype: torch.dtype | None = None,
+        seed: int = 0,
+    ):
         self.model = model  # possibly DDP-wrapped: use for the training forward/backward
         self.net = model.module if hasattr(model, "module") else model  # unwrapped: for attacks
         self.optimizer = optimizer
@@ -106,7 +117,9 @@ class Method:
         self.descend(loss)
         return {"loss": loss.detach(), "logits": logits.detach(), **extra}
 
-    def trades_update(self, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
+    def trades_update(
+        self, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, beta: float
+    ) -> dict[str, torch.Tensor]:
         """One descent step on TRADES' outer loss CE(f(x), y) + beta KL(f(x) || f(x_adv))."""
         self.model.train()
         with self.autocast():
@@ -123,8 +136,9 @@ class Method:
         return torch.rand(shape, generator=self.generator, device=self.generator.device).to(self.device)
 
 
-def trades_outer_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor,
-                      beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def trades_outer_loss(
+    logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """CE(f(x), y) + beta * KL(f(x) || f(x')), the KL averaged over the batch (TRADES)."""
     ce = F.cross_entropy(logits_nat, y)
     kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_nat, dim=1), reduction="batchmean")

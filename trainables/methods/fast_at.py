@@ -1,5 +1,6 @@
 """Fast adversarial training (Wong et al. 2020): FGSM from a uniform random start with step
 1.25 eps, clipped to the eps ball and [0, 1]; cyclic learning rate."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ class FastAT(Method):
     # locuslab/fast_adversarial: torch's CyclicLR from 0 up to 0.2 and back over 15 epochs, peak at
     # half way (step_size_up = step_size_down), momentum cycled inversely 0.9 -> 0.8 at the peak
     # -> 0.9 (CyclicLR's defaults), wd 5e-4.
-    default_optim = dict(lr=0.2, momentum=0.9, weight_decay=5e-4, schedule="cyclic", milestones=(0.5,),
-                         momentum_cycle=(0.8, 0.9))
+    default_optim = dict(
+        lr=0.2, momentum=0.9, weight_decay=5e-4, schedule="cyclic", milestones=(0.5,), momentum_cycle=(0.8, 0.9)
+    )
     default_epochs = 15
 
     def train_step(self, x, y):

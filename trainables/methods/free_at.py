@@ -1,6 +1,7 @@
 """Free adversarial training (Shafahi et al. 2019): each minibatch is replayed m times; every
 replay is one forward/backward that updates theta and takes an FGSM step (size eps) on a
 perturbation that persists across minibatches. Divide the epoch budget by m."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Natural training: cross entropy on clean inputs."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,5 +1,6 @@
 """PGD adversarial training (Madry et al.): k-step PGD-L-inf from a random start, cross
 entropy on the adversarial batch only."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,6 +34,15 @@ class PGDAT(Method):
     def train_step(self, x, y):
         c = self.cfg
         eps = self.budget_eps(c)
-        x_adv = pgd_linf(self.net, x, y, eps=eps, steps=c.steps, step_size=c.step_frac * eps,
-                         random_start=c.random_start, bn=c.bn, generator=self.generator)
+        x_adv = pgd_linf(
+            self.net,
+            x,
+            y,
+            eps=eps,
+            steps=c.steps,
+            step_size=c.step_frac * eps,
+            random_start=c.random_start,
+            bn=c.bn,
+            generator=self.generator,
+        )
         return self.ce_update(x_adv, y, x_adv=x_adv)

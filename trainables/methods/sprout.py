@@ -34,6 +34,7 @@ Module switches ``gaussian``, ``mixup``, ``dirichlet`` make the paper's ablation
 configuration only; with ``dirichlet`` off, ``label_smoothing`` > 0 gives uniform label
 smoothing (the ablation's baseline), and with everything off the loss is plain cross entropy.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -49,12 +50,30 @@ from . import register_method
 from .base import Method
 
 _PRESETS = {
-    "paper": dict(alpha=0.01, concentration="eq6", onehot_scale=10.0, beta_init="random",
-                  theta_steps=1, beta_update="joint", mixup_loss="mixed_label",
-                  beta_momentum=0.0, beta_weight_decay=0.0, lr_beta=0.01),
-    "reference": dict(alpha=0.01, concentration="additive", onehot_scale=10.0, beta_init="ones",
-                      theta_steps=3, beta_update="clean", mixup_loss="pairwise",
-                      beta_momentum=0.9, beta_weight_decay=5e-4, lr_beta=None),
+    "paper": dict(
+        alpha=0.01,
+        concentration="eq6",
+        onehot_scale=10.0,
+        beta_init="random",
+        theta_steps=1,
+        beta_update="joint",
+        mixup_loss="mixed_label",
+        beta_momentum=0.0,
+        beta_weight_decay=0.0,
+        lr_beta=0.01,
+    ),
+    "reference": dict(
+        alpha=0.01,
+        concentration="additive",
+        onehot_scale=10.0,
+        beta_init="ones",
+        theta_steps=3,
+        beta_update="clean",
+        mixup_loss="pairwise",
+        beta_momentum=0.9,
+        beta_weight_decay=5e-4,
+        lr_beta=None,
+    ),
 }
 
 
@@ -95,7 +114,7 @@ class SproutConfig:
             check(self.onehot_scale > 0, where, "onehot_scale", "a number > 0", self.onehot_scale)
         check(self.beta_min > 0, where, "beta_min", "a number > 0", self.beta_min)
 
-    def resolved(self) -> "SproutConfig":
+    def resolved(self) -> SproutConfig:
         """This config with every variant-specific None filled from the variant's preset."""
         preset = _PRESETS[self.variant]
         return replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None})
@@ -110,8 +129,7 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 class Sprout(Method):
     Config = SproutConfig
     # Released code: SGD 0.01, momentum 0.9, wd 5e-4, lr / 10 after 80, 60, 40, 20 of 200 epochs.
-    default_optim = dict(lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="piecewise",
-                         milestones=(0.4, 0.7, 0.9))
+    default_optim = dict(lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="piecewise", milestones=(0.4, 0.7, 0.9))
     default_epochs = 200
     # bench/results/precision-cpu.json: under bf16 autocast SPROUT lost 4 points of robust
     # accuracy (AutoAttack, 100 digits images, one seed), more than the 2-point tolerance, so it
@@ -130,8 +148,9 @@ class Sprout(Method):
         self.beta_tensor = beta0.to(self.device).requires_grad_(True)  # (K,) the optimized tensor: beta itself
         self.beta_start = self.beta.clone()
         lr_beta = c.lr_beta if c.lr_beta is not None else optimizer.param_groups[0]["lr"]
-        self.beta_optimizer = torch.optim.SGD([self.beta_tensor], lr=lr_beta, momentum=c.beta_momentum,
-                                              weight_decay=c.beta_weight_decay, maximize=True)
+        self.beta_optimizer = torch.optim.SGD(
+            [self.beta_tensor], lr=lr_beta, momentum=c.beta_momentum, weight_decay=c.beta_weight_decay, maximize=True
+        )
         self.beta_optimizer.param_groups[0]["initial_lr"] = lr_beta
 
     @property
@@ -151,27 +170,39 @@ class Sprout(Method):
     def epoch_metrics(self) -> dict[str, float]:
         """beta's mean and spread, and how far it moved: ||beta - beta_start|| / ||beta_start||."""
         b, b0 = self.beta.float(), self.beta_start.float()
-        return {"beta_mean": b.mean().item(), "beta_std": b.std().item(), "beta_min": b.min().item(),
-                "beta_max": b.max().item(), "beta_drift": ((b - b0).norm() / b0.norm()).item()}
+        return {
+            "beta_mean": b.mean().item(),
+            "beta_std": b.std().item(),
+            "beta_min": b.min().item(),
+            "beta_max": b.max().item(),
+            "beta_drift": ((b - b0).norm() / b0.norm()).item(),
+        }
 
     def final_metrics(self) -> dict[str, list[float]]:
         """beta at the start and at the end of training (the paper's Figure 4)."""
-        return {"beta": [round(float(b), 6) for b in self.beta.cpu()],
-                "beta_start": [round(float(b), 6) for b in self.beta_start.cpu()]}
+        return {
+            "beta": [round(float(b), 6) for b in self.beta.cpu()],
+            "beta_start": [round(float(b), 6) for b in self.beta_start.cpu()],
+        }
 
     def extra_optimizers(self):
         return [self.beta_optimizer]
 
     def state_dict(self):
-        return {"beta": self.beta.cpu(), "beta_start": self.beta_start.cpu(),
-                "beta_optimizer": self.beta_optimizer.state_dict()}
+        return {
+            "beta": self.beta.cpu(),
+            "beta_start": self.beta_start.cpu(),
+            "beta_optimizer": self.beta_optimizer.state_dict(),
+        }
 
     def load_state_dict(self, state):
         if state.get("beta_param", "softplus" if "rho" in state else None) == "softplus":
             # the softplus parametrization (beta = beta_min + softplus(10 rho) / 10) is gone: its
             # optimizer state is a state of rho, not of beta, and cannot be carried over
-            raise CheckpointError("SPROUT method state saved with the removed softplus parametrization of beta "
-                                  "(beta_param=softplus): its beta optimizer state does not apply; train it again")
+            raise CheckpointError(
+                "SPROUT method state saved with the removed softplus parametrization of beta "
+                "(beta_param=softplus): its beta optimizer state does not apply; train it again"
+            )
         with torch.no_grad():
             self.beta_tensor.copy_(state["beta"].to(self.device))
         self.beta_optimizer.load_state_dict(state["beta_optimizer"])
@@ -213,11 +244,13 @@ class Sprout(Method):
         perm = torch.randperm(len(x), generator=self.generator, device=self.generator.device).to(x.device)
         return lam * x + (1 - lam) * x[perm], y1, y1[perm], lam
 
-    def loss(self, logits: torch.Tensor, ya: torch.Tensor, yb: torch.Tensor, lam: float,
-             beta: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, logits: torch.Tensor, ya: torch.Tensor, yb: torch.Tensor, lam: float, beta: torch.Tensor
+    ) -> torch.Tensor:
         if self.cfg.mixup_loss == "pairwise" and lam != 1.0:
-            return (lam * soft_cross_entropy(logits, self.sample_labels(ya, beta))
-                    + (1 - lam) * soft_cross_entropy(logits, self.sample_labels(yb, beta)))
+            return lam * soft_cross_entropy(logits, self.sample_labels(ya, beta)) + (1 - lam) * soft_cross_entropy(
+                logits, self.sample_labels(yb, beta)
+            )
         return soft_cross_entropy(logits, self.sample_labels(lam * ya + (1 - lam) * yb, beta))
 
     def _sync_beta_grad(self) -> None:

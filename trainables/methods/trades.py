@@ -1,5 +1,6 @@
 """TRADES (Zhang et al. 2019): inner maximization of KL(f(x) || f(x')) with the model in eval
 mode from x + 0.001 N(0, 1); outer loss CE(f(x), y) + beta * KL."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class Trades(Method):
     def train_step(self, x, y):
         c = self.cfg
         eps = self.budget_eps(c)
-        x_adv = trades_inner(self.net, x, eps=eps, steps=c.steps, step_size=c.step_frac * eps,
-                             bn=c.bn, generator=self.generator)
+        x_adv = trades_inner(
+            self.net, x, eps=eps, steps=c.steps, step_size=c.step_frac * eps, bn=c.bn, generator=self.generator
+        )
         return self.trades_update(x, x_adv, y, c.beta)

@@ -3,16 +3,18 @@
 Inputs are in [0, 1]; when a model normalizes, the normalization is its first layer, so
 attack budgets stay in pixel units.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..schema import build
 from ..registry import Registry
+from ..schema import build
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,16 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def create_model(name: str, args: Mapping[str, Any] | None = None, *, num_classes: int,
-                 in_channels: int, image_size: int,
-                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> nn.Module:
+def create_model(
+    name: str,
+    args: Mapping[str, Any] | None = None,
+    *,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> nn.Module:
     entry = MODELS.get(name)
     parsed = build(entry.args, args or {}, f"model_args ({name})")
     net = entry.build(parsed, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
@@ -60,4 +69,6 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
-from . import cifar, small, imagenet  # noqa: E402,F401  (registration side effects)
+from . import cifar, imagenet, small  # noqa: E402,F401  (registration side effects)
+
+__all__ = ["MODELS", "ModelEntry", "Normalize", "create_model", "list_models", "register_model"]

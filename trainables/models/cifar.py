@@ -3,6 +3,7 @@
 All of them end in adaptive average pooling, so they also run on the 8x8 ``digits`` images
 in smoke tests.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -61,7 +62,13 @@ class WRNArgs:
     normalize: bool = False
 
     def validate(self, where: str) -> None:
-        check(self.depth >= 10 and (self.depth - 4) % 6 == 0, where, "depth", "6n+4 with n >= 1 (10, 16, 28, 34, ...)", self.depth)
+        check(
+            self.depth >= 10 and (self.depth - 4) % 6 == 0,
+            where,
+            "depth",
+            "6n+4 with n >= 1 (10, 16, 28, 34, ...)",
+            self.depth,
+        )
         # WRN-34-32 has ~470M parameters; wider does not fit one GPU's memory for training
         check(1 <= self.width <= 32, where, "width", "an integer in [1, 32]", self.width)
         check(self.depth <= 130, where, "depth", "at most 130", self.depth)

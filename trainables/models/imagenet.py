@@ -1,4 +1,5 @@
 """ImageNet models from torchvision (random init; ``init_checkpoint`` loads trained weights)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -6,6 +6,6 @@ compares with PGD-20). A new attack is a module here and an import line below.""
 from __future__ import annotations
 
 from ..registry import ATTACKS, Attack, attack_order, register_attack
-from . import fgsm, pgd, cw_linf, cw_l2, transfer, invariance, autoattack, curve, large_eps, targeted  # noqa: F401,I001 - order matters
+from . import autoattack, curve, cw_l2, cw_linf, fgsm, invariance, large_eps, pgd, targeted, transfer  # noqa: F401,I001 - order matters
 
 __all__ = ["ATTACKS", "Attack", "attack_order", "register_attack"]

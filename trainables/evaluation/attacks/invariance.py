@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-
 from ...attacks import brightness, contrast, grayscale, rotate
 from ..context import EvalContext, Summary, accuracy
 from ..registry import register_attack

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from ...schema import check
 from ..context import EvalContext, Summary, check_n
 from ..registry import register_attack
