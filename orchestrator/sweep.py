@@ -46,6 +46,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Ray storage for checkpoints and certification shards "
         "(default: OUTPUT_DIR/ray; shared storage on multi-node clusters)",
     )
+    _overrides(p)
+    _cluster(p.add_argument_group("cluster"))
+    return p.parse_args(argv)
+
+
+def _overrides(p: argparse.ArgumentParser) -> None:
+    """What the command line changes in the study file."""
     p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (DDP ranks) per trial")
     p.add_argument("--gpus-per-worker", type=float, default=None)
     p.add_argument("--max-concurrent-trials", type=int, default=None)
@@ -64,7 +71,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--skip-data-check", action="store_true", help="do not check data roots on this node (data only on the workers)"
     )
-    c = p.add_argument_group("cluster")
+
+
+def _cluster(c) -> None:
+    """Where the study runs: which Ray, what the cluster can grow to, its storage."""
     c.add_argument(
         "--address",
         default=None,
@@ -89,7 +99,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="declare --storage-path a file system every node shares (an NFS mount this sweep does not recognise)",
     )
-    return p.parse_args(argv)
 
 
 def list_studies() -> int:

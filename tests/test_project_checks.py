@@ -102,6 +102,52 @@ def test_every_package_names_its_public_surface_and_each_name_is_what_it_says():
             assert not isinstance(value, type(sys)), f"{pkg.__name__}.{name} is a module, not what __all__ exports"
 
 
+def test_every_import_of_our_own_code_resolves_even_inside_functions():
+    """An import inside a function runs only when its path does (a failed shard's error path):
+    a module moved without its callers would fail there, in a user's run, not in the tests.
+    Every ``from X import NAME`` of our own packages, at any depth, in the packages, the
+    benchmarks, the cluster scripts and the tests, must name a real thing."""
+    import ast
+    import importlib.util
+
+    problems = []
+    for root in ("trainables", "orchestrator", "bench", "cluster", "tests"):
+        for path in sorted((ROOT / root).rglob("*.py")):
+            module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.ImportFrom):
+                    continue
+                target = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+                if target.split(".")[0] not in ("trainables", "orchestrator"):
+                    continue
+                if importlib.util.find_spec(target) is None:
+                    problems.append(f"{path.relative_to(ROOT)}:{node.lineno}: no module {target}")
+                    continue
+                mod = importlib.import_module(target)
+                for alias in node.names:
+                    if not hasattr(mod, alias.name) and importlib.util.find_spec(f"{target}.{alias.name}") is None:
+                        problems.append(f"{path.relative_to(ROOT)}:{node.lineno}: {target} has no {alias.name}")
+    assert not problems, "\n".join(problems)
+
+
+LONGEST_FUNCTION = 60  # lines; a longer function usually holds more than one idea
+
+
+def test_no_function_is_longer_than_one_idea():
+    import ast
+
+    long = []
+    for root in ("trainables", "orchestrator"):
+        for path in sorted((ROOT / root).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > LONGEST_FUNCTION:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {lines} lines")
+    assert not long, "\n".join(long)
+
+
 def test_the_readme_is_a_front_page():
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 150

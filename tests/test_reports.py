@@ -200,4 +200,4 @@ def test_a_paper_numbers_file_of_the_wrong_shape_is_one_clear_error(tmp_path, mo
     monkeypatch.setattr(paper, "PAPER_DIR", tmp_path)
     for name in ("listed", "cells_not_a_list"):
         with pytest.raises(ConfigError, match=f"paper: .*{name}.yaml: expected a mapping with a list of cells"):
-            paper.paper_numbers(name)
+            paper.load_paper_numbers(name)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..study.names import TEST, under
+from ..study import TEST, under
 from .shards import ShardJob, count_images, cuts, read_bytes, read_shard, run_shard, write_bytes
 
 HEARTBEAT_S = 30.0  # the longest the console stays silent while shards run
@@ -173,7 +173,7 @@ def run(
                 if shard is None:
                     raise RuntimeError(f"shard {job.name} reported done but its result is not readable at {job.path}")
             except Exception as e:  # noqa: BLE001 - one finalist's certification fails, the others go on
-                from ..tuner.status import error_cause
+                from ..record import error_cause
 
                 f.error = f.error or error_cause(e)
                 say(f"[{f.stage}] certify {f.trial_id}: shard {job.name} failed: {f.error}")

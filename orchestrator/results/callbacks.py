@@ -15,8 +15,7 @@ from ray import tune
 from trainables.checkpoint import CHECKPOINT_FILE, EVAL_FILE
 
 from ..record import TrialStatus, completed_status, trial_error, trial_key, trial_of_train_run
-from ..study.names import SETTINGS, VAL
-from ..study.space import config_key, searched_values, short_name, trial_config
+from ..study import SETTINGS, VAL, config_key, searched_values, short_name, trial_config
 from .tracking import CHECKPOINT_ARTIFACT_MAX, Tracker, metric_items
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..study.intervals import count_of, finite, wilson
+from ..study import count_of, finite, wilson
 
 
 def pct(v: Any, digits: int = 1) -> str:

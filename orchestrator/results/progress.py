@@ -11,8 +11,7 @@ from ray import tune
 from trainables.evaluation import describe_flags
 
 from ..record import TrialStatus, completed_status, drain, trial_error
-from ..study.names import VAL
-from ..study.space import searched_values, short_name
+from ..study import VAL, searched_values, short_name
 from .format import short
 
 

@@ -20,10 +20,8 @@ from trainables.evaluation import describe_flags
 from trainables.schema import flatten, to_dict
 
 from ..record import TrialStatus
-from ..study.intervals import finite as _finite
-from ..study.names import TEST, VAL
-from ..study.paper import paper_numbers
-from ..study.space import short_name
+from ..study import TEST, VAL, load_paper_numbers, short_name
+from ..study import finite as _finite
 from .format import num, pct
 from .tables import table
 
@@ -104,7 +102,7 @@ def _status_note(r: dict) -> str:
 def write_report(study, rows: list[dict], output_dir: Path) -> list[Path]:
     """Write the report named by ``study.report`` plus the beta matrices; returns the files."""
     fn = REPORTS[study.report]  # validated with the study
-    paper = paper_numbers(study.paper)
+    paper = load_paper_numbers(study.paper)
     for r in rows:  # rows from older summaries name no evaluation: the study file says which
         if not r.get("evaluation"):
             r["evaluation"] = stage_evaluation(study, r["stage"])

@@ -15,9 +15,16 @@ from typing import Any
 from trainables.files import write_json
 
 from ..record import TrialStatus, trial_key
-from ..study.intervals import intervals
-from ..study.names import PLACEMENT, TEST, TUNE_INTERNAL
-from ..study.space import default_point, sampler_label, searched_values, trial_config
+from ..study import (
+    PLACEMENT,
+    TEST,
+    TUNE_INTERNAL,
+    default_point,
+    intervals,
+    sampler_label,
+    searched_values,
+    trial_config,
+)
 
 KEY_METRICS = (
     "val/robust_acc",

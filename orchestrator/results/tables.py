@@ -6,9 +6,7 @@ import textwrap
 
 from trainables.cli import one_line
 
-from ..study.intervals import finite
-from ..study.names import TEST, VAL
-from ..study.space import short_name
+from ..study import TEST, VAL, finite, short_name
 from .format import num, pct, pm
 
 TABLE_WIDTH = 120

@@ -22,7 +22,7 @@ from typing import Any
 from trainables.schema import flatten
 
 from ..record import LaunchFile, trial_key
-from ..study.names import NOT_METRICS, SETTINGS, TEST
+from ..study import NOT_METRICS, SETTINGS, TEST
 
 CHECKPOINT_ARTIFACT_MAX = 50 * 2**20  # a final checkpoint up to this size is also logged as an artifact
 

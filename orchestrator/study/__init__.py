@@ -2,35 +2,69 @@
 must follow (``rules``), the search space's vocabulary (``space``), stage references (``refs``),
 the names of a trial's numbers (``names``), finalist selection (``selection``), accuracy
 intervals (``intervals``) and the paper's numbers (``paper``; its data files are the package
-``paper_numbers``, so its loader is not on this surface, where the data package's name would
-shadow it). No Ray, no MLflow, no torch."""
+``paper_numbers``). No Ray, no MLflow, no torch. The layers above import these names from here."""
 
-from .intervals import finite, intervals, wilson
+from .intervals import count_of, finite, intervals, wilson
 from .load import DEFAULT_STUDY, list_studies, load_raw, parse, plan
-from .names import TEST, VAL
+from .names import NOT_METRICS, PLACEMENT, SETTINGS, TEST, TUNE_INTERNAL, VAL, under, val_name
+from .paper import load_paper_numbers
 from .refs import is_ref, resolve_refs_for, strip_refs, substitute
+from .rules import resolve as resolve_config
 from .selection import select
-from .space import sampler_label
+from .space import (
+    DefineByRun,
+    config_key,
+    default_point,
+    distribution,
+    grid_points,
+    optuna_name,
+    optuna_params,
+    sampler_label,
+    searched_values,
+    short_name,
+    startup_trials,
+    trial_config,
+)
 from .spec import Plan, StageSpec, Study
 
 __all__ = [
     "DEFAULT_STUDY",
-    "TEST",
-    "VAL",
+    "DefineByRun",
+    "NOT_METRICS",
+    "PLACEMENT",
     "Plan",
+    "SETTINGS",
     "StageSpec",
     "Study",
+    "TEST",
+    "TUNE_INTERNAL",
+    "VAL",
+    "config_key",
+    "count_of",
+    "default_point",
+    "distribution",
     "finite",
+    "grid_points",
     "intervals",
     "is_ref",
     "list_studies",
+    "load_paper_numbers",
     "load_raw",
+    "optuna_name",
+    "optuna_params",
     "parse",
     "plan",
+    "resolve_config",
     "resolve_refs_for",
     "sampler_label",
+    "searched_values",
     "select",
+    "short_name",
+    "startup_trials",
     "strip_refs",
     "substitute",
+    "trial_config",
+    "under",
+    "val_name",
     "wilson",
 ]

@@ -12,7 +12,7 @@ from trainables.schema import load_yaml_file
 PAPER_DIR = Path(__file__).resolve().parent / "paper_numbers"
 
 
-def paper_numbers(name: str | None, where: str = "paper") -> dict[str, Any]:
+def load_paper_numbers(name: str | None, where: str = "paper") -> dict[str, Any]:
     """The paper's published numbers named by a study's ``paper:`` key; an unknown name or a
     file of the wrong shape is an error, like every other name in a study."""
     if not name:

@@ -19,7 +19,7 @@ from trainables.errors import ConfigError
 from trainables.schema import deep_merge, flatten, set_nested
 
 from .names import EPOCH_METRICS, FINAL_METRICS, PER_EPOCH
-from .paper import paper_numbers
+from .paper import load_paper_numbers
 from .refs import check_ref, is_ref, strip_refs
 from .spec import REPORTS, StageSpec, Study
 
@@ -49,7 +49,7 @@ def check_study(study: Study, where: str) -> None:
         fail("report", f"one of {', '.join(REPORTS)}", study.report)
     if study.paper is not None:
         try:
-            paper_numbers(study.paper)
+            load_paper_numbers(study.paper)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
     names = [s.name for s in study.stages]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..record import train_run_name
-from ..study.space import config_key, trial_config
+from ..study import config_key, trial_config
 
 AUTO_BACKEND = "auto"  # resolved per worker group when it starts: nccl or gloo
 

@@ -36,7 +36,7 @@ from ..record import (
     trial_key,
     trial_of_train_run,
 )
-from ..study.space import config_key, grid_points
+from ..study import config_key, grid_points
 from . import interrupts
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from ray.tune.search import Searcher
 
-from ..study.space import distribution, optuna_name, optuna_params, startup_trials
+from ..study import distribution, optuna_name, optuna_params, startup_trials
 
 
 def make_sampler(search, seed: int):

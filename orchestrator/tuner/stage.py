@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..record import split
-from ..study.refs import strip_refs
-from ..study.rules import resolve
-from ..study.space import DefineByRun, default_point, optuna_name, optuna_params
+from ..study import DefineByRun, default_point, optuna_name, optuna_params, strip_refs
+from ..study import resolve_config as resolve
 from .resume import remaining_grid, resume_map
 from .searchers import FixedConfigs, make_sampler, seeded_study
 

@@ -26,7 +26,7 @@ from trainables.checkpoint import CHECKPOINT_FILE, EVAL_FILE
 from trainables.files import write_json
 
 from ..record import TrialStatus, console_say
-from ..study.names import VAL, under, val_name
+from ..study import VAL, under, val_name
 
 logger = logging.getLogger(__name__)
 MAX_LIST = 64  # longer lists (per-image data) stay in eval.json, not in Tune's results
