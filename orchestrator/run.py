@@ -30,13 +30,14 @@ from .results import (
     Tracker,
     add_certification,
     add_intervals,
+    add_paper,
     provenance,
     rows_from_records,
     table,
     write_report,
     write_summary,
 )
-from .study import TEST, resolve_refs_for, sampler_label, select, substitute
+from .study import TEST, load_paper_numbers, resolve_refs_for, sampler_label, select, substitute
 from .tuner import TrialLedger, interrupts, plan_stage, run_stage, run_trial
 
 EXIT_FAILED = 1  # the study ran and wrote its summary, but no trial completed or a certification failed
@@ -54,6 +55,7 @@ class Session:
     cap: int  # trials at once
     driver: dict[str, float]  # a trial driver's resources
     console: Any  # the mailbox actor for workers' lines
+    paper: dict[str, Any]  # the paper's numbers the study puts beside its own (empty without)
 
 
 def run(launch: Launch) -> int:
@@ -145,7 +147,8 @@ def open_session(launch: Launch, cap: int, driver: dict[str, float], console: An
         resume=args.resume,
         launch={"plan": launch.fingerprint, "plan_fields": plan_fields(plan), "storage_path": launch.storage_path},
     )
-    return Session(launch, launch_file, tracker, parent, tags, cap, driver, console)
+    paper = load_paper_numbers(launch.study.paper)
+    return Session(launch, launch_file, tracker, parent, tags, cap, driver, console, paper)
 
 
 def run_stages(session: Session) -> list[dict]:
@@ -158,6 +161,7 @@ def run_stages(session: Session) -> list[dict]:
             raise interrupts.Interrupted(interrupts.received())
         certify(session, stage, stage_rows, refs)
         add_intervals(stage_rows)
+        add_paper(stage_rows, session.paper)
         rows += stage_rows
     return rows
 
@@ -298,12 +302,14 @@ def finish(session: Session, rows: list[dict], wall_time_s: float) -> list:
             "mlflow_parent_run_id": session.parent,
             "tracking_uri": launch.tracking_uri,
             "wall_time_s": wall_time_s,
+            **({"paper_source": session.paper.get("source")} if session.paper else {}),
         },
     )
     report_files = write_report(launch.study, rows, launch.output_dir)
     for path in [jpath, cpath, *report_files]:
         tracker.client.log_artifact(session.parent, str(path))
     failed = [r for r in rows if r["status"] == TrialStatus.FAILED]
+    tracker.log_paper(rows)
     tracker.client.set_tag(session.parent, "trials", str(len(rows)))
     tracker.client.set_tag(session.parent, "trials_failed", str(len(failed)))
     tracker.finish_parent("FINISHED")
@@ -314,7 +320,8 @@ def report(session: Session, rows: list[dict], files: list) -> int:
     """The results table, the files written, where to look in MLflow; the exit code."""
     launch = session.launch
     print()
-    print(table(rows))
+    paper = session.paper
+    print(table(rows, (paper["headline"], paper.get("source", "")) if paper.get("headline") else None))
     jpath, cpath, *report_files = files
     print(f"\nwrote {jpath}, {cpath}" + (f" and {len(report_files)} report file(s)" if report_files else ""))
     uri = launch.tracking_uri

@@ -201,3 +201,70 @@ def test_a_paper_numbers_file_of_the_wrong_shape_is_one_clear_error(tmp_path, mo
     for name in ("listed", "cells_not_a_list"):
         with pytest.raises(ConfigError, match=f"paper: .*{name}.yaml: expected a mapping with a list of cells"):
             paper.load_paper_numbers(name)
+
+
+def test_a_trial_takes_every_matching_cell_and_two_cells_that_disagree_are_refused(tmp_path, monkeypatch):
+    from orchestrator.study import paper
+    from trainables.errors import ConfigError
+
+    numbers = paper.load_paper_numbers("compare")
+    natural_wrn = {"config": {"method": "natural", "model": "wrn"}, "searched": {}}
+    cell = paper.paper_cell(numbers, natural_wrn)
+    assert cell["pgd20_acc"] == 0.0 and cell["inv_rotation_acc"] == 88.21  # Table 2 and the invariance cell
+    sprout_wrn = {"config": {"method": "sprout", "model": "wrn"}, "searched": {"case": "sprout-reference"}}
+    got = paper.paper_metrics(numbers, sprout_wrn)
+    assert got["pgd100x10_acc"] == 0.6432 and got["clean_acc"] == 0.9056  # in our units, fractions
+    assert paper.paper_cell(numbers, {"config": {"method": "free_at", "model": "wrn"}, "searched": {}}) == {}
+    (tmp_path / "clash.yaml").write_text(
+        "cells:\n  - {method: natural, model: wrn, clean_acc: 95.9}\n  - {method: natural, clean_acc: 93.3}\n"
+    )
+    (tmp_path / "apart.yaml").write_text(
+        "headline: clean_acc\ncells:\n  - {method: natural, model: wrn, clean_acc: 95.9}\n"
+        "  - {method: natural, model: vgg16, clean_acc: 93.3}\n"
+    )
+    (tmp_path / "lost.yaml").write_text("headline: pgd20_acc\ncells:\n  - {method: natural, clean_acc: 95.9}\n")
+    monkeypatch.setattr(paper, "PAPER_DIR", tmp_path)
+    with pytest.raises(
+        ConfigError,
+        match=r"cells\[0\] and cells\[1\] both describe method=natural, model=wrn but "
+        r"disagree on clean_acc \(95.9 vs 93.3\)",
+    ):
+        paper.load_paper_numbers("clash")
+    assert len(paper.load_paper_numbers("apart")["cells"]) == 2  # other models: no clash
+    with pytest.raises(ConfigError, match="headline 'pgd20_acc' is a number no cell gives"):
+        paper.load_paper_numbers("lost")
+
+
+def test_every_shipped_paper_file_loads_and_names_a_headline():
+    from orchestrator.study import paper
+
+    for f in sorted(paper.PAPER_DIR.glob("*.yaml")):
+        data = paper.load_paper_numbers(f.stem)
+        assert data["headline"] and data["source"], f.name
+
+
+def test_the_console_table_puts_the_papers_headline_beside_ours():
+    from orchestrator.results.tables import table
+
+    def row(trial_id, method, robust, paper=None):
+        r = {
+            "trial_id": trial_id,
+            "stage": "main",
+            "config": {"method": method},
+            "searched": {},
+            "status": "completed",
+            "finalist": True,
+            "metrics": {"test/robust_acc": robust, "test/robust_acc_min_n": 100, "test/pgd20_acc": 0.6},
+        }
+        if paper:
+            r["paper"] = paper
+        return r
+
+    rows = [row("a", "sprout", 0.55, {"pgd20_acc": 0.6224}), row("b", "free_at", 0.4)]
+    text = table(rows, ("pgd20_acc", "Table 2"))
+    head, _, a, b = text.splitlines()[:4]
+    assert "paper pgd20%" in head and max(len(line) for line in text.splitlines()) <= 120
+    col = head.index("paper pgd20%")
+    assert a[col:].startswith("62.2") and b[col:].startswith("-")
+    assert "paper pgd20%: the paper's number for the same method and model (Table 2)" in " ".join(text.split())
+    assert "paper" not in table(rows).splitlines()[0]  # a study without paper numbers: no column

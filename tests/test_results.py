@@ -259,3 +259,30 @@ def test_the_trial_callback_records_a_trial_as_tune_ends_it(tracker, tmp_path):
     arts = {a.path for a in tracker.client.list_artifacts(run_id)}
     assert {"config.json", "checkpoint.pt"} <= arts
     assert run.data.tags["checkpoint"] == str(ck / "checkpoint.pt")
+
+
+def test_the_papers_numbers_reach_the_summary_files_and_the_trials_mlflow_runs(tracker, tmp_path):
+    from orchestrator.results.summary import add_paper
+    from orchestrator.study import load_paper_numbers
+
+    def row(trial_id, method, run_id):
+        return {
+            "trial_id": trial_id,
+            "stage": "main",
+            "config": {"method": method, "model": "vgg16"},
+            "searched": {},
+            "metrics": {"test/pgd20_acc": 0.5},
+            "status": "completed",
+            "mlflow_run_id": run_id,
+        }
+
+    run_a = tracker.client.create_run(tracker.experiment_id).info.run_id
+    rows = [row("a", "sprout", run_a), row("b", "free_at", None)]
+    add_paper(rows, load_paper_numbers("compare"))
+    assert rows[0]["paper"]["pgd20_acc"] == 0.6224 and rows[0]["paper"]["transfer_acc"] == 0.8628
+    assert "paper" not in rows[1]  # the paper gives nothing for Free-AT on VGG-16
+    _, cpath = write_summary(tmp_path, "compare", rows)
+    table = list(csv.DictReader(cpath.open()))
+    assert table[0]["paper/pgd20_acc"] == "0.6224" and table[1]["paper/pgd20_acc"] == ""
+    assert tracker.log_paper(rows) == 1
+    assert tracker.client.get_run(run_a).data.metrics["paper/pgd20_acc"] == 0.6224

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from trainables.evaluation import describe_flags
-from trainables.schema import flatten, to_dict
+from trainables.schema import to_dict
 
 from ..record import TrialStatus
-from ..study import TEST, VAL, load_paper_numbers, short_name
+from ..study import TEST, VAL, load_paper_numbers, paper_cell, short_name
 from ..study import finite as _finite
 from .format import num, pct
 from .tables import table
@@ -77,22 +77,6 @@ def _savefig(fig, path: Path, tight: bool = True) -> Path:
     fig.savefig(path, dpi=120, bbox_inches="tight")
     _plt().close(fig)
     return path
-
-
-def _match(cell: dict, row: dict) -> bool:
-    flat = {**flatten(row["config"]), **row["searched"]}
-    for k, v in cell.items():
-        if k in ("method", "model", "case", "model_args.width"):
-            if str(flat.get(k, row["searched"].get(k))) != str(v):
-                return False
-    return True
-
-
-def _paper_cell(paper: dict, row: dict) -> dict:
-    for cell in paper.get("cells", []):
-        if _match(cell, row):
-            return cell
-    return {}
 
 
 def _status_note(r: dict) -> str:
@@ -417,7 +401,7 @@ def scalability(rows, out, paper):
         m, model, method = r["metrics"], r["config"]["model"], r["config"]["method"]
         t = m.get("mean_epoch_time_s") or m.get("epoch_time_s")
         ratio = t / nat[model] if model in nat and nat[model] else None
-        cell = _paper_cell(paper, r)
+        cell = paper_cell(paper, r)
         pratio = cell["seconds_10_epochs"] / paper_nat[model] if cell and model in paper_nat else None
         table.append(
             [
@@ -475,7 +459,7 @@ def _robust_table(
     body = []
     for r in rows:
         m = test_view(r)
-        cell = _paper_cell(paper, r)
+        cell = paper_cell(paper, r)
         line = label(r)
         line[-1] += _status_note(r)
         for _title, key in key_cols:

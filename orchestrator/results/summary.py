@@ -21,6 +21,7 @@ from ..study import (
     TUNE_INTERNAL,
     default_point,
     intervals,
+    paper_metrics,
     sampler_label,
     searched_values,
     trial_config,
@@ -113,6 +114,15 @@ def add_certification(row: dict[str, Any], certified: dict[str, Any]) -> None:
     row["certified"] = True
 
 
+def add_paper(rows: list[dict[str, Any]], paper: dict[str, Any]) -> None:
+    """The paper's numbers for each row's trial (``paper``: our metric names and units), where
+    the paper gives any (``orchestrator.study.paper``)."""
+    for r in rows:
+        numbers = paper_metrics(paper, r) if paper else {}
+        if numbers:
+            r["paper"] = numbers
+
+
 def add_intervals(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         r["ci95"] = intervals(r["metrics"])
@@ -125,6 +135,7 @@ def write_summary(output_dir: Path, study: str, rows: list[dict], extra: dict | 
     cpath = output_dir / "summary.csv"
     searched_keys = sorted({k for r in rows for k in r["searched"]})
     metric_keys = [k for k in KEY_METRICS if any(k in r["metrics"] for r in rows)]
+    paper_keys = sorted({k for r in rows for k in r.get("paper", {})})
     extra_metrics = sorted(
         {
             k
@@ -148,6 +159,7 @@ def write_summary(output_dir: Path, study: str, rows: list[dict], extra: dict | 
                 *searched_keys,
                 *metric_keys,
                 *extra_metrics,
+                *[f"paper/{k}" for k in paper_keys],
                 "val_masking_flags",
                 "test_masking_flags",
                 "mlflow_run_id",
@@ -168,6 +180,7 @@ def write_summary(output_dir: Path, study: str, rows: list[dict], extra: dict | 
                     *[r["searched"].get(k) for k in searched_keys],
                     *[m.get(k) for k in metric_keys],
                     *[m.get(k) for k in extra_metrics],
+                    *[r.get("paper", {}).get(k) for k in paper_keys],
                     ";".join(m.get("val/masking_flags") or []),
                     ";".join(m.get(TEST + "masking_flags") or []),
                     r["mlflow_run_id"],

@@ -27,7 +27,20 @@ def _order(rows: list[dict], selected: bool) -> list[dict]:
     return sorted(rows, key=lambda r: (-(r["metrics"][key] if finite(r["metrics"].get(key)) else -1.0), r["trial_id"]))
 
 
-def _footer(rows: list[dict], selected: bool) -> list[str]:
+def paper_label(key: str) -> str:
+    """The console's name for a paper number: ``pgd20_acc`` -> ``paper pgd20%``."""
+    for suffix in ("_acc_max", "_acc"):
+        if key.endswith(suffix):
+            return f"paper {key.removesuffix(suffix)}%{' max' if suffix == '_acc_max' else ''}"
+    return f"paper {key}"
+
+
+def _paper_value(r: dict, key: str) -> str:
+    v = r.get("paper", {}).get(key)
+    return pct(v) if key.endswith(("_acc", "_acc_max")) else num(v)
+
+
+def _footer(rows: list[dict], selected: bool, paper: tuple[str, str] | None = None) -> list[str]:
     lines = []
     nval, ntest, nsame = (
         _counts(rows, VAL + "n_eval"),
@@ -47,6 +60,12 @@ def _footer(rows: list[dict], selected: bool) -> list[str]:
             "attack ran on); robust%: correct clean and under every white-box attack (the number to trust), "
             "± its 95 % interval (Wilson). summary.csv has every number on all its images."
         )
+    if paper:
+        key, source = paper
+        lines.append(
+            f"{paper_label(key)}: the paper's number for the same method and model ({source}), in its own setting; "
+            "where a study's setting differs from the paper's, docs/studies.md says how."
+        )
     if any(r.get("paper_default") for r in rows):
         lines.append("* the paper's default hyperparameters. PGD alone is an upper bound on robustness.")
     else:
@@ -54,10 +73,12 @@ def _footer(rows: list[dict], selected: bool) -> list[str]:
     return [w for x in lines for w in textwrap.wrap(x, TABLE_WIDTH)]
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], paper: tuple[str, str] | None = None) -> str:
     """Accuracies in %, the finalists marked ^ and the paper-default trial *, at most TABLE_WIDTH
     characters (the right-most columns go first; summary.csv has them all), and a footer saying
-    on which split and how many images each number was measured."""
+    on which split and how many images each number was measured. ``paper`` (the headline number's
+    key, the source) adds the paper's number beside ours, for the rows it describes."""
+    paper = paper if paper and any(paper[0] in r.get("paper", {}) for r in rows) else None
     # a searched method has its column already (the config's method is the searched one)
     searched = sorted({k for r in rows for k in r["searched"]} - {"method"})
     selected = any(r.get("selected_on") == "validation" for r in rows)
@@ -73,6 +94,7 @@ def table(rows: list[dict]) -> str:
         "pgd20%",
         "AA%",
         "robust%",
+        *([paper_label(paper[0])] if paper else []),
         "s/ep",
         "masking",
     ]
@@ -93,6 +115,7 @@ def table(rows: list[dict]) -> str:
                 _same_images(m, "pgd20_acc"),
                 _same_images(m, "autoattack_acc"),
                 pm(m, TEST + "robust_acc"),
+                *([_paper_value(r, paper[0])] if paper else []),
                 num(m.get("epoch_time_s")),
                 "-" if flags is None else (f"{len(flags)} flag(s)" if flags else "ok"),
             ]
@@ -102,6 +125,6 @@ def table(rows: list[dict]) -> str:
     while sum(widths[:keep]) + 2 * (keep - 1) > TABLE_WIDTH and keep > 6:
         keep -= 1
     fmt = lambda cells: "  ".join(str(x).ljust(w) for x, w in zip(cells[:keep], widths[:keep])).rstrip()  # noqa: E731
-    lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body] + _footer(rows, selected)
+    lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body] + _footer(rows, selected, paper)
     lines += [one_line(f"failed {r['trial_id']}: {r['error']}", TABLE_WIDTH) for r in rows if r.get("error")]
     return "\n".join(lines)

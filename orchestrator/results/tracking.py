@@ -174,6 +174,16 @@ class Tracker:
             p.write_text(json.dumps(data, indent=2, default=str))
             self.client.log_artifact(run_id, str(p))
 
+    def log_paper(self, rows: list[Mapping[str, Any]]) -> int:
+        """The paper's numbers beside ours on each trial's run (``paper/<metric>``, our units);
+        how many runs got them."""
+        n = 0
+        for r in rows:
+            if r.get("paper") and r.get("mlflow_run_id"):
+                self.log_metrics(r["mlflow_run_id"], {f"paper/{k}": v for k, v in r["paper"].items()})
+                n += 1
+        return n
+
     def finish_parent(self, status: str = "FINISHED") -> None:
         pid = self.parent_run_id
         if pid:

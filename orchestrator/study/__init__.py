@@ -7,7 +7,7 @@ intervals (``intervals``) and the paper's numbers (``paper``; its data files are
 from .intervals import count_of, finite, intervals, wilson
 from .load import DEFAULT_STUDY, list_studies, load_raw, parse, plan
 from .names import NOT_METRICS, PLACEMENT, SETTINGS, TEST, TUNE_INTERNAL, VAL, under, val_name
-from .paper import load_paper_numbers
+from .paper import load_paper_numbers, paper_cell, paper_metrics
 from .refs import is_ref, resolve_refs_for, strip_refs, substitute
 from .rules import resolve as resolve_config
 from .selection import select
@@ -49,6 +49,8 @@ __all__ = [
     "is_ref",
     "list_studies",
     "load_paper_numbers",
+    "paper_cell",
+    "paper_metrics",
     "load_raw",
     "optuna_name",
     "optuna_params",
