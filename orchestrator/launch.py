@@ -98,17 +98,29 @@ def plan_fields(plan: Plan) -> dict[str, Any]:
     return json.loads(json.dumps(out, default=str))
 
 
+def check_plan(args: argparse.Namespace) -> Plan:
+    """The study file and the command line as a plan, with the data roots and checkpoints it
+    names checked: what a real run and ``--dry-run`` both check first."""
+    raw, source = load_raw(name=args.study or (None if args.config else DEFAULT_STUDY), path=args.config)
+    plan = make_plan(parse(raw, source), source, smoke=args.smoke_test, overrides=overrides(args))
+    if not args.skip_data_check:
+        check_data(plan)
+    check_checkpoints(plan)
+    return plan
+
+
+def cluster_shape(args: argparse.Namespace):
+    """What the cluster can grow to, when a cluster config is named (or left by ``ray up``)."""
+    return cluster.find_cluster_config(args.cluster_config) if args.cluster_config else None
+
+
 def prepare(args: argparse.Namespace) -> Launch:
     """Every check that needs no Ray, in the order a person would fix them; nothing is written
     on bad input."""
     from trainables.cli import writable_dir
 
-    raw, source = load_raw(name=args.study or (None if args.config else DEFAULT_STUDY), path=args.config)
-    study = parse(raw, source)
-    plan = make_plan(study, source, smoke=args.smoke_test, overrides=overrides(args))
-    if not args.skip_data_check:
-        check_data(plan)
-    check_checkpoints(plan)
+    plan = check_plan(args)
+    study = plan.study
     tracking_uri = normalize_uri(args.tracking_uri) if args.tracking_uri else None
     if not args.tracking_timeout >= 0:
         raise ConfigError(f"--tracking-timeout: expected a number of seconds >= 0, got {args.tracking_timeout:g}")

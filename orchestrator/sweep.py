@@ -28,6 +28,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--study", default=None, help=f"a study under search_spaces/ (default: {DEFAULT_STUDY})")
     g.add_argument("--config", default=None, help="your own study file")
     p.add_argument("--list", action="store_true", help="list every study with a one-line description")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what the study will run (every trial's config, the protocols, the certification plan) and "
+        "an estimate of its cost, then exit; starts no Ray and writes nothing",
+    )
+    p.add_argument("--json", action="store_true", help="with --dry-run: one JSON object instead of the table")
     p.add_argument("--smoke-test", action="store_true", help="seconds per trial on digits, every part of the path kept")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study from its storage path")
     p.add_argument("--output-dir", default=None, help="default: runs/STUDY (runs/STUDY-smoke with --smoke-test)")
@@ -115,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)  # --help answers before anything heavy is imported
     if args.list:
         return list_studies()
+    if args.json and not args.dry_run:
+        from trainables.errors import ConfigError
+
+        raise ConfigError("--json: only with --dry-run")
+    if args.dry_run:
+        return dry_run(args)
     import os
 
     if not args.verbose:  # MLflow announces every table it creates (read when MLflow is imported)
@@ -123,6 +136,20 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.run import run
 
     return run(prepare(args))  # everything is checked before Ray starts; nothing is written on bad input
+
+
+def dry_run(args: argparse.Namespace) -> int:
+    """The plan and its estimate, after the same checks a real run makes of the study file."""
+    import json
+
+    from orchestrator.dryrun import dry_run as plan_of
+    from orchestrator.dryrun import render
+    from orchestrator.launch import check_plan, cluster_shape
+
+    plan = check_plan(args)
+    report = plan_of(plan, cluster_shape(args))
+    print(json.dumps(report, indent=1, default=str) if args.json else render(report))
+    return 0
 
 
 def cli() -> None:

@@ -557,3 +557,36 @@ def test_resume_refuses_another_storage_path(tmp_path, monkeypatch, capfd):
     (line,) = stderr.strip().splitlines()
     assert "is not where the launch in" in line and "(/data/launch)" in line
     assert sorted(f.name for f in out.iterdir()) == ["launch.json"] and not (tmp_path / "elsewhere").exists()
+
+
+PLACEHOLDERS = ("GOOD", "BAD", "FILE", "EMPTY", "HEALTHURL", "GPUYAML")  # filled in by the test above only
+STUDY_FILE_CASES = sorted(
+    c
+    for c, (cmd, arg, _) in CASES.items()
+    if cmd is SWEEP and isinstance(arg, tuple) and not any(p in str(arg[1]) for p in PLACEHOLDERS)
+)
+
+
+@pytest.mark.parametrize("case", STUDY_FILE_CASES)
+def test_a_dry_run_of_a_bad_study_gives_the_same_one_line(case, tmp_path, monkeypatch, capfd):
+    """--dry-run checks the study file as a real run does: the same error, exit 2, no Ray, nothing written."""
+    _, arg, message = CASES[case]
+    f = tmp_path / "study.yaml"
+    if arg[0] == "bytes":
+        f.write_bytes(arg[1])
+    else:
+        f.write_text(arg[1])
+    if case in SUBPROCESS:
+        p = subprocess.run(
+            SWEEP + ["--config", str(f), "--dry-run"], capture_output=True, text=True, cwd=tmp_path, timeout=300
+        )
+        code, stderr = p.returncode, p.stderr
+    else:
+        code, _, stderr = run_in_process(SWEEP, ["--config", str(f), "--dry-run"], tmp_path, monkeypatch, capfd)
+    assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]
+
+
+def test_json_without_dry_run_is_refused(tmp_path, monkeypatch, capfd):
+    code, _, err = run_in_process(SWEEP, ["--json"], tmp_path, monkeypatch, capfd)
+    assert code == 2 and "--json: only with --dry-run" in err

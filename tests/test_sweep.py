@@ -294,3 +294,17 @@ def test_asha_stops_trials_early_and_later_trials_still_run(tmp_path):
         assert r.info.status == ("FINISHED" if t["status"] == "completed" else "KILLED")
         assert r.data.tags["trial_status"] == t["status"]
     assert not [r for r in runs.values() if r.info.status == "RUNNING"]
+
+
+def test_the_dry_run_shows_the_configs_the_sweep_then_ran(smoke, capsys):
+    """The same resolution feeds both: the smoke study's dry run and its run agree on the paper-default
+    trial's whole config, and on the number of trials."""
+    from orchestrator.sweep import main
+
+    out, _ = smoke
+    assert main(["--smoke-test", "--dry-run", "--json"]) == 0
+    (stage,) = json.loads(capsys.readouterr().out)["stages"]
+    s = json.loads((out / "summary.json").read_text())
+    (default,) = [t for t in s["trials"] if t["paper_default"]]
+    assert stage["trials"][0]["config"] == default["config"]
+    assert len(stage["trials"]) == len(s["trials"])

@@ -8,7 +8,7 @@ from .intervals import count_of, finite, intervals, wilson
 from .load import DEFAULT_STUDY, list_studies, load_raw, parse, plan
 from .names import NOT_METRICS, PLACEMENT, SETTINGS, TEST, TUNE_INTERNAL, VAL, under, val_name
 from .paper import load_paper_numbers, paper_cell, paper_metrics
-from .refs import is_ref, resolve_refs_for, strip_refs, substitute
+from .refs import collect_refs, is_ref, resolve_refs_for, strip_refs, substitute
 from .rules import resolve as resolve_config
 from .selection import select
 from .space import (
@@ -39,6 +39,7 @@ __all__ = [
     "TEST",
     "TUNE_INTERNAL",
     "VAL",
+    "collect_refs",
     "config_key",
     "count_of",
     "default_point",
