@@ -131,11 +131,12 @@ def concurrency(plan, shape) -> tuple[int, str]:
     return max(1, int(cpus // (res.cpus_per_worker * res.num_workers))), f"this machine's {cpus} CPUs"
 
 
-def dry_run(plan, shape=None) -> dict[str, Any]:
-    """The whole plan as one JSON-able object: study, stages (with every trial's config) and the estimate."""
+def dry_run(plan, shape=None, basis: estimate.Basis | None = None) -> dict[str, Any]:
+    """The whole plan as one JSON-able object: study, stages (with every trial's config) and the
+    estimate (from ``basis``, default: the measurements in bench/results)."""
     gpu = plan.resources.gpus_per_worker > 0
     stages = [stage_plan(s, plan.resources, gpu) for s in plan.stages]
-    basis = estimate.load_basis(gpu)
+    basis = basis or estimate.load_basis(gpu)
     costed = []
     for s in stages:
         screen, certify = s.pop("_protocols")

@@ -65,11 +65,12 @@ def _newest(pattern: str, results: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_basis(gpu: bool, results: Path = BENCH_RESULTS) -> Basis:
-    """The measurements for a study whose workers use GPUs (``gpu``) or CPUs."""
+def load_basis(gpu: bool, results: Path = BENCH_RESULTS, acceptance: Path | None = None) -> Basis:
+    """The measurements for a study whose workers use GPUs (``gpu``) or CPUs; ``acceptance``
+    names the GPU acceptance run to use (default: the newest in ``results``)."""
     step = _newest("step_cost-*-cpu.json", results) if results.is_dir() else None
     if gpu:
-        acc = _newest("gpu_acceptance-*.json", results) if results.is_dir() else None
+        acc = acceptance or (_newest("gpu_acceptance-*.json", results) if results.is_dir() else None)
         if acc is not None:
             ips = json.loads(acc.read_text())["train"]["natural"]["images_per_s"]
             basis = Basis(
