@@ -55,7 +55,7 @@ def test_outputs_hold_config_history_and_checkpoint(runs):
     assert r["config"]["method_args"]["variant"] == "paper" and len(r["history"]) == 10
     assert {"loss", "lr", "epoch_time_s", "images_per_s"} <= set(r["history"][0])
     ck = torch.load(d / "checkpoint.pt", weights_only=True)
-    assert ck["epoch"] == 10 and "rho" in ck["method"] and ck["config"]["model"] == "small_cnn"
+    assert ck["epoch"] == 10 and "beta" in ck["method"] and ck["config"]["model"] == "small_cnn"
 
 
 @pytest.mark.slow  # the runs fixture trains 3 methods for 10 epochs
