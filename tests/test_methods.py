@@ -210,3 +210,19 @@ def test_a_diverging_run_is_reported_as_diverged_not_as_a_crash(method, digits):
     )
     with pytest.raises(DivergedError, match="diverged at epoch 1"):
         fit(comp)
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [{"dirichlet": False}, {"dirichlet": False, "label_smoothing": 0.1}, {"gaussian": False, "mixup": False}],
+)
+def test_the_reference_variant_runs_every_ablation_arm(tiny_batch, switches):
+    """Table 7's arms switch modules off in the released-code variant too; without the Dirichlet
+    beta shapes no label, so it does not move (and nothing differentiates through it)."""
+    x, y = tiny_batch
+    net, m = make("sprout", cfg=SproutConfig(variant="reference", **switches))
+    beta0, w0 = m.beta.clone(), [p.detach().clone() for p in net.parameters()]
+    out = m.train_step(x, y)
+    assert torch.isfinite(out["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(w0, net.parameters()))
+    assert torch.equal(beta0, m.beta) == (not m.cfg.dirichlet)

@@ -83,7 +83,8 @@ def test_a_stage_reference_resolves_to_the_matching_completed_trial_of_its_stage
     """``stage:NAME/k=v`` names the checkpoint of the trial of stage NAME whose config matches,
     among several (the init study starts SPROUT from each of its first stage's models); a failed
     trial or another stage's never; no match is one clear error before the stage runs."""
-    from orchestrator.study.refs import ref_target, resolve_refs_for
+    from orchestrator.study import resolve_refs_for
+    from orchestrator.study.refs import ref_target
     from trainables.errors import ConfigError
 
     def row(stage, method, status="completed", lr=0.1):

@@ -173,6 +173,9 @@ def _shrink(sraw: dict, smoke: SmokeSpec) -> dict:
     params = dict(search.get("params", {}))
     params.update({k: v for k, v in smoke.params.items() if k in params})  # a stage's own searched keys only
     search["params"] = params
+    kept = [c for c in search.get("cases", []) if c.get("name") in smoke.cases]
+    if smoke.cases and kept:  # a stage without any of the named cases keeps its own
+        search["cases"] = kept
     search["num_samples"] = smoke.num_samples or min(int(search.get("num_samples", 1)), 3)
     sched = dict(search.get("scheduler", {}))
     if sched.get("type") == "asha":

@@ -1,12 +1,15 @@
 """Stage references: ``"stage:NAME/key=value[,key=value]"`` names the final checkpoint of the
 completed trial of an earlier stage whose config has those values (the init study starts
-SPROUT from the models its first stage trained). Checked when a study is validated, resolved
+SPROUT from the models its first stage trained). A value ``{key}`` is the trial's own value of
+``key`` (``stage:natural/model_args.width={model_args.width}``: the natural model of the trial's
+own width), filled in for each trial of a grid stage. Checked when a study is validated, resolved
 to checkpoint paths between stages, substituted into each trial's config by its driver.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,10 +20,27 @@ from trainables.errors import ConfigError
 from ..record import TrialStatus
 
 STAGE_REF = "stage:"
+TEMPLATE = re.compile(r"\{([A-Za-z0-9_.]+)\}")  # {key}: the trial's own value of key
 
 
 def is_ref(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(STAGE_REF)
+
+
+def is_template(value: Any) -> bool:
+    """A reference that names the trial's own values (``{key}``): concrete only per trial."""
+    return is_ref(value) and bool(TEMPLATE.search(value))
+
+
+def expand_ref(ref: str, flat: Mapping[str, Any], where: str = "stage reference") -> str:
+    """``ref`` with every ``{key}`` replaced by the trial's value of ``key`` (its flat config)."""
+
+    def fill(m: re.Match) -> str:
+        if m.group(1) not in flat:
+            raise ConfigError(f"{where}: {ref!r}: a trial of this stage has no {m.group(1)} to fill {{{m.group(1)}}}")
+        return str(flat[m.group(1)])
+
+    return TEMPLATE.sub(fill, ref)
 
 
 def parse_ref(ref: str, where: str) -> tuple[str, dict[str, str]]:
@@ -103,21 +123,22 @@ def ref_target(ref: str, rows: list[dict]) -> str | None:
     return None
 
 
-def resolve_refs_for(stage, rows: list[dict], refs: dict[str, str]) -> dict[str, str]:
-    """``refs`` with every reference of ``stage`` resolved against the earlier stages' rows."""
+def resolve_refs(concrete: set[str], stage_name: str, rows: list[dict], refs: dict[str, str]) -> dict[str, str]:
+    """``refs`` with every concrete reference of a stage resolved against the earlier stages' rows."""
     out = dict(refs)
-    for ref in collect_refs(stage):
+    for ref in sorted(concrete):
         target = ref_target(ref, rows)
         if target is None:
-            raise ConfigError(f"stage {stage.name}: {ref!r} matches no completed trial of an earlier stage")
+            raise ConfigError(f"stage {stage_name}: {ref!r} matches no completed trial of an earlier stage")
         out[ref] = target
     return out
 
 
-def substitute(value: Any, refs: Mapping[str, str]) -> Any:
-    """``value`` with stage references replaced by the checkpoint paths in ``refs``."""
+def substitute(value: Any, refs: Mapping[str, str], flat: Mapping[str, Any] | None = None) -> Any:
+    """``value`` with stage references replaced by the checkpoint paths in ``refs``; a template
+    (``{key}``) is first filled from ``flat``, the trial's own flat config."""
     if is_ref(value):
-        return refs[value]
+        return refs[expand_ref(value, flat or {}) if is_template(value) else value]
     if isinstance(value, dict):
-        return {k: substitute(v, refs) for k, v in value.items()}
+        return {k: substitute(v, refs, flat) for k, v in value.items()}
     return value

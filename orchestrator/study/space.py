@@ -22,7 +22,7 @@ from typing import Any
 
 from trainables.schema import deep_merge, flatten, set_nested, to_dict
 
-from .refs import strip_refs, substitute
+from .refs import collect_refs, expand_ref, is_ref, is_template, resolve_refs, strip_refs, substitute
 from .spec import ParamSpec, SearchSpec
 
 CASE = "case"  # a grid's named config variant, in Tune's trial config: {"case": {"name": ..., keys...}}
@@ -64,14 +64,47 @@ def config_key(trial_config: Mapping[str, Any]) -> str:
     return json.dumps(trial_config, sort_keys=True, default=str)
 
 
+def trial_values(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict:
+    """A trial's training config before its stage references become checkpoint paths: the
+    stage's base, its grid case and the searched values on top."""
+    given = dict(given)
+    case = given.pop(CASE, None) or {}
+    merged = deep_merge(base, {k: v for k, v in case.items() if k != "name"})
+    return deep_merge(merged, given)
+
+
+def _refs_in(value: Any) -> set[str]:
+    if is_ref(value):
+        return {value}
+    if isinstance(value, Mapping):
+        return set().union(*(_refs_in(v) for v in value.values())) if value else set()
+    return set()
+
+
+def stage_refs(stage) -> set[str]:
+    """Every concrete stage reference a stage's trials use: its references as written, with each
+    template filled from the values of each grid point that uses it."""
+    written = collect_refs(stage)
+    concrete = {r for r in written if not is_template(r)}
+    if any(is_template(r) for r in written):  # templates are grid-only (a study rule)
+        for point in grid_points(stage.search):
+            values = trial_values(stage.base, point)
+            flat = flatten(values)
+            concrete |= {expand_ref(r, flat, f"stage {stage.name}") for r in _refs_in(values) if is_template(r)}
+    return concrete
+
+
+def resolve_refs_for(stage, rows: list[dict], refs: dict[str, str]) -> dict[str, str]:
+    """``refs`` with every reference of ``stage`` resolved against the earlier stages' rows."""
+    return resolve_refs(stage_refs(stage), stage.name, rows, refs)
+
+
 def trial_config(base: Mapping[str, Any], given: Mapping[str, Any], refs: Mapping[str, str]) -> dict:
     """A trial's training config: the stage's base, its grid case, the searched values on top,
     and stage references ("stage:pretrain/method=natural") replaced by checkpoint paths. A value
     of "random" for init_checkpoint means no checkpoint."""
-    given = dict(given)
-    case = given.pop(CASE, None) or {}
-    merged = deep_merge(base, {k: v for k, v in case.items() if k != "name"})
-    cfg = substitute(deep_merge(merged, given), refs)
+    values = trial_values(base, given)
+    cfg = substitute(values, refs, flatten(values))
     if cfg.get("init_checkpoint") == "random":
         cfg["init_checkpoint"] = None
     return cfg

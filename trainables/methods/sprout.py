@@ -275,9 +275,10 @@ class Sprout(Method):
             self.optimizer.step()
             if joint:
                 self.beta_step()
-        if not joint:
+        if not joint and c.dirichlet:
             # The released code's beta update: its own forward on the clean batch (no noise,
-            # no mixup), gradient ascent on beta only.
+            # no mixup), gradient ascent on beta only. Without the Dirichlet (an ablation arm)
+            # beta shapes no label, so it has no step.
             y1 = F.one_hot(y, self.num_classes).float()
             with torch.no_grad(), self.autocast():
                 clean_logits = self.model(x)
