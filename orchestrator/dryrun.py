@@ -17,10 +17,19 @@ import math
 import os
 from typing import Any
 
-from trainables.schema import flatten, to_dict
+from trainables.schema import to_dict
 
 from . import estimate
-from .study import collect_refs, default_point, grid_points, sampler_label, trial_config
+from .study import (
+    default_point,
+    grid_points,
+    load_paper_settings,
+    sampler_label,
+    searched_values,
+    settings_findings,
+    stage_refs,
+    trial_config,
+)
 
 
 def _protocol(name: str, overrides: dict | None):
@@ -63,11 +72,11 @@ def _ranges(stage) -> dict[str, Any]:
 
 def stage_plan(stage, resources, gpu: bool) -> dict[str, Any]:
     """One stage as it will run: its trials (full configs), protocols and certification plan."""
-    refs = {r: r for r in collect_refs(stage)}  # checkpoints of earlier stages: named, not yet trained
+    refs = {r: r for r in stage_refs(stage)}  # checkpoints of earlier stages: named, not yet trained
     search = stage.search
     if search.algorithm == "grid":
         points = grid_points(search)
-        trials = [{"config": _resolved(stage.base, p, refs), "searched": flatten(p)} for p in points]
+        trials = [{"config": _resolved(stage.base, p, refs), "searched": searched_values(p)} for p in points]
         finalists = len(trials)  # every completed trial of a grid is certified
     else:
         first = default_point(search.param_specs(stage.name), stage.base) if search.enqueue_defaults else None
@@ -152,6 +161,7 @@ def dry_run(plan, shape=None, basis: estimate.Basis | None = None) -> dict[str, 
             }
             costs.append(c)
         costed.append({"name": s["name"], "costs": costs})
+    settings = settings_report(plan, stages)
     at_once, why = concurrency(plan, shape)
     est = estimate.study_estimate(costed, basis, at_once, plan.resources.num_workers)
     est["concurrency_from"] = why
@@ -161,7 +171,34 @@ def dry_run(plan, shape=None, basis: estimate.Basis | None = None) -> dict[str, 
         "source": plan.source,
         "seed": plan.seed,
         "stages": stages,
+        **({"settings": settings} if settings else {}),
+        "deviations": [to_dict(d) for d in plan.study.deviations],
         "estimate": est,
+    }
+
+
+def settings_report(plan, stages: list[dict]) -> dict[str, Any] | None:
+    """The paper's settings file of the study, and where the planned trials differ from it."""
+    settings = load_paper_settings(plan.study.settings)
+    if not settings:
+        return None
+    trials = [
+        {
+            "stage": s["name"],
+            "label": f"{s['name']} #{i}",
+            "config": t["config"],
+            "searched_flat": {k: v for k, v in t["searched"].items() if not isinstance(v, (dict, list))},
+            "precision": t["precision"],
+            "certify_budgets": s["certify"]["budgets"],
+        }
+        for s in stages
+        for i, t in enumerate(s["trials"], 1)
+    ]
+    return {
+        "file": plan.study.settings,
+        "source": settings["source"],
+        "cells": len(settings["cells"]),
+        "findings": settings_findings(settings, trials, plan.study.deviations),
     }
 
 
@@ -256,6 +293,7 @@ def render(report: dict[str, Any]) -> str:
             f"  certification on test: {upto}{ce['finalists']} finalist(s) x {ce['test_images']} images in shards of "
             f"{ce['shard_size']} ({upto}{ce['shards']} shard tasks); protocol {ce['protocol']}: {_budgets(ce['budgets'])}"
         )
+    lines += _settings_lines(report)
     e = report["estimate"]
     dev = e["device"].lower()
     lines += [
@@ -267,3 +305,28 @@ def render(report: dict[str, Any]) -> str:
     lines += [f"  {k}: {v}" for k, v in e["sources"].items()]
     lines.append(f"  {e['note']}")
     return "\n".join(lines)
+
+
+def _settings_lines(report: dict[str, Any]) -> list[str]:
+    """Where the plan differs from the paper's setting: declared (with the study's reason) or not."""
+    st = report.get("settings")
+    if not st:
+        return ["", "paper settings: none named (settings: in the study file)"]
+    groups: dict[tuple, list[dict]] = {}
+    for f in st["findings"]:
+        groups.setdefault(
+            (f["key"], json.dumps(f["paper"]), json.dumps(f["study"]), f["deviation"], f.get("stale")), []
+        ).append(f)
+    lines = ["", f"paper settings ({st['file']}: {st['source']}): {st['cells']} cells checked against every trial"]
+    if not groups:
+        lines.append("  every trial runs the paper's setting")
+    for (key, paper, study, reason, stale), found in groups.items():
+        if stale:
+            lines.append(f"  STALE deviation {key}: no trial differs from the paper there ({reason})")
+        elif reason:
+            lines.append(
+                f"  differs on purpose, {key}: paper {paper}, study {study} in {len(found)} trial(s): {reason}"
+            )
+        else:
+            lines.append(f"  DIFFERS, NOT DECLARED, {key}: paper {paper}, study {study} in {len(found)} trial(s)")
+    return lines

@@ -86,6 +86,31 @@ CASES = {
         "a grid study lists values",
     ),
     "unknown protocol": (SWEEP, study("evaluation: {protocol: strongest}\n"), "evaluation.protocol: expected one of"),
+    "unknown settings file": (SWEEP, study("settings: figure99\n"), "unknown paper-settings file 'figure99'"),
+    "deviations without settings": (
+        SWEEP,
+        study("deviations: [{key: precision, reason: 'bf16 measured not to cost robustness'}]\n"),
+        "deviations: expected a settings: file",
+    ),
+    "deviation without a reason": (
+        SWEEP,
+        study("settings: width\ndeviations: [{key: precision, reason: 'x'}]\n"),
+        "deviations[0].reason: expected why the study differs",
+    ),
+    "smoke case that no stage has": (
+        SWEEP,
+        study("search: {algorithm: grid, cases: [{name: a, method: natural}]}\nsmoke: {cases: [b]}\n"),
+        "smoke.cases: expected names of the stages' cases",
+    ),
+    "template reference in an Optuna stage": (
+        SWEEP,
+        study(
+            "stages:\n  - {name: first, base: {method: natural}}\n  - name: second\n"
+            "    base: {init_checkpoint: 'stage:first/model={model}'}\n"
+            "    search: {algorithm: optuna, num_samples: 2, params: {method_args.alpha: {type: float, low: 0.01, high: 0.1}}}\n"
+        ),
+        "a reference with {key} is filled per trial of a grid search",
+    ),
     "bad resources": (SWEEP, study("resources: {num_workers: 0}\n"), "resources.num_workers: expected an integer >= 1"),
     "unknown report": (SWEEP, study("report: widht\n"), "report: expected one of"),
     "no validation split where a stage selects": (

@@ -82,7 +82,7 @@ def test_paper_tables_use_the_papers_settings():
     for model in ("vgg16", "wrn"):
         cases = {c["name"]: c for c in compare[f"main-{model}"].search.cases}
         assert cases["pgd_at"]["method_args"]["steps"] == 7
-        for variant in ("sprout", "sprout-reference"):
+        for variant in ("sprout", "sprout-paper"):
             assert cases[variant]["init_checkpoint"] == f"stage:source/model={model}"
     scal = {c["name"]: c for c in stages("scalability")["main"].search.cases}
     assert scal["pgd_at"]["method_args"]["steps"] == 7

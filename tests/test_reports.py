@@ -124,14 +124,18 @@ def test_width_report_plots_each_method_against_width(tmp_path):
 
 
 def test_scalability_report_ratios_to_natural_with_the_paper_beside(tmp_path):
+    runs = [("natural", "fp32", 2.0), ("sprout", "fp32", 2.2), ("pgd_at", "fp32", 22.0), ("natural", "bf16", 1.0),
+            ("sprout", "bf16", 2.2)]  # fmt: skip
     rows = [
-        row(trial=f"t_{i:05d}", method=m, model="vgg16", metrics={"mean_epoch_time_s": t})
-        for i, (m, t) in enumerate([("natural", 2.0), ("sprout", 2.2), ("pgd_at", 22.0)])
+        row(trial=f"t_{i:05d}", method=m, model="vgg16", metrics={"mean_epoch_time_s": t, "precision": p})
+        for i, (m, p, t) in enumerate(runs)
     ]
     reports.write_report(study("scalability"), rows, tmp_path)
     text = (tmp_path / "report.md").read_text()
-    assert "| vgg16 | sprout | 2.200 | 100 | 1.10x | 271.7 | 1.85x |" in text
-    assert "| vgg16 | pgd_at | 22.000 | 100 | 11.00x | 1327.1 | 9.05x |" in text
+    assert "| vgg16 | fp32 | sprout | 2.200 | 100 | 1.10x | 271.7 | 1.85x |" in text
+    assert "| vgg16 | fp32 | pgd_at | 22.000 | 100 | 11.00x | 1327.1 | 9.05x |" in text
+    # a ratio compares one precision with itself: bf16 SPROUT against bf16 natural
+    assert "| vgg16 | bf16 | sprout | 2.200 | 100 | 2.20x | 271.7 | 1.85x |" in text
     assert (tmp_path / "scalability.png").exists()
 
 
@@ -181,13 +185,14 @@ def test_init_study_smoke_runs_both_stages_as_one_command(tmp_path):
     stages = [t["stage"] for t in s["trials"]]
     assert stages.count("pretrain") == 1 and stages.count("sprout") == 2  # the study's smoke: both kinds of start
     assert all(t["status"] == "completed" and "test/robust_acc" in t["metrics"] for t in s["trials"])
-    starts = {
-        t["searched"]["init_checkpoint"]: t["config"]["init_checkpoint"] for t in s["trials"] if t["stage"] == "sprout"
-    }
-    assert starts["random"] is None
+    starts = {t["searched"]["case"]: t["config"]["init_checkpoint"] for t in s["trials"] if t["stage"] == "sprout"}
+    assert starts["Random+SPROUT"] is None
     pretrain_ck = {t["config"]["method"]: t["checkpoint"] for t in s["trials"] if t["stage"] == "pretrain"}
-    assert starts["stage:pretrain/method=pgd_at"] == str(Path(pretrain_ck["pgd_at"]) / "checkpoint.pt")
-    assert (tmp_path / "report.md").exists() and list((tmp_path / "beta").glob("*.png"))
+    assert starts["AdvTrain+SPROUT"] == str(Path(pretrain_ck["pgd_at"]) / "checkpoint.pt")
+    assert all(t["config"]["method_args"]["variant"] == "reference" for t in s["trials"] if t["stage"] == "sprout")
+    report = (tmp_path / "report.md").read_text()
+    assert "| Random+SPROUT |" in report and "![init](init.png)" in report and (tmp_path / "init.png").is_file()
+    assert list((tmp_path / "beta").glob("*.png"))
 
 
 def test_a_paper_numbers_file_of_the_wrong_shape_is_one_clear_error(tmp_path, monkeypatch):
@@ -211,7 +216,7 @@ def test_a_trial_takes_every_matching_cell_and_two_cells_that_disagree_are_refus
     natural_wrn = {"config": {"method": "natural", "model": "wrn"}, "searched": {}}
     cell = paper.paper_cell(numbers, natural_wrn)
     assert cell["pgd20_acc"] == 0.0 and cell["inv_rotation_acc"] == 88.21  # Table 2 and the invariance cell
-    sprout_wrn = {"config": {"method": "sprout", "model": "wrn"}, "searched": {"case": "sprout-reference"}}
+    sprout_wrn = {"config": {"method": "sprout", "model": "wrn"}, "searched": {"case": "sprout-paper"}}
     got = paper.paper_metrics(numbers, sprout_wrn)
     assert got["pgd100x10_acc"] == 0.6432 and got["clean_acc"] == 0.9056  # in our units, fractions
     assert paper.paper_cell(numbers, {"config": {"method": "free_at", "model": "wrn"}, "searched": {}}) == {}
@@ -268,3 +273,29 @@ def test_the_console_table_puts_the_papers_headline_beside_ours():
     assert a[col:].startswith("62.2") and b[col:].startswith("-")
     assert "paper pgd20%: the paper's number for the same method and model (Table 2)" in " ".join(text.split())
     assert "paper" not in table(rows).splitlines()[0]  # a study without paper numbers: no column
+
+
+def test_a_report_says_which_setting_it_ran_and_where_it_differs_on_purpose(tmp_path):
+    rows = [
+        row(trial="t_00000", method="pgd_at", model="vgg16", searched={"case": "pgd_at"}, metrics={"pgd20_acc": 0.5})
+    ]
+    reports.write_report(study("compare"), rows, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "orchestrator/study/paper_settings/compare.yaml" in text
+    assert "- `origin` (model=wrn): Table 2's WRN PGD-AT and TRADES rows are released checkpoints" in text
+    assert "![compare-vgg16](compare-vgg16.png)" in text and (tmp_path / "compare-vgg16.png").is_file()
+
+
+def test_training_cost_report_puts_time_and_robustness_beside_backward_smoothings_table_2(tmp_path):
+    def arm(i, case, method, per_epoch, pgd100):
+        return row(trial=f"t_{i:05d}", method=method, model="preact_resnet18", searched={"case": case},
+                   metrics={"mean_epoch_time_s": per_epoch, "pgd100_acc": pgd100, "clean_acc": 0.8})  # fmt: skip
+
+    rows = [arm(0, "TRADES", "trades", 60.0, 0.5), arm(1, "Backward Smoothing", "backward_smoothing", 20.0, 0.49)]
+    for r in rows:
+        r["config"]["epochs"] = 100
+    reports.write_report(study("backward-smoothing"), rows, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "| Backward Smoothing | 33.3 | 0.33x | 164 | 0.34x |" in text  # 2,000 s of 6,000 s; 164 of 482 minutes
+    assert "| TRADES | 100.0 | 1.00x | 482 | 1.00x |" in text
+    assert "52.50" in text and (tmp_path / "training_cost.png").is_file()

@@ -96,6 +96,7 @@ def write_report(study, rows: list[dict], output_dir: Path) -> list[Path]:
     text = [f"# {study.name}", "", study.description, ""]
     if paper.get("source"):
         text += [f"Paper numbers: {paper['source']} (columns marked *paper*).", ""]
+    text += _setting_lines(study)
     searches = sorted({f"{r['stage']}: {r['search']}" for r in rows if r.get("search")})
     if searches:
         text += ["Search: " + "; ".join(searches) + ".", ""]
@@ -333,6 +334,11 @@ def importances(done: list[dict]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- width
+def _arm(r: dict) -> str:
+    """What a row is in a comparison: its grid case's name (two SPROUT variants are two arms), else its method."""
+    return r["searched"].get("case") or r["config"]["method"]
+
+
 @register("width")
 def width(rows, out, paper):
     plt = _plt()
@@ -341,7 +347,7 @@ def width(rows, out, paper):
         if r["status"] != TrialStatus.COMPLETED:
             continue
         w = r["config"].get("model_args", {}).get("width")
-        by.setdefault(r["config"]["method"], []).append((w, test_view(r)))
+        by.setdefault(_arm(r), []).append((w, test_view(r)))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     table = []
     for method, pts in sorted(by.items()):
@@ -388,62 +394,95 @@ def width(rows, out, paper):
 # ----------------------------------------------------------------------------- scalability
 @register("scalability")
 def scalability(rows, out, paper):
-    plt = _plt()
+    """Seconds per epoch and the ratio to natural training on the same model at the same
+    precision, beside Table 6 (fp32 on a GTX 1080)."""
     done = [r for r in rows if r["status"] == TrialStatus.COMPLETED]
-    nat = {
-        r["config"]["model"]: r["metrics"].get("mean_epoch_time_s") or r["metrics"].get("epoch_time_s")
-        for r in done
-        if r["config"]["method"] == "natural"
-    }
+    seconds = lambda r: r["metrics"].get("mean_epoch_time_s") or r["metrics"].get("epoch_time_s")  # noqa: E731
+    column = lambda r: (r["config"]["model"], r["metrics"].get("precision") or "fp32")  # noqa: E731
+    nat = {column(r): seconds(r) for r in done if r["config"]["method"] == "natural"}
     paper_nat = {c["model"]: c["seconds_10_epochs"] for c in paper.get("cells", []) if c["method"] == "natural"}
     table, bars = [], {}
-    for r in sorted(done, key=lambda r: (r["config"]["model"], r["config"]["method"])):
-        m, model, method = r["metrics"], r["config"]["model"], r["config"]["method"]
-        t = m.get("mean_epoch_time_s") or m.get("epoch_time_s")
-        ratio = t / nat[model] if model in nat and nat[model] else None
-        cell = paper_cell(paper, r)
+    for r in sorted(done, key=lambda r: (*column(r), _arm(r))):
+        (model, precision), t = column(r), seconds(r)
+        ratio = t / nat[column(r)] if nat.get(column(r)) else None
+        cell = paper_cell(paper, r) if _arm(r) != "sprout-paper" else {}  # Table 6 times one SPROUT
         pratio = cell["seconds_10_epochs"] / paper_nat[model] if cell and model in paper_nat else None
         table.append(
             [
                 model,
-                method,
+                precision,
+                _arm(r),
                 _num(t, "{:.3f}"),
-                _num(m.get("images_per_s"), "{:.0f}"),
+                _num(r["metrics"].get("images_per_s"), "{:.0f}"),
                 _num(ratio, "{:.2f}x"),
                 _num(cell.get("seconds_10_epochs") if cell else None, "{:.1f}"),
                 _num(pratio, "{:.2f}x"),
             ]
         )
         if ratio is not None:
-            bars.setdefault(model, []).append((method, ratio, pratio))
-    files = []
-    if bars:
-        fig, axes = plt.subplots(1, len(bars), figsize=(6 * len(bars), 4), squeeze=False)
-        for ax, (model, items) in zip(axes[0], sorted(bars.items())):
-            names = [i[0] for i in items]
-            xs = range(len(items))
-            ax.bar([x - 0.2 for x in xs], [i[1] for i in items], width=0.4, label="ours")
-            ax.bar([x + 0.2 for x in xs], [i[2] if i[2] else 0 for i in items], width=0.4, label="paper (Table 6)")
-            ax.set_xticks(list(xs))
-            ax.set_xticklabels(names, rotation=30, ha="right")
-            ax.set_ylabel("time per epoch / natural")
-            ax.set_title(model)
-            ax.legend()
-        p = _savefig(fig, out / "scalability.png")
-        files.append(p)
+            bars.setdefault(column(r), []).append((_arm(r), ratio, pratio))
+    files = _ratio_bars(bars, out)
     text = [
         "## Training cost per epoch",
         "",
-        "Mean seconds per epoch after the first (start-up excluded); "
-        "ratios to natural training on the same model, measured in the same study.",
+        "Mean seconds per epoch after the first (start-up excluded); ratios to natural training on the same "
+        "model at the same precision, measured in the same study. Table 6 times every method in fp32.",
         "",
         _md_table(
-            ["model", "method", "s/epoch", "images/s", "ratio to natural", "paper s/10 epochs", "paper ratio"], table
+            [
+                "model",
+                "precision",
+                "method",
+                "s/epoch",
+                "images/s",
+                "ratio to natural",
+                "paper s/10 epochs",
+                "paper ratio",
+            ],
+            table,
         ),
     ]
     if files:
         text += ["", f"![scalability]({files[0].name})"]
     return text, files
+
+
+def _ratio_bars(bars: dict, out: Path) -> list[Path]:
+    if not bars:
+        return []
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(bars), figsize=(6 * len(bars), 4), squeeze=False)
+    for ax, ((model, precision), items) in zip(axes[0], sorted(bars.items())):
+        xs = range(len(items))
+        ax.bar([x - 0.2 for x in xs], [i[1] for i in items], width=0.4, label="ours")
+        ax.bar([x + 0.2 for x in xs], [i[2] if i[2] else 0 for i in items], width=0.4, label="paper (Table 6, fp32)")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([i[0] for i in items], rotation=30, ha="right")
+        ax.set_ylabel("time per epoch / natural")
+        ax.set_title(f"{model}, {precision}")
+        ax.legend()
+    return [_savefig(fig, out / "scalability.png")]
+
+
+def _arm_bars(rows: list[dict], paper: dict, out: Path, name: str, table: str) -> list[Path]:
+    """Each arm's PGD-20 and worst-case accuracy on test beside the paper's PGD-20, as bars."""
+    done = [r for r in rows if r["status"] == TrialStatus.COMPLETED and test_view(r).get("pgd20_acc") is not None]
+    if not done:
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(done)), 4))
+    xs = range(len(done))
+    ours = [100 * test_view(r)["pgd20_acc"] for r in done]
+    worst = [100 * (test_view(r).get("robust_acc") or 0) for r in done]
+    theirs = [paper_cell(paper, r).get("pgd20_acc") for r in done]
+    ax.bar([x - 0.27 for x in xs], ours, width=0.27, label="PGD-20 (ours)")
+    ax.bar(list(xs), worst, width=0.27, label="worst case incl. AutoAttack (ours)")
+    ax.bar([x + 0.27 for x in xs], [t or 0 for t in theirs], width=0.27, label=f"PGD-20 (paper, {table})")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([_arm(r) for r in done], rotation=30, ha="right")
+    ax.set_ylabel("test accuracy under attack, %")
+    ax.legend(fontsize=8)
+    return [_savefig(fig, out / name)]
 
 
 # ----------------------------------------------------------------------------- tables
@@ -472,6 +511,22 @@ def _robust_table(
         line.append(_flags(m))
         body.append(line)
     return _md_table(head, body)
+
+
+def _setting_lines(study) -> list[str]:
+    """Which paper setting the study runs, and where it differs on purpose (its deviations)."""
+    if not getattr(study, "settings", None):
+        return []
+    lines = [
+        f"Setting: the paper's, cell by cell as `orchestrator/study/paper_settings/{study.settings}.yaml` gives it "
+        "(`--dry-run` lists every trial against it)."
+    ]
+    if study.deviations:
+        lines += ["", "Where this study differs from the paper's setting, on purpose:", ""]
+        for d in study.deviations:
+            where = ", ".join(f"{k}={v}" for k, v in d.where.items()) or "every trial"
+            lines.append(f"- `{d.key}` ({where}): {d.reason}")
+    return [*lines, ""]
 
 
 def stage_evaluation(study, stage: str) -> dict:
@@ -510,12 +565,11 @@ CLEAN, ROBUST = ("clean", "clean_acc"), ("robust min", "robust_acc")
 
 @register("ablation")
 def ablation(rows, out, paper):
-    cols = [CLEAN, *attack_columns(rows), ROBUST]
-    return [
-        "## Module ablation",
-        "",
-        _robust_table(rows, paper, cols, lambda r: [r["searched"].get("case", "?")], ["case"]),
-    ], []
+    arms = [r for r in rows if r["searched"].get("case")] or rows  # the natural starting model is no arm
+    cols = [CLEAN, *attack_columns(arms), ROBUST]
+    text = ["## Module ablation", "", _robust_table(arms, paper, cols, lambda r: [_arm(r)], ["case"])]
+    files = _arm_bars(arms, paper, out, "ablation.png", "Table 7")
+    return text + [x for f in files for x in ("", f"![ablation]({f.name})")], files
 
 
 @register("compare")
@@ -524,7 +578,7 @@ def compare(rows, out, paper):
     cols = [CLEAN, *attack_columns(main, without=("invariance",)), ROBUST]
     inv = attack_columns(main, only=("invariance",))
     lab = lambda r: [r["config"]["model"], r["searched"].get("case", r["config"]["method"])]  # noqa: E731
-    return [
+    text = [
         "## Robustness (Tables 2 and 3, AutoAttack beside)",
         "",
         _robust_table(main, paper, cols, lab, ["model", "method"]),
@@ -532,29 +586,150 @@ def compare(rows, out, paper):
         "## Invariance (Table 5)",
         "",
         _robust_table(main, paper, inv, lab, ["model", "method"]),
-    ], []
+    ]
+    files = []
+    for model in sorted({r["config"]["model"] for r in main}):
+        files += _arm_bars(
+            [r for r in main if r["config"]["model"] == model], paper, out, f"compare-{model}.png", "Table 2"
+        )
+    text += [x for f in files for x in ("", f"![{f.stem}]({f.name})")]
+    return text, files
 
 
 @register("init")
 def init(rows, out, paper):
-    sprout = [r for r in rows if r["stage"] == "sprout"] or rows
+    """SPROUT from each starting model, and the controls that start PGD-AT and TRADES from the
+    natural model (Figure 8), with robust accuracy against eps."""
+    arms = [r for r in rows if r["stage"] != "pretrain"] or rows
 
     def lab(r):
-        ck = r["searched"].get("init_checkpoint") or "random"
+        if r["searched"].get("case"):
+            return [r["searched"]["case"]]
+        ck = r["searched"].get("init_checkpoint") or "random"  # the earlier form: a searched start
         return [ck.split("method=")[-1] if "method=" in str(ck) else str(ck)]
 
-    cols = [CLEAN, *attack_columns(sprout, only=("pgd", "autoattack")), ROBUST]
-    return ["## SPROUT by starting checkpoint (Figure 8)", "", _robust_table(sprout, paper, cols, lab, ["start"])], []
+    cols = [CLEAN, *attack_columns(arms, only=("pgd", "autoattack")), ROBUST]
+    text = ["## Starting model (Figure 8)", "", _robust_table(arms, paper, cols, lab, ["start + method"])]
+    files = _eps_curves(arms, out, "init.png", lambda r: lab(r)[0], "robust accuracy against eps (Figure 8)")
+    if files:
+        text += ["", f"![init]({files[0].name})"]
+    return text, files
+
+
+def _eps_curves(rows: list[dict], out: Path, name: str, label: Callable[[dict], str], title: str) -> list[Path]:
+    """Test accuracy under PGD (solid) and AutoAttack (dashed) against eps, one colour per row."""
+    done = [r for r in rows if r["status"] == TrialStatus.COMPLETED and test_view(r).get("curve_eps")]
+    if not done:
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in done:
+        m = test_view(r)
+        (line,) = ax.plot(m["curve_eps"], [100 * a for a in m["curve_pgd_acc"]], "o-", label=f"{label(r)} PGD")
+        if m.get("curve_autoattack_acc"):
+            aa = [100 * a for a in m["curve_autoattack_acc"]]
+            ax.plot(m["curve_eps"], aa, "s--", color=line.get_color(), label=f"{label(r)} AutoAttack")
+    ax.set_xlabel("eps (L-inf, pixel units)")
+    ax.set_ylabel("test accuracy under attack, %")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return [_savefig(fig, out / name)]
 
 
 @register("imagenet")
 def imagenet(rows, out, paper):
     cols = [CLEAN, *attack_columns(rows, only=("targeted", "autoattack"))]
-    return [
+    text = [
         "## ImageNet, random-targeted PGD (Table 4)",
         "",
         _robust_table(rows, paper, cols, lambda r: [r["config"]["method"]], ["method"]),
-    ], []
+    ]
+    files = _targeted_curves(rows, paper, out)
+    if files:
+        text += ["", f"![imagenet]({files[0].name})"]
+    return text, files
+
+
+def _targeted_curves(rows: list[dict], paper: dict, out: Path) -> list[Path]:
+    """Accuracy under random-targeted PGD against eps, ours (solid) beside the paper's (dotted)."""
+    done = [r for r in rows if r["status"] == TrialStatus.COMPLETED]
+    series = []
+    for r in done:
+        m, cell = test_view(r), paper_cell(paper, r)
+        keys = sorted(
+            (k for k in m if k.startswith("pgd_targeted_acc_eps")), key=lambda k: float(k.rsplit("eps", 1)[1])
+        )
+        if keys:
+            series.append((r["config"]["method"], keys, m, cell))
+    if not series:
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, keys, m, cell in series:
+        eps = [float(k.rsplit("eps", 1)[1]) for k in keys]
+        (line,) = ax.plot(eps, [100 * m[k] for k in keys], "o-", label=f"{method} (ours)")
+        if any(k in cell for k in keys):
+            ax.plot(eps, [cell.get(k, math.nan) for k in keys], "o:", color=line.get_color(), label=f"{method} (paper)")
+    ax.set_xlabel("eps (L-inf, pixel units)")
+    ax.set_ylabel("top-1 accuracy under random-targeted PGD, %")
+    ax.legend(fontsize=8)
+    return [_savefig(fig, out / "imagenet.png")]
+
+
+@register("training_cost")
+def training_cost(rows, out, paper):
+    """Robust accuracy against training time (Backward Smoothing's Table 2): each arm's clean,
+    PGD and AutoAttack accuracy, its training minutes and their ratio to TRADES', the paper's beside."""
+    done = [r for r in rows if r["status"] == TrialStatus.COMPLETED]
+
+    def minutes(r):
+        m = r["metrics"]
+        per_epoch = m.get("mean_epoch_time_s") or m.get("epoch_time_s")
+        return per_epoch * r["config"]["epochs"] / 60 if per_epoch else None
+
+    ours_trades = next((minutes(r) for r in done if _arm(r) == "TRADES"), None)
+    paper_trades = next((c.get("train_minutes") for c in paper.get("cells", []) if c.get("case") == "TRADES"), None)
+    cols = [CLEAN, *attack_columns(done, only=("pgd", "autoattack")), ROBUST]
+    table = []
+    for r in done:
+        cell, mins = paper_cell(paper, r), minutes(r)
+        ratio = mins / ours_trades if mins and ours_trades else None
+        pratio = cell["train_minutes"] / paper_trades if cell.get("train_minutes") and paper_trades else None
+        table.append([_arm(r), _num(mins, "{:.1f}"), _num(ratio, "{:.2f}x"),
+                      _num(cell.get("train_minutes"), "{:.0f}"), _num(pratio, "{:.2f}x")])  # fmt: skip
+    text = [
+        "## Robustness (Table 2)",
+        "",
+        _robust_table(done, paper, cols, lambda r: [_arm(r)], ["method"]),
+        "",
+        "## Training time",
+        "",
+        "Minutes of training on this study's devices (epochs x the mean epoch after the first) and the ratio to "
+        "TRADES measured in the same study, beside the paper's minutes on its GPU and its ratio.",
+        "",
+        _md_table(["method", "minutes", "x TRADES", "paper minutes", "paper x TRADES"], table),
+    ]
+    files = _cost_scatter(done, paper, minutes, ours_trades, paper_trades, out)
+    return text + [x for f in files for x in ("", f"![training cost]({f.name})")], files
+
+
+def _cost_scatter(rows, paper, minutes, ours_trades, paper_trades, out: Path) -> list[Path]:
+    """PGD-100 accuracy against training time relative to TRADES: ours and the paper's."""
+    points = [(r, minutes(r), test_view(r).get("pgd100_acc")) for r in rows]
+    points = [(r, t, a) for r, t, a in points if t and a is not None and ours_trades]
+    if not points:
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r, t, a in points:
+        ax.scatter(t / ours_trades, 100 * a, marker="o")
+        ax.annotate(_arm(r), (t / ours_trades, 100 * a), fontsize=7)
+        cell = paper_cell(paper, r)
+        if cell.get("train_minutes") and cell.get("pgd100_acc") is not None and paper_trades:
+            ax.scatter(cell["train_minutes"] / paper_trades, cell["pgd100_acc"], marker="x", c="k")
+    ax.set_xlabel("training time / TRADES' (o ours, x paper)")
+    ax.set_ylabel("PGD-100 accuracy, %")
+    return [_savefig(fig, out / "training_cost.png")]
 
 
 # ----------------------------------------------------------------------------- beta (Figure 4)

@@ -7,8 +7,8 @@ intervals (``intervals``) and the paper's numbers (``paper``; its data files are
 from .intervals import count_of, finite, intervals, wilson
 from .load import DEFAULT_STUDY, list_studies, load_raw, parse, plan
 from .names import NOT_METRICS, PLACEMENT, SETTINGS, TEST, TUNE_INTERNAL, VAL, under, val_name
-from .paper import load_paper_numbers, paper_cell, paper_metrics
-from .refs import collect_refs, is_ref, resolve_refs_for, strip_refs, substitute
+from .paper import load_paper_numbers, load_paper_settings, paper_cell, paper_metrics, settings_findings
+from .refs import collect_refs, is_ref, strip_refs, substitute
 from .rules import resolve as resolve_config
 from .selection import select
 from .space import (
@@ -19,9 +19,11 @@ from .space import (
     grid_points,
     optuna_name,
     optuna_params,
+    resolve_refs_for,
     sampler_label,
     searched_values,
     short_name,
+    stage_refs,
     startup_trials,
     trial_config,
 )
@@ -50,6 +52,7 @@ __all__ = [
     "is_ref",
     "list_studies",
     "load_paper_numbers",
+    "load_paper_settings",
     "paper_cell",
     "paper_metrics",
     "load_raw",
@@ -62,7 +65,9 @@ __all__ = [
     "sampler_label",
     "searched_values",
     "select",
+    "settings_findings",
     "short_name",
+    "stage_refs",
     "startup_trials",
     "strip_refs",
     "substitute",

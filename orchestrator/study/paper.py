@@ -97,3 +97,139 @@ def paper_metrics(paper: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str,
     for k, v in _numbers(paper_cell(paper, row)).items():
         out[k] = round(v / 100.0, 6) if k.endswith(PERCENT_SUFFIXES) else float(v)
     return out
+
+
+# ----------------------------------------------------------------------------- the paper's settings
+SETTINGS_DIR = Path(__file__).resolve().parent / "paper_settings"
+# a settings cell names a training-config key (its first part one of these), what the training
+# forwards run in, where a model came from, or a budget of the certification protocol
+CONFIG_KEYS = (
+    "method", "dataset", "model", "epochs", "batch_size", "seed", "eps", "init_checkpoint",
+    "method_args", "model_args", "optim", "data", "monitor", "fast",
+)  # fmt: skip
+OTHER_KEYS = ("precision", "origin")  # origin: "trained" here, or "published" (a released checkpoint)
+WHERE_KEYS = (*MATCH_KEYS, "stage", "fast.amp")
+
+
+def _check_setting(cell: Any, i: int, where: str) -> None:
+    at = f"{where}: cells[{i}]"
+    if not isinstance(cell, dict) or "key" not in cell or "value" not in cell:
+        raise ConfigError(f"{at}: expected a mapping with key, value and source (or unspecified)")
+    unknown = set(cell) - {"key", "value", "where", "source", "unspecified"}
+    if unknown:
+        raise ConfigError(
+            f"{at}: unknown field {sorted(unknown)[0]!r}; expected key, value, where, source, unspecified"
+        )
+    key = str(cell["key"])
+    if not (key.split(".")[0] in CONFIG_KEYS or key in OTHER_KEYS or key.startswith("evaluation.")):
+        raise ConfigError(
+            f"{at}.key: {key!r} names no setting; expected a training-config key, {', '.join(OTHER_KEYS)} "
+            "or evaluation.<eps|step_frac|ATTACK[.FIELD]>"
+        )
+    if ("source" in cell) == ("unspecified" in cell):
+        raise ConfigError(f"{at}: expected source (where the paper says it) or unspecified (why this value), not both")
+    bad = [k for k in cell.get("where") or {} if k not in WHERE_KEYS]
+    if bad:
+        raise ConfigError(f"{at}.where: {bad[0]!r}: expected one of {', '.join(WHERE_KEYS)}")
+
+
+def load_paper_settings(name: str | None, where: str = "settings") -> dict[str, Any]:
+    """The paper's setting of one experiment (``settings:`` in a study): cells of ``key``,
+    ``value``, optional ``where`` (which trials) and ``source`` (table, section or figure) or
+    ``unspecified`` (the paper does not say: why this value). A cell that names no setting is an
+    error, like every other name in a study."""
+    if not name:
+        return {}
+    known = sorted(p.stem for p in SETTINGS_DIR.glob("*.yaml"))
+    if name not in known:
+        raise ConfigError(f"{where}: unknown paper-settings file {name!r}; expected one of: {', '.join(known)}")
+    path = SETTINGS_DIR / f"{name}.yaml"
+    data = load_yaml_file(path)
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), list) or not data.get("source"):
+        raise ConfigError(f"{where}: {path}: expected a mapping with a source and a list of cells")
+    for i, cell in enumerate(data["cells"]):
+        _check_setting(cell, i, f"{where}: {path}")
+    return data
+
+
+def _applies(where: Mapping[str, Any], trial: Mapping[str, Any]) -> bool:
+    flat = {**flatten(trial["config"]), **(trial.get("searched_flat") or {}), "stage": trial.get("stage")}
+    return all(str(flat.get(k)) == str(v) for k, v in (where or {}).items())
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+    norm = lambda v: [norm(x) for x in v] if isinstance(v, (list, tuple)) else v  # noqa: E731
+    return norm(a) == norm(b)
+
+
+def _start(trial: Mapping[str, Any], stage_methods: Mapping[str, set]) -> str | None:
+    """What a trial starts from: ``random``, a method's name (the stage it references trains
+    only that method), or None (a file)."""
+    ck = trial["config"].get("init_checkpoint")
+    if not ck:
+        return "random"
+    if str(ck).startswith("stage:"):
+        methods = stage_methods.get(str(ck)[len("stage:") :].split("/")[0], set())
+        wanted = dict(c.split("=", 1) for c in str(ck).split("/", 1)[-1].split(",") if "=" in c)
+        return wanted.get("method") or (next(iter(methods)) if len(methods) == 1 else None)
+    return None
+
+
+def _actual(key: str, trial: Mapping[str, Any], stage_methods: Mapping[str, set]) -> Any:
+    if key == "precision":
+        return trial.get("precision")
+    if key == "origin":
+        return "trained"  # every trial trains (published checkpoints are not loaded yet)
+    if key == "init_checkpoint":
+        return _start(trial, stage_methods)
+    if key.startswith("evaluation."):
+        budgets = trial.get("certify_budgets") or {}
+        path = key.split(".")[1:]
+        if path[0] in ("eps", "step_frac", "n"):
+            value = budgets.get(path[0])
+            return trial["config"].get("eps") if path[0] == "eps" and value is None else value
+        attack = budgets.get(path[0])
+        if len(path) == 1:
+            return attack is not None
+        value = None if attack is None else attack.get(path[1])
+        if path == ["cw_l2", "radius"] and attack is not None and value is None:  # the data set's radius
+            from trainables.data import DATASETS
+
+            value = DATASETS.get(trial["config"]["dataset"]).cw_l2_radius
+        return value
+    return flatten(trial["config"]).get(key)
+
+
+def settings_findings(settings: Mapping[str, Any], trials: list[dict], deviations=()) -> list[dict[str, Any]]:
+    """Every (settings cell, trial) where the study's resolved trial differs from the paper's
+    setting, each with the study's declared deviation (or None), and every declared deviation no
+    trial needs. A trial is ``{"stage", "config", "searched_flat", "precision", "certify_budgets"}``."""
+    stage_methods: dict[str, set] = {}
+    for t in trials:
+        stage_methods.setdefault(t["stage"], set()).add(t["config"]["method"])
+    used, out = set(), []
+    for cell in settings.get("cells", []):
+        for t in trials:
+            if not _applies(cell.get("where") or {}, t):
+                continue
+            got, want = _actual(cell["key"], t, stage_methods), cell["value"]
+            if cell["key"] == "evaluation.pgd.runs" and isinstance(got, (list, tuple)):
+                ok = all(any(_same(w, g) for g in got) for w in want)  # the paper's runs are among ours
+            else:
+                ok = _same(got, want)
+            if ok:
+                continue
+            dev = next((i for i, d in enumerate(deviations) if d.key == cell["key"] and _applies(d.where, t)), None)
+            if dev is not None:
+                used.add(dev)
+            out.append({"key": cell["key"], "stage": t["stage"], "trial": t.get("label", ""), "paper": want, "study": got,
+                        "deviation": deviations[dev].reason if dev is not None else None})  # fmt: skip
+    for i, d in enumerate(deviations):
+        if i not in used:
+            out.append({"key": d.key, "stage": None, "trial": None, "paper": None, "study": None,
+                        "deviation": d.reason, "stale": True})  # fmt: skip
+    return out

@@ -19,8 +19,9 @@ from trainables.errors import ConfigError
 from trainables.schema import deep_merge, flatten, set_nested
 
 from .names import EPOCH_METRICS, FINAL_METRICS, PER_EPOCH
-from .paper import load_paper_numbers
-from .refs import check_ref, is_ref, strip_refs
+from .paper import load_paper_numbers, load_paper_settings
+from .refs import check_ref, collect_refs, is_ref, is_template, strip_refs
+from .space import stage_refs
 from .spec import REPORTS, StageSpec, Study
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # used in directory and experiment names
@@ -52,9 +53,21 @@ def check_study(study: Study, where: str) -> None:
             load_paper_numbers(study.paper)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
+    if study.settings is not None:
+        try:
+            load_paper_settings(study.settings)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    if study.deviations and study.settings is None:
+        fail("deviations", "a settings: file whose cells they depart from", [d.key for d in study.deviations])
     names = [s.name for s in study.stages]
     if len(set(names)) != len(names):
         fail("stages", "distinct stage names", names)
+    if study.stages:
+        known = {c["name"] for s in study.stages for c in s.search.cases}
+        unknown = [c for c in study.smoke.cases if c not in known]
+        if unknown:
+            fail("smoke.cases", f"names of the stages' cases ({', '.join(sorted(known)) or 'none'})", unknown[0])
 
 
 # ----------------------------------------------------------------------------- a stage
@@ -92,6 +105,7 @@ def check_stage(stage: StageSpec, where: str, earlier: list[str]) -> None:
     _ranges_stay_valid(stage, where, earlier)
     _cases_resolve(stage, where)
     _references_name_earlier_stages(stage, where, earlier)
+    _templates_fill_per_grid_trial(stage, where, earlier)
     _protocols_exist(stage, where)
     _metrics_are_reported(stage, where)
     _selection_reads_validation_only(stage, where)
@@ -167,6 +181,21 @@ def _references_name_earlier_stages(stage: StageSpec, where: str, earlier: list[
             check_ref(v, f"{where}: base.{key}", earlier)
     if is_ref(stage.evaluation.transfer_source):
         check_ref(stage.evaluation.transfer_source, f"{where}: evaluation.transfer_source", earlier)
+
+
+def _templates_fill_per_grid_trial(stage: StageSpec, where: str, earlier: list[str]) -> None:
+    """A reference with ``{key}`` is filled from each trial's own values: only a grid's trials are
+    known before they run, and every filled reference must name an earlier stage."""
+    templates = sorted(r for r in collect_refs(stage) if is_template(r))
+    if not templates:
+        return
+    if stage.search.algorithm != "grid":
+        raise ConfigError(
+            f"{where}: {templates[0]!r}: a reference with {{key}} is filled per trial of a grid search; "
+            f"this stage searches with {stage.search.algorithm}"
+        )
+    for ref in sorted(stage_refs(stage)):
+        check_ref(ref, f"{where}: {templates[0]!r}", earlier)
 
 
 def _protocols_exist(stage: StageSpec, where: str) -> None:

@@ -14,8 +14,10 @@ from trainables.schema import build, check
 from .names import PER_EPOCH, val_name
 
 # The reports a study can ask for (``orchestrator.results.reports`` has one function per name).
-REPORTS = ("generic", "sensitivity", "width", "scalability", "ablation", "compare", "init", "imagenet")
-ReportName = Literal["generic", "sensitivity", "width", "scalability", "ablation", "compare", "init", "imagenet"]
+REPORTS = ("generic", "sensitivity", "width", "scalability", "ablation", "compare", "init", "imagenet", "training_cost")
+ReportName = Literal[
+    "generic", "sensitivity", "width", "scalability", "ablation", "compare", "init", "imagenet", "training_cost"
+]
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,27 @@ class SmokeSpec:
     base: dict = field(default_factory=dict)  # applied to every stage's base
     params: dict = field(default_factory=dict)  # replaces these search parameters in the stages that search them
     num_samples: int | None = None
+    cases: tuple[str, ...] = ()  # keeps only these named cases in the stages that have cases
+
+
+@dataclass(frozen=True)
+class DeviationSpec:
+    """A setting a study keeps different from the paper's on purpose, and why (the settings test
+    accepts it, the dry run and the report print it)."""
+
+    key: str  # a settings cell's key (a training-config key, ``precision`` or ``evaluation.*``)
+    reason: str
+    where: dict = field(default_factory=dict)  # the trials it applies to (method, model, case, ...); {} = all
+
+    def validate(self, where: str) -> None:
+        check(bool(self.key.strip()), where, "key", "a settings key", self.key)
+        check(
+            len(self.reason.strip()) >= 10,
+            where,
+            "reason",
+            "why the study differs from the paper (a sentence)",
+            self.reason,
+        )
 
 
 @dataclass(frozen=True)
@@ -239,6 +262,8 @@ class Study:
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     smoke: SmokeSpec = field(default_factory=SmokeSpec)
     paper: str | None = None  # paper-numbers file (orchestrator/study/paper_numbers/NAME.yaml)
+    settings: str | None = None  # the paper's setting, cell by cell (orchestrator/study/paper_settings/NAME.yaml)
+    deviations: tuple[DeviationSpec, ...] = ()  # where this study differs from those settings on purpose
     staged: bool = field(default=False, init=False, repr=False)  # the file lists stages (errors say stages[i])
 
 
