@@ -40,19 +40,25 @@ def test_every_study_has_a_plan_of_full_configs_and_an_estimate(name, capsys, tm
 
 def test_the_width_plan_is_the_grid_a_reviewer_checks_against_figure_3(capsys):
     plan = dry_run(capsys, "--study", "width", "--cluster-config", str(ROOT / "cluster" / "gpu.yaml"))
-    (stage,) = plan["stages"]
-    cells = {(t["config"]["method"], t["config"]["model_args"]["width"]) for t in stage["trials"]}
-    assert cells == {(m, w) for m in ("sprout", "pgd_at") for w in (1, 2, 4, 6, 8, 10)}
-    assert all(t["config"]["dataset"] == "cifar10" and t["config"]["eps"] == 0.03 for t in stage["trials"])
-    assert stage["certify"]["test_images"] == 10_000 and stage["certify"]["protocol"] == "standard"
+    natural, main_stage = plan["stages"]
+    widths = (1, 2, 4, 6, 8, 10)
+    assert [t["config"]["model_args"]["width"] for t in natural["trials"]] == list(widths)
+    arms = {(t["searched"]["case"], t["config"]["model_args"]["width"]): t for t in main_stage["trials"]}
+    assert set(arms) == {(a, w) for a in ("sprout", "sprout-paper", "pgd_at") for w in widths}
+    for w in widths:  # SPROUT starts from the natural model of its own width, in the released code's variant
+        t = arms[("sprout", w)]
+        assert t["config"]["init_checkpoint"] == f"stage:natural/model_args.width={w}"
+        assert t["config"]["method_args"]["variant"] == "reference" and t["precision"] == "fp32"
+        assert arms[("pgd_at", w)]["config"]["init_checkpoint"] is None
+    assert all(t["config"]["dataset"] == "cifar10" and t["config"]["eps"] == 0.03 for t in main_stage["trials"])
+    assert main_stage["certify"]["test_images"] == 10_000 and main_stage["certify"]["protocol"] == "standard"
     est = plan["estimate"]
     assert est["device"] == "GPU" and est["concurrency"] == 8  # gpu.yaml grows to 8 one-GPU workers
-    # wider networks cost more: a width-10 trial costs more than a width-1 one of the same method
-    cost = {
-        (t["config"]["method"], t["config"]["model_args"]["width"]): t["estimate_hours"]["train"]
-        for t in stage["trials"]
-    }
-    assert cost[("sprout", 10)] > 20 * cost[("sprout", 1)] and cost[("pgd_at", 10)] > cost[("sprout", 10)]
+    # wider networks cost more: a width-10 trial costs more than a width-1 one of the same arm
+    cost = {k: t["estimate_hours"]["train"] for k, t in arms.items()}
+    assert cost[("sprout", 10)] > 20 * cost[("sprout", 1)] and cost[("pgd_at", 10)] > cost[("sprout-paper", 10)]
+    # every difference from the paper's setting is one the study declares
+    assert plan["settings"]["findings"] and all(f["deviation"] for f in plan["settings"]["findings"])
 
 
 def test_an_optuna_plan_shows_the_enqueued_defaults_then_the_ranges(capsys):
@@ -73,6 +79,7 @@ def test_an_optuna_plan_shows_the_enqueued_defaults_then_the_ranges(capsys):
 def test_the_table_names_each_figures_measurement(capsys):
     assert main(["--dry-run", "--study", "scalability"]) == 0
     out = capsys.readouterr().out
-    assert "stage main: 14 trial(s), grid" in out
+    assert "stage main: 32 trial(s), grid" in out  # 8 methods x 2 models x fp32 and bf16
+    assert "differs on purpose, precision" in out  # the bf16 column, declared
     assert "pass: ASSUMED" in out or "pass: measured" in out
     assert "step_ratios: measured: step_cost-" in out and "autoattack: measured: eval_cost-cpu.json" in out

@@ -18,13 +18,13 @@ from orchestrator.study.space import config_key, grid_points
 from orchestrator.tuner import resume, searchers
 
 
-def stage_of(name: str, smoke: bool = True):
+def stage_of(name: str, smoke: bool = True, index: int = 0):
     raw, src = load_raw(name=name)
-    return plan(parse(raw, src), src, smoke=smoke).stages[0]
+    return plan(parse(raw, src), src, smoke=smoke).stages[index]
 
 
 def test_a_resumed_grid_runs_the_unfinished_trials_again_and_only_the_points_left():
-    search = stage_of("width").search
+    search = stage_of("width", index=-1).search  # the main stage: widths x the three arms
     points = grid_points(search)
     assert len(points) == len({config_key(p) for p in points}) >= 3
     records = [
