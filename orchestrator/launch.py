@@ -47,8 +47,8 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     from trainables.schema import parse_override, set_nested
 
     out: dict[str, Any] = {}
-    for key in ("num_workers", "gpus_per_worker", "max_concurrent_trials", "num_samples", "seed"):
-        v = getattr(args, key)
+    for key in ("num_workers", "gpus_per_worker", "max_concurrent_trials", "num_samples", "seed", "seeds"):
+        v = getattr(args, key, None)
         if v is not None:
             out[key] = v
     if args.set:
@@ -92,6 +92,7 @@ def plan_fields(plan: Plan) -> dict[str, Any]:
         out[f"{at}.data.val_size"] = (s.base.get("data") or {}).get("val_size")
         out[f"{at}.epochs"] = s.base.get("epochs")
         out[f"{at}.search.num_samples"] = s.search.num_samples
+        out[f"{at}.search.seeds"] = list(s.search.seeds)
         out[f"{at}.evaluation.protocol"] = s.evaluation.protocol
         out[f"{at}.evaluation.overrides"] = s.evaluation.overrides
         out.update({f"{at}.certify.{k}": v for k, v in to_dict(s.certify).items()})

@@ -66,6 +66,14 @@ def _overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=int, default=None, help="Optuna trials (or grid repeats) per stage")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="repeat every point of every grid stage once per seed (search.seeds); tables give mean and sd",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],

@@ -87,6 +87,18 @@ CASES = {
     ),
     "unknown protocol": (SWEEP, study("evaluation: {protocol: strongest}\n"), "evaluation.protocol: expected one of"),
     "unknown settings file": (SWEEP, study("settings: figure99\n"), "unknown paper-settings file 'figure99'"),
+    "seeds twice": (
+        SWEEP,
+        study("search: {algorithm: grid, seeds: [1, 1]}\n"),
+        "search.seeds: expected distinct seeds",
+    ),
+    "a negative seed": (SWEEP, ["--study", "width", "--seeds", "-1"], "seeds: expected integers in [0, 2^32)"),
+    "too many seeds": (
+        SWEEP,
+        ["--study", "width", "--seeds", *map(str, range(101))],
+        "seeds: expected at most 100 seeds",
+    ),
+    "seeds in an Optuna search": (SWEEP, ["--seeds", "0", "1"], "seeds: expected a grid search"),
     "deviations without settings": (
         SWEEP,
         study("deviations: [{key: precision, reason: 'bf16 measured not to cost robustness'}]\n"),
@@ -615,3 +627,22 @@ def test_a_dry_run_of_a_bad_study_gives_the_same_one_line(case, tmp_path, monkey
 def test_json_without_dry_run_is_refused(tmp_path, monkeypatch, capfd):
     code, _, err = run_in_process(SWEEP, ["--json"], tmp_path, monkeypatch, capfd)
     assert code == 2 and "--json: only with --dry-run" in err
+
+
+def test_resume_with_other_seeds_names_them(tmp_path, monkeypatch, capfd):
+    """--seeds on --resume of a launch that had other seeds: its trials would not match their records."""
+    from orchestrator.launch import plan_fields, plan_fingerprint
+    from orchestrator.study.load import load_raw, parse, plan
+
+    raw, src = load_raw(name="width")
+    launched = plan(parse(raw, src), src, smoke=True, overrides={"seeds": [0, 1]})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "launch.json").write_text(json.dumps({"parent_run_id": "x", "study": "width", "plan": plan_fingerprint(launched),
+                                                 "plan_fields": plan_fields(launched), "trials": {}, "ledger": {}}))  # fmt: skip
+    args = ["--study", "width", "--smoke-test", "--resume", "--output-dir", str(out), "--seeds", "0", "2"]
+    code, _, stderr = run_in_process(SWEEP, args, tmp_path, monkeypatch, capfd)
+    assert code == 2, stderr
+    (line,) = stderr.strip().splitlines()
+    assert "--resume: stages[natural].search.seeds was [0, 1]" in line and "got [0, 2]" in line, line
+    assert sorted(f.name for f in out.iterdir()) == ["launch.json"]

@@ -47,7 +47,7 @@ def test_the_width_plan_is_the_grid_a_reviewer_checks_against_figure_3(capsys):
     assert set(arms) == {(a, w) for a in ("sprout", "sprout-paper", "pgd_at") for w in widths}
     for w in widths:  # SPROUT starts from the natural model of its own width, in the released code's variant
         t = arms[("sprout", w)]
-        assert t["config"]["init_checkpoint"] == f"stage:natural/model_args.width={w}"
+        assert t["config"]["init_checkpoint"] == f"stage:natural/model_args.width={w},seed=0"
         assert t["config"]["method_args"]["variant"] == "reference" and t["precision"] == "fp32"
         assert arms[("pgd_at", w)]["config"]["init_checkpoint"] is None
     assert all(t["config"]["dataset"] == "cifar10" and t["config"]["eps"] == 0.03 for t in main_stage["trials"])

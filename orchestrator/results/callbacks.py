@@ -15,7 +15,7 @@ from ray import tune
 from trainables.checkpoint import CHECKPOINT_FILE, EVAL_FILE
 
 from ..record import TrialStatus, completed_status, trial_error, trial_key, trial_of_train_run
-from ..study import SETTINGS, VAL, config_key, searched_values, short_name, trial_config
+from ..study import SETTINGS, VAL, config_key, searched_values, seed_group, short_name, trial_config
 from .tracking import CHECKPOINT_ARTIFACT_MAX, Tracker, metric_items
 
 
@@ -81,6 +81,7 @@ class MLflowTrialCallback(tune.Callback):
             return
         cfg = self.config(trial)  # as given: the resolved config follows with the first result
         searched = searched_values(trial.config)
+        group = seed_group(searched) if "seed" in searched else None
         searched.pop("case", None)
         tags = {
             **self.tags,
@@ -91,6 +92,7 @@ class MLflowTrialCallback(tune.Callback):
             "method": str(cfg.get("method")),
             "trial_status": TrialStatus.RUNNING.value,
             "searched_params": ",".join(short_name(k) for k in searched),
+            **({"seed_group": group} if group else {}),  # the point's trials across seeds share it
         }
         run = client.create_run(self.tracker.experiment_id, run_name=f"{self.stage}-{trial.trial_id}", tags=tags)
         self.tracker.launch_file.set_trial_run_id(trial_key(self.stage, trial.trial_id), run.info.run_id)

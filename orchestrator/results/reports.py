@@ -97,6 +97,7 @@ def write_report(study, rows: list[dict], output_dir: Path) -> list[Path]:
     if paper.get("source"):
         text += [f"Paper numbers: {paper['source']} (columns marked *paper*).", ""]
     text += _setting_lines(study)
+    text += _seed_section(rows)
     searches = sorted({f"{r['stage']}: {r['search']}" for r in rows if r.get("search")})
     if searches:
         text += ["Search: " + "; ".join(searches) + ".", ""]
@@ -511,6 +512,33 @@ def _robust_table(
         line.append(_flags(m))
         body.append(line)
     return _md_table(head, body)
+
+
+def _seed_section(rows: list[dict]) -> list[str]:
+    """The points repeated across seeds: mean and sample standard deviation of the test numbers."""
+    from .summary import seed_summaries
+
+    groups = seed_summaries(rows)
+    if not groups:
+        return []
+    body = []
+    for g in groups:
+        cells = [
+            f"{100 * g['mean'][TEST + k]:.2f} ± {100 * g['sd'][TEST + k]:.2f}" if TEST + k in g["mean"] else "-"
+            for k in ("clean_acc", "pgd20_acc", "autoattack_acc", "robust_acc")
+        ]
+        point = ", ".join(f"{short_name(k)}={v}" for k, v in g["point"].items())
+        body.append([g["stage"], point, ",".join(map(str, g["seeds"])), *cells])
+    head = ["stage", "point", "seeds", "clean", "PGD-20", "AutoAttack", "robust min"]
+    return [
+        "## Across seeds",
+        "",
+        "Each point repeated with every seed: the mean ± the sample standard deviation of its test numbers "
+        "(each seed's own row, with its 95 % interval, is in the tables below and in `summary.json`).",
+        "",
+        _md_table(head, body),
+        "",
+    ]
 
 
 def _setting_lines(study) -> list[str]:

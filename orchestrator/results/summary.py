@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from ..study import (
     paper_metrics,
     sampler_label,
     searched_values,
+    seed_group,
     trial_config,
 )
 
@@ -101,6 +103,8 @@ def rows_from_records(
         )
         row["paper_default"] = bool(defaults) and all(searched.get(k) == v for k, v in defaults.items())
         row["search"] = sampler_label(stage.search)
+        if "seed" in searched:  # one point of several seeds
+            row["seed_group"] = seed_group(searched)
         if record.get("resumes"):
             row["resumed_from_trial"] = record["resumes"]
         rows.append(row)
@@ -112,6 +116,38 @@ def add_certification(row: dict[str, Any], certified: dict[str, Any]) -> None:
     """A finalist's test-split numbers (already under ``test/`` names) into its row."""
     row["metrics"].update(certified)
     row["certified"] = True
+
+
+def seed_summaries(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For every point a stage repeated across seeds: its completed trials' mean and sample
+    standard deviation of every number, beside the per-seed rows (each keeps its own interval)."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("seed_group") and r["status"] == TrialStatus.COMPLETED:
+            groups.setdefault((r["stage"], r["seed_group"]), []).append(r)
+    out = []
+    for (stage, group), members in groups.items():
+        if len(members) < 2:
+            continue
+        keys = sorted(
+            {
+                k
+                for r in members
+                for k, v in r["metrics"].items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+        )
+        mean, sd = {}, {}
+        for k in keys:
+            values = [r["metrics"][k] for r in members if isinstance(r["metrics"].get(k), (int, float))]
+            if len(values) == len(members) and all(math.isfinite(v) for v in values):
+                mean[k], sd[k] = statistics.fmean(values), statistics.stdev(values)
+        point = {k: v for k, v in members[0]["searched"].items() if k != "seed"}
+        out.append({"stage": stage, "seed_group": group, "point": point, "seeds": [r["searched"]["seed"] for r in members],
+                    "trial_ids": [r["trial_id"] for r in members], "n": len(members), "mean": mean, "sd": sd})  # fmt: skip
+    return out
 
 
 def add_paper(rows: list[dict[str, Any]], paper: dict[str, Any]) -> None:
@@ -129,7 +165,8 @@ def add_intervals(rows: list[dict[str, Any]]) -> None:
 
 
 def write_summary(output_dir: Path, study: str, rows: list[dict], extra: dict | None = None) -> tuple[Path, Path]:
-    summary = {"study": study, **(extra or {}), "trials": rows}
+    groups = seed_summaries(rows)
+    summary = {"study": study, **(extra or {}), "trials": rows, **({"seed_groups": groups} if groups else {})}
     jpath = output_dir / "summary.json"
     write_json(jpath, summary)
     cpath = output_dir / "summary.csv"
@@ -186,4 +223,27 @@ def write_summary(output_dir: Path, study: str, rows: list[dict], extra: dict | 
                     r["mlflow_run_id"],
                 ]
             )
+        for g in groups:  # beside the per-seed rows: the mean and the sample sd across the seeds
+            first = next(r for r in rows if r["trial_id"] == g["trial_ids"][0])
+            c = first["config"]
+            for what in ("mean", "sd"):
+                w.writerow(
+                    [
+                        study,
+                        g["stage"],
+                        f"{what}({','.join(g['trial_ids'])})",
+                        f"{what} over seeds {','.join(map(str, g['seeds']))}",
+                        "",
+                        c.get("method"),
+                        c.get("model"),
+                        c.get("dataset"),
+                        *[g["point"].get(k, "") if k != "seed" else "" for k in searched_keys],
+                        *[g[what].get(k) for k in metric_keys],
+                        *[g[what].get(k) for k in extra_metrics],
+                        *["" for _ in paper_keys],
+                        "",
+                        "",
+                        "",
+                    ]
+                )
     return jpath, cpath

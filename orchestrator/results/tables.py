@@ -73,6 +73,29 @@ def _footer(rows: list[dict], selected: bool, paper: tuple[str, str] | None = No
     return [w for x in lines for w in textwrap.wrap(x, TABLE_WIDTH)]
 
 
+SEED_COLUMNS = (("clean%", "clean_acc"), ("pgd20%", "pgd20_acc"), ("AA%", "autoattack_acc"), ("robust%", "robust_acc"))
+
+
+def seed_lines(rows: list[dict]) -> list[str]:
+    """One line per point repeated across seeds: the test numbers' mean and sample sd."""
+    from .summary import seed_summaries
+
+    lines = []
+    for g in seed_summaries(rows):
+        point = " ".join(f"{short_name(k)}={num(v)}" for k, v in g["point"].items())
+        parts = [
+            f"{label} {100 * g['mean'][TEST + key]:.1f}±{100 * g['sd'][TEST + key]:.1f}"
+            for label, key in SEED_COLUMNS
+            if TEST + key in g["mean"]
+        ]
+        seeds = ",".join(map(str, g["seeds"]))
+        lines += textwrap.wrap(
+            f"across seeds {seeds} ({g['n']} trials), mean ± sd: {point}: {', '.join(parts) or 'no test numbers'}",
+            TABLE_WIDTH,
+        )
+    return lines
+
+
 def table(rows: list[dict], paper: tuple[str, str] | None = None) -> str:
     """Accuracies in %, the finalists marked ^ and the paper-default trial *, at most TABLE_WIDTH
     characters (the right-most columns go first; summary.csv has them all), and a footer saying
@@ -126,5 +149,6 @@ def table(rows: list[dict], paper: tuple[str, str] | None = None) -> str:
         keep -= 1
     fmt = lambda cells: "  ".join(str(x).ljust(w) for x, w in zip(cells[:keep], widths[:keep])).rstrip()  # noqa: E731
     lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body] + _footer(rows, selected, paper)
+    lines += seed_lines(rows)
     lines += [one_line(f"failed {r['trial_id']}: {r['error']}", TABLE_WIDTH) for r in rows if r.get("error")]
     return "\n".join(lines)

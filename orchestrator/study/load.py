@@ -138,7 +138,8 @@ def plan(study: Study, source: str, *, smoke: bool = False, overrides: Mapping[s
     new_seed = "seed" in overrides
     seed = overrides.pop("seed", study.seed)
     num_samples = overrides.pop("num_samples", None)
-    if not (smoke or base_over or new_seed or num_samples is not None):
+    seeds = overrides.pop("seeds", None)
+    if not (smoke or base_over or new_seed or num_samples is not None or seeds):
         return Plan(study, source, study.stages, res, seed)
     stages = []
     for i, stage in enumerate(study.stages):
@@ -152,6 +153,8 @@ def plan(study: Study, source: str, *, smoke: bool = False, overrides: Mapping[s
             sraw["base"]["seed"] = seed
         if num_samples is not None:
             sraw["search"]["num_samples"] = num_samples
+        if seeds:  # --seeds: every grid stage repeats its points per seed (an Optuna stage is refused)
+            sraw["search"]["seeds"] = list(seeds)
         stages.append(_build_stage(sraw, where, study.staged, [s.name for s in stages]))
     return Plan(study, source, tuple(stages), res, seed)
 

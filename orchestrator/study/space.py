@@ -170,7 +170,8 @@ def default_point(specs: dict[str, ParamSpec], base: dict) -> dict[str, Any]:
 
 
 def grid_points(search: SearchSpec) -> list[dict]:
-    """Every trial config of a grid search (Tune's nested form), ``num_samples`` times over."""
+    """Every trial config of a grid search (Tune's nested form), once per seed of ``seeds`` (the
+    seed then part of the trial's config), ``num_samples`` times over."""
     specs = search.param_specs()
     cases = [dict(c) for c in search.cases] or [None]
     points = []
@@ -180,7 +181,17 @@ def grid_points(search: SearchSpec) -> list[dict]:
             if case is not None:
                 point[CASE] = case
             points.append(json.loads(json.dumps(point, default=str)))
+    if search.seeds:
+        points = [{**p, "seed": s} for p in points for s in search.seeds]
     return points * search.num_samples
+
+
+def seed_group(searched: Mapping[str, Any]) -> str:
+    """The point a trial repeats across seeds: a short name of its searched values without its seed."""
+    import hashlib
+
+    point = {k: v for k, v in searched.items() if k != "seed"}
+    return hashlib.sha256(json.dumps(point, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def startup_trials(num_samples: int) -> int:

@@ -15,6 +15,8 @@ from .names import PER_EPOCH, val_name
 
 # The reports a study can ask for (``orchestrator.results.reports`` has one function per name).
 REPORTS = ("generic", "sensitivity", "width", "scalability", "ablation", "compare", "init", "imagenet", "training_cost")
+MAX_SEEDS = 100  # seeds of one stage: every one is a trial per point
+
 ReportName = Literal[
     "generic", "sensitivity", "width", "scalability", "ablation", "compare", "init", "imagenet", "training_cost"
 ]
@@ -77,9 +79,18 @@ class SearchSpec:
     # each is {name: ..., <TrainConfig keys>...}
     cases: tuple[dict, ...] = ()
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    # every point of a grid once per seed, each a trial of its own whose ``seed`` differs; tables
+    # and summaries give the mean and sample standard deviation across them
+    seeds: tuple[int, ...] = ()
 
     def validate(self, where: str) -> None:
         check(self.num_samples >= 1, where, "num_samples", "an integer >= 1", self.num_samples)
+        if self.seeds:
+            check(self.algorithm == "grid", where, "seeds", "a grid search (seeds repeat its points; an Optuna "
+                  "search samples new points instead)", self.algorithm)  # fmt: skip
+            check(len(self.seeds) <= MAX_SEEDS, where, "seeds", f"at most {MAX_SEEDS} seeds", len(self.seeds))
+            check(len(set(self.seeds)) == len(self.seeds), where, "seeds", "distinct seeds", list(self.seeds))
+            check(all(0 <= s < 2**32 for s in self.seeds), where, "seeds", "integers in [0, 2^32)", list(self.seeds))
         check(
             len(self.metrics) == len(self.modes), where, "mode", f"{len(self.metrics)} modes, one per metric", self.mode
         )
