@@ -646,3 +646,19 @@ def test_resume_with_other_seeds_names_them(tmp_path, monkeypatch, capfd):
     (line,) = stderr.strip().splitlines()
     assert "--resume: stages[natural].search.seeds was [0, 1]" in line and "got [0, 2]" in line, line
     assert sorted(f.name for f in out.iterdir()) == ["launch.json"]
+
+
+def test_a_paper_numbers_file_whose_cells_disagree_is_one_line_before_ray(tmp_path, monkeypatch, capfd):
+    from orchestrator.study import paper
+
+    numbers = tmp_path / "numbers"
+    numbers.mkdir()
+    (numbers / "clash.yaml").write_text(
+        "source: x\ncells:\n  - {method: natural, model: vgg16, clean_acc: 93.3}\n  - {method: natural, clean_acc: 90.0}\n"
+    )
+    monkeypatch.setattr(paper, "PAPER_DIR", numbers)
+    f = tmp_path / "study.yaml"
+    f.write_text("name: x\npaper: clash\nbase: {method: natural, dataset: digits}\n")
+    code, _, stderr = run_in_process(SWEEP, ["--config", str(f), "--dry-run"], tmp_path, monkeypatch, capfd)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert "cells[0] and cells[1] both describe method=natural, model=vgg16 but disagree on clean_acc" in stderr
