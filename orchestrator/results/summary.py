@@ -165,22 +165,14 @@ def add_intervals(rows: list[dict[str, Any]]) -> None:
 
 
 def write_summary(output_dir: Path, study: str, rows: list[dict], extra: dict | None = None) -> tuple[Path, Path]:
+    """summary.json (every row, and the seed groups) and summary.csv (a row per trial, then each
+    seed group's mean and sd rows)."""
     groups = seed_summaries(rows)
     summary = {"study": study, **(extra or {}), "trials": rows, **({"seed_groups": groups} if groups else {})}
     jpath = output_dir / "summary.json"
     write_json(jpath, summary)
     cpath = output_dir / "summary.csv"
-    searched_keys = sorted({k for r in rows for k in r["searched"]})
-    metric_keys = [k for k in KEY_METRICS if any(k in r["metrics"] for r in rows)]
-    paper_keys = sorted({k for r in rows for k in r.get("paper", {})})
-    extra_metrics = sorted(
-        {
-            k
-            for r in rows
-            for k, v in r["metrics"].items()
-            if k.endswith("_acc") and k not in metric_keys and isinstance(v, (int, float))
-        }
-    )
+    cols = _csv_columns(rows)
     with open(cpath, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
@@ -193,57 +185,52 @@ def write_summary(output_dir: Path, study: str, rows: list[dict], extra: dict | 
                 "method",
                 "model",
                 "dataset",
-                *searched_keys,
-                *metric_keys,
-                *extra_metrics,
-                *[f"paper/{k}" for k in paper_keys],
+                *cols["searched"],
+                *cols["metrics"],
+                *[f"paper/{k}" for k in cols["paper"]],
                 "val_masking_flags",
                 "test_masking_flags",
                 "mlflow_run_id",
-            ]
+            ]  # fmt: skip
         )
         for r in rows:
-            c, m = r["config"], r["metrics"]
-            w.writerow(
-                [
-                    study,
-                    r["stage"],
-                    r["trial_id"],
-                    r["status"],
-                    bool(r.get("finalist")),
-                    c.get("method"),
-                    c.get("model"),
-                    c.get("dataset"),
-                    *[r["searched"].get(k) for k in searched_keys],
-                    *[m.get(k) for k in metric_keys],
-                    *[m.get(k) for k in extra_metrics],
-                    *[r.get("paper", {}).get(k) for k in paper_keys],
-                    ";".join(m.get("val/masking_flags") or []),
-                    ";".join(m.get(TEST + "masking_flags") or []),
-                    r["mlflow_run_id"],
-                ]
-            )
+            w.writerow(_csv_trial(study, r, cols))
         for g in groups:  # beside the per-seed rows: the mean and the sample sd across the seeds
             first = next(r for r in rows if r["trial_id"] == g["trial_ids"][0])
-            c = first["config"]
             for what in ("mean", "sd"):
-                w.writerow(
-                    [
-                        study,
-                        g["stage"],
-                        f"{what}({','.join(g['trial_ids'])})",
-                        f"{what} over seeds {','.join(map(str, g['seeds']))}",
-                        "",
-                        c.get("method"),
-                        c.get("model"),
-                        c.get("dataset"),
-                        *[g["point"].get(k, "") if k != "seed" else "" for k in searched_keys],
-                        *[g[what].get(k) for k in metric_keys],
-                        *[g[what].get(k) for k in extra_metrics],
-                        *["" for _ in paper_keys],
-                        "",
-                        "",
-                        "",
-                    ]
-                )
+                w.writerow(_csv_seed_row(study, g, what, first["config"], cols))
     return jpath, cpath
+
+
+def _csv_columns(rows: list[dict]) -> dict[str, list[str]]:
+    metric_keys = [k for k in KEY_METRICS if any(k in r["metrics"] for r in rows)]
+    extra = {
+        k
+        for r in rows
+        for k, v in r["metrics"].items()
+        if k.endswith("_acc") and k not in metric_keys and isinstance(v, (int, float))
+    }
+    return {
+        "searched": sorted({k for r in rows for k in r["searched"]}),
+        "metrics": metric_keys + sorted(extra),
+        "paper": sorted({k for r in rows for k in r.get("paper", {})}),
+    }
+
+
+def _csv_trial(study: str, r: dict, cols: dict[str, list[str]]) -> list:
+    c, m = r["config"], r["metrics"]
+    return [
+        study, r["stage"], r["trial_id"], r["status"], bool(r.get("finalist")), c.get("method"), c.get("model"),
+        c.get("dataset"), *[r["searched"].get(k) for k in cols["searched"]], *[m.get(k) for k in cols["metrics"]],
+        *[r.get("paper", {}).get(k) for k in cols["paper"]], ";".join(m.get("val/masking_flags") or []),
+        ";".join(m.get(TEST + "masking_flags") or []), r["mlflow_run_id"],
+    ]  # fmt: skip
+
+
+def _csv_seed_row(study: str, g: dict, what: str, config: dict, cols: dict[str, list[str]]) -> list:
+    return [
+        study, g["stage"], f"{what}({','.join(g['trial_ids'])})", f"{what} over seeds {','.join(map(str, g['seeds']))}",
+        "", config.get("method"), config.get("model"), config.get("dataset"),
+        *[g["point"].get(k, "") if k != "seed" else "" for k in cols["searched"]],
+        *[g[what].get(k) for k in cols["metrics"]], *["" for _ in cols["paper"]], "", "", "",
+    ]  # fmt: skip
