@@ -340,6 +340,27 @@ def _arm(r: dict) -> str:
     return r["searched"].get("case") or r["config"]["method"]
 
 
+def _width_lines(axes, method: str, pts: list[tuple]) -> None:
+    """One line per arm through the mean at each width; with several seeds, their sample sd as error bars."""
+    import statistics
+
+    widths = sorted({w for w, _ in pts})
+
+    def series(key):
+        values = [[m.get(key, math.nan) for w2, m in pts if w2 == w] for w in widths]
+        mean = [statistics.fmean(v) for v in values]
+        sd = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+        return mean, sd
+
+    mean, sd = series("pgd20_acc")
+    axes[0].errorbar(widths, mean, yerr=sd, fmt="o-", capsize=3, label=f"{method} PGD-20")
+    if any("autoattack_acc" in m for _, m in pts):
+        mean, sd = series("autoattack_acc")
+        axes[0].errorbar(widths, mean, yerr=sd, fmt="s--", capsize=3, label=f"{method} AutoAttack")
+    mean, sd = series("clean_acc")
+    axes[1].errorbar(widths, mean, yerr=sd, fmt="o-", capsize=3, label=method)
+
+
 @register("width")
 def width(rows, out, paper):
     plt = _plt()
@@ -352,12 +373,8 @@ def width(rows, out, paper):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     table = []
     for method, pts in sorted(by.items()):
-        pts.sort(key=lambda t: t[0])
-        ws = [p[0] for p in pts]
-        axes[0].plot(ws, [p[1].get("pgd20_acc") for p in pts], "o-", label=f"{method} PGD-20")
-        if any("autoattack_acc" in p[1] for p in pts):
-            axes[0].plot(ws, [p[1].get("autoattack_acc", math.nan) for p in pts], "s--", label=f"{method} AutoAttack")
-        axes[1].plot(ws, [p[1].get("clean_acc") for p in pts], "o-", label=method)
+        pts.sort(key=lambda t: (t[0], t[1].get("seed", 0)))
+        _width_lines(axes, method, pts)
         for w, m in pts:
             table.append(
                 [

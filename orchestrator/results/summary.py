@@ -131,6 +131,7 @@ def seed_summaries(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (stage, group), members in groups.items():
         if len(members) < 2:
             continue
+        members.sort(key=lambda r: r["searched"]["seed"])
         keys = sorted(
             {
                 k

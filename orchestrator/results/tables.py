@@ -90,7 +90,8 @@ def seed_lines(rows: list[dict]) -> list[str]:
         ]
         seeds = ",".join(map(str, g["seeds"]))
         lines += textwrap.wrap(
-            f"across seeds {seeds} ({g['n']} trials), mean ± sd: {point}: {', '.join(parts) or 'no test numbers'}",
+            f"across seeds {seeds} ({g['n']} trials), mean ± sd on all their test images: {point}: "
+            f"{', '.join(parts) or 'no test numbers'}",
             TABLE_WIDTH,
         )
     return lines
