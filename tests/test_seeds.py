@@ -69,4 +69,7 @@ def test_the_mean_and_sample_sd_across_seeds_reach_the_summary_the_table_and_the
     assert float(mean["test/robust_acc"]) == pytest.approx(0.63) and float(sd["test/robust_acc"]) > 0
     assert mean["status"] == "mean over seeds 0,1,2"
     text = table(rows())
-    assert "across seeds 0,1,2 (3 trials), mean ± sd on all their test images: width=1: clean% 91.0±1.0, robust% 63.0±2.6" in " ".join(text.split())
+    assert (
+        "across seeds 0,1,2 (3 trials), mean ± sd on all their test images: width=1: clean% 91.0±1.0, robust% 63.0±2.6"
+        in " ".join(text.split())
+    )

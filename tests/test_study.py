@@ -173,3 +173,11 @@ def test_the_command_lines_data_settings_survive_the_smoke_cut():
     assert stage.base["dataset"] == "digits" and stage.base["data"]["val_size"] == 100
     (plain,) = plan(study, src, smoke=True).stages
     assert plain.base.get("data", {}).get("val_size") != 100
+
+
+def test_a_smoke_tests_trial_count_is_optunas_and_leaves_the_grids_alone():
+    """smoke.num_samples cuts an Optuna stage; the grid stage before it (one natural model) is not
+    repeated that many times over."""
+    raw, src = load_raw(name="sensitivity-cifar10")
+    natural, main = plan(parse(raw, src), src, smoke=True).stages
+    assert natural.search.num_samples == 1 and main.search.num_samples == 3

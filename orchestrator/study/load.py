@@ -179,7 +179,8 @@ def _shrink(sraw: dict, smoke: SmokeSpec) -> dict:
     kept = [c for c in search.get("cases", []) if c.get("name") in smoke.cases]
     if smoke.cases and kept:  # a stage without any of the named cases keeps its own
         search["cases"] = kept
-    search["num_samples"] = smoke.num_samples or min(int(search.get("num_samples", 1)), 3)
+    grid = search.get("algorithm", "grid") == "grid"  # a grid's num_samples repeats it: smoke.num_samples is Optuna's
+    search["num_samples"] = (None if grid else smoke.num_samples) or min(int(search.get("num_samples", 1)), 3)
     sched = dict(search.get("scheduler", {}))
     if sched.get("type") == "asha":
         sched["grace_period"] = 1

@@ -233,7 +233,7 @@ class SmokeSpec:
 
     base: dict = field(default_factory=dict)  # applied to every stage's base
     params: dict = field(default_factory=dict)  # replaces these search parameters in the stages that search them
-    num_samples: int | None = None
+    num_samples: int | None = None  # an Optuna stage's trials in a smoke test (a grid keeps at most 3 repeats)
     cases: tuple[str, ...] = ()  # keeps only these named cases in the stages that have cases
 
 
