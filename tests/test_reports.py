@@ -299,3 +299,22 @@ def test_training_cost_report_puts_time_and_robustness_beside_backward_smoothing
     assert "| Backward Smoothing | 33.3 | 0.33x | 164 | 0.34x |" in text  # 2,000 s of 6,000 s; 164 of 482 minutes
     assert "| TRADES | 100.0 | 1.00x | 482 | 1.00x |" in text
     assert "52.50" in text and (tmp_path / "training_cost.png").is_file()
+
+
+def test_a_staged_searchs_plots_show_its_own_trials_on_validation(tmp_path):
+    """sensitivity-cifar10 trains a natural starting model first: that stage has no validation
+    numbers and is no point of the search, so the plots keep to the Optuna stage's trials."""
+    rows = _sensitivity_rows(6)
+    for r in rows:
+        r["search"] = "Optuna TPE (2 objectives, 2 random start-up trials)"
+        r["metrics"].update(
+            {"val/clean_acc": r["metrics"]["test/clean_acc"], "val/robust_acc": r["metrics"]["test/robust_acc"]}
+        )
+        if r["trial_id"] != "t_00000":  # only some are finalists: the others have no test numbers
+            r["metrics"] = {k: v for k, v in r["metrics"].items() if not k.startswith("test/")}
+    rows.append(row(stage="natural", trial="t_natural", method="natural"))
+    rows[-1]["search"] = "grid"
+    reports.write_report(study("sensitivity-cifar10"), rows, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "6 completed trial(s)" in text and "the plots show the validation numbers" in text
+    assert "t_natural" not in text.split("## Trials")[1].split("## All trials")[0]  # the search's own table

@@ -165,7 +165,9 @@ class _Figures:
 @register("sensitivity")
 def sensitivity(rows, out, paper):
     """Optuna's own plots of the search (Pareto front, slices, parallel coordinates, a contour
-    when there are enough trials, importances with a caveat), the paper-default trial marked."""
+    when there are enough trials, importances with a caveat), the paper-default trial marked.
+    Only the searched stage's trials are plotted (a first stage that trains a starting model is no point of the search)."""
+    rows = [r for r in rows if str(r.get("search", "")).startswith("Optuna")] or rows
     keys = _plotted([r for r in rows if r["status"] == TrialStatus.COMPLETED])
     done = [r for r in rows if r["status"] == TrialStatus.COMPLETED and all(_finite(r["metrics"].get(k)) for k in keys)]
     if not done:
