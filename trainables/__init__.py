@@ -6,16 +6,11 @@ and study listings answer at once.
 
 from __future__ import annotations
 
-from typing import Any
+from .lazy import surface
 
 __all__ = ["list_datasets", "list_methods", "list_models"]
 __version__ = "0.1.0"
 _LAZY = {"list_datasets": "data", "list_methods": "methods", "list_models": "models"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = surface(__name__, _LAZY)

@@ -4,7 +4,7 @@ numbers formatted one way (``format``). The names below load their module when f
 
 from __future__ import annotations
 
-from typing import Any
+from trainables.lazy import surface
 
 __all__ = [
     "MLflowTrialCallback",
@@ -34,9 +34,4 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _HOME:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = surface(__name__, _HOME)

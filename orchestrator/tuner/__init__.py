@@ -5,7 +5,7 @@ their module (and Ray) when first used."""
 
 from __future__ import annotations
 
-from typing import Any
+from trainables.lazy import surface
 
 __all__ = [
     "TrialLedger",
@@ -21,9 +21,4 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _HOME:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = surface(__name__, _HOME)

@@ -8,7 +8,7 @@ Importing the package is cheap (no torch): the names below load their module whe
 
 from __future__ import annotations
 
-from typing import Any
+from ..lazy import surface
 
 __all__ = [
     "ATTACKS",
@@ -54,9 +54,4 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _HOME:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = surface(__name__, _HOME)
