@@ -1,7 +1,7 @@
 """The README's cluster cycle through Ray's real launcher, on this machine over SSH (loopback).
 
     python cluster/loopback_check.py            # from the project root, with the project's venv
-    python cluster/loopback_check.py --keep     # leave the SSH server and the cluster files behind
+    python cluster/loopback_check.py --keep     # leave the SSH server, its files and the head's files behind
 
 What it does, as a person would with `cluster/local.yaml`:
 
@@ -20,7 +20,9 @@ What it does, as a person would with `cluster/local.yaml`:
 
 The head is this machine and this user: `ray up` installs the project into the `python3` on the
 PATH (the head's setup command), copies it to ~/sprout-orchestrator and keeps MLflow in
-~/mlflow, as it would on a real head node. Not part of CI (it takes minutes and installs
+~/mlflow, as it would on a real head node; afterwards (without --keep) it removes what `ray up`
+and `ray submit` left in the home directory and restores ~/.bashrc, since a bootstrap config left
+there makes this machine look like a head node to every later sweep. Not part of CI (it takes minutes and installs
 packages); run it after changing anything under cluster/ and put its line in the README.
 """
 
@@ -174,11 +176,40 @@ def check_results() -> str:
     return f"{len(trials)} trials, {certified} certified, {len(runs)} MLflow runs on the head's server"
 
 
+# what `ray up` and `ray submit` leave in the head's home directory (the head is this machine)
+HEAD_FILES = ("ray_bootstrap_config.yaml", "ray_bootstrap_key.pem", "sprout-orchestrator", "mlflow", "loopback-runs",
+              "sweep.py")  # fmt: skip
+
+
+class HeadHome:
+    """The head's files in this machine's home directory, put back as they were afterwards: a
+    bootstrap config left behind makes this machine look like a head node to every later sweep
+    (and so to a test suite run here)."""
+
+    def __init__(self) -> None:
+        self.home = Path("~").expanduser()
+        self.existed = {name for name in HEAD_FILES if (self.home / name).exists()}
+        self.bashrc = (self.home / ".bashrc").read_text() if (self.home / ".bashrc").exists() else None
+
+    def restore(self) -> None:
+        for name in HEAD_FILES:
+            path = self.home / name
+            if name in self.existed or not (path.exists() or path.is_symlink()):
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink()
+        if self.bashrc is not None:
+            (self.home / ".bashrc").write_text(self.bashrc)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--keep", action="store_true", help="leave the SSH server and its files behind")
+    ap.add_argument("--keep", action="store_true", help="leave the SSH server, its files and the head's files behind")
     args = ap.parse_args(argv)
     t0 = time.monotonic()
+    home = HeadHome()
     install_missing()
     d = Path(tempfile.mkdtemp(prefix="sprout-loopback-"))
     sshd, key, port = start_sshd(d)
@@ -236,6 +267,7 @@ def main(argv=None) -> int:
         if not args.keep:
             sshd.terminate()
             shutil.rmtree(d, ignore_errors=True)
+            home.restore()
 
 
 if __name__ == "__main__":

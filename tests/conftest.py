@@ -29,6 +29,9 @@ from helpers import ROOT
 
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# a `ray up` head's cluster file left in the home directory (cluster/loopback_check.py leaves one,
+# as `ray down` does) must not make a test's sweep try to join whatever Ray runs on the machine
+os.environ["SPROUT_BOOTSTRAP_CONFIG"] = ""
 # the machine's cores shared between pytest-xdist's processes (two threads each would thrash two cores)
 torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 

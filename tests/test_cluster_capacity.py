@@ -223,3 +223,17 @@ def test_a_stale_bootstrap_file_does_not_turn_a_local_run_into_a_failed_join(mon
     assert cluster.ray_address("10.0.0.1:6379", say=lines.append) == "10.0.0.1:6379" and len(lines) == 2
     stale.unlink()
     assert cluster.ray_address(None, say=lines.append) is None and len(lines) == 2  # a plain machine: nothing said
+
+
+def test_where_a_head_keeps_its_cluster_file_can_be_named_or_switched_off(tmp_path):
+    """SPROUT_BOOTSTRAP_CONFIG: another place for `ray up`'s file, or empty (never a head node,
+    as the tests run)."""
+    import subprocess
+    import sys
+
+    code = "import orchestrator.cluster as c; print(repr(c.BOOTSTRAP_CONFIG), c.find_cluster_config(None))"
+    for value, expected in ((str(tmp_path / "boot.yaml"), repr(str(tmp_path / "boot.yaml"))), ("", "''")):
+        env = {"PATH": "/usr/bin:/bin", "SPROUT_BOOTSTRAP_CONFIG": value}
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert p.returncode == 0, p.stderr[-1000:]
+        assert p.stdout.split() == [expected, "None"]

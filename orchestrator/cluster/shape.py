@@ -14,7 +14,10 @@ from typing import Any
 
 from trainables.errors import ConfigError
 
-BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # left on the head node by `ray up`
+# left on the head node by `ray up`; SPROUT_BOOTSTRAP_CONFIG names another place, and empty means
+# this machine is never taken for a head node (the tests set it so: a file left in the home
+# directory by a launcher check must not change what a test's sweep joins)
+BOOTSTRAP_CONFIG = os.environ.get("SPROUT_BOOTSTRAP_CONFIG", "~/ray_bootstrap_config.yaml")
 
 # Providers whose nodes all run on this one machine (so they share its disk).
 SINGLE_HOST_PROVIDERS = ("fake_multinode",)
