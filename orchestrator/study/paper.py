@@ -55,16 +55,21 @@ def _describe(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in keys.items())
 
 
+def _named_file(directory: Path, name: str, kind: str, where: str) -> tuple[Path, Any]:
+    """The YAML file ``name`` of ``directory`` and its content; an unknown name is one clear error."""
+    known = sorted(p.stem for p in directory.glob("*.yaml"))
+    if name not in known:
+        raise ConfigError(f"{where}: unknown {kind} file {name!r}; expected one of: {', '.join(known)}")
+    path = directory / f"{name}.yaml"
+    return path, load_yaml_file(path)
+
+
 def load_paper_numbers(name: str | None, where: str = "paper") -> dict[str, Any]:
     """The paper's published numbers named by a study's ``paper:`` key; an unknown name, a file of
     the wrong shape, or two cells that disagree is an error, like every other name in a study."""
     if not name:
         return {}
-    known = sorted(p.stem for p in PAPER_DIR.glob("*.yaml"))
-    if name not in known:
-        raise ConfigError(f"{where}: unknown paper-numbers file {name!r}; expected one of: {', '.join(known)}")
-    path = PAPER_DIR / f"{name}.yaml"
-    data = load_yaml_file(path)
+    path, data = _named_file(PAPER_DIR, name, "paper-numbers", where)
     if not isinstance(data, dict) or not isinstance(data.get("cells", []), list):
         raise ConfigError(f"{where}: {path}: expected a mapping with a list of cells")
     _check_cells(data.get("cells", []), f"{where}: {path}")
@@ -140,11 +145,7 @@ def load_paper_settings(name: str | None, where: str = "settings") -> dict[str, 
     error, like every other name in a study."""
     if not name:
         return {}
-    known = sorted(p.stem for p in SETTINGS_DIR.glob("*.yaml"))
-    if name not in known:
-        raise ConfigError(f"{where}: unknown paper-settings file {name!r}; expected one of: {', '.join(known)}")
-    path = SETTINGS_DIR / f"{name}.yaml"
-    data = load_yaml_file(path)
+    path, data = _named_file(SETTINGS_DIR, name, "paper-settings", where)
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list) or not data.get("source"):
         raise ConfigError(f"{where}: {path}: expected a mapping with a source and a list of cells")
     for i, cell in enumerate(data["cells"]):
