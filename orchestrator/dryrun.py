@@ -24,6 +24,7 @@ from .study import (
     default_point,
     grid_points,
     load_paper_settings,
+    nested,
     sampler_label,
     searched_values,
     settings_findings,
@@ -52,15 +53,17 @@ def _val_images(cfg: dict) -> int:
 
 
 def _precision(cfg: dict, gpu: bool) -> str:
-    """What the training forwards run in: ``fast.amp=auto`` decides per method on a GPU."""
+    """What the training forwards run in: the loop's own rule (``fast.amp=auto`` decides per
+    method on a GPU), for the study's devices."""
+    import torch
+
+    from trainables.config import resolve
+    from trainables.loop import amp_dtype
     from trainables.methods import METHODS
 
-    amp = (cfg.get("fast") or {}).get("amp", "auto")
-    if not gpu or amp == "off":
-        return "fp32"
-    if amp == "bf16":
-        return "bf16"
-    return "bf16" if METHODS.get(cfg["method"]).bf16_default else "fp32"
+    resolved = resolve(cfg)
+    dtype = amp_dtype(resolved.fast, torch.device("cuda" if gpu else "cpu"), METHODS.get(resolved.method))
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
 def _ranges(stage) -> dict[str, Any]:
@@ -84,7 +87,7 @@ def stage_plan(stage, resources, gpu: bool) -> dict[str, Any]:
         trials = []
         for i in range(search.num_samples):
             if i == 0 and first:
-                trials.append({"config": _resolved(stage.base, _nested(first), refs), "searched": first})
+                trials.append({"config": _resolved(stage.base, nested(first), refs), "searched": first})
             else:
                 trials.append({"config": _resolved(stage.base, {}, refs), "searched": ranges, "chosen_by": "optuna"})
         finalists = min(len(trials), stage.certify.top_k + (1 if first else 0))
@@ -111,17 +114,6 @@ def stage_plan(stage, resources, gpu: bool) -> dict[str, Any]:
         "resources": to_dict(resources),
         "_protocols": (screen, certify),
     }
-
-
-def _nested(flat: dict) -> dict:
-    out: dict = {}
-    for k, v in flat.items():
-        node = out
-        *head, last = k.split(".")
-        for h in head:
-            node = node.setdefault(h, {})
-        node[last] = v
-    return out
 
 
 def concurrency(plan, shape) -> tuple[int, str]:

@@ -17,6 +17,8 @@ from typing import Any
 from trainables.errors import ConfigError
 from trainables.schema import flatten, load_yaml_file
 
+from .refs import is_ref, parse_ref
+
 PAPER_DIR = Path(__file__).resolve().parent / "paper_numbers"
 MATCH_KEYS = ("method", "model", "case", "model_args.width")
 PERCENT_SUFFIXES = ("_acc", "_acc_max")  # numbers the paper gives in %; ours are fractions
@@ -173,9 +175,9 @@ def _start(trial: Mapping[str, Any], stage_methods: Mapping[str, set]) -> str | 
     ck = trial["config"].get("init_checkpoint")
     if not ck:
         return "random"
-    if str(ck).startswith("stage:"):
-        methods = stage_methods.get(str(ck)[len("stage:") :].split("/")[0], set())
-        wanted = dict(c.split("=", 1) for c in str(ck).split("/", 1)[-1].split(",") if "=" in c)
+    if is_ref(ck):
+        stage, wanted = parse_ref(ck, "init_checkpoint")
+        methods = stage_methods.get(stage, set())
         return wanted.get("method") or (next(iter(methods)) if len(methods) == 1 else None)
     return None
 
