@@ -318,3 +318,15 @@ def test_a_staged_searchs_plots_show_its_own_trials_on_validation(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "6 completed trial(s)" in text and "the plots show the validation numbers" in text
     assert "t_natural" not in text.split("## Trials")[1].split("## All trials")[0]  # the search's own table
+
+
+def test_paper_numbers_beside_a_digits_run_say_they_compare_nothing(tmp_path):
+    from orchestrator.results.tables import table
+
+    r = row(trial="t_00000", method="sprout", model="small_cnn", dataset="digits", metrics={"pgd20_acc": 0.9})
+    r["paper"] = {"pgd20_acc": 0.6224}
+    assert "not the paper's setting, so the column compares nothing" in " ".join(
+        table([r], ("pgd20_acc", "T2")).split()
+    )
+    reports.write_report(study("compare"), [r], tmp_path)
+    assert "*paper* columns compare nothing" in (tmp_path / "report.md").read_text()

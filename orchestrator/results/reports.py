@@ -23,7 +23,7 @@ from ..record import TrialStatus
 from ..study import TEST, VAL, load_paper_numbers, paper_cell, short_name
 from ..study import finite as _finite
 from .format import num, pct
-from .tables import table
+from .tables import on_digits, table
 
 REPORTS: dict[str, Callable[..., list[Path]]] = {}
 
@@ -96,6 +96,9 @@ def write_report(study, rows: list[dict], output_dir: Path) -> list[Path]:
     text = [f"# {study.name}", "", study.description, ""]
     if paper.get("source"):
         text += [f"Paper numbers: {paper['source']} (columns marked *paper*).", ""]
+        if on_digits(rows):
+            text += ["These trials ran on the 8x8 digits (a `--smoke-test`): not the paper's setting, so the "
+                     "*paper* columns compare nothing.", ""]  # fmt: skip
     text += _setting_lines(study)
     text += _seed_section(rows)
     searches = sorted({f"{r['stage']}: {r['search']}" for r in rows if r.get("search")})

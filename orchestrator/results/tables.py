@@ -27,6 +27,11 @@ def _order(rows: list[dict], selected: bool) -> list[dict]:
     return sorted(rows, key=lambda r: (-(r["metrics"][key] if finite(r["metrics"].get(key)) else -1.0), r["trial_id"]))
 
 
+def on_digits(rows: list[dict]) -> bool:
+    """Whether any trial ran on the embedded digits, a data set no paper number was measured on."""
+    return any(r["config"].get("dataset") == "digits" for r in rows)
+
+
 def paper_label(key: str) -> str:
     """The console's name for a paper number: ``pgd20_acc`` -> ``paper pgd20%``."""
     for suffix in ("_acc_max", "_acc"):
@@ -65,6 +70,12 @@ def _footer(rows: list[dict], selected: bool, paper: tuple[str, str] | None = No
         lines.append(
             f"{paper_label(key)}: the paper's number for the same method and model ({source}), in its own setting; "
             "where a study's setting differs from the paper's, docs/studies.md says how."
+            + (
+                " These trials ran on the 8x8 digits (a --smoke-test): not the paper's setting, so the column "
+                "compares nothing."
+                if on_digits(rows)
+                else ""
+            )  # fmt: skip
         )
     if any(r.get("paper_default") for r in rows):
         lines.append("* the paper's default hyperparameters. PGD alone is an upper bound on robustness.")
