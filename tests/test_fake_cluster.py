@@ -129,6 +129,9 @@ def cluster(tmp_path_factory):
             f"--temp-dir={temp}",
             "--dashboard-host=127.0.0.1",
             "--include-dashboard=true",
+            # a port of its own: a sweep's private Ray in the other test process may hold the
+            # default 8265, and `ray start --head` fails on a taken port instead of moving on
+            f"--dashboard-port={free_port()}",
         ],
         capture_output=True,
         text=True,
@@ -142,6 +145,15 @@ def cluster(tmp_path_factory):
     finally:
         kill_tree(processes_mentioning(temp))
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def submit(d: Path, args: list[str], log: Path) -> subprocess.Popen:
