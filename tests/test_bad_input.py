@@ -98,7 +98,11 @@ CASES = {
         ["--study", "width", "--seeds", *map(str, range(101))],
         "seeds: expected at most 100 seeds",
     ),
-    "seeds in an Optuna search": (SWEEP, ["--seeds", "0", "1"], "seeds: expected a grid search"),
+    "seeds beside a searched seed": (
+        SWEEP,
+        study("search: {algorithm: optuna, seeds: [0, 1], params: {seed: {type: int, low: 0, high: 3}}}\n"),
+        "search.seeds: expected no searched 'seed' parameter beside them",
+    ),
     "deviations without settings": (
         SWEEP,
         study("deviations: [{key: precision, reason: 'bf16 measured not to cost robustness'}]\n"),

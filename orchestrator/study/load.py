@@ -153,7 +153,7 @@ def plan(study: Study, source: str, *, smoke: bool = False, overrides: Mapping[s
             sraw["base"]["seed"] = seed
         if num_samples is not None:
             sraw["search"]["num_samples"] = num_samples
-        if seeds:  # --seeds: every grid stage repeats its points per seed (an Optuna stage is refused)
+        if seeds:  # --seeds: every stage repeats its points per seed
             sraw["search"]["seeds"] = list(seeds)
         stages.append(_build_stage(sraw, where, study.staged, [s.name for s in stages]))
     return Plan(study, source, tuple(stages), res, seed)

@@ -12,6 +12,7 @@ from .spec import StageSpec
 
 SELECTED_ON_VALIDATION = "validation"
 EVERY_TRIAL = "grid (every trial)"
+EVALUATED = "evaluation stage (every checkpoint)"
 
 
 def pareto(points: list[tuple[float, ...]]) -> list[int]:
@@ -23,28 +24,48 @@ def pareto(points: list[tuple[float, ...]]) -> list[int]:
     return [i for i, p in enumerate(points) if not any(dominates(q, p) for j, q in enumerate(points) if j != i)]
 
 
-def mark_finalists(rows: list[dict[str, Any]], objectives: list[str], modes: list[str], k: int) -> None:
+def mark_finalists(
+    rows: list[dict[str, Any]], objectives: list[str], modes: list[str], k: int, by_seeds: bool = False
+) -> None:
     """Mark a selecting stage's finalists, chosen on its validation objectives only: the Pareto
-    set of the completed trials (for a single objective: the best, and any trial tied with it),
-    at most ``k`` of them by the last objective, plus the paper-default trial."""
+    set of the completed points (for a single objective: the best, and any point tied with it),
+    at most ``k`` of them by the last objective, plus the paper-default point. A point is a
+    trial, or with ``by_seeds`` the trials of one point across seeds (``seed_group``), scored by
+    their mean and counted only when every one of them completed; all of them are finalists."""
     sign = [1.0 if m == "max" else -1.0 for m in modes]
-    done = [
-        r for r in rows if r["status"] == TrialStatus.COMPLETED and all(finite(r["metrics"].get(o)) for o in objectives)
-    ]
-    points = [tuple(sg * r["metrics"][o] for sg, o in zip(sign, objectives)) for r in done]
-    front = sorted(pareto(points), key=lambda i: (-points[i][-1], done[i]["trial_id"]))[:k]
-    chosen = {done[i]["trial_id"] for i in front}
+    units: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        r["finalist"] = r["trial_id"] in chosen or (bool(r.get("paper_default")) and r in done)
-        r["selected_on"] = SELECTED_ON_VALIDATION
+        units.setdefault((by_seeds and r.get("seed_group")) or r["trial_id"], []).append(r)
+
+    def usable(members):
+        return all(
+            m["status"] == TrialStatus.COMPLETED and all(finite(m["metrics"].get(o)) for o in objectives)
+            for m in members
+        )
+
+    done = {key: members for key, members in units.items() if usable(members)}
+    keys = list(done)
+    points = [
+        tuple(sg * sum(m["metrics"][o] for m in done[key]) / len(done[key]) for sg, o in zip(sign, objectives))
+        for key in keys
+    ]
+    front = sorted(pareto(points), key=lambda i: (-points[i][-1], keys[i]))[:k]
+    chosen = {keys[i] for i in front}
+    for key, members in units.items():
+        default = key in done and any(m.get("paper_default") for m in members)
+        for r in members:
+            r["finalist"] = key in chosen or default
+            r["selected_on"] = SELECTED_ON_VALIDATION
 
 
 def select(rows: list[dict[str, Any]], stage: StageSpec) -> list[dict[str, Any]]:
     """Mark the stage's finalists in ``rows`` and return them (sorted by trial id)."""
     if stage.search.selects:
-        mark_finalists(rows, stage.search.finalist_metrics, stage.search.modes, stage.certify.top_k)
+        mark_finalists(
+            rows, stage.search.finalist_metrics, stage.search.modes, stage.certify.top_k, bool(stage.search.seeds)
+        )
     else:
         for r in rows:
             r["finalist"] = r["status"] == TrialStatus.COMPLETED
-            r["selected_on"] = EVERY_TRIAL
+            r["selected_on"] = EVALUATED if stage.evaluates else EVERY_TRIAL
     return [r for r in rows if r["finalist"]]

@@ -14,12 +14,16 @@ from trainables.schema import build, check
 from .names import PER_EPOCH, val_name
 
 # The reports a study can ask for (``orchestrator.results.reports`` has one function per name).
-REPORTS = ("generic", "sensitivity", "width", "scalability", "ablation", "compare", "init", "imagenet", "training_cost")
+REPORTS = (
+    "generic", "sensitivity", "width", "scalability", "ablation", "compare", "init", "imagenet", "training_cost",
+    "attack_strength",
+)  # fmt: skip
 MAX_SEEDS = 100  # seeds of one stage: every one is a trial per point
 
 ReportName = Literal[
-    "generic", "sensitivity", "width", "scalability", "ablation", "compare", "init", "imagenet", "training_cost"
-]
+    "generic", "sensitivity", "width", "scalability", "ablation", "compare", "init", "imagenet", "training_cost",
+    "attack_strength",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -79,15 +83,20 @@ class SearchSpec:
     # each is {name: ..., <TrainConfig keys>...}
     cases: tuple[dict, ...] = ()
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
-    # every point of a grid once per seed, each a trial of its own whose ``seed`` differs; tables
-    # and summaries give the mean and sample standard deviation across them
+    # every point once per seed, each a trial of its own whose ``seed`` differs; tables and
+    # summaries give the mean and sample standard deviation across them, and a search (Optuna,
+    # the finalists) chooses on a point's mean over its seeds
     seeds: tuple[int, ...] = ()
+    # Optuna asks for the next trials only when every running trial has ended (Ray Tune's
+    # ConcurrencyLimiter(batch=True)): what it suggests then does not depend on which trial
+    # finished first, so one seed gives one result. false: a free slot starts a trial at once
+    # (no wait for the slowest of a batch), at the price of suggestions that vary with timing.
+    batch: bool = True
 
     def validate(self, where: str) -> None:
         check(self.num_samples >= 1, where, "num_samples", "an integer >= 1", self.num_samples)
         if self.seeds:
-            check(self.algorithm == "grid", where, "seeds", "a grid search (seeds repeat its points; an Optuna "
-                  "search samples new points instead)", self.algorithm)  # fmt: skip
+            check("seed" not in self.params, where, "seeds", "no searched 'seed' parameter beside them", "params.seed")
             check(len(self.seeds) <= MAX_SEEDS, where, "seeds", f"at most {MAX_SEEDS} seeds", len(self.seeds))
             check(len(set(self.seeds)) == len(self.seeds), where, "seeds", "distinct seeds", list(self.seeds))
             check(all(0 <= s < 2**32 for s in self.seeds), where, "seeds", "integers in [0, 2^32)", list(self.seeds))
@@ -225,6 +234,16 @@ class StageSpec:
     search: SearchSpec = field(default_factory=SearchSpec)
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     certify: CertifySpec = field(default_factory=CertifySpec)
+    # an evaluation stage: it trains nothing; its trials are these checkpoints, each certified
+    # with the stage's protocol like a training stage's finalists. Each entry: ``name``,
+    # ``checkpoint`` (one of ours by path, an earlier stage's by reference, or published weights
+    # with their format, ``trades_wrn:/path``) and, for published weights, the TrainConfig keys
+    # that describe them (``model``, ``model_args``, ``dataset``, ``eps``, ``data``)
+    checkpoints: tuple[dict, ...] | None = None
+
+    @property
+    def evaluates(self) -> bool:
+        return self.checkpoints is not None
 
 
 @dataclass(frozen=True)

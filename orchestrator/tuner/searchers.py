@@ -1,8 +1,10 @@
 """The searchers a stage runs: Optuna's samplers (seeded), a fixed list of configs (a grid, or
-what is left of one), and an Optuna study seeded with the trials earlier launches ended."""
+what is left of one), an Optuna study seeded with the trials earlier launches ended, and every
+point repeated across seeds."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 
@@ -65,3 +67,80 @@ def seeded_study(search, sampler, ended: list[dict], name: str):
             )
         )
     return storage
+
+
+def point_of(trial_config: dict) -> str:
+    """A trial's point across seeds: its searched values in Optuna's names, without its seed."""
+    return json.dumps(
+        {k: v for k, v in optuna_params(trial_config).items() if k != "seed"}, sort_keys=True, default=str
+    )
+
+
+def mean_result(results: list[dict | None], objectives: list[str], seeds: int) -> dict | None:
+    """What Optuna is told of a point: each objective's mean over its seeds, or None (a failed
+    point) unless every seed reported a finite value of every objective."""
+    values = [[(r or {}).get(o) for r in results] for o in objectives]
+    if len(results) < seeds or not all(isinstance(v, (int, float)) and math.isfinite(v) for vs in values for v in vs):
+        return None
+    return {o: sum(vs) / len(vs) for o, vs in zip(objectives, values)}
+
+
+class SeedRepeats(Searcher):
+    """Each point the inner searcher suggests runs once per seed, each a trial of its own whose
+    ``seed`` differs (its seeds are suggested one after another); the inner searcher is told the
+    point's mean over its seeds once all of them have ended, so a search chooses on means.
+
+    ``earlier`` maps a point (``point_of``) to the results of its seeds that ended in earlier
+    launches: when the inner searcher suggests that point again (it is enqueued on a resume), only
+    its other seeds run, and its mean takes the earlier results in."""
+
+    def __init__(self, inner: Searcher, seeds: Iterable[int], objectives: list[str], earlier: dict | None = None):
+        super().__init__(metric=inner.metric, mode=inner.mode)
+        self.inner, self.seeds, self.objectives = inner, list(seeds), list(objectives)
+        self.earlier = dict(earlier or {})  # point -> {seed: result}
+        self.queue: list[tuple[str, dict]] = []  # (point id, trial config) still to hand out
+        self.points: dict[str, dict] = {}  # point id -> {"left": trials still to end, "results": [...]}
+        self.member: dict[str, str] = {}  # trial id -> point id
+        self.asked = 0
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return self.inner.set_search_properties(metric, mode, config, **spec)
+
+    def _next_point(self):
+        """Ask the inner searcher for a point and queue its seeds; None or FINISHED when it has none."""
+        pid = f"point_{self.asked}"
+        self.asked += 1
+        config = self.inner.suggest(pid)
+        if config is None or config == Searcher.FINISHED:
+            return config
+        done = self.earlier.pop(point_of(config), {})
+        todo = [s for s in self.seeds if s not in done]
+        self.points[pid] = {"left": len(todo), "results": list(done.values())}
+        self.queue = [(pid, {**config, "seed": s}) for s in todo]
+        if not todo:  # every seed ended before: tell the mean now
+            self._tell(pid)
+        return config
+
+    def suggest(self, trial_id: str):
+        while not self.queue:
+            got = self._next_point()
+            if got is None or got == Searcher.FINISHED:
+                return got
+        pid, config = self.queue.pop(0)
+        self.member[trial_id] = pid
+        return dict(config)
+
+    def _tell(self, pid: str) -> None:
+        point = self.points.pop(pid)
+        mean = mean_result(point["results"], self.objectives, len(self.seeds))
+        self.inner.on_trial_complete(pid, result=mean, error=mean is None)
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        pid = self.member.pop(trial_id, None)
+        if pid is None:
+            return
+        point = self.points[pid]
+        point["results"].append(None if error else result)
+        point["left"] -= 1
+        if point["left"] <= 0:
+            self._tell(pid)

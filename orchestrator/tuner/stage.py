@@ -15,7 +15,7 @@ from ..record import split
 from ..study import DefineByRun, default_point, optuna_name, optuna_params, strip_refs
 from ..study import resolve_config as resolve
 from .resume import remaining_grid, resume_map
-from .searchers import FixedConfigs, make_sampler, seeded_study
+from .searchers import FixedConfigs, SeedRepeats, make_sampler, mean_result, point_of, seeded_study
 
 
 def trial_dirname(trial) -> str:
@@ -52,12 +52,31 @@ def _scheduler(stage):
     )
 
 
-def _optuna(stage, seed: int, records: list[dict], unfinished: list[dict], ended: list[dict], name: str):
+def _seed_groups(ended: list[dict], unfinished: list[dict], seeds: int) -> tuple[list[dict], dict, list[dict]]:
+    """A seeded search's earlier trials by point: the points whose every seed ended (Optuna
+    learns their means), the seeds that ended of the other points (``SeedRepeats``' ``earlier``),
+    and one trial config per such point to enqueue again."""
+    by_point: dict[str, dict] = {}
+    for r in ended + unfinished:
+        by_point.setdefault(point_of(r["config"]), {"config": r["config"], "ended": {}})
+    for r in ended:
+        by_point[point_of(r["config"])]["ended"][r["config"].get("seed")] = r.get("metrics") or {}
+    whole, earlier, again = [], {}, []
+    for key, p in by_point.items():
+        if len(p["ended"]) >= seeds:
+            whole.append({"config": p["config"], "metrics": p["ended"]})
+        else:
+            earlier[key] = p["ended"]
+            again.append({k: v for k, v in p["config"].items() if k != "seed"})
+    return whole, earlier, again
+
+
+def _optuna(stage, seed: int, records: list[dict], ended: list[dict], again: list[dict], name: str):
     from ray.tune.search.optuna import OptunaSearch
 
     search = stage.search
     specs = search.param_specs(stage.name)
-    points = [optuna_params(r["config"]) for r in unfinished]
+    points = [optuna_params(c) for c in again]
     if search.enqueue_defaults and not records:
         points.append({optuna_name(k): v for k, v in default_point(specs, stage.base).items()})
     sampler = make_sampler(search, seed)
@@ -75,23 +94,43 @@ def _optuna(stage, seed: int, records: list[dict], unfinished: list[dict], ended
     )
 
 
+def _search(stage, seed: int, cap: int, records: list[dict], name: str):
+    """An Optuna stage's searcher (its seeds repeated by ``SeedRepeats``, batches of ``cap``
+    trials when ``search.batch``) and how many trials are left to run."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    search = stage.search
+    ended, unfinished = split(records)
+    seeds = len(search.seeds)
+    if seeds:
+        whole, earlier, again = _seed_groups(ended, unfinished, seeds)
+        for w in whole:  # Optuna learns a point's mean over its seeds
+            w["metrics"] = mean_result(list(w["metrics"].values()), search.objectives, seeds) or {}
+        inner = _optuna(stage, seed, records, whole, again, name)
+        searcher = SeedRepeats(inner, search.seeds, search.objectives, earlier)
+        todo = max(0, (search.num_samples - len(whole)) * seeds - sum(len(e) for e in earlier.values()))
+    else:
+        searcher = _optuna(stage, seed, records, ended, [r["config"] for r in unfinished], name)
+        todo = max(0, search.num_samples - len(ended))
+    return ConcurrencyLimiter(searcher, max_concurrent=cap, batch=search.batch), todo
+
+
 def plan_stage(stage, seed: int, cap: int, records: list[dict], name: str) -> StagePlan:
     """The Tune config of what is left of a stage, given the trials its earlier launches recorded
-    (none on a first launch). See ``orchestrator.tuner.ledger``."""
+    (none on a first launch). See ``orchestrator.tuner.resume``."""
     from ray import tune
 
     ended, unfinished = split(records)
     if stage.search.algorithm == "grid":
         configs = [r["config"] for r in unfinished] + remaining_grid(stage.search, records)
-        searcher, todo = FixedConfigs(configs), len(configs)
-    else:
-        searcher = _optuna(stage, seed, records, unfinished, ended, name)
-        todo = max(0, stage.search.num_samples - len(ended))
+        searcher, todo, limit = FixedConfigs(configs), len(configs), cap
+    else:  # the searcher carries its own concurrency limit
+        (searcher, todo), limit = _search(stage, seed, cap, records, name), None
     config = tune.TuneConfig(
         search_alg=searcher,
         scheduler=_scheduler(stage),
         num_samples=max(1, todo),
-        max_concurrent_trials=cap,
+        max_concurrent_trials=limit,
         trial_dirname_creator=trial_dirname,
     )
     return StagePlan(config, todo, len(ended), resume_map(unfinished))
