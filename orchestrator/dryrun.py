@@ -23,12 +23,15 @@ from . import estimate
 from .study import (
     default_point,
     grid_points,
+    is_ref,
     load_paper_settings,
     nested,
+    parse_ref,
     sampler_label,
     searched_values,
     settings_findings,
     stage_refs,
+    strip_refs,
     trial_config,
 )
 
@@ -43,6 +46,33 @@ def _resolved(base: dict, point: dict, refs: dict[str, str]) -> dict[str, Any]:
     from trainables.config import resolve
 
     return to_dict(resolve(trial_config(base, point, refs)))
+
+
+def _evaluated(stage, entry: dict, earlier: list[dict]) -> dict[str, Any]:
+    """An evaluation stage's checkpoint as a trial of the plan: the config it is evaluated with
+    (read from the file, or, for an earlier stage's checkpoint, the planned trial that trains it)."""
+    import copy
+
+    from trainables.config import resolve
+    from trainables.loading import evaluation_config
+    from trainables.schema import deep_merge, flatten
+
+    extra = {k: v for k, v in entry.items() if k not in ("name", "checkpoint")}
+    base = deep_merge(strip_refs(stage.base), extra)
+    ck = entry["checkpoint"]
+    if is_ref(ck):
+        name, wanted = parse_ref(ck, "checkpoint")
+        trained = [
+            t["config"]
+            for s in earlier
+            if s["name"] == name
+            for t in s["trials"]
+            if all(str(flatten(t["config"]).get(k)) == v for k, v in wanted.items())
+        ]
+        config = copy.deepcopy(trained[0]) if trained else to_dict(resolve({**base, "init_checkpoint": None}))
+    else:
+        config = to_dict(evaluation_config(ck, base))
+    return {"config": config, "searched": {"checkpoint": entry["name"]}, "evaluated": True}
 
 
 def _val_images(cfg: dict) -> int:
@@ -73,11 +103,15 @@ def _ranges(stage) -> dict[str, Any]:
     return out
 
 
-def stage_plan(stage, resources, gpu: bool) -> dict[str, Any]:
-    """One stage as it will run: its trials (full configs), protocols and certification plan."""
+def stage_plan(stage, resources, gpu: bool, earlier: list[dict] | None = None) -> dict[str, Any]:
+    """One stage as it will run: its trials (full configs), protocols and certification plan
+    (``earlier``: the plans of the stages before it, whose checkpoints an evaluation stage names)."""
     refs = {r: r for r in stage_refs(stage)}  # checkpoints of earlier stages: named, not yet trained
     search = stage.search
-    if search.algorithm == "grid":
+    if stage.evaluates:
+        trials = [_evaluated(stage, entry, earlier or []) for entry in stage.checkpoints]
+        finalists = len(trials)  # every checkpoint of an evaluation stage is certified
+    elif search.algorithm == "grid":
         points = grid_points(search)
         trials = [{"config": _resolved(stage.base, p, refs), "searched": searched_values(p)} for p in points]
         finalists = len(trials)  # every completed trial of a grid is certified
@@ -94,13 +128,13 @@ def stage_plan(stage, resources, gpu: bool) -> dict[str, Any]:
     screen = _protocol(stage.evaluation.screen, None)
     certify = _protocol(stage.evaluation.protocol, stage.evaluation.overrides)
     for t in trials:
-        t["precision"] = _precision(t["config"], gpu)
-        t["val_images"] = _val_images(t["config"])
+        t["precision"] = "-" if stage.evaluates else _precision(t["config"], gpu)  # an evaluation trains nothing
+        t["val_images"] = 0 if stage.evaluates else _val_images(t["config"])
     test = estimate.DATA[trials[0]["config"]["dataset"]]["test"] if trials else 0
     images = test if certify.n is None else min(certify.n, test)
     return {
         "name": stage.name,
-        "search": sampler_label(search),
+        "search": "evaluation of checkpoints (nothing trained)" if stage.evaluates else sampler_label(search),
         "trials": trials,
         "screen": {"protocol": screen.name, "budgets": screen.budgets()},
         "certify": {
@@ -136,7 +170,9 @@ def dry_run(plan, shape=None, basis: estimate.Basis | None = None) -> dict[str, 
     """The whole plan as one JSON-able object: study, stages (with every trial's config) and the
     estimate (from ``basis``, default: the measurements in bench/results)."""
     gpu = plan.resources.gpus_per_worker > 0
-    stages = [stage_plan(s, plan.resources, gpu) for s in plan.stages]
+    stages: list[dict] = []
+    for s in plan.stages:
+        stages.append(stage_plan(s, plan.resources, gpu, stages))
     basis = basis or estimate.load_basis(gpu)
     costed = []
     for s in stages:
@@ -144,7 +180,9 @@ def dry_run(plan, shape=None, basis: estimate.Basis | None = None) -> dict[str, 
         costs = []
         finalists_left = s["certify"]["finalists"]
         for t in s["trials"]:
-            c = estimate.trial_cost(t["config"], screen, certify, finalists_left > 0, basis, t["val_images"])
+            c = estimate.trial_cost(
+                t["config"], screen, certify, finalists_left > 0, basis, t["val_images"], trains=not t.get("evaluated")
+            )
             finalists_left -= 1
             t["estimate_hours"] = {
                 "train": round(c.train_s / 3600, 4),
@@ -182,6 +220,7 @@ def settings_report(plan, stages: list[dict]) -> dict[str, Any] | None:
             "searched_flat": {k: v for k, v in t["searched"].items() if not isinstance(v, (dict, list))},
             "precision": t["precision"],
             "certify_budgets": s["certify"]["budgets"],
+            "evaluated": bool(t.get("evaluated")),
         }
         for s in stages
         for i, t in enumerate(s["trials"], 1)

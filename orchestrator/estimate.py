@@ -177,15 +177,17 @@ class TrialCost:
         return self.train_s + self.screen_s + self.certify_s
 
 
-def trial_cost(cfg: dict, screen, certify, finalist: bool, basis: Basis, val_images: int) -> TrialCost:
-    """Device-seconds of one trial on the basis' device: training, screening, and certification
-    when it is a finalist."""
+def trial_cost(
+    cfg: dict, screen, certify, finalist: bool, basis: Basis, val_images: int, trains: bool = True
+) -> TrialCost:
+    """Device-seconds of one trial on the basis' device: training (none for an evaluation
+    stage's checkpoint), screening, and certification when it is a finalist."""
     d = DATA[cfg["dataset"]]
     scale = forward_flops(cfg["model"], cfg.get("model_args") or {}, cfg["dataset"]) / forward_flops(*basis.reference)
     per_pass = basis.pass_s * scale
     ratio = basis.step_ratios.get(method_key(cfg), basis.step_ratios.get(cfg["method"], 1.0))
     train_images = d["train"] - val_images
-    train_s = cfg["epochs"] * train_images * per_pass * ratio
+    train_s = cfg["epochs"] * train_images * per_pass * ratio if trains else 0.0
     screen_s = (
         attack_passes(screen, min(val_images, screen.n or val_images), basis.aa_passes) * per_pass
         if val_images
@@ -193,7 +195,7 @@ def trial_cost(cfg: dict, screen, certify, finalist: bool, basis: Basis, val_ima
     )
     test = d["test"] if certify.n is None else min(certify.n, d["test"])
     certify_s = attack_passes(certify, test, basis.aa_passes) * per_pass if finalist else 0.0
-    return TrialCost(basis.startup_s + train_s, screen_s, certify_s)
+    return TrialCost((basis.startup_s if trains else 0.0) + train_s, screen_s, certify_s)
 
 
 def makespan(durations: list[float], concurrency: int) -> float:

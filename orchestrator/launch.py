@@ -19,7 +19,7 @@ from trainables.errors import ConfigError
 from . import cluster
 from .cluster import check_tracking_uri, default_tracking_uri, normalize_uri
 from .record import launch_file_in
-from .study import DEFAULT_STUDY, Plan, is_ref, load_raw, parse, strip_refs
+from .study import DEFAULT_STUDY, Plan, certify_study, is_ref, load_raw, parse, publish, strip_refs
 from .study import plan as make_plan
 
 
@@ -73,6 +73,7 @@ def plan_fingerprint(plan: Plan) -> str:
             "search": to_dict(s.search),
             "evaluation": to_dict(s.evaluation),
             "certify": to_dict(s.certify),
+            **({"checkpoints": list(s.checkpoints)} if s.evaluates else {}),
         }
         for s in plan.stages
     ]
@@ -99,10 +100,43 @@ def plan_fields(plan: Plan) -> dict[str, Any]:
     return json.loads(json.dumps(out, default=str))
 
 
+def published_targets(args: argparse.Namespace) -> dict[str, str]:
+    """``--published TARGET=FORMAT:FILE`` as {target: spec}, each checked before anything runs."""
+    from trainables.published import split_format
+
+    if args.smoke_test:
+        raise ConfigError("--published: not with --smoke-test (published weights are for the paper's data set)")
+    out = {}
+    for item in args.published:
+        target, eq, spec = item.partition("=")
+        if not eq or not target or not spec:
+            raise ConfigError(f"--published {item!r}: expected TARGET=FORMAT:FILE (a stage, or STAGE/CASE)")
+        try:
+            fmt, path = split_format(spec)
+        except ConfigError as e:
+            raise ConfigError(f"--published {target}: {e}") from None
+        if fmt is None:
+            raise ConfigError(
+                f"--published {target}: {spec!r}: expected FORMAT:FILE with FORMAT one of the published formats"
+            )
+        if not Path(path).expanduser().is_file():
+            raise ConfigError(f"--published {target}: {path}: no such file")
+        out[target] = f"{fmt}:{Path(path).expanduser().resolve()}"
+    return out
+
+
 def check_plan(args: argparse.Namespace) -> Plan:
     """The study file and the command line as a plan, with the data roots and checkpoints it
     names checked: what a real run and ``--dry-run`` both check first."""
-    raw, source = load_raw(name=args.study or (None if args.config else DEFAULT_STUDY), path=args.config)
+    if getattr(args, "certify", None):
+        raw, source = certify_study(args.certify, model=args.model, dataset=args.dataset, protocol=args.protocol)
+    else:
+        for flag in ("model", "dataset", "protocol"):
+            if getattr(args, flag, None):
+                raise ConfigError(f"--{flag}: only with --certify FILE")
+        raw, source = load_raw(name=args.study or (None if args.config else DEFAULT_STUDY), path=args.config)
+    if getattr(args, "published", None):
+        raw = publish(raw, published_targets(args), source)
     plan = make_plan(parse(raw, source), source, smoke=args.smoke_test, overrides=overrides(args))
     if not args.skip_data_check:
         check_data(plan)
@@ -201,6 +235,27 @@ def check_checkpoints(plan) -> None:
         src = stage.evaluation.transfer_source
         if src and not is_ref(src):
             load_model_from_checkpoint(src)
+        for i, entry in enumerate(stage.checkpoints or ()):  # an evaluation stage's: built now, once
+            if not is_ref(entry["checkpoint"]):
+                _check_evaluated(stage, i, entry)
+
+
+def _check_evaluated(stage, i: int, entry: dict) -> None:
+    """An evaluation stage's checkpoint loads (weights_only) and, when published, fits the model
+    it names (keys and shapes; no data needed); the error names the stage and the entry."""
+    from trainables.errors import CheckpointError
+    from trainables.loading import evaluation_config
+    from trainables.published import load_published, split_format
+    from trainables.schema import deep_merge, to_dict
+
+    extra = {k: v for k, v in entry.items() if k not in ("name", "checkpoint")}
+    try:  # one of ours carries its own config; published weights must fit the model named for them
+        cfg = evaluation_config(entry["checkpoint"], deep_merge(stage.base, extra))
+        fmt, path = split_format(entry["checkpoint"])
+        if fmt is not None:
+            load_published(path, fmt, cfg.model, to_dict(cfg.model_args))
+    except (CheckpointError, ConfigError) as e:
+        raise type(e)(f"stage {stage.name}: checkpoints[{i}] ({entry['name']}): {e}") from None
 
 
 def _check_same_study(runs_file: Path, study: str) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainables.evaluation import describe_flags
-from trainables.schema import to_dict
+from trainables.schema import deep_merge, to_dict
 
 from . import certify as certification
 from . import cluster
@@ -31,13 +31,15 @@ from .results import (
     add_certification,
     add_intervals,
     add_paper,
+    ci,
     provenance,
     rows_from_records,
     table,
+    trial_row,
     write_report,
     write_summary,
 )
-from .study import TEST, load_paper_numbers, resolve_refs_for, sampler_label, select, substitute
+from .study import TEST, load_paper_numbers, resolve_refs_for, sampler_label, select, strip_refs, substitute
 from .tuner import TrialLedger, interrupts, plan_stage, run_stage, run_trial
 
 EXIT_FAILED = 1  # the study ran and wrote its summary, but no trial completed or a certification failed
@@ -166,10 +168,43 @@ def run_stages(session: Session) -> list[dict]:
     return rows
 
 
+def checkpoint_trials(session: Session, stage, refs: dict[str, str]) -> list[dict]:
+    """An evaluation stage's trials: its checkpoints, as completed trials with nothing trained,
+    each with its MLflow run (the same run again on a resume); certification does the rest."""
+    from trainables.loading import evaluation_config
+
+    plan = session.launch.plan
+    rows = []
+    for entry in stage.checkpoints:
+        spec = substitute(entry["checkpoint"], refs)
+        extra = {k: v for k, v in entry.items() if k not in ("name", "checkpoint")}
+        config = to_dict(evaluation_config(spec, deep_merge(strip_refs(stage.base), extra)))
+        run_id = session.tracker.checkpoint_run(stage.name, entry["name"], config, session.parent, session.tags)
+        rows.append(
+            trial_row(
+                study=plan.study.name,
+                stage=stage.name,
+                trial_id=entry["name"],
+                config=config,
+                searched={},
+                metrics={},
+                status=TrialStatus.COMPLETED.value,
+                mlflow_run_id=run_id,
+                checkpoint=spec,
+                evaluation={"protocol": stage.evaluation.protocol, "overrides": dict(stage.evaluation.overrides or {})},
+            )
+            | {"evaluated": True}
+        )
+    print(f"[{stage.name}] {len(rows)} checkpoint(s) to certify, nothing to train", flush=True)
+    return rows
+
+
 def trials(session: Session, stage, refs: dict[str, str]) -> list[dict]:
     """Run a stage's trials, or what an earlier launch left of them; all of them as rows."""
     from ray import tune
 
+    if stage.evaluates:
+        return checkpoint_trials(session, stage, refs)
     launch, plan = session.launch, session.launch.plan
     name = f"{plan.study.name}-{stage.name}"
     records = stage_records(session.launch_file.read(), stage.name)
@@ -249,6 +284,7 @@ def certify(session: Session, stage, rows: list[dict], refs: dict[str, str]) -> 
             r["config"],
             r["checkpoint"],
             certification.certification_dir(launch.storage_path, launch.study.name, stage.name, r["trial_id"]),
+            evaluated=stage.evaluates,
         )
         for r in finalists
     ]
@@ -268,10 +304,11 @@ def certify(session: Session, stage, rows: list[dict], refs: dict[str, str]) -> 
         row["certification"] = f.files
         session.tracker.log_certification(stage.name, f.trial_id, f.result, _local(f.files), session.tags)
         m = f.result
+        aa = f", AutoAttack {ci(m, TEST + 'autoattack_acc')}" if TEST + "autoattack_acc" in m else ""
+        worst = f", worst case {ci(m, TEST + 'robust_acc')} images" if TEST + "robust_acc" in m else ""
         print(
-            f"[{stage.name}] certified {f.trial_id}: clean {m[TEST + 'clean_acc']:.4f}  robust "
-            f"{m[TEST + 'robust_acc']:.4f} on {m.get(TEST + 'robust_acc_min_n')} images  masking "
-            f"{describe_flags(m.get(TEST + 'masking_flags'))}",
+            f"[{stage.name}] certified {f.trial_id}: clean {ci(m, TEST + 'clean_acc')}{aa}{worst} (95 % intervals)"
+            f"  masking {describe_flags(m.get(TEST + 'masking_flags'))}",
             flush=True,
         )
 

@@ -5,6 +5,7 @@ split across the cluster, everything tracked in MLflow.
     python orchestrator/sweep.py --study width --smoke-test
     python orchestrator/sweep.py --config my_study.yaml --num-workers 2
     python orchestrator/sweep.py --study width --resume   # continue an interrupted study
+    python orchestrator/sweep.py --certify trades_wrn:model.pt --model wrn --dataset cifar10
     ray submit cluster/gpu.yaml orchestrator/sweep.py -- --study width
 
 This file runs as a plain script (``ray submit`` copies it alone to the head node): it
@@ -27,7 +28,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--study", default=None, help=f"a study under search_spaces/ (default: {DEFAULT_STUDY})")
     g.add_argument("--config", default=None, help="your own study file")
+    g.add_argument(
+        "--certify",
+        default=None,
+        metavar="FILE",
+        help="certify one checkpoint (ours, or published weights as FORMAT:FILE with FORMAT torchvision, "
+        "trades_wrn or robustbench) in shards across the cluster; nothing is trained",
+    )
     p.add_argument("--list", action="store_true", help="list every study with a one-line description")
+    p.add_argument("--model", default=None, help="with --certify FORMAT:FILE: the architecture (wrn, resnet152, ...)")
+    p.add_argument("--dataset", default=None, help="with --certify FORMAT:FILE: its data set (cifar10, imagenet, ...)")
+    p.add_argument("--protocol", default=None, help="with --certify: the evaluation protocol (default: standard)")
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -71,7 +82,15 @@ def _overrides(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="SEED",
-        help="repeat every point of every grid stage once per seed (search.seeds); tables give mean and sd",
+        help="repeat every point of every stage once per seed (search.seeds); tables give mean and sd, a search chooses on the mean",
+    )
+    p.add_argument(
+        "--published",
+        action="append",
+        default=[],
+        metavar="TARGET=FORMAT:FILE",
+        help="published weights instead of what a stage trains: TARGET a stage (imagenet: natural=torchvision:"
+        "resnet152.pth) or STAGE/CASE (compare: main-wrn/trades=trades_wrn:model-wideres-epoch76.pt)",
     )
     p.add_argument(
         "--set",

@@ -1,10 +1,14 @@
 """Pieces the tests share: the repository root, running the sweep command, its MLflow store,
-and the process trees of a test's own sweep or cluster."""
+the process trees of a test's own sweep or cluster, and data sets in CIFAR's and ImageNet's
+formats written on the spot."""
 
+import pickle
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "orchestrator" / "sweep.py"
@@ -91,3 +95,55 @@ def kill_tree(pids) -> None:
         except psutil.Error:
             pass
     psutil.wait_procs(procs, timeout=30)
+
+
+def write_cifar10(root, test_labels, seed=0, n_batch=64, n_test=50):
+    """CIFAR-10's python format: class c is an image of its own colour plus noise, so a small
+    model learns it in a few dozen steps; the test images are the same in every copy, their
+    labels are ``test_labels``."""
+    rng = np.random.default_rng(seed)
+    colours = np.array(
+        [
+            [0, 0, 0],
+            [255, 0, 0],
+            [0, 255, 0],
+            [0, 0, 255],
+            [255, 255, 0],
+            [255, 0, 255],
+            [0, 255, 255],
+            [255, 255, 255],
+            [128, 128, 128],
+            [255, 128, 0],
+        ]
+    )
+    pattern = np.repeat(colours, 1024, axis=1)  # (10, 3072): channel-major, as CIFAR stores it
+
+    def images(labels):
+        noise = rng.integers(-20, 21, (len(labels), 3072))
+        return np.clip(pattern[labels] + noise, 0, 255).astype(np.uint8)
+
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    for i in range(1, 6):
+        y = np.arange(n_batch) % 10
+        (base / f"data_batch_{i}").write_bytes(pickle.dumps({"data": images(y), "labels": list(y)}))
+    y_true = np.arange(n_test) % 10
+    (base / "test_batch").write_bytes(pickle.dumps({"data": images(y_true), "labels": list(test_labels(y_true))}))
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+
+
+def write_image_folder(root: Path, classes: int = 4, per_class: int = 12, size: int = 20, seed: int = 0) -> Path:
+    """An ImageNet-format root (``train/`` and ``val/``, a folder of JPEG files per class): class c
+    is an image of its own colour plus noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", per_class), ("val", per_class // 2)):
+        for c in range(classes):
+            d = root / split / f"n{c:08d}"
+            d.mkdir(parents=True)
+            colour = np.array([(c * 80) % 256, (c * 150) % 256, (c * 40 + 100) % 256])
+            for i in range(n):
+                pixels = np.clip(colour + rng.integers(-25, 26, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(d / f"img_{i}.JPEG")
+    return root

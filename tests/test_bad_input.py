@@ -305,6 +305,37 @@ CASES = {
         study("base: {init_checkpoint: BAD}\n"),
         "truncated or not a torch checkpoint",
     ),
+    "unknown checkpoint format": (
+        SWEEP,
+        ["--certify", "tf_madry:GOOD", "--model", "wrn", "--dataset", "digits"],
+        "--certify: tf_madry:",
+    ),
+    "published weights that do not fit the model": (
+        SWEEP,
+        ["--certify", "trades_wrn:GOOD", "--model", "wrn", "--dataset", "digits"],
+        "format trades_wrn does not fit model wrn: ",
+    ),
+    "certify a checkpoint that does not exist": (SWEEP, ["--certify", "FILE.missing"], "no such checkpoint file"),
+    "certify a file that is not a tensor file": (SWEEP, ["--certify", "FILE"], "a_file: empty (0 bytes)"),
+    "published weights without --model": (
+        SWEEP,
+        ["--certify", "robustbench:GOOD", "--dataset", "cifar10"],
+        "--model: expected the architecture of the published robustbench weights",
+    ),
+    "--model without --certify": (SWEEP, ["--model", "wrn"], "--model: only with --certify FILE"),
+    "an evaluation stage without checkpoints": (
+        SWEEP,
+        study("checkpoints: []\n"),
+        "checkpoints: expected at least one checkpoint to evaluate",
+    ),
+    "an evaluation stage that searches": (
+        SWEEP,
+        study(
+            "checkpoints: [{name: a, checkpoint: GOOD}]\nsearch: {algorithm: grid, params: {seed: {values: [1, 2]}}}\n"
+        ),
+        "search: expected none in an evaluation stage",
+    ),
+    "unknown protocol for --certify": (SWEEP, ["--certify", "GOOD", "--protocol", "strongest"], "expected one of"),
     "unreachable Ray address": (
         SWEEP,
         ["--study", "sensitivity", "--address", "127.0.0.1:9"],

@@ -282,7 +282,7 @@ def test_a_report_says_which_setting_it_ran_and_where_it_differs_on_purpose(tmp_
     reports.write_report(study("compare"), rows, tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert "orchestrator/study/paper_settings/compare.yaml" in text
-    assert "- `origin` (model=wrn): Table 2's WRN PGD-AT and TRADES rows are released checkpoints" in text
+    assert "- `origin` (model=wrn, method=trades): Table 2's WRN TRADES row is TRADES' released WRN-34-10" in text
     assert "![compare-vgg16](compare-vgg16.png)" in text and (tmp_path / "compare-vgg16.png").is_file()
 
 

@@ -3,10 +3,8 @@ or the choice of finalists. Unit tests on canned rows, and one search run twice 
 differ only in their test labels."""
 
 import json
-import pickle
 import textwrap
 
-import numpy as np
 import pytest
 
 from orchestrator.results.tables import table
@@ -92,6 +90,19 @@ def test_finalists_are_the_validation_pareto_set_whatever_the_test_split_says():
     assert max(len(x) for x in lines) <= 120
 
 
+def test_with_seeds_a_search_chooses_points_on_their_mean_and_certifies_all_their_seeds():
+    """Point p has the single best trial (a lucky seed) but the lower mean; q wins on its mean. A
+    point with a failed seed is not chosen, however good its other seed."""
+    objectives, modes = ["val/robust_acc"], ["max"]
+    val = {"p0": 0.9, "p1": 0.3, "q0": 0.7, "q1": 0.7, "r0": 0.95}
+    rows = [_row(k, (0.9, v), (0.5, 0.5)) | {"seed_group": k[0]} for k, v in val.items()]
+    rows.append(_row("r1", (0.9, 0.9), (0.5, 0.5), status="failed") | {"seed_group": "r"})
+    mark_finalists(rows, objectives, modes, k=1, by_seeds=True)
+    assert {r["trial_id"] for r in rows if r["finalist"]} == {"q0", "q1"}
+    mark_finalists(rows, objectives, modes, k=1)  # without seeds: each trial on its own
+    assert {r["trial_id"] for r in rows if r["finalist"]} == {"r0"}
+
+
 def test_a_searched_method_has_one_column_and_other_searched_keys_their_own():
     """The width study's grid searches ``method`` beside ``model_args.width``: one method column."""
     rows = [_row(k, (0.9, 0.5), (0.5, 0.5)) for k in "ab"]
@@ -103,41 +114,6 @@ def test_a_searched_method_has_one_column_and_other_searched_keys_their_own():
 
 
 # ----------------------------------------------------------------------------- end to end
-def _write_cifar(root, test_labels, seed=0, n_batch=64, n_test=50):
-    """CIFAR-10's python format: class c is an image of its own colour plus noise, so a small
-    model learns it in a few dozen steps; the test images are the same in every copy, their
-    labels are ``test_labels``."""
-    rng = np.random.default_rng(seed)
-    colours = np.array(
-        [
-            [0, 0, 0],
-            [255, 0, 0],
-            [0, 255, 0],
-            [0, 0, 255],
-            [255, 255, 0],
-            [255, 0, 255],
-            [0, 255, 255],
-            [255, 255, 255],
-            [128, 128, 128],
-            [255, 128, 0],
-        ]
-    )
-    pattern = np.repeat(colours, 1024, axis=1)  # (10, 3072): channel-major, as CIFAR stores it
-
-    def images(labels):
-        noise = rng.integers(-20, 21, (len(labels), 3072))
-        return np.clip(pattern[labels] + noise, 0, 255).astype(np.uint8)
-
-    base = root / "cifar-10-batches-py"
-    base.mkdir(parents=True)
-    for i in range(1, 6):
-        y = np.arange(n_batch) % 10
-        (base / f"data_batch_{i}").write_bytes(pickle.dumps({"data": images(y), "labels": list(y)}))
-    y_true = np.arange(n_test) % 10
-    (base / "test_batch").write_bytes(pickle.dumps({"data": images(y_true), "labels": list(test_labels(y_true))}))
-    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
-
-
 SEARCH = (
     "{algorithm: optuna, num_samples: 3, metric: robust_acc, "
     "params: {optim.lr: {type: float, low: 0.02, high: 0.3, log: true}}}"
@@ -159,11 +135,11 @@ def test_changing_only_the_test_labels_changes_no_choice(tmp_path):
     TPE's model-based third trial, the validation numbers and the finalists must be the same
     (they would differ if a test-split number reached Optuna or the choice), while the test
     numbers differ."""
-    from helpers import sweep
+    from helpers import sweep, write_cifar10
 
     a, b = tmp_path / "a", tmp_path / "b"
-    _write_cifar(a, lambda y: y)
-    _write_cifar(b, lambda y: (y + 3) % 10)  # every test label wrong: test accuracy collapses
+    write_cifar10(a, lambda y: y)
+    write_cifar10(b, lambda y: (y + 3) % 10)  # every test label wrong: test accuracy collapses
     text = STUDY.replace("ROOT_A", str(a)).replace("ROOT_B", str(b)).replace("SEARCH", SEARCH)
     f = tmp_path / "leak.yaml"
     f.write_text(text)

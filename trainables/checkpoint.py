@@ -52,6 +52,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty (0 bytes): truncated or not a torch checkpoint")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # torch's zip format, or a legacy pickle
+        raise CheckpointError(f"{path}: truncated or not a torch checkpoint (neither torch's zip format nor a pickle)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

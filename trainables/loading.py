@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 from torch import nn
 
@@ -12,10 +14,13 @@ from .config import TrainConfig, resolve
 from .data import DATASETS, DataBundle, get_dataset
 from .errors import CheckpointError
 from .models import create_model
+from .published import published_loader, source_normalizes, split_format
+from .schema import to_dict
 
 
 def build_model(cfg: TrainConfig, bundle: DataBundle | None = None) -> nn.Module:
-    """The model of a training config (random init, or ``init_checkpoint``'s weights), sized for
+    """The model of a training config (random init, or ``init_checkpoint``'s weights: one of our
+    checkpoints, or published weights named with their format, ``trades_wrn:/path``), sized for
     its data set (``bundle``, loaded from the config when not given)."""
     entry = DATASETS.get(cfg.dataset)
     if bundle is None:
@@ -32,8 +37,41 @@ def build_model(cfg: TrainConfig, bundle: DataBundle | None = None) -> nn.Module
         std=entry.std,
     )
     if cfg.init_checkpoint:
-        load_weights(net, load_checkpoint(cfg.init_checkpoint), cfg.init_checkpoint, cfg.model)
+        published = published_loader(cfg.init_checkpoint)  # "torchvision:/path", ...
+        if published is not None:
+            published(net, cfg.model, to_dict(cfg.model_args))
+        else:
+            load_weights(net, load_checkpoint(cfg.init_checkpoint), cfg.init_checkpoint, cfg.model)
     return net
+
+
+EVALUATION_KEYS = ("model", "model_args", "dataset", "eps", "data")  # describe published weights (and "method")
+
+
+def evaluation_config(spec: str, base: Mapping[str, Any] | None = None) -> TrainConfig:
+    """The config of a model that is evaluated, not trained: ``spec`` names one of our checkpoint
+    files (its own config, with ``base``'s ``data`` settings: where the data is read is decided
+    here, not by a file) or published weights with their format (``trades_wrn:/path``: ``base``
+    gives the model, its arguments, the data set and the method that trained them, for tables and
+    the paper's numbers). Its ``init_checkpoint`` is ``spec``, so
+    ``build_model`` returns the model carrying those weights."""
+    base = dict(base or {})
+    fmt, path = split_format(spec)
+    if fmt is None:
+        state = load_checkpoint(path)
+        if not isinstance(state.get("config"), dict):
+            raise CheckpointError(f"{path}: holds no training config: name published weights as FORMAT:{path}")
+        raw = dict(state["config"])
+        raw["data"] = {**(raw.get("data") or {}), **(base.get("data") or {})}
+    else:
+        raw = {k: base[k] for k in EVALUATION_KEYS if k in base}
+        args = dict(raw.get("model_args") or {})
+        if "normalize" not in args and raw.get("model"):  # as the source did, unless the caller says
+            args["normalize"] = source_normalizes(path, fmt)
+        raw["model_args"] = args
+        raw["method"] = base.get("method") or "natural"  # what trained it, as its publisher says
+    raw["init_checkpoint"] = spec
+    return resolve(raw)
 
 
 def load_model_from_checkpoint(

@@ -37,8 +37,9 @@ class Finalist:
     stage: str
     trial_id: str
     config: dict  # its resolved training config
-    checkpoint: str  # its checkpoint directory
+    checkpoint: str  # its checkpoint directory (an evaluated checkpoint: its file or format:file)
     directory: str  # its certification directory in the storage
+    evaluated: bool = False  # an evaluation stage's checkpoint: its model is built from ``config``
     jobs: list[ShardJob] = field(default_factory=list)
     done: dict[int, Any] = field(default_factory=dict)  # shard start -> Shard
     result: dict[str, Any] | None = None  # its test-split numbers, under test/ names
@@ -98,6 +99,7 @@ def plan(finalists: list[Finalist], settings: Settings) -> None:
                 settings.seed,
                 settings.transfer_source,
                 settings.keep_adversarial,
+                f.config if f.evaluated else None,
             )
             for a, b in cuts(n, settings.shard_size)
         ]

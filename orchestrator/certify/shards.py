@@ -33,6 +33,9 @@ class ShardJob:
     seed: int
     transfer_source: str | None = None  # a checkpoint file
     keep_adversarial: bool = False
+    # an evaluated (not trained) checkpoint: its resolved config, whose init_checkpoint names the
+    # weights (one of our files or published ones); ``checkpoint`` is then that file
+    config: dict | None = None
 
     @property
     def name(self) -> str:
@@ -118,13 +121,22 @@ def _device(gpus: float):
     return torch.device("cuda") if gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
 
 
-def _load(checkpoint: str):
-    """Model, config and data of a finalist's checkpoint directory (local or in the storage)."""
+def _load(job: ShardJob):
+    """Model, config and data of a finalist: its training run's checkpoint directory (local or in
+    the storage), or the weights an evaluation stage names, built from its config."""
     import ray.train
 
-    from trainables.loading import load_model_from_checkpoint
+    from trainables.config import resolve
+    from trainables.data import get_dataset
+    from trainables.loading import build_model, load_model_from_checkpoint
 
-    with ray.train.Checkpoint(checkpoint).as_directory() as d:
+    if job.config is not None:
+        cfg = resolve(job.config)
+        bundle = get_dataset(
+            cfg.dataset, root=cfg.data.root, download=cfg.data.download, image_size=cfg.data.image_size
+        )
+        return build_model(cfg, bundle), cfg, bundle
+    with ray.train.Checkpoint(job.checkpoint).as_directory() as d:
         return load_model_from_checkpoint(f"{d}/{CHECKPOINT_FILE}")
 
 
@@ -140,7 +152,7 @@ def run_shard(job: ShardJob, *, threads: int, gpus: float, console=None) -> dict
 
     torch.set_num_threads(max(1, threads))
     t0, began = time.perf_counter(), time.time()
-    model, cfg, bundle = _load(job.checkpoint)
+    model, cfg, bundle = _load(job)
     device = _device(gpus)
     model.to(device).eval()
     source = load_model_from_checkpoint(job.transfer_source)[0] if job.transfer_source else None

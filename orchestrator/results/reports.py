@@ -12,11 +12,13 @@ checks fired says so in its row.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from trainables.evaluation import describe_flags
+from trainables.published import FORMATS as PUBLISHED_FORMATS
 from trainables.schema import to_dict
 
 from ..record import TrialStatus
@@ -341,8 +343,12 @@ def importances(done: list[dict]) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- width
 def _arm(r: dict) -> str:
-    """What a row is in a comparison: its grid case's name (two SPROUT variants are two arms), else its method."""
-    return r["searched"].get("case") or r["config"]["method"]
+    """What a row is in a comparison: its grid case's name (two SPROUT variants are two arms), else
+    its method; published weights say so, with their format."""
+    name = r["searched"].get("case") or (r["trial_id"] if r.get("evaluated") else r["config"]["method"])
+    ck = str(r["config"].get("init_checkpoint") or "")
+    fmt = ck.split(":", 1)[0] if r.get("evaluated") and ":" in ck and not ck.startswith("/") else None
+    return f"{name} (published, {fmt})" if fmt in PUBLISHED_FORMATS else name
 
 
 def _width_lines(axes, method: str, pts: list[tuple]) -> None:
@@ -624,10 +630,10 @@ def ablation(rows, out, paper):
 
 @register("compare")
 def compare(rows, out, paper):
-    main = [r for r in rows if r["stage"].startswith("main")] or rows
+    main = [r for r in rows if r["stage"].startswith("main")] or rows  # main-wrn-published too
     cols = [CLEAN, *attack_columns(main, without=("invariance",)), ROBUST]
     inv = attack_columns(main, only=("invariance",))
-    lab = lambda r: [r["config"]["model"], r["searched"].get("case", r["config"]["method"])]  # noqa: E731
+    lab = lambda r: [r["config"]["model"], _arm(r)]  # noqa: E731
     text = [
         "## Robustness (Tables 2 and 3, AutoAttack beside)",
         "",
@@ -684,6 +690,67 @@ def _eps_curves(rows: list[dict], out: Path, name: str, label: Callable[[dict], 
     ax.set_title(title)
     ax.legend(fontsize=7)
     return [_savefig(fig, out / name)]
+
+
+@register("attack_strength")
+def attack_strength(rows, out, paper):
+    """Table 9 (PGD-20 with more random restarts), Figure 7 (PGD with more steps) and Figure 6
+    (C&W-L-inf against eps) on the same checkpoints, each an evaluation stage of its own."""
+    by_stage = {s: [r for r in rows if r["stage"] == s and r.get("certified")] for s in ("restarts", "steps", "cw-eps")}
+    lab = lambda r: [r["trial_id"]]  # noqa: E731  (an evaluation stage's checkpoint: its name)
+    text, files = [], []
+    if by_stage["restarts"]:
+        cols = [CLEAN, *attack_columns(by_stage["restarts"], only=("pgd",))]
+        text += [
+            "## Random restarts (Table 9)",
+            "",
+            _robust_table(by_stage["restarts"], paper, cols, lab, ["checkpoint"]),
+            "",
+        ]
+    steps = [(r["trial_id"], _pgd_by_steps(test_view(r))) for r in by_stage["steps"]]
+    if any(pts for _, pts in steps):
+        files.append(
+            _lines(
+                steps, out / "attack_strength_steps.png", "PGD steps", "PGD-L-inf with more steps (Figure 7)", log=True
+            )
+        )
+        text += ["## Attack steps (Figure 7)", "", f"![steps]({files[-1].name})", ""]
+    cw = [(r["trial_id"], list(zip(test_view(r).get("curve_eps") or [], test_view(r).get("curve_cw_linf_acc") or [])))
+          for r in by_stage["cw-eps"]]  # fmt: skip
+    if any(pts for _, pts in cw):
+        files.append(
+            _lines(cw, out / "attack_strength_cw.png", "eps (L-inf, pixel units)", "C&W-L-inf against eps (Figure 6)")
+        )
+        text += ["## C&W-L-inf against eps (Figure 6)", "", f"![cw]({files[-1].name})", ""]
+    return text, files
+
+
+def _pgd_by_steps(m: dict) -> list[tuple[float, float]]:
+    """(steps, accuracy) of the single-start PGD runs of a result."""
+    pts = []
+    for k, v in m.items():
+        hit = re.fullmatch(r"pgd(\d+)_acc", k)
+        if hit and _finite(v):
+            pts.append((float(hit.group(1)), v))
+    return sorted(pts)
+
+
+def _lines(
+    series: list[tuple[str, list[tuple[float, float]]]], path: Path, xlabel: str, title: str, log: bool = False
+) -> Path:
+    """One line per checkpoint: test accuracy (%) against ``xlabel``."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, pts in series:
+        if pts:
+            ax.plot([x for x, _ in pts], [100 * y for _, y in pts], "o-", label=name)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy under attack, %")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _savefig(fig, path)
 
 
 @register("imagenet")

@@ -6,7 +6,7 @@ import textwrap
 
 from trainables.cli import one_line
 
-from ..study import TEST, VAL, finite, short_name
+from ..study import EVALUATED, TEST, VAL, finite, short_name
 from .format import num, pct, pm
 
 TABLE_WIDTH = 120
@@ -56,6 +56,10 @@ def _footer(rows: list[dict], selected: bool, paper: tuple[str, str] | None = No
         lines.append(
             f"^ finalists: selected on validation ({nval or '?'} images; val rob%: the screening's worst case, "
             f"± its 95 % interval), certified on test ({ntest or 'no'} images)."
+        )
+    elif ntest and rows and all(r.get("selected_on") == EVALUATED for r in rows):
+        lines.append(
+            f"^ certified on test ({ntest} images): every checkpoint of an evaluation stage (nothing trained)."
         )
     elif ntest:
         lines.append(f"^ certified on test ({ntest} images): every completed trial of a grid.")

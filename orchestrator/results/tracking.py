@@ -189,6 +189,28 @@ class Tracker:
         if pid:
             self.client.set_terminated(pid, status)
 
+    def checkpoint_run(
+        self, stage: str, name: str, config: Mapping[str, Any], parent: str, tags: Mapping[str, str]
+    ) -> str:
+        """The MLflow run of an evaluation stage's checkpoint (a child of the study's run, named
+        ``<stage>-<name>``): created once, found again on a resume."""
+        key = trial_key(stage, name)
+        run_id = self.launch_file.trial_run_id(key)
+        if run_id is not None:
+            return run_id
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{stage}-{name}",
+            tags={**tags, "mlflow.parentRunId": parent, "stage": stage, "trial_id": name, "kind": "checkpoint",
+                  "checkpoint": str(config.get("init_checkpoint")), "model": str(config.get("model")),
+                  "dataset": str(config.get("dataset")), "trial_status": "completed"},
+        )  # fmt: skip
+        run_id = run.info.run_id
+        self.launch_file.set_trial_run_id(key, run_id)
+        self.log_params(run_id, config)
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
     def log_certification(
         self, stage: str, trial_id: str, result: Mapping[str, Any], files: list[Path], tags: Mapping[str, str]
     ) -> str | None:

@@ -5,12 +5,12 @@ intervals (``intervals``) and the paper's numbers (``paper``; its data files are
 ``paper_numbers``). No Ray, no MLflow, no torch. The layers above import these names from here."""
 
 from .intervals import count_of, finite, intervals, wilson
-from .load import DEFAULT_STUDY, list_studies, load_raw, parse, plan
+from .load import DEFAULT_STUDY, certify_study, list_studies, load_raw, parse, plan, publish
 from .names import NOT_METRICS, PLACEMENT, SETTINGS, TEST, TUNE_INTERNAL, VAL, under, val_name
 from .paper import load_paper_numbers, load_paper_settings, paper_cell, paper_metrics, settings_findings
-from .refs import collect_refs, is_ref, strip_refs, substitute
+from .refs import collect_refs, is_ref, parse_ref, strip_refs, substitute
 from .rules import resolve as resolve_config
-from .selection import select
+from .selection import EVALUATED, select
 from .space import (
     DefineByRun,
     config_key,
@@ -34,6 +34,7 @@ from .spec import Plan, StageSpec, Study
 __all__ = [
     "DEFAULT_STUDY",
     "DefineByRun",
+    "EVALUATED",
     "NOT_METRICS",
     "PLACEMENT",
     "Plan",
@@ -57,11 +58,14 @@ __all__ = [
     "load_paper_settings",
     "paper_cell",
     "paper_metrics",
+    "certify_study",
     "load_raw",
     "nested",
     "optuna_name",
     "optuna_params",
     "parse",
+    "parse_ref",
+    "publish",
     "plan",
     "resolve_config",
     "resolve_refs_for",

@@ -21,12 +21,14 @@ import yaml
 from trainables.errors import ConfigError
 from trainables.schema import build, deep_merge, load_yaml_file, to_dict
 
-from .refs import retarget_refs
+from .refs import is_ref, retarget_refs
 from .rules import STUDY_NAME, check_stage, check_study, with_validation_split
 from .spec import Plan, SmokeSpec, StageSpec, Study
 
 DEFAULT_STUDY = "sensitivity"  # what `sweep.py` runs with no arguments
 STAGE_SECTIONS = ("search", "evaluation", "certify")  # given per stage, or at the top level of a one-stage file
+GENERIC_STEMS = ("checkpoint", "model", "model_best", "best", "final", "weights")
+CERTIFY_PROTOCOL = "standard"  # --certify without --protocol: AutoAttack on the whole test split, PGD beside it
 SMOKE_SHARD_SIZE = 50  # --smoke-test cuts each finalist's test images into shards of this many
 
 
@@ -71,6 +73,86 @@ def load_raw(name: str | None = None, path: str | None = None) -> tuple[dict, st
     return raw, str(p)
 
 
+def certify_study(spec: str, *, model: str | None, dataset: str | None, protocol: str | None) -> tuple[dict, str]:
+    """``--certify FILE``: a one-stage evaluation study of that checkpoint (one of ours, or
+    published weights as ``FORMAT:FILE``, which need ``--model`` and ``--dataset``)."""
+    import re
+
+    from trainables.published import split_format
+
+    try:
+        fmt, path = split_format(spec)
+    except ConfigError as e:
+        raise ConfigError(f"--certify: {e}") from None
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise ConfigError(f"--certify {path}: no such checkpoint file")
+    if fmt and not model:
+        raise ConfigError(f"--model: expected the architecture of the published {fmt} weights (for example wrn)")
+    if fmt and not dataset:
+        raise ConfigError(f"--dataset: expected the data set the published {fmt} weights were trained on")
+    stem = p.stem if p.stem not in GENERIC_STEMS else f"{p.parent.name}-{p.stem}"  # runs/x/checkpoint.pt: x-checkpoint
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "checkpoint"
+    base = {k: v for k, v in (("model", model), ("dataset", dataset)) if v}
+    raw = {
+        "name": f"certify-{name}"[:100],
+        "description": f"certification of {spec}",
+        "base": base,
+        "checkpoints": [{"name": name[:40], "checkpoint": f"{fmt}:{p}" if fmt else str(p)}],
+        "evaluation": {"protocol": protocol or CERTIFY_PROTOCOL},
+        "certify": {"shard_size": 500},
+    }
+    return raw, f"--certify {spec}"
+
+
+def publish(raw: Mapping[str, Any], published: Mapping[str, str], where: str) -> dict:
+    """``--published TARGET=FORMAT:FILE``: published weights take the place of what a stage trains.
+    TARGET is a stage (it becomes an evaluation stage of that file, under its own name, so later
+    stages start from it as they would from the model it trained) or STAGE/CASE (that case leaves
+    the stage's grid; an evaluation stage STAGE-published after it certifies the file under the
+    case's name with the stage's protocol). The study's ``origin`` deviations for that arm go."""
+    raw = copy.deepcopy(dict(raw))
+    stages = raw.get("stages")
+    if not isinstance(stages, list):
+        raise ConfigError(f"--published: {where} has no stages: name a stage of a study with stages")
+    for target, spec in published.items():
+        name, _, case = target.partition("/")
+        i = next((k for k, st in enumerate(stages) if isinstance(st, Mapping) and st.get("name") == name), None)
+        if i is None:
+            names = [st.get("name") for st in stages if isinstance(st, Mapping)]
+            raise ConfigError(f"--published {target}: no stage {name!r}; expected one of {', '.join(map(str, names))}")
+        stage = dict(stages[i])
+        base = {**(raw.get("base") or {}), **(stage.get("base") or {})}
+        if not case:
+            entry = {"name": name, "checkpoint": spec, "method": base.get("method", "natural")}
+            stages[i] = {k: v for k, v in stage.items() if k != "search"} | {"checkpoints": [entry]}
+            _drop_origin(raw, base.get("method"), base.get("model"))
+            continue
+        cases = list((stage.get("search") or {}).get("cases") or [])
+        chosen = next((c for c in cases if isinstance(c, Mapping) and c.get("name") == case), None)
+        if chosen is None:
+            raise ConfigError(f"--published {target}: stage {name} has no case {case!r}")
+        stage["search"] = {**stage["search"], "cases": [c for c in cases if c is not chosen]}
+        stages[i] = stage
+        method = chosen.get("method", base.get("method", "natural"))
+        entry = {"name": case, "checkpoint": spec, "method": method}
+        extra = {k: v for k, v in stage.items() if k in ("base", "evaluation", "certify")}
+        stages.insert(i + 1, {"name": f"{name}-published", **extra, "checkpoints": [entry]})
+        _drop_origin(raw, method, base.get("model"))
+    return raw
+
+
+def _drop_origin(raw: dict, method: Any, model: Any) -> None:
+    """The study's deviations that said this arm is trained, not published: no longer true."""
+    keep = []
+    for d in raw.get("deviations") or []:
+        where = (d.get("where") or {}) if isinstance(d, Mapping) else {}
+        arm = where.get("method") == method and where.get("model") in (None, model)  # this arm's own
+        if not (isinstance(d, Mapping) and d.get("key") == "origin" and arm):
+            keep.append(d)
+    raw["deviations"] = keep
+
+
 def parse(raw: Mapping[str, Any], where: str) -> Study:
     """The whole study file checked in one pass: top-level keys, every stage (its merged base
     resolved, every search-range corner resolved, its protocol and stage references), the
@@ -88,6 +170,8 @@ def parse(raw: Mapping[str, Any], where: str) -> Study:
             raise ConfigError(f"{where}: stages: expected a non-empty list of stages, got {stage_raws!r}")
     else:
         stage_raws = [{"name": "main", **{k: raw.pop(k, {}) for k in STAGE_SECTIONS}}]
+        if "checkpoints" in raw:  # a one-stage evaluation study
+            stage_raws[0]["checkpoints"] = raw.pop("checkpoints")
     try:
         study = build(Study, raw, "")
     except ConfigError as e:
@@ -162,6 +246,9 @@ def plan(study: Study, source: str, *, smoke: bool = False, overrides: Mapping[s
 def _shrink(sraw: dict, smoke: SmokeSpec) -> dict:
     """--smoke-test: the same path in seconds per trial on digits (3 epochs, small evaluation)."""
     s = copy.deepcopy(sraw)
+    checkpoints = s.get("checkpoints")
+    if checkpoints is not None and not all(isinstance(c, Mapping) and is_ref(c.get("checkpoint")) for c in checkpoints):
+        return _shrink_evaluation(s, smoke)  # files name what they are: only the protocol's budgets are cut
     base = s["base"]
     base["dataset"] = "digits"
     base.pop("data", None)
@@ -172,6 +259,8 @@ def _shrink(sraw: dict, smoke: SmokeSpec) -> dict:
         base["model"] = "small_cnn"
         base["model_args"] = {"width": 8}
     s["base"] = deep_merge(base, smoke.base)
+    if checkpoints is not None:  # an evaluation stage of models the earlier (smoke) stages train
+        return _shrink_evaluation(s, smoke)
     search = dict(s.get("search", {}))
     params = dict(search.get("params", {}))
     params.update({k: v for k, v in smoke.params.items() if k in params})  # a stage's own searched keys only
@@ -188,6 +277,14 @@ def _shrink(sraw: dict, smoke: SmokeSpec) -> dict:
     s["search"] = search
     if "model" not in smoke.base:  # every model became small_cnn: so do the references' conditions
         s = retarget_refs(s, "model", "small_cnn")
+    return _shrink_evaluation(s, smoke)
+
+
+def _shrink_evaluation(s: dict, smoke: SmokeSpec) -> dict:
+    """--smoke-test's cut of a stage's certification: every attack of its protocol kept, budgets
+    cut, small shards."""
+    if "model" not in smoke.base and s.get("checkpoints"):
+        s["checkpoints"] = retarget_refs(s["checkpoints"], "model", "small_cnn")
     ev = dict(s.get("evaluation", {}))
     from trainables.evaluation import get_protocol, smoke_overrides
 

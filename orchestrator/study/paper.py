@@ -185,8 +185,11 @@ def _start(trial: Mapping[str, Any], stage_methods: Mapping[str, set]) -> str | 
 def _actual(key: str, trial: Mapping[str, Any], stage_methods: Mapping[str, set]) -> Any:
     if key == "precision":
         return trial.get("precision")
-    if key == "origin":
-        return "trained"  # every trial trains (published checkpoints are not loaded yet)
+    if key == "origin":  # an evaluated checkpoint named with a published format, or a trained model
+        from trainables.published import split_format
+
+        ck = str(trial["config"].get("init_checkpoint") or "")
+        return "published" if trial.get("evaluated") and split_format(ck)[0] else "trained"
     if key == "init_checkpoint":
         return _start(trial, stage_methods)
     if key.startswith("evaluation."):
@@ -210,7 +213,8 @@ def _actual(key: str, trial: Mapping[str, Any], stage_methods: Mapping[str, set]
 def settings_findings(settings: Mapping[str, Any], trials: list[dict], deviations=()) -> list[dict[str, Any]]:
     """Every (settings cell, trial) where the study's resolved trial differs from the paper's
     setting, each with the study's declared deviation (or None), and every declared deviation no
-    trial needs. A trial is ``{"stage", "config", "searched_flat", "precision", "certify_budgets"}``."""
+    trial needs. A trial is ``{"stage", "config", "searched_flat", "precision", "certify_budgets"}``
+    (and ``evaluated``: an evaluation stage's checkpoint, checked on its protocol only)."""
     stage_methods: dict[str, set] = {}
     for t in trials:
         stage_methods.setdefault(t["stage"], set()).add(t["config"]["method"])
@@ -219,6 +223,8 @@ def settings_findings(settings: Mapping[str, Any], trials: list[dict], deviation
         for t in trials:
             if not _applies(cell.get("where") or {}, t):
                 continue
+            if t.get("evaluated") and not cell["key"].startswith(("evaluation.", "origin")):
+                continue  # an evaluated checkpoint: its training is checked on the trial that trained it
             got, want = _actual(cell["key"], t, stage_methods), cell["value"]
             if cell["key"] == "evaluation.pgd.runs" and isinstance(got, (list, tuple)):
                 ok = all(any(_same(w, g) for g in got) for w in want)  # the paper's runs are among ours

@@ -106,11 +106,13 @@ def collect_refs(stage) -> set[str]:
     walk(stage.search.params)
     walk(list(stage.search.cases))
     walk(stage.evaluation.transfer_source)
+    walk([c.get("checkpoint") for c in stage.checkpoints or () if isinstance(c, Mapping)])
     return found
 
 
 def ref_target(ref: str, rows: list[dict]) -> str | None:
-    """The final checkpoint file of the first completed trial of the named stage that matches."""
+    """The final checkpoint file of the first completed trial of the named stage that matches (an
+    evaluation stage's: the file it evaluated, published weights with their format)."""
     from trainables.schema import flatten
 
     stage, wanted = parse_ref(ref, "stage reference")
@@ -119,7 +121,8 @@ def ref_target(ref: str, rows: list[dict]) -> str | None:
             continue
         flat = flatten(r["config"])
         if all(str(flat.get(k)) == v for k, v in wanted.items()):
-            return str(Path(r["checkpoint"]) / CHECKPOINT_FILE)
+            # an evaluation stage's checkpoint is a file (or FORMAT:FILE); a trial's, a directory
+            return r["checkpoint"] if r.get("evaluated") else str(Path(r["checkpoint"]) / CHECKPOINT_FILE)
     return None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -107,6 +108,7 @@ def check_stage(stage: StageSpec, where: str, earlier: list[str]) -> None:
     _references_name_earlier_stages(stage, where, earlier)
     _templates_fill_per_grid_trial(stage, where, earlier)
     _protocols_exist(stage, where)
+    _checkpoints_are_trials(stage, where, earlier)
     _metrics_are_reported(stage, where)
     _selection_reads_validation_only(stage, where)
     _asha_metric_is_per_epoch(stage, where)
@@ -173,6 +175,45 @@ def _cases_resolve(stage: StageSpec, where: str) -> None:
             resolve(strip_refs(deep_merge(base, {k: v for k, v in case.items() if k != "name"})))
         except ConfigError as e:
             raise ConfigError(f"{where}: search.cases[{i}] ({case['name']}): {e}") from None
+
+
+CHECKPOINT_KEYS = ("name", "checkpoint", "method", "model", "model_args", "dataset", "eps", "data")
+
+
+def _checkpoints_are_trials(stage: StageSpec, where: str, earlier: list[str]) -> None:
+    """An evaluation stage lists at least one checkpoint, each named once, and searches nothing."""
+    if not stage.evaluates:
+        return
+    from trainables.published import split_format
+
+    at = f"{where}: checkpoints"
+    if not stage.checkpoints:
+        raise ConfigError(f"{at}: expected at least one checkpoint to evaluate (an evaluation stage trains nothing)")
+    s = stage.search
+    if s.params or s.cases or s.seeds or s.algorithm != "grid" or s.num_samples != 1:
+        raise ConfigError(f"{where}: search: expected none in an evaluation stage (its trials are its checkpoints)")
+    names = []
+    for i, entry in enumerate(stage.checkpoints):
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{at}[{i}]: expected a mapping with name and checkpoint, got {entry!r}")
+        name, ck = entry.get("name"), entry.get("checkpoint")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ConfigError(f"{at}[{i}].name: expected letters, digits, '_', '-' or '.', got {name!r}")
+        if not isinstance(ck, str) or not ck:
+            raise ConfigError(f"{at}[{i}].checkpoint: expected a path, a format:path or a stage reference, got {ck!r}")
+        unknown = sorted(set(entry) - set(CHECKPOINT_KEYS))
+        if unknown:
+            raise ConfigError(f"{at}[{i}].{unknown[0]}: unknown key; expected one of {', '.join(CHECKPOINT_KEYS)}")
+        if is_ref(ck):
+            check_ref(ck, f"{at}[{i}].checkpoint", earlier)
+        else:
+            try:
+                split_format(ck)
+            except ConfigError as e:
+                raise ConfigError(f"{at}[{i}].checkpoint: {e}") from None
+        names.append(name)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{at}: expected distinct names, got {names}")
 
 
 def _references_name_earlier_stages(stage: StageSpec, where: str, earlier: list[str]) -> None:

@@ -164,6 +164,25 @@ PROTOCOLS: dict[str, Protocol] = {
             "large_eps": {"n": 1000},
         },
     ),
+    # The paper's attack-strength experiments on trained models (step eps/5 throughout):
+    # Table 9, PGD-20 with 1 to 10 random restarts, and PGD-100 with 10 (its text);
+    "restarts": make(
+        "restarts",
+        step_frac=0.2,
+        checks=False,
+        attacks={"pgd": {"runs": [[20, r] for r in (1, 3, 5, 8, 10)] + [[100, 10]]}},
+    ),
+    # Figure 7, PGD with 10 to 500 steps;
+    "steps": make(
+        "steps", step_frac=0.2, checks=False, attacks={"pgd": {"runs": [[s, 1] for s in (10, 20, 50, 100, 200, 500)]}}
+    ),
+    # Figure 6, C&W-L-inf (and PGD-20) against eps: 2/255 to 16/255 on CIFAR (multiples of 8/255).
+    "cw-eps": make(
+        "cw-eps",
+        step_frac=0.2,
+        checks=False,
+        attacks={"curve": {"multiples": [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0], "cw_steps": 100}},
+    ),
     # ImageNet (Table 4): random-targeted PGD at eps 0.005 .. 0.02, AutoAttack on 1000 images.
     "imagenet": make(
         "imagenet",

@@ -132,14 +132,20 @@ def wrn(args: WRNArgs, *, num_classes: int, in_channels: int, image_size: int) -
 class PreActArgs:
     width: int = 64  # channels of the first stage
     normalize: bool = False
+    # what a projection shortcut takes: "input", the block's input (locuslab/fast_adversarial,
+    # RobustBench's PreActBlock), or "preact", its pre-activated input (kuangliu's pytorch-cifar,
+    # RobustBench's PreActBlockV2); the two layouts have the same weights, not the same function
+    shortcut: str = "input"
 
     def validate(self, where: str) -> None:
         check(1 <= self.width <= 512, where, "width", "an integer in [1, 512]", self.width)
+        check(self.shortcut in ("input", "preact"), where, "shortcut", "input or preact", self.shortcut)
 
 
 class _PreActBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int, preact_shortcut: bool = False):
         super().__init__()
+        self.preact_shortcut = preact_shortcut
         self.bn1 = nn.BatchNorm2d(cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
@@ -151,22 +157,22 @@ class _PreActBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = F.relu(self.bn1(x))
         # locuslab/fast_adversarial preact_resnet.py: the projection shortcut takes the block's
-        # input x, not the pre-activated o (kuangliu's pytorch-cifar uses o)
-        sc = self.shortcut(x) if self.shortcut is not None else x
+        # input x, not the pre-activated o (kuangliu's pytorch-cifar uses o: shortcut "preact")
+        sc = x if self.shortcut is None else self.shortcut(o if self.preact_shortcut else x)
         y = self.conv1(o)
         y = self.conv2(F.relu(self.bn2(y)))
         return y + sc
 
 
 class PreActResNet18(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int, width: int):
+    def __init__(self, num_classes: int, in_channels: int, width: int, preact_shortcut: bool = False):
         super().__init__()
         w = width
         self.conv1 = nn.Conv2d(in_channels, w, 3, 1, 1, bias=False)
         layers, cin = [], w
         for i, cout in enumerate((w, 2 * w, 4 * w, 8 * w)):
             for j in range(2):
-                layers.append(_PreActBlock(cin, cout, (1 if i == 0 else 2) if j == 0 else 1))
+                layers.append(_PreActBlock(cin, cout, (1 if i == 0 else 2) if j == 0 else 1, preact_shortcut))
                 cin = cout
         self.layers = nn.Sequential(*layers)
         self.bn = nn.BatchNorm2d(cin)
@@ -179,4 +185,4 @@ class PreActResNet18(nn.Module):
 
 @register_model("preact_resnet18", PreActArgs)
 def preact_resnet18(args: PreActArgs, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    return PreActResNet18(num_classes, in_channels, args.width)
+    return PreActResNet18(num_classes, in_channels, args.width, args.shortcut == "preact")

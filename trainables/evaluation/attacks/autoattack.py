@@ -78,11 +78,24 @@ def autoattack(
             torch.autocast(device_type=device.type, enabled=False),
         ):
             aa = AutoAttack(model, norm="Linf", eps=eps, version="standard", device=device, seed=seed)
+            _fewer_targets(aa, model, x[:1].to(device), handler)
             x_adv, _ = aa.run_standard_evaluation(x.to(device), y.to(device), batch_size=batch_size)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
     return x_adv.detach().cpu(), handler.steps, handler.warnings
+
+
+def _fewer_targets(aa, model: nn.Module, x1: torch.Tensor, log: _AALog) -> None:
+    """The standard version's targeted attacks (APGD-T, FAB-T) try the 9 most likely wrong
+    classes; a data set of fewer than 10 classes has only ``classes - 1`` of them (the standard
+    version fails on it otherwise). Said in the result's warnings."""
+    with torch.no_grad():
+        classes = model(x1).shape[1]
+    if classes >= 10:
+        return
+    aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = max(1, classes - 1)
+    log.warnings.append(f"{classes} classes: APGD-T and FAB-T target {classes - 1} classes (standard: 9)")
 
 
 AA_STEPS = ("apgd-ce", "apgd-t", "fab-t", "square")

@@ -1,4 +1,4 @@
-"""The eps curve: PGD (and AutoAttack) accuracy at several eps."""
+"""The eps curve: PGD (and C&W-L-inf, AutoAttack) accuracy at several eps."""
 
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ class CurveBudget:
     n: int | None = None  # images (None = the protocol's)
     autoattack: bool = False  # AutoAttack at every point too
     pgd_steps: int = 20
+    cw_steps: int = 0  # C&W-L-inf (PGD on the capped margin loss, kappa 50) at every point too; 0 = not
 
     def validate(self, where: str) -> None:
         check(all(m >= 0 for m in self.multiples), where, "multiples", "numbers >= 0", self.multiples)
         check(self.pgd_steps >= 1, where, "pgd_steps", "an integer >= 1", self.pgd_steps)
+        check(self.cw_steps >= 0, where, "cw_steps", "an integer >= 0", self.cw_steps)
         check_n(where, self.n)
 
     def enabled(self) -> bool:
@@ -36,7 +38,7 @@ def _curve_smoke(b: CurveBudget) -> dict[str, Any]:
     protocol's eps (its own AutoAttack run, reused) and above: a point below the protocol's eps
     is a whole AutoAttack run on every clean-correct image, the cost of a smoke trial twice over."""
     if not b.autoattack:
-        return {"n": 40}
+        return {"n": 40, **({"cw_steps": min(b.cw_steps, 10)} if b.cw_steps else {})}
     return {"n": 10, "multiples": [m for m in b.multiples if m == 0 or m >= 1]}
 
 
@@ -53,6 +55,8 @@ def _summarize_curve(s: Summary, b: CurveBudget) -> None:
     s.extra["curve_clean_acc"] = accuracy(s.clean[:m])
     if "curve_eps0_changed" in s.per_image:
         s.extra["eps0_changed"] = int(s.per_image["curve_eps0_changed"].sum())
+    if any(f"curve_cw@{e:.4g}" in s.per_image for e in eps):
+        s.r["curve_cw_linf_acc"] = [s.acc(f"curve_cw@{e:.4g}") for e in eps]
     if any(f"curve_aa@{e:.4g}" in s.per_image for e in eps):
         s.r["curve_autoattack_acc"] = [s.acc(f"curve_aa@{e:.4g}") for e in eps]
 
@@ -61,7 +65,11 @@ def _summarize_curve(s: Summary, b: CurveBudget) -> None:
     "curve",
     CurveBudget,
     summarize=_summarize_curve,
-    metrics=lambda b: ["curve_eps", "curve_pgd_acc"] + (["curve_autoattack_acc"] if b.autoattack else []),
+    metrics=lambda b: (
+        ["curve_eps", "curve_pgd_acc"]
+        + (["curve_cw_linf_acc"] if b.cw_steps else [])
+        + (["curve_autoattack_acc"] if b.autoattack else [])
+    ),
     columns=lambda b: [],
     smoke=lambda b: _curve_smoke(b),
 )
@@ -87,6 +95,10 @@ def run_curve(ctx: EvalContext, b: CurveBudget) -> None:
             ctx.per_image[name] = ctx.per_image[pgd_key(b.pgd_steps, 1)][: len(ys)]  # the same attack already ran
         else:
             ctx.attack(name, ctx.pgd(b.pgd_steps, eps=e), xs, ys, eps=e)
+        if b.cw_steps and e == 0:
+            ctx.per_image[f"curve_cw@{e:.4g}"] = ctx.per_image[name]  # no budget: the clean answer
+        elif b.cw_steps:
+            ctx.attack(f"curve_cw@{e:.4g}", ctx.pgd(b.cw_steps, eps=e, loss="cw", kappa=50.0), xs, ys, eps=e)
     if b.autoattack and ctx.protocol is not None and ctx.protocol.budget("autoattack") is not None:
         standing = clean.clone()  # robust at every smaller eps of the curve so far
         for e in sorted(set(_curve_eps(ctx.eps, b))):
