@@ -11,10 +11,12 @@ What it does, as a person would with `cluster/local.yaml`:
    `ssh_proxy_command`);
 2. writes `cluster/local.yaml` with only its addresses (the head is 127.0.0.1, no workers), the
    SSH user and key, the worker counts and the head's CPU count changed (there is no worker node
-   to train on), makes Ray's token if there is none (`ray get-auth-token --generate`);
-3. `ray up`, then at once `ray submit ... orchestrator/sweep.py -- --smoke-test --tracking-uri
-   http://127.0.0.1:5000`; checks the summary on the head and the study's runs on the head's
-   MLflow server; `ray down`, and checks that it stopped the MLflow server;
+   to train on), and its study storage (SPROUT_STORAGE_PATH) a directory in the head's home;
+   makes Ray's token if there is none (`ray get-auth-token --generate`);
+3. `ray up`, then at once `ray submit ... orchestrator/sweep.py -- --smoke-test` with no storage
+   or tracking flag (the cluster file sets both); checks the summary on the head, that the
+   checkpoints are in that storage and the study's runs on the head's MLflow server; `ray down`,
+   and checks that it stopped the MLflow server;
 4. prints one line of figures: the time to `ray up`, from `ray submit` to the first trial's first
    epoch, and in all.
 
@@ -128,6 +130,13 @@ def loopback_config(d: Path, key: Path, port: int) -> Path:
         "ssh_proxy_command": f"nc 127.0.0.1 {port}",
     }
     cfg["min_workers"] = cfg["max_workers"] = 0
+    # the study storage, named once in the file: here a directory of the head's own (the NFS path
+    # of the real file does not exist on this machine)
+    cfg["head_setup_commands"] = [
+        c.replace("/mnt/shared/sprout", f"$HOME/{STORAGE}") if "SPROUT_STORAGE_PATH" in c else c
+        for c in cfg["head_setup_commands"]
+    ]
+    assert any(STORAGE in c for c in cfg["head_setup_commands"]), "cluster/local.yaml names no SPROUT_STORAGE_PATH"
     cpus = os.cpu_count() or 2
     cfg["head_start_ray_commands"] = [
         c.replace("--num-cpus=0", f"--num-cpus={cpus}") for c in cfg["head_start_ray_commands"]
@@ -172,13 +181,16 @@ def check_results() -> str:
         runs = json.loads(r.read()).get("runs", [])
     ids = {run["info"]["run_id"] for run in runs}
     assert summary["mlflow_parent_run_id"] in ids and {t["mlflow_run_id"] for t in trials} <= ids
+    storage = Path("~", STORAGE).expanduser()
+    assert all(str(t["checkpoint"]).startswith(str(storage)) for t in trials), "checkpoints outside SPROUT_STORAGE_PATH"
     certified = sum(1 for t in trials if t.get("finalist"))
     return f"{len(trials)} trials, {certified} certified, {len(runs)} MLflow runs on the head's server"
 
 
 # what `ray up` and `ray submit` leave in the head's home directory (the head is this machine)
+STORAGE = "loopback-storage"  # the head's SPROUT_STORAGE_PATH, under its home
 HEAD_FILES = ("ray_bootstrap_config.yaml", "ray_bootstrap_key.pem", "sprout-orchestrator", "mlflow", "loopback-runs",
-              "sweep.py")  # fmt: skip
+              "sweep.py", STORAGE)  # fmt: skip
 
 
 class HeadHome:
@@ -230,9 +242,7 @@ def main(argv=None) -> int:
                     str(config),
                     "orchestrator/sweep.py",
                     "--",
-                    "--smoke-test",
-                    "--tracking-uri",
-                    "http://127.0.0.1:5000",
+                    "--smoke-test",  # no storage or tracking flags: the cluster file sets both
                     "--output-dir",
                     OUTPUT,
                 ],

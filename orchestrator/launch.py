@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,8 @@ def prepare(args: argparse.Namespace) -> Launch:
 
     plan = check_plan(args)
     study = plan.study
-    tracking_uri = normalize_uri(args.tracking_uri) if args.tracking_uri else None
+    given_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")  # the cluster files set it on the head
+    tracking_uri = normalize_uri(given_uri) if given_uri else None
     if not args.tracking_timeout >= 0:
         raise ConfigError(f"--tracking-timeout: expected a number of seconds >= 0, got {args.tracking_timeout:g}")
     if tracking_uri and not tracking_uri.startswith("sqlite:"):
@@ -173,7 +175,11 @@ def prepare(args: argparse.Namespace) -> Launch:
     fingerprint = plan_fingerprint(plan)
     storage_path = _storage_path(args, output_dir, plan, study.name)
     multi, why = cluster.is_multi_node(shape, [])
-    cluster.check_storage(storage_path, multi_node=multi, declared_shared=args.shared_storage, where=why)
+    cluster.check_storage(
+        storage_path, multi_node=multi, declared_shared=args.shared_storage, where=why, source=storage_source(args)
+    )
+    if "://" in storage_path:  # an object store exists and takes these credentials: said now, not after training
+        cluster.probe_storage(storage_path, storage_source(args))
     created = [
         d
         for d in (output_dir, None if "://" in storage_path else Path(storage_path).expanduser().resolve())
@@ -187,11 +193,20 @@ def prepare(args: argparse.Namespace) -> Launch:
     return Launch(args, plan, output_dir, tracking_uri, storage_path, address, shape, fingerprint, created)
 
 
+def storage_source(args: argparse.Namespace) -> str:
+    """Where the storage path was set, for its errors."""
+    if args.storage_path:
+        return "--storage-path"
+    if os.environ.get(cluster.STORAGE_ENV):
+        return f"{cluster.STORAGE_ENV} (set in the cluster file's head environment, or by you)"
+    return "the default storage path"
+
+
 def _storage_path(args: argparse.Namespace, output_dir: Path, plan: Plan, study: str) -> str:
-    """Where checkpoints go: --storage-path, or on --resume the launch's own, or OUTPUT/ray."""
-    path = args.storage_path and (
-        args.storage_path if "://" in args.storage_path else str(Path(args.storage_path).expanduser().resolve())
-    )
+    """Where checkpoints go: --storage-path, else $SPROUT_STORAGE_PATH (the cluster files set it
+    on the head), or on --resume the launch's own, or OUTPUT/ray."""
+    given = args.storage_path or os.environ.get(cluster.STORAGE_ENV) or None
+    path = given and (given if "://" in given else str(Path(given).expanduser().resolve()))
     if args.resume:
         if not launch_file_in(output_dir).exists():
             raise ConfigError(f"--resume: nothing to resume in {output_dir} (no earlier launch of {study} there)")
@@ -199,10 +214,18 @@ def _storage_path(args: argparse.Namespace, output_dir: Path, plan: Plan, study:
     return path or str(output_dir / "ray")
 
 
+def _creatable(path: Path) -> bool:
+    """A directory that exists or that this process can create (its nearest existing parent is writable)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+
+
 def check_data(plan) -> None:
     """A missing data root fails here, before Ray starts."""
     from trainables.config import resolve
-    from trainables.data import get_dataset
+    from trainables.data import data_root, get_dataset
     from trainables.errors import DataError
 
     seen = set()
@@ -212,14 +235,14 @@ def check_data(plan) -> None:
         if key in seen or cfg.dataset == "digits":
             continue
         seen.add(key)
-        root = Path(cfg.data.root or "./data").expanduser().resolve()
+        root = data_root(cfg.data.root)  # this node's; a worker resolves its own the same way
         if cfg.dataset == "imagenet" or not cfg.data.download:
             try:
                 get_dataset(cfg.dataset, root=cfg.data.root, download=False, image_size=cfg.data.image_size)
             except DataError as e:
                 raise DataError(f"stage {stage.name}: {e}") from None
-        elif not root.parent.exists():
-            raise DataError(f"stage {stage.name}: data.root {root}: its parent directory does not exist")
+        elif not _creatable(root):
+            raise DataError(f"stage {stage.name}: data.root {root}: cannot be created (no writable parent)")
 
 
 def check_checkpoints(plan) -> None:

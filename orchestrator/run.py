@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainables.evaluation import describe_flags
+from trainables.files import with_scheme
 from trainables.schema import deep_merge, to_dict
 
 from . import certify as certification
 from . import cluster
-from .launch import Launch, plan_fields
+from .launch import Launch, plan_fields, storage_source
 from .record import LaunchFile, TrialStatus, console_lines, stage_records
 from .results import (
     MLflowTrialCallback,
@@ -120,7 +121,13 @@ def start_ray(launch: Launch) -> tuple[int, dict[str, float], Any]:
     )
     if launch.shape is None:
         multi, why = cluster.is_multi_node(None, cluster.alive_nodes())
-        cluster.check_storage(launch.storage_path, multi_node=multi, declared_shared=args.shared_storage, where=why)
+        cluster.check_storage(
+            launch.storage_path,
+            multi_node=multi,
+            declared_shared=args.shared_storage,
+            where=why,
+            source=storage_source(args),
+        )
     driver = cluster.driver_resources()
     need = cluster.plan_need(launch.plan.resources, driver)
     cluster.wait_for_first_trial(need, args.resource_timeout)
@@ -252,13 +259,23 @@ def trials(session: Session, stage, refs: dict[str, str]) -> list[dict]:
             storage_path=launch.storage_path,
             callbacks=callbacks,
         )
-    return rows_from_records(
+    return stage_rows(session, stage, refs)
+
+
+def stage_rows(session: Session, stage, refs: dict[str, str]) -> list[dict]:
+    """A stage's trials as rows, from the launch file; a checkpoint in an object store as a URI
+    every node opens (Ray reports it without its scheme)."""
+    rows = rows_from_records(
         stage_records(session.launch_file.read(), stage.name),
-        study=plan.study.name,
+        study=session.launch.plan.study.name,
         stage=stage,
         refs=refs,
         run_id_of=session.launch_file.trial_run_id,
     )
+    for r in rows:
+        if r.get("checkpoint"):
+            r["checkpoint"] = with_scheme(r["checkpoint"], session.launch.storage_path)
+    return rows
 
 
 def certify(session: Session, stage, rows: list[dict], refs: dict[str, str]) -> None:

@@ -14,9 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "orchestrator" / "sweep.py"
 
 
-def sweep(*args, cwd, timeout=900, expect: int = 0) -> subprocess.CompletedProcess:
+def sweep(*args, cwd, timeout=900, expect: int = 0, env=None) -> subprocess.CompletedProcess:
     """Run ``orchestrator/sweep.py ARGS`` to the end; it must exit with ``expect``."""
-    p = subprocess.run([sys.executable, str(SWEEP), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, str(SWEEP), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env
+    )
     assert p.returncode == expect, f"exit {p.returncode}, expected {expect}\n" + p.stdout[-3000:] + p.stderr[-3000:]
     return p
 

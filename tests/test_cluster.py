@@ -163,3 +163,40 @@ def test_a_stopped_private_rays_session_is_tidied_down_to_plain_files(tmp_path):
         "session_1/logs",
         "session_1/logs/raylet.out",
     ]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_the_study_storage_is_named_once_and_is_the_heads_default(path):
+    """SPROUT_STORAGE_PATH is set in one place of each cluster file (the head's shell), an object
+    store on AWS, a shared path on premises; MLflow's URI is the head's server."""
+    import re
+
+    cfg = yaml.safe_load(path.read_text())
+    sets = re.findall(r"echo 'export SPROUT_STORAGE_PATH=(\S+?)'", path.read_text())
+    assert len(sets) == 1, sets
+    assert any("SPROUT_STORAGE_PATH" in c for c in cfg["head_setup_commands"])
+    assert sets[0].startswith("s3://") == (cfg["provider"]["type"] == "aws")
+    assert "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000" in (CLUSTER / "head_bashrc.sh").read_text()
+    if cfg["provider"]["type"] == "aws":  # workers write to the bucket: the head's instance profile, named for them
+        for name, node in cfg["available_node_types"].items():
+            if name != cfg["head_node_type"]:
+                assert node["node_config"]["IamInstanceProfile"] == {"Name": "ray-autoscaler-v1"}, name
+
+
+def test_the_storage_from_the_cluster_files_environment_is_the_default_and_named_in_errors(tmp_path, monkeypatch):
+    from orchestrator.launch import prepare
+    from orchestrator.sweep import parse_args
+    from trainables.errors import ConfigError
+
+    monkeypatch.setenv("SPROUT_BOOTSTRAP_CONFIG", "")
+    monkeypatch.setenv("SPROUT_STORAGE_PATH", "ftp://bucket/sprout")
+    argv = ["--smoke-test", "--output-dir", str(tmp_path / "out")]
+    with pytest.raises(
+        ConfigError, match=r"^SPROUT_STORAGE_PATH \(set in the cluster file's head environment.*unknown scheme 'ftp'"
+    ):
+        prepare(parse_args(argv))
+    # no storage anywhere, on a cluster that grows: the refusal says where to set it
+    monkeypatch.delenv("SPROUT_STORAGE_PATH")
+    with pytest.raises(ConfigError, match=r"^the default storage path .* as SPROUT_STORAGE_PATH in the cluster file"):
+        prepare(parse_args([*argv, "--cluster-config", str(CLUSTER / "gpu.yaml")]))
+    assert not (tmp_path / "out").exists()

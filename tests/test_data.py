@@ -173,3 +173,52 @@ def test_folder_data_validation_split_uses_the_test_transform(tmp_path):
     x2, _ = b.val_tensors()
     assert torch.equal(x1, x2)  # no random crop or flip: the same images every time
     assert sorted(y1.tolist()) == [0, 0, 1, 1]
+
+
+def _fake_download(root_path, marker):
+    """One process's CIFAR load that finds the set missing: a fake torchvision download (slow,
+    counted) in its place."""
+    import time
+    from pathlib import Path
+
+    import torchvision
+
+    from trainables import data
+
+    class Slow:
+        def __init__(self, root, train, download):
+            with open(marker, "a") as f:
+                f.write("download\n")
+            time.sleep(1.0)
+            (Path(root) / "cifar-10-batches-py").mkdir(parents=True)
+
+    torchvision.datasets.CIFAR10 = Slow
+    data._download_once("cifar10", Path(root_path), Path(root_path) / "cifar-10-batches-py", "CIFAR10")
+
+
+@pytest.mark.slow  # four processes that import torch
+def test_cifar_is_downloaded_once_per_node_under_a_lock(tmp_path):
+    """Four processes of one node asking for a missing CIFAR at once: one downloads, the others
+    wait on the lock and find the folder."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    marker = tmp_path / "downloads.txt"
+    procs = [ctx.Process(target=_fake_download, args=(str(tmp_path / "root"), str(marker))) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 4
+    assert marker.read_text().splitlines() == ["download"]
+
+
+def test_the_data_root_is_absolute_under_the_nodes_home_unless_named(tmp_path, monkeypatch):
+    from trainables.data import data_root
+
+    monkeypatch.delenv("SPROUT_DATA_ROOT", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert data_root(None) == tmp_path / "home" / ".cache" / "sprout" / "data"  # not ./data of the process
+    monkeypatch.setenv("SPROUT_DATA_ROOT", "/mnt/datasets")
+    assert str(data_root(None)) == "/mnt/datasets" and str(data_root("/elsewhere")) == "/elsewhere"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError
+from .files import is_uri, read_uri_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -45,8 +46,15 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    import torch
+    """A checkpoint file (local, or a storage URI: an earlier stage's in the study's object
+    store), loaded with ``weights_only=True``; every way it can be wrong is one CheckpointError."""
+    import io
 
+    if is_uri(path):  # read whole into memory, then loaded as a local file is
+        try:
+            return _torch_load(io.BytesIO(read_uri_bytes(str(path))), str(path))
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: cannot be read ({str(e).splitlines()[0][:160]})") from None
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -56,18 +64,26 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         head = f.read(2)
     if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # torch's zip format, or a legacy pickle
         raise CheckpointError(f"{path}: truncated or not a torch checkpoint (neither torch's zip format nor a pickle)")
+    return _torch_load(path, str(path))
+
+
+def _torch_load(source: Any, label: str) -> dict[str, Any]:
+    import torch
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(
-            f"{path}: refused: holds objects other than tensors and plain data "
+            f"{label}: refused: holds objects other than tensors and plain data "
             f"(loaded with weights_only=True; {first[:160]})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, IndexError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path}: truncated or not a torch checkpoint ({str(e).splitlines()[0][:160]})") from None
+        raise CheckpointError(
+            f"{label}: truncated or not a torch checkpoint ({str(e).splitlines()[0][:160]})"
+        ) from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(state).__name__}")
+        raise CheckpointError(f"{label}: expected a dict checkpoint, got {type(state).__name__}")
     return state
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -271,6 +272,32 @@ def _cifar_arrays(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Tenso
     return x, torch.from_numpy(labels)
 
 
+DATA_ROOT_ENV = "SPROUT_DATA_ROOT"  # a node's data root when a config names none (a cluster file may set it)
+DEFAULT_DATA_ROOT = "~/.cache/sprout/data"
+
+
+def data_root(root: str | None) -> Path:
+    """A data set's root on the node that reads it: ``data.root``, else $SPROUT_DATA_ROOT, else
+    ~/.cache/sprout/data; absolute and under that node's home, whatever the process's directory."""
+    return Path(root or os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT).expanduser().resolve()
+
+
+def _download_once(name: str, root_path: Path, base: Path, tv_cls: str) -> None:
+    """Download a CIFAR set into ``root_path``, once per node: the trials and shards that start
+    together on one node wait on a file lock, and those after the first find the folder."""
+    import torchvision
+    from filelock import FileLock
+
+    root_path.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root_path / f".{name}.download.lock")):
+        if base.is_dir():
+            return
+        try:
+            getattr(torchvision.datasets, tv_cls)(str(root_path), train=True, download=True)
+        except Exception as e:  # noqa: BLE001 - no network, disk full, ...
+            raise DataError(f"{base}: missing and the download failed ({type(e).__name__}: {e})") from None
+
+
 def _cifar(
     name: str,
     root: str | None,
@@ -284,17 +311,12 @@ def _cifar(
     num_classes: int,
     tv_cls: str,
 ) -> DataBundle:
-    root_path = Path(root or "./data").expanduser().resolve()
+    root_path = data_root(root)
     base = root_path / folder
     if not base.is_dir():
         if not download:
             raise DataError(f"{base}: missing; expected the {name} python-format folder (or set download=true)")
-        import torchvision
-
-        try:
-            getattr(torchvision.datasets, tv_cls)(str(root_path), train=True, download=True)
-        except Exception as e:  # noqa: BLE001 - no network, disk full, ...
-            raise DataError(f"{base}: missing and the download failed ({type(e).__name__}: {e})") from None
+        _download_once(name, root_path, base, tv_cls)
     xs, ys = zip(*(_cifar_arrays(base / f, label_key) for f in train_files))
     x_test, y_test = _cifar_arrays(base / test_file, label_key)
     meta = _load_pickle(base / meta_file)

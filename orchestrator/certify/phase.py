@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainables.files import join_uri
+
 from ..study import TEST, under
 from .shards import ShardJob, count_images, cuts, read_bytes, read_shard, run_shard, write_bytes
 
@@ -66,7 +68,9 @@ class Settings:
 
 
 def certification_dir(storage_path: str, study: str, stage: str, trial_id: str) -> str:
-    return f"{storage_path.rstrip('/')}/{study}-certify/{stage}/{trial_id}"
+    """A finalist's certification directory: under the study's storage (an object store's URI
+    keeps its query, its endpoint for example, at the end)."""
+    return join_uri(storage_path, f"{study}-certify", stage, trial_id)
 
 
 def _images(settings: Settings, config: dict) -> int:
@@ -205,11 +209,11 @@ def _finish(f: Finalist, settings: Settings, on_finalist) -> None:
     result["shards"] = len(f.jobs)
     result["shard_placement"] = whole.notes.get("placement", [])
     record = {"stage": f.stage, "trial_id": f.trial_id, "checkpoint": f.checkpoint, "split": "test", **result}
-    write_bytes(f"{f.directory}/{RESULT_FILE}", json.dumps(record, indent=2, default=str).encode())
-    f.files = [f"{f.directory}/{RESULT_FILE}"]
+    write_bytes(join_uri(f.directory, RESULT_FILE), json.dumps(record, indent=2, default=str).encode())
+    f.files = [join_uri(f.directory, RESULT_FILE)]
     if whole.notes.get("autoattack_log"):
-        write_bytes(f"{f.directory}/{AA_LOG_FILE}", "\n".join(whole.notes["autoattack_log"]).encode())
-        f.files.append(f"{f.directory}/{AA_LOG_FILE}")
+        write_bytes(join_uri(f.directory, AA_LOG_FILE), "\n".join(whole.notes["autoattack_log"]).encode())
+        f.files.append(join_uri(f.directory, AA_LOG_FILE))
     if settings.keep_adversarial and whole.adversarial:
         _save_adversarial(f, whole)
     f.result = under(TEST, {k: v for k, v in result.items() if k not in ("attack_seconds",)})
@@ -226,15 +230,17 @@ def _finish(f: Finalist, settings: Settings, on_finalist) -> None:
 
 def _save_adversarial(f: Finalist, whole) -> None:
     """AutoAttack's adversarial inputs (with their labels and test-set indices) and its log,
-    beside the finalist's checkpoint: what a RobustBench-style claim asks for."""
+    beside the finalist's checkpoint (an evaluated one's: in its certification directory): what a
+    RobustBench-style claim asks for."""
     import io
 
     import torch
 
+    beside = f.directory if f.evaluated else f.checkpoint  # an evaluated checkpoint is a file, not ours
     buf = io.BytesIO()
     torch.save({k: v.contiguous() for k, v in whole.adversarial.items()}, buf)
-    write_bytes(f"{f.checkpoint.rstrip('/')}/{ADVERSARIAL_FILE}", buf.getvalue())
-    log = read_bytes(f"{f.directory}/{AA_LOG_FILE}")
-    if log is not None:
-        write_bytes(f"{f.checkpoint.rstrip('/')}/{AA_LOG_FILE}", log)
-    f.files += [f"{f.checkpoint.rstrip('/')}/{ADVERSARIAL_FILE}"]
+    write_bytes(join_uri(beside, ADVERSARIAL_FILE), buf.getvalue())
+    log = read_bytes(join_uri(f.directory, AA_LOG_FILE))
+    if log is not None and beside != f.directory:
+        write_bytes(join_uri(beside, AA_LOG_FILE), log)
+    f.files += [join_uri(beside, ADVERSARIAL_FILE)]

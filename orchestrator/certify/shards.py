@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from trainables.checkpoint import CHECKPOINT_FILE
+from trainables.files import join_uri
 
 SHARD_FORMAT = "sprout-orchestrator/certify-shard/1"
 
@@ -43,11 +44,11 @@ class ShardJob:
 
     @property
     def path(self) -> str:
-        return f"{self.directory}/{self.name}.json"
+        return join_uri(self.directory, f"{self.name}.json")
 
     @property
     def adversarial_path(self) -> str:
-        return f"{self.directory}/{self.name}.adversarial.pt"
+        return join_uri(self.directory, f"{self.name}.adversarial.pt")
 
 
 def cuts(n: int, shard_size: int) -> list[tuple[int, int]]:

@@ -29,12 +29,13 @@ from .ray_process import (
     tidy_session,
 )
 from .shape import BOOTSTRAP_CONFIG, ClusterShape, NodeType, find_cluster_config, read_cluster_config
-from .storage import SHARED_FS_TYPES, STORAGE_SCHEMES, check_storage, fs_type, is_multi_node
+from .storage import SHARED_FS_TYPES, STORAGE_ENV, STORAGE_SCHEMES, check_storage, fs_type, is_multi_node, probe_storage
 
 __all__ = [
     "BOOTSTRAP_CONFIG",
     "DRIVER_RESOURCE",
     "SHARED_FS_TYPES",
+    "STORAGE_ENV",
     "STORAGE_SCHEMES",
     "ClusterShape",
     "NodeType",
@@ -56,6 +57,7 @@ __all__ = [
     "normalize_uri",
     "own_address_file",
     "plan_need",
+    "probe_storage",
     "quiet_raylet_warnings",
     "ray_address",
     "ray_temp_dir",

@@ -56,14 +56,22 @@ def fs_type(path: str | os.PathLike) -> str | None:
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "file")  # what Ray's storage (pyarrow) opens
 
 
-def check_storage(storage_path: str, *, multi_node: bool, declared_shared: bool, where: str) -> None:
-    """A node-local --storage-path cannot work on a multi-node cluster: a worker restarted on
-    another node would not find its checkpoints, and Ray Train refuses to sync them."""
+STORAGE_ENV = "SPROUT_STORAGE_PATH"  # the cluster files set it on the head: the default --storage-path
+PROBE = ".sprout-storage-probe"
+
+
+def check_storage(
+    storage_path: str, *, multi_node: bool, declared_shared: bool, where: str, source: str = "--storage-path"
+) -> None:
+    """A node-local storage path cannot work on a multi-node cluster: a worker restarted on
+    another node would not find its checkpoints, and Ray Train refuses to sync them. An object
+    store's scheme must be one Ray opens (``probe_storage`` then writes there). ``source`` says
+    where the path was set."""
     if "://" in storage_path:
         scheme = storage_path.split("://", 1)[0]
         if scheme not in STORAGE_SCHEMES:
             raise ConfigError(
-                f"--storage-path {storage_path}: unknown scheme {scheme!r}; expected a directory or "
+                f"{source} {storage_path}: unknown scheme {scheme!r}; expected a directory or "
                 f"one of {', '.join(s + '://' for s in STORAGE_SCHEMES)}"
             )
         return
@@ -76,10 +84,28 @@ def check_storage(storage_path: str, *, multi_node: bool, declared_shared: bool,
     if kind in SHARED_FS_TYPES:
         return
     raise ConfigError(
-        f"--storage-path {storage_path}: a local directory ({kind or 'unknown'} file system) on a multi-node "
+        f"{source} {storage_path}: a local directory ({kind or 'unknown'} file system) on a multi-node "
         f"cluster ({where}); use shared storage: s3://BUCKET/PATH, gs://BUCKET/PATH, or a path on an NFS mount "
-        f"present on every node (add --shared-storage if it is one this check does not recognise)"
+        f"present on every node, as {STORAGE_ENV} in the cluster file's head environment (cluster/gpu.yaml sets "
+        f"it) or --storage-path (add --shared-storage for a shared mount this check does not recognise)"
     )
+
+
+def probe_storage(storage_path: str, source: str) -> None:
+    """Write a small file into the object store and remove it: a bucket that does not exist, or
+    refuses these credentials, is one line here; nothing is left behind."""
+    import pyarrow.fs
+
+    from trainables.files import join_uri
+
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(join_uri(storage_path, PROBE))
+        with fs.open_output_stream(path) as f:
+            f.write(b"sprout")
+        fs.delete_file(path)
+    except (OSError, ValueError, pyarrow.lib.ArrowException) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{source} {storage_path}: cannot write there ({first})") from None
 
 
 def is_multi_node(shape: ClusterShape | None, nodes_now: list[Mapping[str, Any]]) -> tuple[bool, str]:
@@ -89,7 +115,9 @@ def is_multi_node(shape: ClusterShape | None, nodes_now: list[Mapping[str, Any]]
             return False, f"{shape.provider} provider: every node runs on this machine"
         if shape.can_grow_beyond_head:
             return True, f"{shape.source} allows {shape.max_workers} worker node(s)"
-    hosts = {n.get("NodeManagerHostname") or n.get("NodeManagerAddress") for n in nodes_now}
+    # a node is another machine when its host name or its address differs (a raylet of this
+    # machine on 127.0.0.2, in a mount namespace of its own, has a disk of its own too)
+    hosts = {(n.get("NodeManagerHostname"), n.get("NodeManagerAddress")) for n in nodes_now}
     if len(hosts) > 1:
-        return True, f"{len(hosts)} machines are in the cluster now"
+        return True, f"{len(hosts)} machines (or nodes at other addresses) are in the cluster now"
     return False, "one machine"

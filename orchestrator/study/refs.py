@@ -11,11 +11,11 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from trainables.checkpoint import CHECKPOINT_FILE
 from trainables.errors import ConfigError
+from trainables.files import join_uri
 
 from ..record import TrialStatus
 
@@ -122,7 +122,7 @@ def ref_target(ref: str, rows: list[dict]) -> str | None:
         flat = flatten(r["config"])
         if all(str(flat.get(k)) == v for k, v in wanted.items()):
             # an evaluation stage's checkpoint is a file (or FORMAT:FILE); a trial's, a directory
-            return r["checkpoint"] if r.get("evaluated") else str(Path(r["checkpoint"]) / CHECKPOINT_FILE)
+            return r["checkpoint"] if r.get("evaluated") else join_uri(r["checkpoint"], CHECKPOINT_FILE)
     return None
 
 
