@@ -126,6 +126,19 @@ def published_targets(args: argparse.Namespace) -> dict[str, str]:
     return out
 
 
+def with_export(raw: dict, formats: list[str]) -> dict:
+    """The study mapping with ``formats`` added to every stage's ``certify.export``."""
+    import copy
+
+    raw = copy.deepcopy(raw)
+    for stage in raw.get("stages") or [raw]:
+        if isinstance(stage, dict):
+            cert = dict(stage.get("certify") or {})
+            cert["export"] = list(dict.fromkeys([*(cert.get("export") or []), *formats]))
+            stage["certify"] = cert
+    return raw
+
+
 def check_plan(args: argparse.Namespace) -> Plan:
     """The study file and the command line as a plan, with the data roots and checkpoints it
     names checked: what a real run and ``--dry-run`` both check first."""
@@ -138,6 +151,8 @@ def check_plan(args: argparse.Namespace) -> Plan:
         raw, source = load_raw(name=args.study or (None if args.config else DEFAULT_STUDY), path=args.config)
     if getattr(args, "published", None):
         raw = publish(raw, published_targets(args), source)
+    if getattr(args, "export", None):  # --export: every stage's certify.export
+        raw = with_export(raw, args.export)
     plan = make_plan(parse(raw, source), source, smoke=args.smoke_test, overrides=overrides(args))
     if not args.skip_data_check:
         check_data(plan)

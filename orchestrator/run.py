@@ -33,6 +33,7 @@ from .results import (
     add_intervals,
     add_paper,
     ci,
+    paired_tests,
     provenance,
     rows_from_records,
     table,
@@ -293,6 +294,8 @@ def certify(session: Session, stage, rows: list[dict], refs: dict[str, str]) -> 
         keep_adversarial=stage.certify.save_adversarial,
         cpus=res.cpus_per_worker,
         gpus=res.gpus_per_worker,
+        export=tuple(stage.certify.export),
+        study=launch.study.name,
     )
     jobs = [
         certification.Finalist(
@@ -318,6 +321,7 @@ def certify(session: Session, stage, rows: list[dict], refs: dict[str, str]) -> 
     def done(f: certification.Finalist) -> None:
         row = by_id[f.trial_id]
         add_certification(row, f.result)
+        row["worst_case_per_image"] = f.worst_case  # the paired tests' input (summary.json, not MLflow)
         row["certification"] = f.files
         session.tracker.log_certification(stage.name, f.trial_id, f.result, _local(f.files), session.tags)
         m = f.result
@@ -357,6 +361,7 @@ def finish(session: Session, rows: list[dict], wall_time_s: float) -> list:
             "tracking_uri": launch.tracking_uri,
             "wall_time_s": wall_time_s,
             **({"paper_source": session.paper.get("source")} if session.paper else {}),
+            "paired_tests": paired_tests(rows),
         },
     )
     report_files = write_report(launch.study, rows, launch.output_dir)
@@ -376,6 +381,11 @@ def report(session: Session, rows: list[dict], files: list) -> int:
     print()
     paper = session.paper
     print(table(rows, (paper["headline"], paper.get("source", "")) if paper.get("headline") else None))
+    tests = paired_tests(rows)
+    if tests:
+        print("\npaired tests on the same test images:")
+        for t in tests:
+            print(f"  [{t['stage']}] {t['verdict']}")
     jpath, cpath, *report_files = files
     print(f"\nwrote {jpath}, {cpath}" + (f" and {len(report_files)} report file(s)" if report_files else ""))
     uri = launch.tracking_uri

@@ -40,6 +40,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", default=None, help="with --certify FORMAT:FILE: its data set (cifar10, imagenet, ...)")
     p.add_argument("--protocol", default=None, help="with --certify: the evaluation protocol (default: standard)")
     p.add_argument(
+        "--export",
+        action="append",
+        default=[],
+        metavar="FORMAT",
+        help="write each certified finalist's claim in this format too (certify.export): robustbench",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="print what the study will run (every trial's config, the protocols, the certification plan) and "

@@ -336,6 +336,11 @@ CASES = {
         "search: expected none in an evaluation stage",
     ),
     "unknown protocol for --certify": (SWEEP, ["--certify", "GOOD", "--protocol", "strongest"], "expected one of"),
+    "an export format that does not exist": (
+        SWEEP,
+        ["--certify", "GOOD", "--export", "csv"],
+        "certify.export: expected one of robustbench",
+    ),
     "unreachable Ray address": (
         SWEEP,
         ["--study", "sensitivity", "--address", "127.0.0.1:9"],

@@ -12,6 +12,11 @@ from test_published import SourceWRN, randomized
 
 pytestmark = pytest.mark.slow
 
+# the fields of RobustBench's model_info/<dataset>/<threat>/<Name>.json (its Wong2020Fast.json;
+# Zhang2019Theoretically.json adds the optional footnote)
+ROBUSTBENCH_FIELDS = {"link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
+                      "architecture", "eps", "clean_acc", "reported", "autoattack_acc"}  # fmt: skip
+
 
 def test_certify_a_published_checkpoint_in_shards(tmp_path):
     """TRADES-format weights of a small WRN on CIFAR-10 files written here: certified with the
@@ -29,7 +34,8 @@ def test_certify_a_published_checkpoint_in_shards(tmp_path):
     proc = sweep(
         "--certify", f"trades_wrn:{weights}", "--model", "wrn", "--dataset", "cifar10", "--protocol", "quick",
         "--set", "model_args.depth=10", "--set", "model_args.width=1", "--set", f"data.root={data}",
-        "--set", "data.download=false", "--smoke-test", "--output-dir", str(out), cwd=tmp_path,
+        "--set", "data.download=false", "--smoke-test", "--export", "robustbench", "--output-dir", str(out),
+        cwd=tmp_path,
     )  # fmt: skip
     (row,) = json.loads((out / "summary.json").read_text())["trials"]
     assert row["trial_id"] == "model-wideres-epoch76" and row["status"] == "completed" and row["certified"]
@@ -46,6 +52,15 @@ def test_certify_a_published_checkpoint_in_shards(tmp_path):
     assert m["test/clean_acc"] == pytest.approx(clean, abs=1e-6)
     line = next(x for x in proc.stdout.splitlines() if x.startswith("[main] certified model-wideres-epoch76: clean "))
     assert "AutoAttack" in line and "worst case" in line and line.count("[") >= 3, line  # three intervals
+    # the claim in RobustBench's model_info format, with the fields its own files use
+    (info_path,) = (out / "ray").rglob("robustbench_model_info.json")
+    info = json.loads(info_path.read_text())
+    assert set(info) == ROBUSTBENCH_FIELDS | {"footnote"}  # AutoAttack on 10 images: said, not claimed
+    assert info["architecture"] == "WideResNet-10-1" and info["eps"] == "8/255" and info["dataset"] == "cifar10"
+    assert (
+        info["clean_acc"] == f"{100 * clean:.2f}" and info["autoattack_acc"] == f"{100 * m['test/autoattack_acc']:.2f}"
+    )
+    assert "AutoAttack (standard) on 10 of the 10000 test images" in info["footnote"]
     runs = {r.info.run_name: r for r in mlflow_client(out).search_runs([mlflow_client(out).get_experiment_by_name(
         "certify-model-wideres-epoch76").experiment_id])}  # fmt: skip
     assert runs["main-model-wideres-epoch76"].data.tags["kind"] == "checkpoint"

@@ -47,6 +47,7 @@ class Finalist:
     result: dict[str, Any] | None = None  # its test-split numbers, under test/ names
     files: list[str] = field(default_factory=list)  # what it wrote beside its shards
     error: str | None = None
+    worst_case: str | None = None  # per image: "1" correct clean and under every attack
 
     @property
     def images(self) -> int:
@@ -65,6 +66,8 @@ class Settings:
     keep_adversarial: bool
     cpus: float  # a trial worker's resources
     gpus: float
+    export: tuple[str, ...] = ()  # claims to write (certify.export): "robustbench"
+    study: str = ""
 
 
 def certification_dir(storage_path: str, study: str, stage: str, trial_id: str) -> str:
@@ -199,13 +202,16 @@ def run(
 def _finish(f: Finalist, settings: Settings, on_finalist) -> None:
     """A finalist's metrics from the union of its shards; its files beside them (and, with
     ``save_adversarial``, AutoAttack's inputs and log beside its checkpoint)."""
-    from trainables.evaluation import finish, get_protocol, protocol_eps, union
+    from trainables.evaluation import finish, get_protocol, protocol_eps, union, worst_case_bits, worst_case_keys
 
     protocol = get_protocol(settings.protocol, settings.overrides)
     whole = union(list(f.done.values()))
     dataset = f.config["dataset"]
     eps = protocol_eps(protocol, dataset, f.config.get("eps"))
     result = finish(whole, protocol, eps=eps, dataset=dataset)
+    # per image, for paired tests between finalists on the same images (not a metric)
+    f.worst_case = worst_case_bits(whole.per_image, [k[:-4] for k in worst_case_keys(protocol)])
+    result["worst_case_per_image"] = f.worst_case
     result["shards"] = len(f.jobs)
     result["shard_placement"] = whole.notes.get("placement", [])
     record = {"stage": f.stage, "trial_id": f.trial_id, "checkpoint": f.checkpoint, "split": "test", **result}
@@ -216,7 +222,9 @@ def _finish(f: Finalist, settings: Settings, on_finalist) -> None:
         f.files.append(join_uri(f.directory, AA_LOG_FILE))
     if settings.keep_adversarial and whole.adversarial:
         _save_adversarial(f, whole)
-    f.result = under(TEST, {k: v for k, v in result.items() if k not in ("attack_seconds",)})
+    if "robustbench" in settings.export:
+        _export_robustbench(f, settings, result)
+    f.result = under(TEST, {k: v for k, v in result.items() if k not in ("attack_seconds", "worst_case_per_image")})
     f.result[TEST + "masking_details"] = [
         f"{n}: {result['masking_checks'][n]['detail']}"
         for n in result.get("masking_flags", [])
@@ -226,6 +234,20 @@ def _finish(f: Finalist, settings: Settings, on_finalist) -> None:
         f.result[f"{TEST}seconds/{name.replace('@', '_at_')}"] = seconds
     if on_finalist is not None:
         on_finalist(f)
+
+
+def _export_robustbench(f: Finalist, settings: Settings, result: dict) -> None:
+    """RobustBench's model_info JSON, in the certification directory and beside the checkpoint
+    (with the AutoAttack log, and the adversarial examples when they are kept)."""
+    from .export import ROBUSTBENCH_FILE, robustbench_info
+
+    data = json.dumps(robustbench_info(f.stage, f.trial_id, f.config, result, settings.study), indent=2).encode()
+    places = [f.directory] + ([] if f.evaluated else [f.checkpoint])
+    for place in places:
+        write_bytes(join_uri(place, ROBUSTBENCH_FILE), data)
+    if not f.evaluated and read_bytes(join_uri(f.directory, AA_LOG_FILE)) is not None:
+        write_bytes(join_uri(f.checkpoint, AA_LOG_FILE), read_bytes(join_uri(f.directory, AA_LOG_FILE)))
+    f.files.append(join_uri(f.directory, ROBUSTBENCH_FILE))
 
 
 def _save_adversarial(f: Finalist, whole) -> None:

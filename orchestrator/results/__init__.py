@@ -1,5 +1,6 @@
 """What a study leaves for people: MLflow runs (``tracking``, and ``callbacks`` for the trials'),
-the console (``progress``, ``tables``), summary files (``summary``) and reports (``reports``);
+the console (``progress``, ``tables``), summary files (``summary``), reports (``reports``) and
+paired tests between certified trials (``paired``);
 numbers formatted one way (``format``). The names below load their module when first used."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ __all__ = [
     "add_intervals",
     "add_paper",
     "ci",
+    "paired_tests",
     "provenance",
     "rows_from_records",
     "table",
@@ -28,6 +30,7 @@ _HOME = {
     "Progress": "progress",
     "table": "tables",
     "ci": "format",
+    "paired_tests": "paired",
     "add_certification": "summary",
     "add_intervals": "summary",
     "add_paper": "summary",

@@ -137,11 +137,37 @@ def write_report(study, rows: list[dict], output_dir: Path) -> list[Path]:
             "",
         ]
     text += sections
+    text += _paired_section(rows)
     text += beta_section(rows)
     text += ["", "## All trials", "", "```", table(rows), "```", ""]
     path = output_dir / "report.md"
     path.write_text("\n".join(text))
     return [path, *files]
+
+
+def _paired_section(rows: list[dict]) -> list[str]:
+    """McNemar's exact test of each certified trial against the paper defaults, and of the best
+    against the runner-up, on the same test images."""
+    from .paired import ALPHA, paired_tests
+
+    tests = paired_tests(rows)
+    if not tests:
+        return []
+    body = [
+        [t["stage"], t["a"], f"{t['against']} ({t['b']})", f"{100 * t['difference']:+.1f}", str(t["a_only"]),
+         str(t["b_only"]), f"{t['p_value']:.3g}", str(t["n"])]
+        for t in tests
+    ]  # fmt: skip
+    return [
+        "## Paired tests",
+        "",
+        "McNemar's exact test on the per-image worst case over the same test images: only the images one "
+        f"model gets right and the other wrong count. p < {ALPHA} is called distinguishable; with several "
+        "tests, no correction for multiple comparisons is applied.",
+        "",
+        _md_table(["stage", "trial", "against", "points", "only trial right", "only other right", "p", "images"], body),
+        "",
+    ]
 
 
 @register("generic")

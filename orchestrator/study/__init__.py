@@ -4,7 +4,7 @@ the names of a trial's numbers (``names``), finalist selection (``selection``), 
 intervals (``intervals``) and the paper's numbers (``paper``; its data files are the package
 ``paper_numbers``). No Ray, no MLflow, no torch. The layers above import these names from here."""
 
-from .intervals import count_of, finite, intervals, wilson
+from .intervals import count_of, finite, intervals, mcnemar, wilson
 from .load import DEFAULT_STUDY, certify_study, list_studies, load_raw, parse, plan, publish
 from .names import NOT_METRICS, PLACEMENT, SETTINGS, TEST, TUNE_INTERNAL, VAL, under, val_name
 from .paper import load_paper_numbers, load_paper_settings, paper_cell, paper_metrics, settings_findings
@@ -60,6 +60,7 @@ __all__ = [
     "paper_metrics",
     "certify_study",
     "load_raw",
+    "mcnemar",
     "nested",
     "optuna_name",
     "optuna_params",

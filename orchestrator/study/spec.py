@@ -19,6 +19,7 @@ REPORTS = (
     "attack_strength",
 )  # fmt: skip
 MAX_SEEDS = 100  # seeds of one stage: every one is a trial per point
+EXPORTS = ("robustbench",)  # certify.export: the claim formats a certified finalist can be written in
 
 ReportName = Literal[
     "generic", "sensitivity", "width", "scalability", "ablation", "compare", "init", "imagenet", "training_cost",
@@ -198,10 +199,15 @@ class CertifySpec:
     top_k: int = 3  # a search's finalists: at most this many of its validation Pareto set (plus the paper defaults)
     shard_size: int = 500  # test images per shard (one Ray task with a trial worker's resources)
     save_adversarial: bool = False  # keep AutoAttack's adversarial images and log beside the checkpoint
+    # claims written for each certified finalist beside its checkpoint: "robustbench" (a model_info
+    # JSON in RobustBench's field names and units)
+    export: tuple[str, ...] = ()
 
     def validate(self, where: str) -> None:
         check(self.top_k >= 1, where, "top_k", "an integer >= 1", self.top_k)
         check(self.shard_size >= 1, where, "shard_size", "an integer >= 1 (test images per shard)", self.shard_size)
+        for fmt in self.export:
+            check(fmt in EXPORTS, where, "export", f"one of {', '.join(EXPORTS)}", fmt)
 
 
 @dataclass(frozen=True)

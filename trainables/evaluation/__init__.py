@@ -29,6 +29,7 @@ __all__ = [
     "run_checks",
     "smoke_overrides",
     "union",
+    "worst_case_bits",
     "worst_case_keys",
 ]
 _HOME = {
@@ -51,6 +52,7 @@ _HOME = {
     "finish": "runner",
     "format_table": "runner",
     "protocol_eps": "runner",
+    "worst_case_bits": "runner",
 }
 
 

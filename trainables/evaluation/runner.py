@@ -132,6 +132,18 @@ def finish(shard: Shard, protocol: Protocol, *, eps: float, dataset: str) -> dic
     return s.r
 
 
+def worst_case_bits(per_image: dict[str, torch.Tensor], attacks: list[str]) -> str:
+    """The per-image worst case as a string, ``"1"`` where an image is correct clean and under
+    every white-box attack that ran on it, on the images all of them ran on (what a paired test
+    of two models on the same images needs)."""
+    ran = [a for a in attacks if a in per_image]
+    m = min((len(per_image[a]) for a in ran), default=len(per_image.get("clean", [])))
+    ok = per_image["clean"][:m].clone()
+    for a in ran:
+        ok &= per_image[a][:m]
+    return "".join("1" if v else "0" for v in ok.tolist())
+
+
 def worst_case(per_image: dict[str, torch.Tensor], attacks: list[str]) -> dict[str, Any]:
     """The per-image worst case: on the images every white-box L-inf attack of the protocol ran
     on (the first ``robust_acc_min_n``), the fraction correct clean and under every one of
