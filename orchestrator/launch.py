@@ -37,6 +37,7 @@ class Launch:
     shape: Any  # what the cluster can grow to (cluster.ClusterShape), when known
     fingerprint: str
     created: list[Path] = field(default_factory=list)  # removed again if the launch never starts
+    optuna_storage: str = ""  # the Optuna studies' database (an SQLAlchemy URL)
 
     @property
     def study(self):
@@ -200,12 +201,50 @@ def prepare(args: argparse.Namespace) -> Launch:
         for d in (output_dir, None if "://" in storage_path else Path(storage_path).expanduser().resolve())
         if d is not None and not d.exists()
     ]
+    optuna_url = _optuna_storage(args, output_dir)
+    if getattr(args, "optuna_storage", None):  # one the user named: it opens before anything is written
+        check_optuna_storage(optuna_url)
     output_dir = writable_dir(output_dir, private=True)
     tracking_uri = tracking_uri or default_tracking_uri(output_dir)
     check_tracking_uri(tracking_uri)
     if "://" not in storage_path:
         storage_path = str(writable_dir(storage_path, "--storage-path"))
-    return Launch(args, plan, output_dir, tracking_uri, storage_path, address, shape, fingerprint, created)
+    return Launch(args, plan, output_dir, tracking_uri, storage_path, address, shape, fingerprint, created, optuna_url)
+
+
+OPTUNA_DB = "optuna.db"
+
+
+def _optuna_storage(args: argparse.Namespace, output_dir: Path) -> str:
+    """The Optuna studies' database: --optuna-storage, or on --resume the launch's own (another
+    one is refused: the search would not continue), or an SQLite file in the output directory."""
+    given = getattr(args, "optuna_storage", None)
+    if given and given.startswith("sqlite:///") and not given.startswith("sqlite:////"):
+        given = f"sqlite:///{Path(given[len('sqlite:///') :]).expanduser().resolve()}"
+    if args.resume:
+        try:
+            stored = json.loads(launch_file_in(output_dir).read_text()).get("optuna_storage")
+        except (OSError, ValueError, AttributeError):
+            stored = None
+        if given and stored and given != stored:
+            raise ConfigError(
+                f"--resume: --optuna-storage {given} is not the database the launch in {output_dir} searched in "
+                f"({stored}); leave it out or give that URL"
+            )
+        given = given or stored
+    return given or f"sqlite:///{(output_dir / OPTUNA_DB).resolve()}"
+
+
+def check_optuna_storage(url: str) -> None:
+    """The database opens and is one (Optuna creates its tables, or finds them): one line if not."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        optuna.storages.RDBStorage(url).get_all_studies()
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy's and Optuna's many errors are one line here
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"--optuna-storage {url}: not a database Optuna can open ({first})") from None
 
 
 def storage_source(args: argparse.Namespace) -> str:

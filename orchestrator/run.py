@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from trainables.evaluation import describe_flags
@@ -155,7 +156,12 @@ def open_session(launch: Launch, cap: int, driver: dict[str, float], console: An
         },
         {**tags, "description": plan.study.description[:500]},
         resume=args.resume,
-        launch={"plan": launch.fingerprint, "plan_fields": plan_fields(plan), "storage_path": launch.storage_path},
+        launch={
+            "plan": launch.fingerprint,
+            "plan_fields": plan_fields(plan),
+            "storage_path": launch.storage_path,
+            "optuna_storage": launch.optuna_storage,
+        },
     )
     paper = load_paper_numbers(launch.study.paper)
     return Session(launch, launch_file, tracker, parent, tags, cap, driver, console, paper)
@@ -216,7 +222,7 @@ def trials(session: Session, stage, refs: dict[str, str]) -> list[dict]:
     launch, plan = session.launch, session.launch.plan
     name = f"{plan.study.name}-{stage.name}"
     records = stage_records(session.launch_file.read(), stage.name)
-    sp = plan_stage(stage, plan.seed, session.cap, records, name)
+    sp = plan_stage(stage, plan.seed, session.cap, records, name, launch.optuna_storage)
     payload = {
         "base": stage.base,
         "resources": to_dict(plan.resources),
@@ -342,8 +348,6 @@ def certify(session: Session, stage, rows: list[dict], refs: dict[str, str]) -> 
 
 def _local(paths: list[str]) -> list:
     """The files MLflow can log from here (a local storage path; remote ones stay where they are)."""
-    from pathlib import Path
-
     return [Path(p) for p in paths if "://" not in p and Path(p).is_file()]
 
 
@@ -397,6 +401,8 @@ def report(session: Session, rows: list[dict], files: list) -> int:
         )
     else:
         print(f"MLflow: {uri.rstrip('/')}/#/experiments/{session.tracker.experiment_id}/runs")
+    if any(s.search.algorithm == "optuna" and not s.evaluates for s in launch.plan.stages):
+        print(f"open the Optuna dashboard:  {optuna_dashboard_command(launch.optuna_storage)}")
     if rows and all(r["status"] == TrialStatus.FAILED for r in rows):
         print(f"error: every trial failed (first: {rows[0].get('error', 'no cause recorded')})", file=sys.stderr)
         return EXIT_FAILED
@@ -409,6 +415,13 @@ def report(session: Session, rows: list[dict], files: list) -> int:
         )
         return EXIT_FAILED
     return 0
+
+
+def optuna_dashboard_command(url: str) -> str:
+    """optuna-dashboard on the launch's Optuna database, bound to localhost (it is installed
+    beside the sweep)."""
+    exe = Path(sys.executable).with_name("optuna-dashboard")
+    return f"{exe if exe.exists() else 'optuna-dashboard'} {url} --host 127.0.0.1 --port 8080"
 
 
 def mlflow_ui_command(tracking_uri: str) -> str:

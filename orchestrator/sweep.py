@@ -71,6 +71,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Ray storage for checkpoints and certification shards "
         "(default: OUTPUT_DIR/ray; shared storage on multi-node clusters)",
     )
+    p.add_argument(
+        "--optuna-storage",
+        default=None,
+        metavar="URL",
+        help="the Optuna studies' database (SQLAlchemy URL: sqlite:///..., postgresql://...; default: "
+        "OUTPUT_DIR/optuna.db); optuna-dashboard opens it, --resume continues its studies",
+    )
     _overrides(p)
     _cluster(p.add_argument_group("cluster"))
     return p.parse_args(argv)

@@ -341,6 +341,16 @@ CASES = {
         ["--certify", "GOOD", "--export", "csv"],
         "certify.export: expected one of robustbench",
     ),
+    "an Optuna storage that is not a database": (
+        SWEEP,
+        ["--optuna-storage", "sqlite:///GOOD"],
+        "not a database Optuna can open (",
+    ),
+    "an Optuna storage URL that does not open": (
+        SWEEP,
+        ["--optuna-storage", "nosuchdb://127.0.0.1:9/optuna"],
+        "--optuna-storage nosuchdb://127.0.0.1:9/optuna: not a database Optuna can open",
+    ),
     "unreachable Ray address": (
         SWEEP,
         ["--study", "sensitivity", "--address", "127.0.0.1:9"],
@@ -686,6 +696,29 @@ def test_resume_with_other_seeds_names_them(tmp_path, monkeypatch, capfd):
     (line,) = stderr.strip().splitlines()
     assert "--resume: stages[natural].search.seeds was [0, 1]" in line and "got [0, 2]" in line, line
     assert sorted(f.name for f in out.iterdir()) == ["launch.json"]
+
+
+def test_resume_with_another_optuna_storage_names_both(tmp_path, monkeypatch, capfd):
+    """--optuna-storage on --resume of a launch that searched in another database: the search
+    would not continue."""
+    from orchestrator.launch import plan_fields, plan_fingerprint
+    from orchestrator.study.load import load_raw, parse, plan
+
+    raw, src = load_raw(name="sensitivity")
+    launched = plan(parse(raw, src), src, smoke=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    first = f"sqlite:///{out / 'optuna.db'}"
+    (out / "launch.json").write_text(json.dumps({"parent_run_id": "x", "study": "sensitivity", "plan": plan_fingerprint(launched),
+                                                 "plan_fields": plan_fields(launched), "trials": {}, "ledger": {},
+                                                 "optuna_storage": first}))  # fmt: skip
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    args = ["--smoke-test", "--resume", "--output-dir", str(out), "--optuna-storage", other]
+    code, _, stderr = run_in_process(SWEEP, args, tmp_path, monkeypatch, capfd)
+    assert code == 2, stderr
+    (line,) = stderr.strip().splitlines()
+    assert f"--optuna-storage {other} is not the database the launch in {out} searched in ({first})" in line, line
+    assert sorted(f.name for f in out.iterdir()) == ["launch.json"] and not (tmp_path / "other.db").exists()
 
 
 def test_a_paper_numbers_file_whose_cells_disagree_is_one_line_before_ray(tmp_path, monkeypatch, capfd):

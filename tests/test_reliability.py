@@ -257,6 +257,12 @@ def test_ctrl_c_is_a_failure_that_leaves_the_study_resumable(tmp_path):
     assert out.stat().st_mode & 0o077 == 0
     # the interrupted trial's latest checkpoint becomes unusable: it resumes from the one before
     (train_run,) = [d for d in (out / "ray").glob("train-*") if d.is_dir()]
+    # the search's Optuna study is in the output directory's database: its running trial is there
+    import optuna
+
+    storage = f"sqlite:///{out / 'optuna.db'}"
+    before = optuna.load_study(study_name="ctrlc-main", storage=storage).trials
+    assert [t.state.name for t in before] == ["RUNNING"]
     ckpts = sorted(d for d in train_run.glob("checkpoint_*") if d.is_dir())
     assert len(ckpts) >= 2
     previous = load_checkpoint(ckpts[-2] / "checkpoint.pt")["epoch"]
@@ -275,6 +281,10 @@ def test_ctrl_c_is_a_failure_that_leaves_the_study_resumable(tmp_path):
     assert f"train-{resumed['resumed_from_trial']}" == train_run.name
     children = [r for r in mlflow_runs(out) if r.data.tags.get("mlflow.parentRunId") == s["mlflow_parent_run_id"]]
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)  # the trials' runs
+    # --resume continued the same Optuna study: the interrupted trial FAIL, then the two that ran
+    after = optuna.load_study(study_name="ctrlc-main", storage=storage).trials
+    assert [t.state.name for t in after] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert after[1].params == before[0].params  # the interrupted point, enqueued again
     # the resumed trial's epochs went on in its first MLflow run
     (first,) = [r for r in children if r.data.tags["trial_id"] == resumed["resumed_from_trial"]]
     assert first.info.run_id == resumed["mlflow_run_id"]

@@ -85,6 +85,27 @@ def test_an_optuna_study_is_seeded_with_the_ended_trials_and_their_values():
     }
 
 
+def test_a_resumed_optuna_study_continues_in_its_database(tmp_path):
+    """With a database, the launch's own study goes on: trials a killed driver left RUNNING are
+    FAIL (their points run again), the ended ones are not added twice; a new database is seeded
+    with the ended trials as in memory."""
+    search = stage_of("sensitivity").search
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    first = optuna.create_study(study_name="s", storage=url, directions=["maximize", "maximize"])
+    done = first.ask()
+    done.suggest_float("method_args/alpha", 0.001, 0.5, log=True)
+    first.tell(done, [0.8, 0.6])
+    running = first.ask()
+    running.suggest_float("method_args/alpha", 0.001, 0.5, log=True)
+    ended = [{"config": {"method_args": {"alpha": 0.01}}, "metrics": dict(zip(search.objectives, [0.8, 0.6]))}]
+    searchers.seeded_study(search, sampler, ended, "s", url)
+    assert [t.state.name for t in optuna.load_study(study_name="s", storage=url).trials] == ["COMPLETE", "FAIL"]
+    searchers.seeded_study(search, sampler, ended, "other", url)  # a stage new to the database
+    (seeded,) = optuna.load_study(study_name="other", storage=url).trials
+    assert seeded.values == [0.8, 0.6] and seeded.params == {"method_args/alpha": 0.01}
+
+
 def test_the_plan_fingerprint_changes_with_what_trials_would_run():
     raw, src = load_raw(name="sensitivity")
     study = parse(raw, src)

@@ -236,6 +236,48 @@ def test_printed_mlflow_command_works_in_a_new_shell(smoke):
     assert v.returncode == 0, v.stderr[-500:]
 
 
+def test_the_printed_optuna_dashboard_opens_the_searchs_study(smoke):
+    """The Optuna study lives in the output directory's database (not in memory): the printed
+    optuna-dashboard command serves it, and its API lists the search's trials with their values."""
+    import socket
+    import time
+    import urllib.request
+
+    out, p = smoke
+    line = next(x for x in p.stdout.splitlines() if x.startswith("open the Optuna dashboard:"))
+    cmd = line.split(":", 1)[1].split()
+    assert cmd[1] == f"sqlite:///{(out / 'optuna.db').resolve()}" and cmd[-4:] == [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8080",
+    ]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([*cmd[:-1], str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        get = lambda path: json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read())  # noqa: E731
+        for _ in range(60):
+            try:
+                studies = get("/api/studies")["study_summaries"]
+                break
+            except OSError:
+                time.sleep(0.5)
+        (study,) = [x for x in studies if x["study_name"] == "sensitivity-main"]
+        trials = get(f"/api/studies/{study['study_id']}?after=0")["trials"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    summary = json.loads((out / "summary.json").read_text())["trials"]
+    assert len(trials) == len(summary) and {t["state"] for t in trials} == {"Complete"}
+    told = sorted(tuple(round(v, 6) for v in t["values"]) for t in trials)
+    ours = sorted((round(r["metrics"]["val/clean_acc"], 6), round(r["metrics"]["val/robust_acc"], 6)) for r in summary)
+    assert told == ours  # what Optuna was told: the validation numbers of every trial
+    assert {p["name"] for p in trials[0]["params"]} == {"method_args/alpha", "method_args/mixup_a", "method_args/delta",
+                                                        "method_args/lr_beta"}  # fmt: skip
+
+
 ASHA_STUDY = textwrap.dedent("""
     name: asha
     base: {method: sprout, dataset: digits, epochs: 4, monitor: {n: 64, pgd_steps: 3}}

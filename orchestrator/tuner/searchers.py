@@ -45,14 +45,25 @@ class FixedConfigs(Searcher):
         pass
 
 
-def seeded_study(search, sampler, ended: list[dict], name: str):
-    """An in-memory Optuna study holding the ended trials with their objective values (a trial
-    without finite values is FAIL, as OptunaSearch tells Optuna of a NaN)."""
+def seeded_study(search, sampler, ended: list[dict], name: str, url: str | None = None):
+    """The stage's Optuna study, in the database at ``url`` (an in-memory one without): the study
+    an earlier launch searched in, continued (its trials left RUNNING by a killed driver are
+    marked FAIL; they run again as enqueued points), or a new one holding the trials earlier
+    launches ended with their objective values (a trial without finite values is FAIL, as
+    OptunaSearch tells Optuna of a NaN). Parameters and values are data in the database, never
+    pickles. Returns the storage, for OptunaSearch to load the study from."""
     import optuna
 
-    storage = optuna.storages.InMemoryStorage()
+    storage = optuna.storages.RDBStorage(url) if url else optuna.storages.InMemoryStorage()
+    existed = any(s.study_name == name for s in storage.get_all_studies())
     directions = ["minimize" if m == "min" else "maximize" for m in search.modes]
-    study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, directions=directions)
+    study = optuna.create_study(
+        storage=storage, study_name=name, sampler=sampler, directions=directions, load_if_exists=True
+    )
+    if existed and study.get_trials(deepcopy=False):
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        return storage
     dists = {optuna_name(k): distribution(s) for k, s in search.param_specs().items()}
     for r in ended:
         params = {k: v for k, v in optuna_params(r["config"]).items() if k in dists}

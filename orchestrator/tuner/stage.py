@@ -71,7 +71,7 @@ def _seed_groups(ended: list[dict], unfinished: list[dict], seeds: int) -> tuple
     return whole, earlier, again
 
 
-def _optuna(stage, seed: int, records: list[dict], ended: list[dict], again: list[dict], name: str):
+def _optuna(stage, seed: int, records: list[dict], ended: list[dict], again: list[dict], name: str, url: str | None):
     from ray.tune.search.optuna import OptunaSearch
 
     search = stage.search
@@ -90,11 +90,11 @@ def _optuna(stage, seed: int, records: list[dict], ended: list[dict], again: lis
         points_to_evaluate=points or None,
         sampler=sampler,
         study_name=name,
-        storage=seeded_study(search, sampler, ended, name),
+        storage=seeded_study(search, sampler, ended, name, url),
     )
 
 
-def _search(stage, seed: int, cap: int, records: list[dict], name: str):
+def _search(stage, seed: int, cap: int, records: list[dict], name: str, url: str | None):
     """An Optuna stage's searcher (its seeds repeated by ``SeedRepeats``, batches of ``cap``
     trials when ``search.batch``) and how many trials are left to run."""
     from ray.tune.search import ConcurrencyLimiter
@@ -106,18 +106,19 @@ def _search(stage, seed: int, cap: int, records: list[dict], name: str):
         whole, earlier, again = _seed_groups(ended, unfinished, seeds)
         for w in whole:  # Optuna learns a point's mean over its seeds
             w["metrics"] = mean_result(list(w["metrics"].values()), search.objectives, seeds) or {}
-        inner = _optuna(stage, seed, records, whole, again, name)
+        inner = _optuna(stage, seed, records, whole, again, name, url)
         searcher = SeedRepeats(inner, search.seeds, search.objectives, earlier)
         todo = max(0, (search.num_samples - len(whole)) * seeds - sum(len(e) for e in earlier.values()))
     else:
-        searcher = _optuna(stage, seed, records, ended, [r["config"] for r in unfinished], name)
+        searcher = _optuna(stage, seed, records, ended, [r["config"] for r in unfinished], name, url)
         todo = max(0, search.num_samples - len(ended))
     return ConcurrencyLimiter(searcher, max_concurrent=cap, batch=search.batch), todo
 
 
-def plan_stage(stage, seed: int, cap: int, records: list[dict], name: str) -> StagePlan:
+def plan_stage(stage, seed: int, cap: int, records: list[dict], name: str, url: str | None = None) -> StagePlan:
     """The Tune config of what is left of a stage, given the trials its earlier launches recorded
-    (none on a first launch). See ``orchestrator.tuner.resume``."""
+    (none on a first launch); an Optuna stage's study lives in the database at ``url`` (in memory
+    without one). See ``orchestrator.tuner.resume``."""
     from ray import tune
 
     ended, unfinished = split(records)
@@ -125,7 +126,7 @@ def plan_stage(stage, seed: int, cap: int, records: list[dict], name: str) -> St
         configs = [r["config"] for r in unfinished] + remaining_grid(stage.search, records)
         searcher, todo, limit = FixedConfigs(configs), len(configs), cap
     else:  # the searcher carries its own concurrency limit
-        (searcher, todo), limit = _search(stage, seed, cap, records, name), None
+        (searcher, todo), limit = _search(stage, seed, cap, records, name, url), None
     config = tune.TuneConfig(
         search_alg=searcher,
         scheduler=_scheduler(stage),
