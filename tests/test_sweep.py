@@ -236,6 +236,41 @@ def test_printed_mlflow_command_works_in_a_new_shell(smoke):
     assert v.returncode == 0, v.stderr[-500:]
 
 
+def test_trial_runs_record_their_data_and_certified_finalists_are_registered_models(smoke):
+    """Each trial's run names what it trained and screened on (mlflow dataset inputs with the
+    digest of the image indices: one validation split for the whole search), each certification
+    run its test images, and each certified finalist is a version of the study's registered model
+    with its test numbers."""
+    out, _ = smoke
+    client = mlflow_client(out)
+    s = json.loads((out / "summary.json").read_text())
+    digests = {}
+    for t in s["trials"]:
+        inputs = client.get_run(t["mlflow_run_id"]).inputs.dataset_inputs
+        by = {i.tags[0].value: i.dataset for i in inputs}
+        assert set(by) == {"training", "validation"} and by["training"].name == "digits-train"
+        assert json.loads(by["training"].profile)["num_rows"] > json.loads(by["validation"].profile)["num_rows"] > 0
+        digests.setdefault("validation", set()).add(by["validation"].digest)
+    assert len(digests["validation"]) == 1  # every trial screened on the same images
+    # the worker's own use of its device, per epoch, as MLflow system metrics (CPU here)
+    for t in s["trials"]:
+        history = client.get_metric_history(t["mlflow_run_id"], "system/worker_0/cpu_percent")
+        assert len(history) == t["metrics"]["epoch"] and all(m.value > 0 for m in history)
+        assert client.get_metric_history(t["mlflow_run_id"], "system/worker_0/loader_wait_s")
+        assert t["metrics"]["mean_cpu_percent"] > 0 and 0 <= t["metrics"]["mean_loader_wait_share"] < 1
+    assert "## Device utilisation" in (out / "report.md").read_text()
+    versions = client.search_model_versions("name = 'sensitivity'")
+    certified = {t["trial_id"]: t for t in s["trials"] if t.get("certified")}
+    assert sorted(v.tags["trial_id"] for v in versions) == sorted(certified)
+    for v in versions:
+        t = certified[v.tags["trial_id"]]
+        assert v.run_id == t["mlflow_run_id"] and v.source.endswith("checkpoint.pt")
+        assert float(v.tags["test/robust_acc"]) == t["metrics"]["test/robust_acc"]
+        cert = client.get_run(v.tags["certification_run"])
+        (test_input,) = cert.inputs.dataset_inputs
+        assert test_input.dataset.name == "digits-test" and test_input.tags[0].value == "test"
+
+
 def test_the_printed_optuna_dashboard_opens_the_searchs_study(smoke):
     """The Optuna study lives in the output directory's database (not in memory): the printed
     optuna-dashboard command serves it, and its API lists the search's trials with their values."""

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .devices import generator, home
 from .errors import DataError
+from .files import index_digest
 from .registry import Registry
 
 
@@ -150,6 +151,23 @@ def stratified_split(labels: torch.Tensor, n_val: int, seed: int) -> tuple[torch
     val_idx = torch.cat(val)
     val_idx = val_idx[torch.randperm(len(val_idx), generator=g)]
     return torch.cat(train).sort().values, val_idx
+
+
+def split_inputs(bundle: DataBundle) -> list[dict]:
+    """What a trial trains and screens on, as MLflow dataset inputs: per split its name, size and
+    the digest of its image indices in the data set's training split."""
+    val = bundle.val_index.numpy() if bundle.val_index is not None else np.zeros(0, dtype=np.int64)
+    if bundle.y_train is not None:
+        total = len(bundle.y_train) + len(val)
+    else:
+        ds = bundle.train_dataset
+        total = len(getattr(ds, "dataset", ds))  # a Subset's whole, else the set itself
+    train = np.setdiff1d(np.arange(total), val)
+    out = [{"context": "training", "name": f"{bundle.name}-train", "size": len(train), "digest": index_digest(train)}]
+    if len(val):
+        out.append({"context": "validation", "name": f"{bundle.name}-validation", "size": len(val),
+                    "digest": index_digest(val)})  # fmt: skip
+    return out
 
 
 def with_validation(bundle: DataBundle, val_size: float | None, seed: int = 0) -> DataBundle:

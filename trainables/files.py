@@ -67,3 +67,13 @@ def read_uri_bytes(uri: str) -> bytes:
     fs, path = pyarrow.fs.FileSystem.from_uri(uri)
     with fs.open_input_stream(path) as f:
         return f.read()
+
+
+def index_digest(indices) -> str:
+    """A short digest of a set of image indices (in order): two runs measured on the same images
+    have the same one (MLflow's dataset inputs)."""
+    import hashlib
+
+    import numpy as np
+
+    return hashlib.sha256(np.asarray(list(indices), dtype=np.int64).tobytes()).hexdigest()[:16]

@@ -29,6 +29,7 @@ from .loading import build_model
 from .methods import METHODS, Method
 from .metrics import accuracy, batched
 from .schema import to_dict
+from .utilisation import UsageSampler, per_worker
 
 EpochCallback = Callable[[dict[str, Any], Callable[[], dict[str, Any]] | None], None]
 
@@ -201,11 +202,48 @@ def train_epoch(comp: Components, epoch: int) -> dict[str, Any]:
     steps = len(comp.loader)
     loss_sum = torch.zeros((), device=comp.device)
     correct = torch.zeros((), device=comp.device)
-    seen = 0
     if comp.device.type == "cuda":
         torch.cuda.synchronize(comp.device)
     t0 = time.perf_counter()
-    for i, (x, y) in enumerate(comp.loader):
+    with UsageSampler(comp.device) as usage:
+        wait = _run_steps(comp, epoch, steps, optimizers, opt_cfg, loss_sum, correct)
+    seen = int(wait.pop("seen"))
+    if comp.device.type == "cuda":
+        torch.cuda.synchronize(comp.device)
+    elapsed = time.perf_counter() - t0
+    loss_total, correct_total, seen_total, slowest = _all_reduce_sum(
+        [loss_sum.item(), correct.item(), float(seen), elapsed], comp.device
+    )
+    rank, world = dist_info()
+    loss = loss_total / max(seen_total, 1)
+    if not math.isfinite(loss):
+        raise DivergedError(epoch + 1, loss)
+    metrics: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "loss": loss,
+        "train_acc": correct_total / max(seen_total, 1),
+        "lr": comp.optimizer.param_groups[0]["lr"],
+        "epoch_time_s": slowest / world,
+        "images_per_s": seen_total / max(slowest / world, 1e-9),
+    }
+    metrics.update(per_worker({**usage.means(), "loader_wait_s": wait["loader_wait_s"]}, rank, world))
+    metrics["precision"] = "bf16" if comp.method.amp_dtype == torch.bfloat16 else "fp32"  # of the training forwards
+    metrics.update(comp.method.epoch_metrics())
+    return metrics
+
+
+def _run_steps(comp: Components, epoch: int, steps: int, optimizers, opt_cfg, loss_sum, correct) -> dict[str, float]:
+    """The epoch's steps (sums accumulated on the device into ``loss_sum`` and ``correct``); the
+    images seen and the seconds spent waiting for the data loader."""
+    cfg, seen, wait = comp.cfg, 0, 0.0
+    batches = iter(comp.loader)
+    for i in range(steps):
+        t_wait = time.perf_counter()
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            break
+        wait += time.perf_counter() - t_wait
         x = x.to(comp.device, non_blocking=True)
         y = y.to(comp.device, non_blocking=True)
         set_lr(optimizers, lr_factor(opt_cfg, cfg.epochs, epoch + i / max(steps, 1)), opt_cfg)
@@ -221,27 +259,7 @@ def train_epoch(comp: Components, epoch: int) -> dict[str, Any]:
         loss_sum += out["loss"].float() * len(y)
         correct += (out["logits"].argmax(1) == y).sum()
         seen += len(y)
-    if comp.device.type == "cuda":
-        torch.cuda.synchronize(comp.device)
-    elapsed = time.perf_counter() - t0
-    loss_total, correct_total, seen_total, slowest = _all_reduce_sum(
-        [loss_sum.item(), correct.item(), float(seen), elapsed], comp.device
-    )
-    _, world = dist_info()
-    loss = loss_total / max(seen_total, 1)
-    if not math.isfinite(loss):
-        raise DivergedError(epoch + 1, loss)
-    metrics: dict[str, Any] = {
-        "epoch": epoch + 1,
-        "loss": loss,
-        "train_acc": correct_total / max(seen_total, 1),
-        "lr": comp.optimizer.param_groups[0]["lr"],
-        "epoch_time_s": slowest / world,
-        "images_per_s": seen_total / max(slowest / world, 1e-9),
-    }
-    metrics["precision"] = "bf16" if comp.method.amp_dtype == torch.bfloat16 else "fp32"  # of the training forwards
-    metrics.update(comp.method.epoch_metrics())
-    return metrics
+    return {"seen": seen, "loader_wait_s": wait}
 
 
 def fit(

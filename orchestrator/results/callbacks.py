@@ -107,6 +107,8 @@ class MLflowTrialCallback(tune.Callback):
         if result.get("resolved_config") and trial.trial_id not in self._described:
             self._described.add(trial.trial_id)
             self._describe(run_id, json.loads(result["resolved_config"]))
+            if result.get("data_inputs"):  # what it trains and screens on: MLflow dataset inputs
+                self.tracker.log_inputs(run_id, json.loads(result["data_inputs"]))
             if result.get("precision"):  # what the training forwards ran in (fast.amp=auto decides per method)
                 self.tracker.log_params(run_id, {"precision": result["precision"]})
         settings = {k: result[k] for k in SETTINGS if k in result and k != "resumed_from_epoch"}

@@ -138,11 +138,31 @@ def write_report(study, rows: list[dict], output_dir: Path) -> list[Path]:
         ]
     text += sections
     text += _paired_section(rows)
+    text += _utilisation_section(rows)
     text += beta_section(rows)
     text += ["", "## All trials", "", "```", table(rows), "```", ""]
     path = output_dir / "report.md"
     path.write_text("\n".join(text))
     return [path, *files]
+
+
+def _utilisation_section(rows: list[dict]) -> list[str]:
+    """Each trial's mean use of its devices over its epochs and workers (``system/worker_R/*`` on
+    its MLflow run has them per worker and epoch)."""
+    used = [r for r in rows if "mean_cpu_percent" in r["metrics"]]
+    if not used:
+        return []
+    gpu = any("mean_gpu_util" in r["metrics"] for r in used)
+    body = [
+        [r["stage"], r["trial_id"], str(r.get("placement", {}).get("device", "-")), _num(r["metrics"]["mean_cpu_percent"], "{:.0f}"),
+         *([_num(r["metrics"].get("mean_gpu_util"), "{:.0f}")] if gpu else []),
+         _num(100 * r["metrics"].get("mean_loader_wait_share", float("nan")), "{:.1f}")]
+        for r in used
+    ]  # fmt: skip
+    head = ["stage", "trial", "device", "CPU % (process)", *(["GPU util %"] if gpu else []), "waiting for data %"]
+    return ["## Device utilisation", "", "Means over each trial's epochs and workers (CPU % of its process, "
+            "100 per busy core; GPU utilisation from NVML); per worker and epoch on its MLflow run as system metrics.",
+            "", _md_table(head, body), ""]  # fmt: skip
 
 
 def _paired_section(rows: list[dict]) -> list[str]:

@@ -19,11 +19,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from trainables.checkpoint import CHECKPOINT_FILE
+from trainables.files import index_digest
 from trainables.schema import flatten
 
 from ..record import LaunchFile, trial_key
 from ..study import NOT_METRICS, SETTINGS, TEST
 
+REGISTERED_NUMBERS = ("clean_acc", "robust_acc", "autoattack_acc", "pgd20_acc", "n_eval", "robust_acc_min_n")
 CHECKPOINT_ARTIFACT_MAX = 50 * 2**20  # a final checkpoint up to this size is also logged as an artifact
 
 
@@ -211,6 +214,44 @@ class Tracker:
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
 
+    def log_inputs(self, run_id: str, inputs: list[dict]) -> None:
+        """Dataset inputs of a run (``mlflow.log_input``'s records): per split its name, size and
+        the digest of its image indices, with the split as the input's context."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        items = [
+            DatasetInput(
+                Dataset(name=i["name"], digest=i["digest"], source_type="local",
+                        source=json.dumps({"uri": i["name"].rsplit("-", 1)[0]}), profile=json.dumps({"num_rows": i["size"]})),
+                tags=[InputTag("mlflow.data.context", i["context"])],
+            )
+            for i in inputs
+        ]  # fmt: skip
+        self.client.log_inputs(run_id, datasets=items)
+
+    def register(
+        self, stage: str, trial_id: str, run_id: str, certification_run: str, result: Mapping[str, Any]
+    ) -> None:
+        """A certified finalist as a version of the study's registered model (the MLflow UI's
+        Models page), its source the checkpoint its run holds, tagged with its test numbers and
+        its certification run. Once per trial (a resume does not register it again)."""
+        key = f"model:{trial_key(stage, trial_id)}"
+        if self.launch_file.trial_run_id(key) is not None:
+            return
+        name = self.client.get_experiment(self.experiment_id).name
+        if not self.client.search_registered_models(f"name = '{name}'"):
+            self.client.create_registered_model(name, description=f"certified finalists of the study {name}")
+        tags = {"stage": stage, "trial_id": trial_id, "certification_run": certification_run}
+        tags |= {k: str(v) for k, v in result.items() if k.startswith(TEST) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                 and k.split("/", 1)[1] in REGISTERED_NUMBERS}  # fmt: skip
+        run = self.client.get_run(run_id)
+        has_file = any(a.path == CHECKPOINT_FILE for a in self.client.list_artifacts(run_id))
+        source = (
+            f"runs:/{run_id}/{CHECKPOINT_FILE}" if has_file else run.data.tags.get("checkpoint", run.info.artifact_uri)
+        )
+        mv = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+        self.launch_file.set_trial_run_id(key, str(mv.version))
+
     def log_certification(
         self, stage: str, trial_id: str, result: Mapping[str, Any], files: list[Path], tags: Mapping[str, str]
     ) -> str | None:
@@ -248,5 +289,11 @@ class Tracker:
                 self.client.set_tag(rid, "test_masking_flags", ",".join(flags) or "none")
         for f in files:
             self.client.log_artifact(run_id, str(f))
+        n = result.get(f"{TEST}n_eval")
+        if n:  # the test images it was certified on: the first n of the test split
+            dataset = str(result.get(f"{TEST}dataset", "data"))
+            self.log_inputs(run_id, [{"context": "test", "name": f"{dataset}-test", "size": int(n),
+                                      "digest": index_digest(range(int(n)))}])  # fmt: skip
         self.client.set_terminated(run_id, "FINISHED")
+        self.register(stage, trial_id, trial_run, run_id, result)
         return run_id

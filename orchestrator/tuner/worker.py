@@ -193,7 +193,27 @@ def final_result(t: Trial, screened: dict[str, Any]) -> dict[str, Any]:
     steady = history[1:] if len(history) > 1 else history
     out["mean_epoch_time_s"] = sum(h["epoch_time_s"] for h in steady) / len(steady)
     out["mean_images_per_s"] = sum(h["images_per_s"] for h in steady) / len(steady)
+    out.update(mean_utilisation(steady))
     out["final"] = True
+    return out
+
+
+def mean_utilisation(history: list[dict[str, Any]]) -> dict[str, float]:
+    """Over the epochs and the workers: CPU %, GPU utilisation % (where NVML reads one) and the
+    share of an epoch spent waiting for the data loader (what the report shows per trial)."""
+    out = {}
+    for key in ("cpu_percent", "gpu_util"):
+        vals = [v for h in history for k, v in h.items() if k.startswith("system/worker_") and k.endswith("/" + key)]
+        if vals:
+            out[f"mean_{key}"] = sum(vals) / len(vals)
+    shares = [
+        v / h["epoch_time_s"]
+        for h in history
+        for k, v in h.items()
+        if k.startswith("system/worker_") and k.endswith("/loader_wait_s") and h.get("epoch_time_s")
+    ]
+    if shares:
+        out["mean_loader_wait_share"] = sum(shares) / len(shares)
     return out
 
 
@@ -203,6 +223,7 @@ def report_epoch(t: Trial, metrics: dict[str, Any], make_state) -> None:
     import ray.train
 
     from trainables.checkpoint import save_checkpoint
+    from trainables.data import split_inputs
     from trainables.schema import to_dict
 
     report = {
@@ -212,6 +233,7 @@ def report_epoch(t: Trial, metrics: dict[str, Any], make_state) -> None:
         "device": t.device_label,
         "resolved_config": json.dumps(to_dict(t.cfg)),
         "node_id": t.node_id,
+        "data_inputs": json.dumps(split_inputs(t.comp.bundle)),  # MLflow's dataset inputs (the driver logs them)
     }  # which machine ran this epoch (it changes when a node is lost)
     screened = None
     if metrics["epoch"] == t.cfg.epochs:
