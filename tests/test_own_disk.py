@@ -1,0 +1,115 @@
+"""A Ray node with a disk of its own: a worker node started in its own mount namespace (private
+/tmp, /dev/shm and HOME, at 127.0.0.2 so that drivers do not attach to it) joins a head that
+runs no training. A study whose storage is an S3 bucket (moto on loopback) runs its trials and
+certification shards on that node and passes, although the node cannot see the head's output
+directory; a study with a head-local storage path is refused before any trial runs."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from helpers import SWEEP, kill_tree, processes_mentioning
+from test_storage_s3 import BUCKET, s3  # noqa: F401  (the S3 server fixture)
+
+pytestmark = pytest.mark.slow
+
+RAY = Path(sys.executable).with_name("ray")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def own_disk_cluster(s3, monkeypatch):  # noqa: F811
+    """(GCS address, head node id prefix, worker node id); Ray's token, the S3 credentials and
+    the endpoint in every process's environment, as a cluster's nodes would have them."""
+    import secrets
+
+    if os.geteuid() != 0:
+        pytest.fail("a mount namespace of its own needs root (unshare --mount)")
+    temp = tempfile.mkdtemp(prefix="od", dir="/tmp")  # short: Ray's socket paths
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    port = free_port()
+    head = subprocess.run(
+        [str(RAY), "start", "--head", f"--port={port}", "--num-cpus=0", '--resources={"sweep_driver": 100}',
+         f"--temp-dir={temp}", "--include-dashboard=false"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert head.returncode == 0, head.stderr[-2000:]
+    ip = head.stdout.split("ray start --address='")[1].split(":")[0] if "--address='" in head.stdout else "127.0.0.1"
+    address = f"{ip}:{port}"
+    own = (
+        "mount -t tmpfs tmpfs /tmp && mount -t tmpfs tmpfs /dev/shm && mkdir -p /tmp/home && export HOME=/tmp/home && "
+        f"exec {RAY} start --address={address} --node-ip-address=127.0.0.2 --num-cpus=2 --block"
+    )
+    worker = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--", "bash", "-c", own],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        import ray
+
+        deadline = time.monotonic() + 120
+        ray.init(address=address, logging_level="ERROR")
+        try:
+            while time.monotonic() < deadline:
+                nodes = {n["NodeManagerAddress"]: n["NodeID"] for n in ray.nodes() if n["Alive"]}
+                if "127.0.0.2" in nodes:
+                    break
+                time.sleep(1)
+        finally:
+            ray.shutdown()
+        assert "127.0.0.2" in nodes, nodes
+        yield address, nodes["127.0.0.2"]
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+        kill_tree(processes_mentioning(temp))  # this cluster's processes only (not `ray stop`: other tests' Rays)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def submit(address: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SWEEP), *args], capture_output=True, text=True, cwd=cwd, timeout=900,
+                          env={**os.environ, "RAY_ADDRESS": address})  # fmt: skip
+
+
+def test_a_study_on_s3_runs_on_a_node_with_its_own_disk_and_local_storage_is_refused(own_disk_cluster, s3, tmp_path):  # noqa: F811
+    address, worker_node = own_disk_cluster
+    query, client = s3
+    refused = submit(address, ["--smoke-test", "--output-dir", str(tmp_path / "local")], tmp_path)
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    (line,) = refused.stderr.strip().splitlines()
+    assert "a local directory" in line and "on a multi-node cluster (2 machines" in line
+    assert not (tmp_path / "local" / "summary.json").exists()
+    out = tmp_path / "out"
+    p = submit(address, ["--smoke-test", "--num-samples", "2", "--output-dir", str(out),
+                         "--storage-path", f"s3://{BUCKET}/own-disk{query}"], tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["trials"] and all(t["status"] == "completed" for t in s["trials"])
+    assert {t["placement"]["node_id"] for t in s["trials"]} == {worker_node}  # trained on the own-disk node
+    certified = [t for t in s["trials"] if t.get("certified")]
+    assert certified
+    for t in certified:  # and certified there, from the bucket
+        assert {p["node_id"] for p in t["metrics"]["test/shard_placement"]} == {worker_node}
+    assert not (out / "ray").exists()
+    keys = [
+        o["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+        for o in page.get("Contents", [])
+    ]
+    assert any(k.startswith("own-disk/sensitivity-certify/") and k.endswith("certification.json") for k in keys)
