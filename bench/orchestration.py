@@ -6,7 +6,9 @@
 Reports (1) the per-epoch wall time through Ray Train (report + rank-0 checkpoint every
 epoch) over the plain loop (which also saves a checkpoint every epoch), after start-up: the
 first epoch and the last (final evaluation) are left out; (2) ray.init and per-trial start-up
-seconds; (3) images/s with 1 and 2 DDP workers on CPU (gloo).
+seconds; (3) images/s with 1 and 2 DDP workers on CPU (gloo); (4) a one-worker trial's start-up
+through the sweep as users run it, from Tune starting it to its first training step, in wall and
+CPU seconds over every process, and where it goes (``--startup-only``: just this).
 """
 
 from __future__ import annotations
@@ -84,12 +86,86 @@ def through_ray(cfg_raw: dict, workers: int, storage: str, name: str) -> dict:
     }
 
 
+STARTUP_STUDY = """
+name: startup
+base: {method: natural, dataset: digits, epochs: 1, monitor: {every: 0}}
+search: {algorithm: grid, params: {seed: {values: [0]}}}
+evaluation: {protocol: basic, screen: basic}
+"""
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its descendants now."""
+    import psutil
+
+    total = 0.0
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return total
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def trial_startup() -> dict:
+    """One one-worker trial through the sweep as users run it (its private local Ray, Tune, Ray
+    Train): from Tune starting the trial's driver to the worker's first training step, in wall
+    seconds and in CPU seconds over every process of the sweep, with where the time goes
+    (``orchestrator/tuner/trace.py`` milestones)."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as d:
+        study, trace = Path(d) / "startup.yaml", Path(d) / "trace.jsonl"
+        study.write_text(STARTUP_STUDY)
+        env = {**os.environ, "SPROUT_TRACE_STARTUP": str(trace), "SPROUT_BOOTSTRAP_CONFIG": ""}
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve().parents[1] / "orchestrator" / "sweep.py"), "--config",
+             str(study), "--output-dir", str(Path(d) / "out")],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        cpu: dict[str, float] = {}
+        while proc.poll() is None:
+            seen = {json.loads(x)["what"] for x in trace.read_text().splitlines()} if trace.exists() else set()
+            for what in ("driver", "built"):
+                if what in seen and what not in cpu:
+                    cpu[what] = _tree_cpu(proc.pid)
+            time.sleep(0.05)
+        stamps = {}
+        for line in trace.read_text().splitlines():
+            r = json.loads(line)
+            stamps.setdefault(r["what"], r)
+    t = {k: v["t"] for k, v in stamps.items()}
+    return {
+        "trial_startup_wall_s": round(t["built"] - t["driver"], 2),
+        "trial_startup_cpu_s": round(cpu.get("built", float("nan")) - cpu.get("driver", float("nan")), 2),
+        "startup_driver_to_fit_s": round(t["fit"] - t["driver"], 2),  # the trial driver's imports, the trainer
+        "startup_fit_to_worker_s": round(
+            t["worker"] - t["fit"], 2
+        ),  # Train's controller, placement group, worker spawn
+        "startup_worker_to_first_step_s": round(t["built"] - t["worker"], 2),  # imports, process group, data, model
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", default="pgd_at")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--startup-only", action="store_true", help="only the sweep's one-trial start-up")
     args = ap.parse_args(argv)
+    startup = trial_startup()
+    print("one-worker trial through the sweep, from Tune starting it to its first training step:")
+    print(f"  wall {startup['trial_startup_wall_s']:.2f} s (target 5), CPU {startup['trial_startup_cpu_s']:.2f} s "
+          f"over every process (target 8)")  # fmt: skip
+    for k in ("startup_driver_to_fit_s", "startup_fit_to_worker_s", "startup_worker_to_first_step_s"):
+        print(f"    {k[len('startup_') :]:<26} {startup[k]:.2f} s")
+    if args.startup_only:
+        return 0
     cfg = {"method": args.method, "dataset": "digits", "epochs": args.epochs, "monitor": {"every": 0}}
     plain_epochs = plain(cfg, threads=1)
 
@@ -121,6 +197,7 @@ def main(argv=None) -> int:
         "images_per_s_2_workers": round(median(two["images_per_s"][1:]), 1),
     }
     out["ddp_2_over_1_throughput"] = round(out["images_per_s_2_workers"] / out["images_per_s_1_worker"], 3)
+    out.update(startup)
     print(f"{args.method} on digits, {args.epochs} epochs, CPU ({os.cpu_count()} cores), 1 thread per worker")
     print(f"  per-epoch wall, plain loop        {p_steady:.3f} s")
     print(f"  per-epoch wall, through Ray Train {r_steady:.3f} s   ratio {out['ray_over_plain_epoch_ratio']:.2f}x")

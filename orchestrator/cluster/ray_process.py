@@ -147,6 +147,9 @@ def start_ray(
     # through the environment this process starts Ray with; a user's own settings win.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    # nor Ray Train's Prometheus metrics (a callback on the controller and on every worker);
+    # the trials' metrics go to MLflow
+    os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
     if temp_dir:  # the processes of this Ray find it, not another one on the machine (own_address_file)
         os.environ["RAY_TMPDIR"] = temp_dir
     local = dict(

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..record import train_run_name
 from ..study import config_key, trial_config
+from .trace import stamp
 
 AUTO_BACKEND = "auto"  # resolved per worker group when it starts: nccl or gloo
 
@@ -50,11 +51,30 @@ def torch_config():
     return AdaptiveTorchConfig(backend=AUTO_BACKEND)
 
 
+def lean_trainer_class():
+    """Ray's TorchTrainer without the Ray Data callback when no Ray Data dataset is passed (as
+    here: each worker loads its own data): that callback copies Ray Data's context into every
+    worker, which imports ``ray.data`` there, for nothing. Ray offers no switch for it, so this
+    overrides the private ``_create_default_callbacks`` in this one place;
+    ``tests/test_startup.py`` fails when Ray changes it."""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    class LeanTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+    return LeanTorchTrainer
+
+
 def run_trial(given: dict[str, Any], *, payload: dict[str, Any]) -> None:
     """One trial: its training config from the searched values it was ``given``, one Train run."""
+    stamp("driver")
     import ray.train
     import ray.tune
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from .worker import train_loop_per_worker
@@ -67,7 +87,7 @@ def run_trial(given: dict[str, Any], *, payload: dict[str, Any]) -> None:
     resources = {"CPU": float(res["cpus_per_worker"])}
     if gpus > 0:
         resources["GPU"] = gpus
-    trainer = TorchTrainer(
+    trainer = lean_trainer_class()(
         train_loop_per_worker,
         torch_config=torch_config(),
         train_loop_config={
@@ -89,4 +109,5 @@ def run_trial(given: dict[str, Any], *, payload: dict[str, Any]) -> None:
             callbacks=[TuneReportCallback()],
         ),
     )
+    stamp("fit", trial_id)
     trainer.fit()

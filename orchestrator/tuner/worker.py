@@ -27,6 +27,7 @@ from trainables.files import write_json
 
 from ..record import TrialStatus, console_say
 from ..study import VAL, under, val_name
+from .trace import stamp
 
 logger = logging.getLogger(__name__)
 MAX_LIST = 64  # longer lists (per-image data) stay in eval.json, not in Tune's results
@@ -273,11 +274,13 @@ def report_divergence(t: Trial, epoch: int, loss: float) -> None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    stamp("worker")
     from trainables.errors import DivergedError
     from trainables.loop import checkpoint_state, fit
 
     t = setup(config)
     comp, cfg = t.comp, t.cfg
+    stamp("built")
     try:
         if comp.start_epoch >= cfg.epochs and comp.history:
             # restored from the final checkpoint (a driver crash can lose the last report in
