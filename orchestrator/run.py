@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -388,8 +389,8 @@ def report(session: Session, rows: list[dict], files: list) -> int:
     tests = paired_tests(rows)
     if tests:
         print("\npaired tests on the same test images:")
-        for t in tests:
-            print(f"  [{t['stage']}] {t['verdict']}")
+        for t in tests:  # within the table's 120 columns
+            print(textwrap.fill(f"[{t['stage']}] {t['verdict']}", 118, initial_indent="  ", subsequent_indent="    "))
     jpath, cpath, *report_files = files
     print(f"\nwrote {jpath}, {cpath}" + (f" and {len(report_files)} report file(s)" if report_files else ""))
     uri = launch.tracking_uri

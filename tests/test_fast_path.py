@@ -111,6 +111,10 @@ def test_orchestration_benchmark_smallest_setting(tmp_path):
     assert r["plain_epoch_s"] > 0 and r["ray_epoch_s"] > 0 and r["trial_startup_s"] > 0
     assert abs(r["ray_over_plain_epoch_ratio"] - r["ray_epoch_s"] / r["plain_epoch_s"]) < 0.01
     assert abs(r["ddp_2_over_1_throughput"] - r["images_per_s_2_workers"] / r["images_per_s_1_worker"]) < 0.01
+    # a one-worker trial through the sweep: its start-up in wall and CPU seconds, and its phases
+    phases = [r[k] for k in ("startup_driver_to_fit_s", "startup_fit_to_worker_s", "startup_worker_to_first_step_s")]
+    assert all(p >= 0 for p in phases) and abs(sum(phases) - r["trial_startup_wall_s"]) < 0.05
+    assert r["trial_startup_cpu_s"] > 0
 
 
 @pytest.mark.slow

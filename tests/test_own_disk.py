@@ -58,18 +58,10 @@ def own_disk_cluster(s3, monkeypatch):  # noqa: F811
     worker = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--", "bash", "-c", own],
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
-        import ray
-
-        deadline = time.monotonic() + 120
-        ray.init(address=address, logging_level="ERROR")
-        try:
-            while time.monotonic() < deadline:
-                nodes = {n["NodeManagerAddress"]: n["NodeID"] for n in ray.nodes() if n["Alive"]}
-                if "127.0.0.2" in nodes:
-                    break
-                time.sleep(1)
-        finally:
-            ray.shutdown()
+        deadline, nodes = time.monotonic() + 120, {}
+        while time.monotonic() < deadline and "127.0.0.2" not in nodes:
+            time.sleep(2)
+            nodes = alive_nodes(address)  # in a process of its own: this one's Ray may have other settings
         assert "127.0.0.2" in nodes, nodes
         yield address, nodes["127.0.0.2"]
     finally:
@@ -80,6 +72,16 @@ def own_disk_cluster(s3, monkeypatch):  # noqa: F811
             os.killpg(worker.pid, signal.SIGKILL)
         kill_tree(processes_mentioning(temp))  # this cluster's processes only (not `ray stop`: other tests' Rays)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def alive_nodes(address: str) -> dict[str, str]:
+    """{address: node id} of the cluster's live nodes, asked by a fresh driver process."""
+    code = (
+        "import json, ray; ray.init(address=__import__('sys').argv[1], logging_level='ERROR'); "
+        "print(json.dumps({n['NodeManagerAddress']: n['NodeID'] for n in ray.nodes() if n['Alive']}))"
+    )
+    p = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, timeout=120)
+    return json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 and p.stdout.strip() else {}
 
 
 def submit(address: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -104,6 +104,27 @@ def tidy_session(output_dir: Path) -> int:
 SLOW_START = "timed out during startup"
 
 
+def quiet() -> None:
+    """Tune's start-of-experiment box (its legacy reporter at verbose 0 prints nothing), MLflow's
+    "View run" per trial, and the local raylet's warning that trial drivers and worker groups
+    start more Python processes than it has CPUs (expected here: drivers hold no CPU)."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "16")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    quiet_raylet_warnings()  # a joined cluster's raylets were started without the setting above
+
+
+def lean_train_settings() -> None:
+    """A private Ray on this machine: Ray Train's controller polls its workers every 0.5 s (not 2
+    s: a trial starts and ends seconds sooner), runs no preemption watcher (an actor process per
+    trial that watches for a cloud's spot-instance notices) and no Prometheus metrics (a callback
+    on the controller and on every worker; the trials' metrics go to MLflow). They reach every
+    Ray process through the environment this process starts Ray with; a user's own settings win."""
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+
+
 def start_ray(
     address: str | None, verbose: bool = False, temp_dir: str | None = None, say: Callable[[str], None] = print
 ) -> None:
@@ -122,13 +143,7 @@ def start_ray(
         logging_level="INFO" if verbose else "ERROR",
     )
     if not verbose:
-        # Tune's start-of-experiment box (its legacy reporter at verbose 0 prints nothing), and
-        # the local raylet's warning that trial drivers and worker groups start more Python
-        # processes than it has CPUs (they are expected here: drivers hold no CPU)
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "16")
-        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ..." per trial
-        quiet_raylet_warnings()  # a joined cluster's raylets were started without the setting above
+        quiet()
     if address:
         try:
             ray.init(address=address, **kw)
@@ -141,15 +156,7 @@ def start_ray(
             )
             raise ConfigError(f"Ray address {address}: cannot join ({str(e).splitlines()[0][:200]}){hint}") from None
         return
-    # A private Ray on this machine: Ray Train's controller polls its workers every 0.5 s (not 2 s:
-    # a trial starts and ends seconds sooner) and runs no preemption watcher (an actor process
-    # per trial that watches for a cloud's spot-instance notices). Both reach every Ray process
-    # through the environment this process starts Ray with; a user's own settings win.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    # nor Ray Train's Prometheus metrics (a callback on the controller and on every worker);
-    # the trials' metrics go to MLflow
-    os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+    lean_train_settings()
     if temp_dir:  # the processes of this Ray find it, not another one on the machine (own_address_file)
         os.environ["RAY_TMPDIR"] = temp_dir
     local = dict(
