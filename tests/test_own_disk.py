@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers import SWEEP, kill_tree, processes_mentioning
-from test_storage_s3 import BUCKET, s3  # noqa: F401  (the S3 server fixture)
+from test_storage_s3 import keys, s3  # noqa: F401  (the S3 server fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +91,7 @@ def submit(address: str, args: list[str], cwd: Path) -> subprocess.CompletedProc
 
 def test_a_study_on_s3_runs_on_a_node_with_its_own_disk_and_local_storage_is_refused(own_disk_cluster, s3, tmp_path):  # noqa: F811
     address, worker_node = own_disk_cluster
-    query, client = s3
+    query, client, bucket = s3
     refused = submit(address, ["--smoke-test", "--output-dir", str(tmp_path / "local")], tmp_path)
     assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
     (line,) = refused.stderr.strip().splitlines()
@@ -99,7 +99,7 @@ def test_a_study_on_s3_runs_on_a_node_with_its_own_disk_and_local_storage_is_ref
     assert not (tmp_path / "local" / "summary.json").exists()
     out = tmp_path / "out"
     p = submit(address, ["--smoke-test", "--num-samples", "2", "--output-dir", str(out),
-                         "--storage-path", f"s3://{BUCKET}/own-disk{query}"], tmp_path)  # fmt: skip
+                         "--storage-path", f"s3://{bucket}/own-disk{query}"], tmp_path)  # fmt: skip
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
     assert s["trials"] and all(t["status"] == "completed" for t in s["trials"])
@@ -109,9 +109,5 @@ def test_a_study_on_s3_runs_on_a_node_with_its_own_disk_and_local_storage_is_ref
     for t in certified:  # and certified there, from the bucket
         assert {p["node_id"] for p in t["metrics"]["test/shard_placement"]} == {worker_node}
     assert not (out / "ray").exists()
-    keys = [
-        o["Key"]
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
-        for o in page.get("Contents", [])
-    ]
-    assert any(k.startswith("own-disk/sensitivity-certify/") and k.endswith("certification.json") for k in keys)
+    stored = keys(client, bucket)
+    assert any(k.startswith("own-disk/sensitivity-certify/") and k.endswith("certification.json") for k in stored)

@@ -11,13 +11,14 @@ import socket
 import subprocess
 import sys
 import textwrap
+import uuid
 
 import pytest
 from helpers import SWEEP, sweep, wait_for
 
 pytestmark = pytest.mark.slow
 
-BUCKET = "sprout-studies"
+BUCKET = "sprout-studies"  # a fresh one per test: moto keeps its buckets per process, across servers
 STUDY = """
     name: s3
     base: {method: natural, dataset: digits, epochs: 2, monitor: {every: 0}}
@@ -54,26 +55,27 @@ def s3(monkeypatch):
         monkeypatch.setenv(k, v)
     endpoint = f"http://127.0.0.1:{port}"
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket=BUCKET)
+    bucket = f"{BUCKET}-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
     try:
-        yield f"?region=us-east-1&endpoint_override={endpoint}&scheme=http", client
+        yield f"?region=us-east-1&endpoint_override={endpoint}&scheme=http", client, bucket
     finally:
         server.stop()
 
 
-def keys(client, bucket=BUCKET) -> list[str]:
+def keys(client, bucket: str) -> list[str]:
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return [o["Key"] for p in pages for o in p.get("Contents", [])]
 
 
 def test_a_bucket_that_does_not_exist_is_refused_before_anything_runs(s3, tmp_path):
-    query, client = s3
+    query, client, bucket = s3
     out = tmp_path / "out"
     p = sweep("--smoke-test", "--output-dir", str(out), "--storage-path", f"s3://no-such-bucket/x{query}",
               cwd=tmp_path, expect=2)  # fmt: skip
     (line,) = p.stderr.strip().splitlines()
     assert line.startswith("error: --storage-path s3://no-such-bucket/x") and "bucket does not exist" in line
-    assert not out.exists() and keys(client) == []
+    assert not out.exists() and keys(client, bucket) == []
     # the same from the cluster file's environment, which it names
     env_p = sweep("--smoke-test", "--output-dir", str(out), cwd=tmp_path, expect=2,
                   env={**os.environ, "SPROUT_STORAGE_PATH": f"s3://no-such-bucket/x{query}"})  # fmt: skip
@@ -85,11 +87,11 @@ def test_a_study_on_s3_keeps_everything_in_the_bucket_and_resumes_from_it(s3, tm
     from trainables.files import join_uri
     from trainables.loading import load_model_from_checkpoint
 
-    query, client = s3
+    query, client, bucket = s3
     study = tmp_path / "s3.yaml"
     study.write_text(textwrap.dedent(STUDY))
     out, log = tmp_path / "out", tmp_path / "log1.txt"
-    storage = f"s3://{BUCKET}/studies{query}"
+    storage = f"s3://{bucket}/studies{query}"
     args = ["--config", str(study), "--output-dir", str(out), "--storage-path", storage]
     proc = subprocess.Popen([sys.executable, str(SWEEP), *args], cwd=tmp_path, stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -98,19 +100,19 @@ def test_a_study_on_s3_keeps_everything_in_the_bucket_and_resumes_from_it(s3, tm
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray, mid-certification
         proc.wait()
-    first = set(keys(client))
+    first = set(keys(client, bucket))
     assert any(k.startswith("studies/s3-certify/main/") and k.endswith(".json") for k in first)
     p = sweep(*args, "--resume", cwd=tmp_path)
     earlier = int(p.stdout.split("certify: ")[1].split(" of 24 shards finished in an earlier launch")[0])
     assert 1 <= earlier < 24
     rows = {(t["stage"], t["trial_id"]): t for t in json.loads((out / "summary.json").read_text())["trials"]}
     assert not (out / "ray").exists()  # nothing under a local storage path
-    stored = keys(client)
+    stored = keys(client, bucket)
     for (stage, trial_id), t in rows.items():
         assert t["certified"] and t["metrics"]["test/n_eval"] == 360
         assert any(k == f"studies/s3-certify/{stage}/{trial_id}/certification.json" for k in stored)
         if stage == "main":
-            assert t["checkpoint"].startswith(f"s3://{BUCKET}/studies/train-") and t["checkpoint"].endswith(query)
+            assert t["checkpoint"].startswith(f"s3://{bucket}/studies/train-") and t["checkpoint"].endswith(query)
             # the union of two launches' shards, read from the bucket, equals one evaluation
             model, cfg, bundle = load_model_from_checkpoint(join_uri(t["checkpoint"], "checkpoint.pt"))
             whole = evaluate(model, bundle, get_protocol("basic", {"batch_size": 30}), eps=cfg.eps, seed=0)
