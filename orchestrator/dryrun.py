@@ -22,6 +22,7 @@ from trainables.schema import to_dict
 from . import estimate
 from .study import (
     default_point,
+    entry_base,
     grid_points,
     is_ref,
     load_paper_settings,
@@ -31,7 +32,6 @@ from .study import (
     searched_values,
     settings_findings,
     stage_refs,
-    strip_refs,
     trial_config,
 )
 
@@ -55,10 +55,9 @@ def _evaluated(stage, entry: dict, earlier: list[dict]) -> dict[str, Any]:
 
     from trainables.config import resolve
     from trainables.loading import evaluation_config
-    from trainables.schema import deep_merge, flatten
+    from trainables.schema import flatten
 
-    extra = {k: v for k, v in entry.items() if k not in ("name", "checkpoint")}
-    base = deep_merge(strip_refs(stage.base), extra)
+    base = entry_base(stage, entry)
     ck = entry["checkpoint"]
     if is_ref(ck):
         name, wanted = parse_ref(ck, "checkpoint")

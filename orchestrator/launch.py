@@ -20,7 +20,7 @@ from trainables.errors import ConfigError
 from . import cluster
 from .cluster import check_tracking_uri, default_tracking_uri, normalize_uri
 from .record import launch_file_in
-from .study import DEFAULT_STUDY, Plan, certify_study, is_ref, load_raw, parse, publish, strip_refs
+from .study import DEFAULT_STUDY, Plan, certify_study, entry_base, is_ref, load_raw, parse, publish, strip_refs
 from .study import plan as make_plan
 
 
@@ -323,11 +323,10 @@ def _check_evaluated(stage, i: int, entry: dict) -> None:
     from trainables.errors import CheckpointError
     from trainables.loading import evaluation_config
     from trainables.published import load_published, split_format
-    from trainables.schema import deep_merge, to_dict
+    from trainables.schema import to_dict
 
-    extra = {k: v for k, v in entry.items() if k not in ("name", "checkpoint")}
     try:  # one of ours carries its own config; published weights must fit the model named for them
-        cfg = evaluation_config(entry["checkpoint"], deep_merge(stage.base, extra))
+        cfg = evaluation_config(entry["checkpoint"], entry_base(stage, entry))
         fmt, path = split_format(entry["checkpoint"])
         if fmt is not None:
             load_published(path, fmt, cfg.model, to_dict(cfg.model_args))

@@ -21,7 +21,7 @@ from typing import Any
 
 from trainables.evaluation import describe_flags
 from trainables.files import with_scheme
-from trainables.schema import deep_merge, to_dict
+from trainables.schema import to_dict
 
 from . import certify as certification
 from . import cluster
@@ -43,7 +43,7 @@ from .results import (
     write_report,
     write_summary,
 )
-from .study import TEST, load_paper_numbers, resolve_refs_for, sampler_label, select, strip_refs, substitute
+from .study import TEST, entry_base, load_paper_numbers, resolve_refs_for, sampler_label, select, substitute
 from .tuner import TrialLedger, interrupts, plan_stage, run_stage, run_trial
 
 EXIT_FAILED = 1  # the study ran and wrote its summary, but no trial completed or a certification failed
@@ -192,8 +192,7 @@ def checkpoint_trials(session: Session, stage, refs: dict[str, str]) -> list[dic
     rows = []
     for entry in stage.checkpoints:
         spec = substitute(entry["checkpoint"], refs)
-        extra = {k: v for k, v in entry.items() if k not in ("name", "checkpoint")}
-        config = to_dict(evaluation_config(spec, deep_merge(strip_refs(stage.base), extra)))
+        config = to_dict(evaluation_config(spec, entry_base(stage, entry)))
         run_id = session.tracker.checkpoint_run(stage.name, entry["name"], config, session.parent, session.tags)
         rows.append(
             trial_row(

@@ -8,7 +8,7 @@ from .intervals import count_of, finite, intervals, mcnemar, wilson
 from .load import DEFAULT_STUDY, certify_study, list_studies, load_raw, parse, plan, publish
 from .names import NOT_METRICS, PLACEMENT, SETTINGS, TEST, TUNE_INTERNAL, VAL, under, val_name
 from .paper import load_paper_numbers, load_paper_settings, paper_cell, paper_metrics, settings_findings
-from .refs import collect_refs, is_ref, parse_ref, strip_refs, substitute
+from .refs import collect_refs, entry_base, is_ref, parse_ref, strip_refs, substitute
 from .rules import resolve as resolve_config
 from .selection import EVALUATED, select
 from .space import (
@@ -49,6 +49,7 @@ __all__ = [
     "count_of",
     "default_point",
     "distribution",
+    "entry_base",
     "finite",
     "grid_points",
     "intervals",

@@ -80,6 +80,14 @@ def retarget_refs(value: Any, key: str, new: str) -> Any:
     return value
 
 
+def entry_base(stage, entry: Mapping[str, Any]) -> dict:
+    """What an evaluation stage's checkpoint is described by: the stage's base (references
+    stripped) with the entry's own keys (model, model_args, dataset, method, ...) on top."""
+    from trainables.schema import deep_merge
+
+    return deep_merge(strip_refs(stage.base), {k: v for k, v in entry.items() if k not in ("name", "checkpoint")})
+
+
 def strip_refs(base: Mapping[str, Any]) -> dict:
     """The base with stage references replaced by None (resolved at run time)."""
     b = copy.deepcopy(dict(base))

@@ -124,6 +124,7 @@ class Trial:
     node_id: str
     start_epoch: int
     saved_eval: dict[str, Any] | None  # the screening of a run that finished before a crash
+    data_inputs: str = ""  # its splits as MLflow dataset inputs (JSON), made once: the driver logs them
 
     def say(self, what: str):
         return console_say(self.config.get("console"), self.config.get("label", ""), what)
@@ -137,6 +138,7 @@ def setup(config: dict[str, Any]) -> Trial:
     import torch
 
     from trainables.config import resolve
+    from trainables.data import split_inputs
     from trainables.loop import build
 
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
@@ -154,7 +156,10 @@ def setup(config: dict[str, Any]) -> Trial:
     prepare = ray.train.torch.prepare_model if ctx.get_world_size() > 1 and device.type == "cuda" else None
     comp = build(cfg, device=device, resume=resume, prepare_model=prepare)
     label = device.type if device.type == assigned.type else f"{device.type} (GPU advertised, CUDA unavailable)"
-    return Trial(config, cfg, comp, rank, label, ray.get_runtime_context().get_node_id(), comp.start_epoch, saved_eval)
+    inputs = json.dumps(split_inputs(comp.bundle))
+    return Trial(
+        config, cfg, comp, rank, label, ray.get_runtime_context().get_node_id(), comp.start_epoch, saved_eval, inputs
+    )
 
 
 def screening(t: Trial) -> dict[str, Any]:
@@ -224,7 +229,6 @@ def report_epoch(t: Trial, metrics: dict[str, Any], make_state) -> None:
     import ray.train
 
     from trainables.checkpoint import save_checkpoint
-    from trainables.data import split_inputs
     from trainables.schema import to_dict
 
     report = {
@@ -234,7 +238,7 @@ def report_epoch(t: Trial, metrics: dict[str, Any], make_state) -> None:
         "device": t.device_label,
         "resolved_config": json.dumps(to_dict(t.cfg)),
         "node_id": t.node_id,
-        "data_inputs": json.dumps(split_inputs(t.comp.bundle)),  # MLflow's dataset inputs (the driver logs them)
+        "data_inputs": t.data_inputs,  # MLflow's dataset inputs (the driver logs them)
     }  # which machine ran this epoch (it changes when a node is lost)
     screened = None
     if metrics["epoch"] == t.cfg.epochs:
