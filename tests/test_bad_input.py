@@ -735,3 +735,33 @@ def test_a_paper_numbers_file_whose_cells_disagree_is_one_line_before_ray(tmp_pa
     code, _, stderr = run_in_process(SWEEP, ["--config", str(f), "--dry-run"], tmp_path, monkeypatch, capfd)
     assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
     assert "cells[0] and cells[1] both describe method=natural, model=vgg16 but disagree on clean_acc" in stderr
+
+
+@pytest.mark.parametrize(
+    "var, value, study_text, message",
+    [
+        ("SPROUT_IMAGENET_ROOT", "/nonexistent/imagenet-mount", "base: {dataset: imagenet}\n",
+         "/nonexistent/imagenet-mount/train: missing on node {host} ($SPROUT_IMAGENET_ROOT, the cluster file's mount)"),
+        ("SPROUT_DATA_ROOT", "/nonexistent/data-root", "base: {dataset: cifar10, data: {download: false}}\n",
+         "/nonexistent/data-root/cifar-10-batches-py: missing on node {host} ($SPROUT_DATA_ROOT)"),
+        ("SPROUT_STORAGE_PATH", "ftp://bucket/studies", "name: x\n",
+         "SPROUT_STORAGE_PATH (set in the cluster file's head environment, or by you) ftp://bucket/studies: unknown scheme 'ftp'"),
+    ],
+)  # fmt: skip
+def test_a_bad_value_from_the_cluster_files_environment_is_one_line_naming_it(
+    var, value, study_text, message, tmp_path, monkeypatch, capfd
+):
+    """What the cluster files set on each node (an ImageNet mount, a data root, the study storage)
+    is checked before Ray starts; the line names the variable, the path and the node."""
+    import socket
+
+    f = tmp_path / "study.yaml"
+    f.write_text(study_text)
+    monkeypatch.setenv(var, value)
+    out = tmp_path / "out"
+    code, stdout, stderr = run_in_process(SWEEP, ["--config", str(f), "--output-dir", str(out)], tmp_path, monkeypatch,
+                                          capfd)  # fmt: skip
+    assert code == 2, stderr
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("error: ") and message.format(host=socket.gethostname()) in line, line
+    assert not out.exists() and "Started a local Ray instance" not in stdout + stderr

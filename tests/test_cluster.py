@@ -200,3 +200,39 @@ def test_the_storage_from_the_cluster_files_environment_is_the_default_and_named
     with pytest.raises(ConfigError, match=r"^the default storage path .* as SPROUT_STORAGE_PATH in the cluster file"):
         prepare(parse_args([*argv, "--cluster-config", str(CLUSTER / "gpu.yaml")]))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_every_node_checks_its_python_and_names_the_imagenet_mount_once(path):
+    """Before the pinned install, each node's python3 is checked against the constraints'
+    Python; ImageNet's root is set on every node (setup_commands), once."""
+    import re
+
+    text = path.read_text()
+    cmds = yaml.safe_load(text)["setup_commands"]
+    check = cmds.index("python3 ~/sprout-orchestrator/cluster/check_python.py")
+    assert check < next(i for i, c in enumerate(cmds) if "pip install" in c)
+    assert len(re.findall(r"echo 'export SPROUT_IMAGENET_ROOT=(/\S+)'", text)) == 1
+    assert any("SPROUT_IMAGENET_ROOT" in c for c in cmds)
+
+
+def test_the_python_check_names_the_nodes_python_and_the_one_the_constraints_need(tmp_path):
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(CLUSTER))
+    try:
+        import check_python
+    finally:
+        sys.path.remove(str(CLUSTER))
+    assert check_python.required() == (3, 11)
+    assert check_python.check((3, 11)) is None
+    assert check_python.check((3, 10)) == (
+        "this node's python3 is 3.10; cluster/constraints.txt pins the packages the tests passed with on Python 3.11: "
+        "give the node type an image with it (ImageId in the cluster file)"
+    )
+    other = tmp_path / "constraints.txt"
+    other.write_text("# Python: 3.12\nnumpy==2.4.6\n")
+    assert check_python.check((3, 11), other).startswith("this node's python3 is 3.11;")
+    p = subprocess.run([sys.executable, str(CLUSTER / "check_python.py")], capture_output=True, text=True, timeout=60)
+    assert (p.returncode == 0) == (sys.version_info[:2] == (3, 11)), p.stderr

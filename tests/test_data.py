@@ -89,7 +89,7 @@ def test_imagenet_image_folder(tmp_path):
 
 def test_imagenet_missing_split_is_one_clear_error(tmp_path):
     (tmp_path / "train").mkdir()
-    with pytest.raises(DataError, match=r"val: missing; expected an ImageFolder"):
+    with pytest.raises(DataError, match=r"val: missing on node .* \(data.root\); expected an ImageFolder"):
         get_dataset("imagenet", root=str(tmp_path))
 
 
@@ -222,3 +222,31 @@ def test_the_data_root_is_absolute_under_the_nodes_home_unless_named(tmp_path, m
     assert data_root(None) == tmp_path / "home" / ".cache" / "sprout" / "data"  # not ./data of the process
     monkeypatch.setenv("SPROUT_DATA_ROOT", "/mnt/datasets")
     assert str(data_root(None)) == "/mnt/datasets" and str(data_root("/elsewhere")) == "/elsewhere"
+
+
+def test_imagenet_is_found_at_the_mount_the_cluster_file_names(tmp_path, monkeypatch):
+    """No data.root: $SPROUT_IMAGENET_ROOT (set on every node by the cluster files) is the root;
+    a data.root still wins, and neither is one error naming both."""
+    import socket
+
+    from PIL import Image
+
+    mount = tmp_path / "mnt" / "imagenet"
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (mount / split / c).mkdir(parents=True)
+            Image.new("RGB", (40, 40), (10, 20, 30)).save(mount / split / c / "0.png")
+    monkeypatch.setenv("SPROUT_IMAGENET_ROOT", str(mount))
+    assert get_dataset("imagenet", image_size=32).class_names == ["a", "b"]
+    with pytest.raises(DataError, match=rf"{tmp_path}/elsewhere/train: missing on node .* \(data.root\)"):
+        get_dataset("imagenet", root=str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("SPROUT_IMAGENET_ROOT", str(tmp_path / "unmounted"))
+    with pytest.raises(DataError) as e:
+        get_dataset("imagenet")
+    assert str(e.value) == (
+        f"{tmp_path}/unmounted/train: missing on node {socket.gethostname()} ($SPROUT_IMAGENET_ROOT, the cluster "
+        "file's mount); expected an ImageFolder directory (one folder per class)"
+    )
+    monkeypatch.delenv("SPROUT_IMAGENET_ROOT")
+    with pytest.raises(DataError, match=r"^data.root: the imagenet data set needs a root .* \$SPROUT_IMAGENET_ROOT"):
+        get_dataset("imagenet")

@@ -2,7 +2,7 @@
 own tests do): checkpoints, certification shards and their results land in the bucket and
 nothing under a local storage path; an evaluation stage loads an earlier stage's checkpoint from
 the bucket; a driver killed mid-certification resumes from the bucket; a bucket that does not
-exist is one line before anything runs."""
+exist, or credentials the server refuses, are one line before anything runs."""
 
 import json
 import os
@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 
 import pytest
@@ -80,6 +81,65 @@ def test_a_bucket_that_does_not_exist_is_refused_before_anything_runs(s3, tmp_pa
     env_p = sweep("--smoke-test", "--output-dir", str(out), cwd=tmp_path, expect=2,
                   env={**os.environ, "SPROUT_STORAGE_PATH": f"s3://no-such-bucket/x{query}"})  # fmt: skip
     assert env_p.stderr.startswith("error: SPROUT_STORAGE_PATH (set in the cluster file's head environment")
+
+
+def test_credentials_the_server_refuses_are_one_line_before_anything_runs(tmp_path):
+    """An S3 server that checks credentials (moto's server with IAM authentication on after the
+    four set-up requests): a bucket that exists, keys it does not know, one line naming the
+    storage and the server's refusal, exit 2, nothing written; the user's own keys can write."""
+    import boto3
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        boot = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "boot",
+                "aws_secret_access_key": "boot"}  # fmt: skip
+        bucket = f"{BUCKET}-{uuid.uuid4().hex[:8]}"
+        boto3.client("s3", **boot).create_bucket(Bucket=bucket)  # the 4 requests before auth is on
+        iam = boto3.client("iam", **boot)
+        iam.create_user(UserName="researcher")
+        iam.put_user_policy(UserName="researcher", PolicyName="s3", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))  # fmt: skip
+        key = iam.create_access_key(UserName="researcher")["AccessKey"]
+        own = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key["AccessKeyId"],
+                           aws_secret_access_key=key["SecretAccessKey"])  # fmt: skip
+        storage = f"s3://{bucket}/studies?region=us-east-1&endpoint_override={endpoint}&scheme=http"
+        out = tmp_path / "out"
+        wrong = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG1", "AWS_SECRET_ACCESS_KEY": "wrong"}
+        p = sweep("--smoke-test", "--output-dir", str(out), "--storage-path", storage, cwd=tmp_path, expect=2, env=wrong)
+        (line,) = p.stderr.strip().splitlines()
+        assert line.startswith(f"error: --storage-path s3://{bucket}/studies") and "INVALID_ACCESS_KEY_ID" in line
+        assert "does not exist in our records" in line and "Request ID" not in line
+        assert not out.exists() and own.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+        # the same storage with keys the server knows passes the check (the probe writes and removes its file)
+        from orchestrator.cluster.storage import probe_storage
+
+        env = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            probe_storage(storage, "--storage-path")
+        finally:
+            for k, v in old.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        assert keys(own, bucket) == ["studies/"]  # the probe's file is gone; pyarrow keeps the folder's marker
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_a_study_on_s3_keeps_everything_in_the_bucket_and_resumes_from_it(s3, tmp_path):

@@ -292,6 +292,21 @@ def _cifar_arrays(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Tenso
 
 DATA_ROOT_ENV = "SPROUT_DATA_ROOT"  # a node's data root when a config names none (a cluster file may set it)
 DEFAULT_DATA_ROOT = "~/.cache/sprout/data"
+IMAGENET_ROOT_ENV = "SPROUT_IMAGENET_ROOT"  # ImageNet's mount on each node, named in the cluster files
+
+
+def _on_node() -> str:
+    """Which machine a missing path is missing on (a trial or shard runs on any node)."""
+    import socket
+
+    return f"on node {socket.gethostname()}"
+
+
+def _root_source(root: str | None) -> str:
+    """Where a data root came from, for the error that says it is missing."""
+    if root:
+        return "data.root"
+    return f"${DATA_ROOT_ENV}" if os.environ.get(DATA_ROOT_ENV) else f"the default {DEFAULT_DATA_ROOT}"
 
 
 def data_root(root: str | None) -> Path:
@@ -333,7 +348,10 @@ def _cifar(
     base = root_path / folder
     if not base.is_dir():
         if not download:
-            raise DataError(f"{base}: missing; expected the {name} python-format folder (or set download=true)")
+            raise DataError(
+                f"{base}: missing {_on_node()} ({_root_source(root)}); expected the {name} python-format folder "
+                "(or set download=true)"
+            )
         _download_once(name, root_path, base, tv_cls)
     xs, ys = zip(*(_cifar_arrays(base / f, label_key) for f in train_files))
     x_test, y_test = _cifar_arrays(base / test_file, label_key)
@@ -419,16 +437,26 @@ def cifar100(root: str | None = None, download: bool = True, image_size: int | N
     std=(0.229, 0.224, 0.225),
 )
 def imagenet(root: str | None = None, download: bool = True, image_size: int | None = None) -> DataBundle:
-    """An ImageFolder root with ``train/`` and ``val/`` (one folder per class in each).
-    ImageNet cannot be downloaded automatically; ``download`` is ignored."""
+    """An ImageFolder root with ``train/`` and ``val/`` (one folder per class in each): ``data.root``,
+    else $SPROUT_IMAGENET_ROOT, the mount the cluster files name on every node. ImageNet cannot
+    be downloaded automatically; ``download`` is ignored. Checked on the node that reads it."""
     from torchvision import datasets, transforms
 
+    source = "data.root"
+    if root is None and os.environ.get(IMAGENET_ROOT_ENV):
+        root, source = os.environ[IMAGENET_ROOT_ENV], f"${IMAGENET_ROOT_ENV}, the cluster file's mount"
     if root is None:
-        raise DataError("data.root: the imagenet data set needs a root with train/ and val/")
+        raise DataError(
+            f"data.root: the imagenet data set needs a root with train/ and val/ (or ${IMAGENET_ROOT_ENV}, "
+            "which the cluster files set to its mount)"
+        )
     base = Path(root).expanduser().resolve()
     for split in ("train", "val"):
         if not (base / split).is_dir():
-            raise DataError(f"{base / split}: missing; expected an ImageFolder directory (one folder per class)")
+            raise DataError(
+                f"{base / split}: missing {_on_node()} ({source}); expected an ImageFolder directory "
+                "(one folder per class)"
+            )
     size = image_size or 224
     resize = int(round(size * 256 / 224))
     train_tf = transforms.Compose(

@@ -5,6 +5,7 @@ systems are accepted."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,8 @@ def check_storage(
 
 def probe_storage(storage_path: str, source: str) -> None:
     """Write a small file into the object store and remove it: a bucket that does not exist, or
-    refuses these credentials, is one line here; nothing is left behind."""
+    refuses these credentials, is one line here. Nothing is left but, on an object store, the
+    storage path's folder marker (pyarrow keeps a folder that a delete empties)."""
     import pyarrow.fs
 
     from trainables.files import join_uri
@@ -104,8 +106,19 @@ def probe_storage(storage_path: str, source: str) -> None:
             f.write(b"sprout")
         fs.delete_file(path)
     except (OSError, ValueError, pyarrow.lib.ArrowException) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{source} {storage_path}: cannot write there ({first})") from None
+        raise ConfigError(f"{source} {storage_path}: cannot write there ({_store_error(e)})") from None
+
+
+def _store_error(e: Exception) -> str:
+    """The part of an object store's error a user acts on: Arrow's "AWS Error CODE during OP
+    operation: message" without the request ID, else the first line."""
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    if "AWS Error " in text:
+        text = "AWS Error " + text.split("AWS Error ", 1)[1]
+        text = re.sub(r"\s*\(Request ID: [^)]*\)", "", text)
+    return text.splitlines()[0][:300]
 
 
 def is_multi_node(shape: ClusterShape | None, nodes_now: list[Mapping[str, Any]]) -> tuple[bool, str]:
