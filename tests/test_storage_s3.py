@@ -120,7 +120,9 @@ def test_credentials_the_server_refuses_are_one_line_before_anything_runs(tmp_pa
         storage = f"s3://{bucket}/studies?region=us-east-1&endpoint_override={endpoint}&scheme=http"
         out = tmp_path / "out"
         wrong = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG1", "AWS_SECRET_ACCESS_KEY": "wrong"}
-        p = sweep("--smoke-test", "--output-dir", str(out), "--storage-path", storage, cwd=tmp_path, expect=2, env=wrong)
+        p = sweep(
+            "--smoke-test", "--output-dir", str(out), "--storage-path", storage, cwd=tmp_path, expect=2, env=wrong
+        )
         (line,) = p.stderr.strip().splitlines()
         assert line.startswith(f"error: --storage-path s3://{bucket}/studies") and "INVALID_ACCESS_KEY_ID" in line
         assert "does not exist in our records" in line and "Request ID" not in line
