@@ -149,3 +149,78 @@ def write_image_folder(root: Path, classes: int = 4, per_class: int = 12, size: 
                 pixels = np.clip(colour + rng.integers(-25, 26, (size, size, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(d / f"img_{i}.JPEG")
     return root
+
+
+# Headless Chromium as the machine's probe runs it: without the background-networking flags it
+# tries Google's hosts at every start, which this closed network refuses.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium() -> str:
+    """Debian's Chromium (the README's test command installs it); the browser tests skip, saying
+    so, where there is none."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if path is None:
+        pytest.skip("no headless Chromium: the README's test command installs Debian's chromium")
+    return path
+
+
+def render(url: str, profile: Path, screenshot: Path | None = None, budget_ms: int = 20_000) -> str:
+    """The page's DOM after its scripts ran (``budget_ms`` of virtual time: a single-page app's
+    requests to its server finish within it), and a 1280x800 screenshot when asked."""
+    base = [chromium(), *CHROMIUM_FLAGS, f"--virtual-time-budget={budget_ms}"]
+    dom = subprocess.run(
+        [*base, f"--user-data-dir={profile / 'dom'}", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    if screenshot is not None:
+        shot = subprocess.run(
+            [*base, f"--user-data-dir={profile / 'shot'}", "--window-size=1280,800", f"--screenshot={screenshot}", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert shot.returncode == 0 and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
+    return dom.stdout
+
+
+def serve(cmd: list[str], port: int, path: str = "/", timeout: float = 120, env=None) -> subprocess.Popen:
+    """Start a web server's command and wait until ``http://127.0.0.1:PORT{path}`` answers."""
+    import urllib.request
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    t0 = time.time()
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.time() - t0 > timeout:
+                proc.kill()
+                raise AssertionError(f"{' '.join(cmd)}: no answer on port {port} (exit {proc.poll()})") from None
+            time.sleep(0.5)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import ROOT, kill_tree, mlflow_client, processes_mentioning, ray_train_workers, wait_for
+from helpers import ROOT, free_port, kill_tree, mlflow_client, processes_mentioning, ray_train_workers, wait_for
 
 pytestmark = pytest.mark.slow  # a simulated Ray cluster
 
@@ -145,15 +145,6 @@ def cluster(tmp_path_factory):
     finally:
         kill_tree(processes_mentioning(temp))
         shutil.rmtree(temp, ignore_errors=True)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def submit(d: Path, args: list[str], log: Path) -> subprocess.Popen:

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,18 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import SWEEP, kill_tree, processes_mentioning
+from helpers import SWEEP, free_port, kill_tree, processes_mentioning
 from test_storage_s3 import keys, s3  # noqa: F401  (the S3 server fixture)
 
 pytestmark = pytest.mark.slow
 
 RAY = Path(sys.executable).with_name("ray")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import kill_tree, mlflow_client, sweep
+from helpers import free_port, kill_tree, mlflow_client, render, serve, sweep
 
 from trainables.evaluation.masking import CHECKS
 
@@ -216,6 +216,8 @@ def test_smoke_mlflow_layout_compares_trials_well(smoke):
 
 
 def test_printed_mlflow_command_works_in_a_new_shell(smoke):
+    """The printed MLflow command serves the study in a shell of its own; in headless Chromium its
+    runs page lists every trial and the Models page every certified finalist's version."""
     out, p = smoke
     line = next(x for x in p.stdout.splitlines() if x.startswith("open the MLflow UI:"))
     cmd = line.split(":", 1)[1].split()
@@ -226,14 +228,31 @@ def test_printed_mlflow_command_works_in_a_new_shell(smoke):
     assert re.fullmatch(
         r"  then http://127\.0\.0\.1:5000/#/experiments/\d+/runs \(the study's training runs\)", after
     ), after
-    v = subprocess.run(
-        [cmd[0], "-m", "mlflow", "--version"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PATH": "/usr/bin:/bin"},
-    )
-    assert v.returncode == 0, v.stderr[-500:]
+    # the command itself, in a shell with nothing of this one's environment, on a port of its own;
+    # then its pages in headless Chromium: the study's runs, and the registered finalists
+    port = free_port()
+    server = serve([*cmd[:-1], str(port)], port, "/health", env={"PATH": "/usr/bin:/bin"})
+    try:
+        client = mlflow_client(out)
+        summary = json.loads((out / "summary.json").read_text())
+        experiment = re.search(r"#/experiments/(\d+)/runs", after).group(1)
+        runs = client.search_runs([experiment])  # the study's parent run, its trials and certifications
+        (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        runs_page = render(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs", out / "chromium-runs",
+                           screenshot=out / "mlflow-runs.png")  # fmt: skip
+        # the trials sit under the study's run (collapsed until "Expand rows"); the page counts them all
+        assert parent.info.run_name in runs_page
+        assert re.search(r"<strong>(\d+)</strong> matching runs", runs_page).group(1) == str(len(runs))
+        assert len(runs) == 1 + len(summary["trials"]) + sum(bool(t.get("certified")) for t in summary["trials"])
+        certified = [t for t in summary["trials"] if t.get("certified")]
+        models_page = render(f"http://127.0.0.1:{port}/#/models/sensitivity", out / "chromium-models",
+                             screenshot=out / "mlflow-models.png")  # fmt: skip
+        versions = set(re.findall(r"/models/sensitivity/versions/(\d+)", models_page))
+        assert versions == {str(i + 1) for i in range(len(certified))}, versions
+        assert all(t["trial_id"] in models_page for t in certified)  # each version's trial_id tag
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_trial_runs_record_their_data_and_certified_finalists_are_registered_models(smoke):
@@ -273,9 +292,8 @@ def test_trial_runs_record_their_data_and_certified_finalists_are_registered_mod
 
 def test_the_printed_optuna_dashboard_opens_the_searchs_study(smoke):
     """The Optuna study lives in the output directory's database (not in memory): the printed
-    optuna-dashboard command serves it, and its API lists the search's trials with their values."""
-    import socket
-    import time
+    optuna-dashboard command serves it, its API lists the search's trials with their values, and
+    its trial list in headless Chromium names each."""
     import urllib.request
 
     out, p = smoke
@@ -287,20 +305,17 @@ def test_the_printed_optuna_dashboard_opens_the_searchs_study(smoke):
         "--port",
         "8080",
     ]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen([*cmd[:-1], str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    server = serve([*cmd[:-1], str(port)], port, "/api/studies")
     try:
         get = lambda path: json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read())  # noqa: E731
-        for _ in range(60):
-            try:
-                studies = get("/api/studies")["study_summaries"]
-                break
-            except OSError:
-                time.sleep(0.5)
+        studies = get("/api/studies")["study_summaries"]
         (study,) = [x for x in studies if x["study_name"] == "sensitivity-main"]
         trials = get(f"/api/studies/{study['study_id']}?after=0")["trials"]
+        # what a user sees: the dashboard's trial list in headless Chromium names every trial
+        page = render(f"http://127.0.0.1:{port}/dashboard/studies/{study['study_id']}/trials", out / "chromium-optuna",
+                      screenshot=out / "optuna-dashboard.png")  # fmt: skip
+        assert all(f"Trial {t['number']}" in page for t in trials) and f"Trial {len(trials)}" not in page
     finally:
         server.terminate()
         server.wait(timeout=30)
