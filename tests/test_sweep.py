@@ -311,7 +311,9 @@ def test_the_printed_optuna_dashboard_opens_the_searchs_study(smoke):
         get = lambda path: json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read())  # noqa: E731
         studies = get("/api/studies")["study_summaries"]
         (study,) = [x for x in studies if x["study_name"] == "sensitivity-main"]
-        trials = get(f"/api/studies/{study['study_id']}?after=0")["trials"]
+        detail = get(f"/api/studies/{study['study_id']}?after=0")
+        trials = detail["trials"]
+        assert detail["objective_names"] == ["val/clean_acc", "val/robust_acc"]  # the dashboard's axis labels
         # what a user sees: the dashboard's trial list in headless Chromium names every trial
         page = render(f"http://127.0.0.1:{port}/dashboard/studies/{study['study_id']}/trials", out / "chromium-optuna",
                       screenshot=out / "optuna-dashboard.png")  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable
 
 from ray.tune.search import Searcher
@@ -60,6 +61,9 @@ def seeded_study(search, sampler, ended: list[dict], name: str, url: str | None 
     study = optuna.create_study(
         storage=storage, study_name=name, sampler=sampler, directions=directions, load_if_exists=True
     )
+    with warnings.catch_warnings():  # experimental in Optuna 5; the dashboard labels its axes with them
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(search.objectives))
     if existed and study.get_trials(deepcopy=False):
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
