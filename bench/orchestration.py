@@ -148,7 +148,17 @@ def trial_startup() -> dict:
             t["worker"] - t["fit"], 2
         ),  # Train's controller, placement group, worker spawn
         "startup_worker_to_first_step_s": round(t["built"] - t["worker"], 2),  # imports, process group, data, model
+        # inside fit(): Train's controller process, its worker group (actors, process group), its training function
+        **{f"startup_{a}_to_{b}_s": round(t[b] - t[a], 2) for a, b in STEPS if a in t and b in t},
+        # each process at its milestones: its own CPU seconds since it started, the heavy modules it had imported
+        "startup_processes": {
+            w: {"cpu_s": round(r["cpu_s"], 2), "loaded": r.get("loaded", [])} for w, r in stamps.items()
+        },
     }
+
+
+STEPS = [("fit", "controller"), ("controller", "group_start"), ("group_start", "group_started"),
+         ("group_started", "training_start"), ("training_start", "worker")]  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -164,6 +174,13 @@ def main(argv=None) -> int:
           f"over every process (target 8)")  # fmt: skip
     for k in ("startup_driver_to_fit_s", "startup_fit_to_worker_s", "startup_worker_to_first_step_s"):
         print(f"    {k[len('startup_') :]:<26} {startup[k]:.2f} s")
+        if k == "startup_fit_to_worker_s":
+            for a, b in STEPS:
+                if f"startup_{a}_to_{b}_s" in startup:
+                    print(f"      {a + ' to ' + b:<32} {startup[f'startup_{a}_to_{b}_s']:.2f} s")
+    print("  each process's own CPU seconds at a milestone, and the heavy modules it had imported:")
+    for what, r in startup["startup_processes"].items():
+        print(f"    {what:<16} {r['cpu_s']:5.2f} CPU-s  {', '.join(r['loaded']) or '-'}")
     if args.startup_only:
         return 0
     cfg = {"method": args.method, "dataset": "digits", "epochs": args.epochs, "monitor": {"every": 0}}

@@ -250,3 +250,22 @@ def test_imagenet_is_found_at_the_mount_the_cluster_file_names(tmp_path, monkeyp
     monkeypatch.delenv("SPROUT_IMAGENET_ROOT")
     with pytest.raises(DataError, match=r"^data.root: the imagenet data set needs a root .* \$SPROUT_IMAGENET_ROOT"):
         get_dataset("imagenet")
+
+
+def test_the_digits_read_without_scikit_learn_are_its_load_digits():
+    """The embedded digits come from scikit-learn's CSV file without importing scikit-learn (a
+    trial worker saves its import); the arrays are exactly what ``load_digits`` gives, and no
+    scikit-learn module is loaded for them."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from trainables.data import _digits_arrays
+
+    images, target = _digits_arrays()
+    d = load_digits()
+    assert np.array_equal(images, d.data) and np.array_equal(target, d.target) and images.dtype == d.data.dtype
+    code = "import sys; from trainables.data import get_dataset; get_dataset('digits'); print('sklearn' in sys.modules)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.stdout.strip() == "False", p.stderr[-2000:]

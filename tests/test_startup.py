@@ -24,7 +24,7 @@ def test_the_lean_trainer_drops_only_the_ray_data_callback_and_only_without_data
 
 
 def test_the_startup_trace_is_written_only_when_asked(tmp_path, monkeypatch):
-    from orchestrator.tuner.trace import TRACE_ENV, stamp
+    from orchestrator.tuner.trace import HEAVY, TRACE_ENV, stamp
 
     monkeypatch.delenv(TRACE_ENV, raising=False)
     stamp("driver")  # nothing to write to: nothing happens
@@ -34,3 +34,4 @@ def test_the_startup_trace_is_written_only_when_asked(tmp_path, monkeypatch):
     stamp("built", "t1")
     rows = [json.loads(x) for x in trace.read_text().splitlines()]
     assert [r["what"] for r in rows] == ["driver", "built"] and rows[1]["t"] >= rows[0]["t"] and rows[0]["cpu_s"] > 0
+    assert "torch" in rows[0]["loaded"] and set(rows[0]["loaded"]) <= set(HEAVY)  # this test process has torch

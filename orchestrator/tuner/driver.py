@@ -13,7 +13,7 @@ from typing import Any
 
 from ..record import train_run_name
 from ..study import config_key, trial_config
-from .trace import stamp
+from .trace import controller_callbacks, stamp
 
 AUTO_BACKEND = "auto"  # resolved per worker group when it starts: nccl or gloo
 
@@ -106,7 +106,7 @@ def run_trial(given: dict[str, Any], *, payload: dict[str, Any]) -> None:
             storage_path=payload["storage_path"],
             failure_config=ray.train.FailureConfig(max_failures=int(res["max_failures"])),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=int(train_cfg.get("keep_checkpoints", 2))),
-            callbacks=[TuneReportCallback()],
+            callbacks=[TuneReportCallback(), *controller_callbacks()],
         ),
     )
     stamp("fit", trial_id)

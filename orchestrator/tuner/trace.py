@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 TRACE_ENV = "SPROUT_TRACE_STARTUP"
+HEAVY = ("torch", "ray.train", "ray.data", "pandas", "matplotlib", "mlflow", "scipy")  # imports worth a second
 
 
 def stamp(what: str, trial: str = "") -> None:
@@ -17,6 +19,37 @@ def stamp(what: str, trial: str = "") -> None:
     if not path:
         return
     cpu = os.times()
-    line = {"what": what, "trial": trial, "t": time.time(), "pid": os.getpid(), "cpu_s": cpu.user + cpu.system}
+    line = {
+        "what": what,
+        "trial": trial,
+        "t": time.time(),
+        "pid": os.getpid(),
+        "cpu_s": cpu.user + cpu.system,
+        "loaded": [m for m in HEAVY if m in sys.modules],  # what this process has imported by now
+    }
     with open(path, "a") as f:
         f.write(json.dumps(line) + "\n")
+
+
+def controller_callbacks() -> list:
+    """With tracing on, a Ray Train callback that stamps the controller's milestones (its start,
+    the worker group asked for, started with its process group, running the training function);
+    none otherwise. It runs in the controller's process."""
+    if not os.environ.get(TRACE_ENV):
+        return []
+    from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
+
+    class StartupTrace(ControllerCallback, WorkerGroupCallback):
+        def after_controller_start(self, train_run_context) -> None:
+            stamp("controller")
+
+        def before_worker_group_start(self, worker_group_context) -> None:
+            stamp("group_start")
+
+        def after_worker_group_start(self, worker_group) -> None:
+            stamp("group_started")
+
+        def after_worker_group_training_start(self, worker_group) -> None:
+            stamp("training_start")
+
+    return [StartupTrace()]
