@@ -122,6 +122,7 @@ def test_orchestration_benchmark_smallest_setting(tmp_path):
     procs = r["startup_processes"]
     assert "ray.train" in procs["controller"]["loaded"] and "torch" in procs["built"]["loaded"]
     assert "scipy" not in procs["built"]["loaded"]  # the digits are read without scikit-learn (and scipy)
+    assert "torch" not in procs["controller"]["loaded"]  # the Torch backend is set up without torch there
 
 
 @pytest.mark.slow

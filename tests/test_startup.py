@@ -1,6 +1,7 @@
 """What a trial starts: Ray Train's trainer without its Ray Data callback when no Ray Data
-dataset is passed (a private Ray API, wrapped in one place: this test fails when Ray changes it),
-and the start-up trace the benchmark reads."""
+dataset is passed, and a Torch backend whose controller never imports torch (private Ray APIs,
+each wrapped in one place: these tests fail when Ray changes them), and the start-up trace the
+benchmark reads."""
 
 import json
 
@@ -35,3 +36,43 @@ def test_the_startup_trace_is_written_only_when_asked(tmp_path, monkeypatch):
     rows = [json.loads(x) for x in trace.read_text().splitlines()]
     assert [r["what"] for r in rows] == ["driver", "built"] and rows[1]["t"] >= rows[0]["t"] and rows[0]["cpu_s"] > 0
     assert "torch" in rows[0]["loaded"] and set(rows[0]["loaded"]) <= set(HEAVY)  # this test process has torch
+
+
+def test_the_torch_backend_config_reaches_the_controller_without_torch():
+    """What the controller unpickles and calls (the config, its backend class, framework and
+    context) imports no torch; the config is what TorchTrainer takes and keeps."""
+    import subprocess
+    import sys
+
+    code = (
+        "import pickle, sys; from orchestrator.tuner.driver import lean_trainer_class, torch_config; "
+        "c = pickle.loads(pickle.dumps(torch_config())); c.backend_cls(); c.framework; c.train_func_context; "
+        "t = lean_trainer_class()(lambda config: None, backend_config=torch_config()); "
+        "print(c.to_dict(), type(t.backend_config).__name__, 'torch' in sys.modules)"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # the trial's driver builds its trainer, and the controller gets its config, without torch
+    assert p.stdout.strip() == "{'backend': 'auto', 'init_method': 'env', 'timeout_s': 1800} LazyTorchConfig False", (
+        p.stdout + p.stderr[-2000:]
+    )
+
+
+def test_rays_worker_side_torch_functions_are_as_the_backend_calls_them():
+    """The backend runs Ray's own worker-side functions of ``ray.train.torch.config`` (private):
+    their names and parameters, as ``orchestrator/tuner/backend.py`` calls them."""
+    import inspect
+
+    from ray.train._internal.utils import get_address_and_port
+    from ray.train.torch import config
+
+    assert list(inspect.signature(config._setup_torch_process_group).parameters) == [
+        "backend",
+        "world_rank",
+        "world_size",
+        "init_method",
+        "timeout_s",
+    ]
+    assert list(inspect.signature(config._shutdown_torch).parameters) == ["destroy_process_group"]
+    assert list(inspect.signature(config._set_torch_distributed_env_vars).parameters) == []
+    assert callable(get_address_and_port) and not inspect.signature(get_address_and_port).parameters
+    assert config._TorchBackend.share_cuda_visible_devices  # ours shares CUDA devices as Ray's does

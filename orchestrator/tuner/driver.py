@@ -15,59 +15,35 @@ from ..record import train_run_name
 from ..study import config_key, trial_config
 from .trace import controller_callbacks, stamp
 
-AUTO_BACKEND = "auto"  # resolved per worker group when it starts: nccl or gloo
-
-
-def _cuda_usable() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
 
 def torch_config():
-    """Ray's TorchConfig, except that the process-group backend follows what the workers
-    have: NCCL when every worker sees CUDA, gloo otherwise. A node can advertise a GPU that
-    torch cannot use (a simulated cluster, a broken driver); its workers then train on CPU
-    (the worker says so) instead of failing to create an NCCL group."""
-    from dataclasses import replace
+    """The trainer's backend config: Ray's Torch process-group set-up, run from a Train
+    controller that never imports torch, with the backend following what the workers have
+    (``orchestrator/tuner/backend.py``)."""
+    from .backend import LazyTorchConfig
 
-    from ray.train.torch import TorchConfig
-    from ray.train.torch.config import _TorchBackend  # Ray's own backend; only its choice of backend changes
-
-    class _AdaptiveBackend(_TorchBackend):
-        def on_start(self, worker_group, backend_config):
-            if backend_config.backend == AUTO_BACKEND:
-                gpus = worker_group.get_resources_per_worker().get("GPU", 0) > 0
-                backend = "nccl" if gpus and all(worker_group.execute(_cuda_usable)) else "gloo"
-                backend_config = replace(backend_config, backend=backend)
-            super().on_start(worker_group, backend_config)
-
-    class AdaptiveTorchConfig(TorchConfig):
-        @property
-        def backend_cls(self):
-            return _AdaptiveBackend
-
-    # a backend TorchTrainer leaves alone (it turns None into "nccl" whenever GPUs are asked for)
-    return AdaptiveTorchConfig(backend=AUTO_BACKEND)
+    return LazyTorchConfig()
 
 
 def lean_trainer_class():
-    """Ray's TorchTrainer without the Ray Data callback when no Ray Data dataset is passed (as
-    here: each worker loads its own data): that callback copies Ray Data's context into every
-    worker, which imports ``ray.data`` there, for nothing. Ray offers no switch for it, so this
-    overrides the private ``_create_default_callbacks`` in this one place;
-    ``tests/test_startup.py`` fails when Ray changes it."""
-    from ray.train.torch import TorchTrainer
+    """Ray Train V2's DataParallelTrainer, which TorchTrainer is with Ray's TorchConfig (given
+    ``torch_config()`` instead, nothing in the trial's driver imports torch), without the Ray
+    Data callback when no Ray Data dataset is passed (as here: each worker loads its own data):
+    that callback copies Ray Data's context into every worker, which imports ``ray.data``
+    there, for nothing. Ray offers no switch for it, so this overrides the private
+    ``_create_default_callbacks`` in this one place; ``tests/test_startup.py`` fails when Ray
+    changes it."""
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    class LeanTorchTrainer(TorchTrainer):
+    class LeanTrainer(DataParallelTrainer):
         def _create_default_callbacks(self):
             callbacks = super()._create_default_callbacks()
             if self.datasets:
                 return callbacks
             return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
 
-    return LeanTorchTrainer
+    return LeanTrainer
 
 
 def run_trial(given: dict[str, Any], *, payload: dict[str, Any]) -> None:
@@ -89,7 +65,7 @@ def run_trial(given: dict[str, Any], *, payload: dict[str, Any]) -> None:
         resources["GPU"] = gpus
     trainer = lean_trainer_class()(
         train_loop_per_worker,
-        torch_config=torch_config(),
+        backend_config=torch_config(),
         train_loop_config={
             "train": train_cfg,
             "screen": payload.get("screen", "screen"),
