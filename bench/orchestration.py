@@ -161,13 +161,40 @@ STEPS = [("fit", "controller"), ("controller", "group_start"), ("group_start", "
          ("group_started", "training_start"), ("training_start", "worker")]  # fmt: skip
 
 
+PHASE_TARGETS = {"trials": 1.3, "certify": 1.15}  # a phase's wall over its compute floor (issue 33)
+
+
+def phase_ratios(summary: dict) -> list[str]:
+    """Each stage's trial and certification phases of a finished sweep against their floor: the
+    phase's compute seconds (trials: training and screening; certification: its shards) divided
+    by the CPUs Ray had, as ``orchestrator/run.py`` records them in ``summary.json``."""
+    lines = []
+    for p in summary.get("phases") or []:
+        cpus = p["cpus"] or 1.0
+        for phase in ("trials", "certify"):
+            wall, compute = p[f"{phase}_wall_s"], p[f"{phase}_compute_s"]
+            if compute <= 0:
+                continue
+            floor = compute / cpus
+            lines.append(
+                f"[{p['stage']}] {phase:<8} wall {wall:7.1f} s, compute {compute:7.1f} s on {cpus:g} CPUs "
+                f"(floor {floor:6.1f} s): {wall / floor:.2f}x the floor (target {PHASE_TARGETS[phase]}x)"
+            )
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", default="pgd_at")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--json", default=None)
     ap.add_argument("--startup-only", action="store_true", help="only the sweep's one-trial start-up")
+    ap.add_argument("--phases", metavar="OUTPUT_DIR", help="only the phase ratios of a finished sweep's summary.json")
     args = ap.parse_args(argv)
+    if args.phases:
+        for line in phase_ratios(json.loads((Path(args.phases) / "summary.json").read_text())):
+            print(line)
+        return 0
     startup = trial_startup()
     print("one-worker trial through the sweep, from Tune starting it to its first training step:")
     print(f"  wall {startup['trial_startup_wall_s']:.2f} s (target 5), CPU {startup['trial_startup_cpu_s']:.2f} s "

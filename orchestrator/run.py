@@ -15,7 +15,7 @@ import signal
 import sys
 import textwrap
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ class Session:
     driver: dict[str, float]  # a trial driver's resources
     console: Any  # the mailbox actor for workers' lines
     paper: dict[str, Any]  # the paper's numbers the study puts beside its own (empty without)
+    phases: list[dict] = field(default_factory=list)  # each stage's wall and compute seconds (summary.json)
 
 
 def run(launch: Launch) -> int:
@@ -173,14 +174,39 @@ def run_stages(session: Session) -> list[dict]:
     refs: dict[str, str] = {}
     for stage in session.launch.plan.stages:
         refs = resolve_refs_for(stage, rows, refs)
+        t0 = time.monotonic()
         stage_rows = trials(session, stage, refs)
         if interrupts.received():  # Tune stopped gracefully and returned: not a finished study
             raise interrupts.Interrupted(interrupts.received())
-        certify(session, stage, stage_rows, refs)
+        t1 = time.monotonic()
+        shard_seconds = certify(session, stage, stage_rows, refs)
+        session.phases.append(phase_times(stage.name, stage_rows, t1 - t0, time.monotonic() - t1, shard_seconds))
         add_intervals(stage_rows)
         add_paper(stage_rows, session.paper)
         rows += stage_rows
     return rows
+
+
+def phase_times(stage: str, rows: list[dict], trials_wall: float, certify_wall: float, shard_s: float) -> dict:
+    """A stage's two phases in wall seconds beside their compute: the trials' training and
+    screening seconds (each trial's mean epoch time by its epochs, plus its screening) and the
+    certification shards' seconds, with the CPUs Ray had to run them on (the floor of a phase is
+    its compute divided by those). ``bench/orchestration.py --phases`` prints the ratios."""
+    import ray
+
+    compute = 0.0
+    for r in rows:
+        m = r.get("metrics") or {}
+        if isinstance(m.get("mean_epoch_time_s"), (int, float)) and isinstance(m.get("epoch"), (int, float)):
+            compute += m["mean_epoch_time_s"] * m["epoch"] + float(m.get("val/eval_time_s") or 0.0)
+    return {
+        "stage": stage,
+        "trials_wall_s": round(trials_wall, 2),
+        "trials_compute_s": round(compute, 2),
+        "certify_wall_s": round(certify_wall, 2),
+        "certify_compute_s": round(shard_s, 2),
+        "cpus": float(ray.cluster_resources().get("CPU", 0.0)),
+    }
 
 
 def checkpoint_trials(session: Session, stage, refs: dict[str, str]) -> list[dict]:
@@ -285,13 +311,10 @@ def stage_rows(session: Session, stage, refs: dict[str, str]) -> list[dict]:
     return rows
 
 
-def certify(session: Session, stage, rows: list[dict], refs: dict[str, str]) -> None:
-    """Certify the stage's finalists on the test split and put their numbers in their rows."""
-    finalists = [r for r in select(rows, stage) if r.get("checkpoint")]
-    if not finalists:
-        return
+def certify_settings(session: Session, stage, refs: dict[str, str]) -> certification.Settings:
+    """How a stage's finalists are certified: its protocol, shards and the trials' resources."""
     launch, res = session.launch, session.launch.plan.resources
-    settings = certification.Settings(
+    return certification.Settings(
         protocol=stage.evaluation.protocol,
         overrides=dict(stage.evaluation.overrides or {}),
         seed=launch.plan.seed,
@@ -303,6 +326,16 @@ def certify(session: Session, stage, rows: list[dict], refs: dict[str, str]) -> 
         export=tuple(stage.certify.export),
         study=launch.study.name,
     )
+
+
+def certify(session: Session, stage, rows: list[dict], refs: dict[str, str]) -> float:
+    """Certify the stage's finalists on the test split and put their numbers in their rows; the
+    seconds its shards ran in this launch."""
+    finalists = [r for r in select(rows, stage) if r.get("checkpoint")]
+    if not finalists:
+        return 0.0
+    launch = session.launch
+    settings = certify_settings(session, stage, refs)
     jobs = [
         certification.Finalist(
             stage.name,
@@ -340,10 +373,13 @@ def certify(session: Session, stage, rows: list[dict], refs: dict[str, str]) -> 
         )
 
     # each shard's attacks on the console only with --verbose: its progress lines say enough
-    certification.run(jobs, settings, console=session.console if launch.args.verbose else None, on_finalist=done)
+    seconds = certification.run(
+        jobs, settings, console=session.console if launch.args.verbose else None, on_finalist=done
+    )
     for f in jobs:
         if f.error:
             by_id[f.trial_id]["certification_error"] = f.error
+    return seconds
 
 
 def _local(paths: list[str]) -> list:
@@ -364,6 +400,7 @@ def finish(session: Session, rows: list[dict], wall_time_s: float) -> list:
             "mlflow_parent_run_id": session.parent,
             "tracking_uri": launch.tracking_uri,
             "wall_time_s": wall_time_s,
+            "phases": session.phases,
             **({"paper_source": session.paper.get("source")} if session.paper else {}),
             "paired_tests": paired_tests(rows),
         },

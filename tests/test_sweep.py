@@ -402,3 +402,24 @@ def test_the_dry_run_shows_the_configs_the_sweep_then_ran(smoke, capsys):
     (default,) = [t for t in s["trials"] if t["paper_default"]]
     assert stage["trials"][0]["config"] == default["config"]
     assert len(stage["trials"]) == len(s["trials"])
+
+
+def test_the_summary_records_each_phase_beside_its_compute(smoke):
+    """summary.json carries each stage's trial and certification phases in wall seconds beside
+    their compute (the trials' training and screening seconds, the shards' seconds) and the
+    CPUs they had; the orchestration benchmark prints each phase against that floor."""
+    out, _ = smoke
+    s = json.loads((out / "summary.json").read_text())
+    (phase,) = s["phases"]
+    trained = [t for t in s["trials"] if t["status"] == "completed"]
+    compute = sum(t["metrics"]["mean_epoch_time_s"] * t["metrics"]["epoch"] + t["metrics"]["val/eval_time_s"]
+                  for t in trained)  # fmt: skip
+    assert phase["stage"] == "main" and abs(phase["trials_compute_s"] - compute) < 0.05 and phase["cpus"] > 0
+    assert 0 < phase["certify_compute_s"] and 0 < phase["trials_wall_s"] + phase["certify_wall_s"] < s["wall_time_s"]
+    p = subprocess.run([sys.executable, "bench/orchestration.py", "--phases", str(out)], capture_output=True,
+                       text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = p.stdout.strip().splitlines()
+    assert [x.split()[1] for x in lines] == ["trials", "certify"]
+    floor = phase["trials_compute_s"] / phase["cpus"]
+    assert f"{phase['trials_wall_s'] / floor:.2f}x the floor (target 1.3x)" in lines[0]

@@ -140,6 +140,17 @@ class Progress:
         return time.monotonic() - self.last >= HEARTBEAT_S
 
 
+def _progress(finalists: list[Finalist], todo: int, say: Callable[[str], None]) -> Progress:
+    """The phase's progress, counting what earlier launches finished (and saying so)."""
+    total = sum(len(f.jobs) for f in finalists)
+    progress = Progress(finalists[0].stage if finalists else "certify", total, sum(f.images for f in finalists), say)
+    progress.shards = total - todo
+    progress.images = sum(j.stop - j.start for f in finalists for j in f.jobs if j.start in f.done)
+    if progress.shards:
+        say(f"[{progress.stage}] certify: {progress.shards} of {total} shards finished in an earlier launch")
+    return progress
+
+
 def run(
     finalists: list[Finalist],
     settings: Settings,
@@ -147,24 +158,21 @@ def run(
     console=None,
     say: Callable[[str], None] = print,
     on_finalist: Callable[[Finalist], None] | None = None,
-) -> None:
+) -> float:
     """Certify ``finalists``: every missing shard as a Ray task, all at once; each finalist's
-    result as soon as its last shard is in (``on_finalist``)."""
+    result as soon as its last shard is in (``on_finalist``). Returns the seconds the shards of
+    this launch ran (their sum)."""
     import ray
 
     from ..record import drain
 
     todo = [(f, j) for f in finalists for j in f.jobs if j.start not in f.done]
-    total = sum(len(f.jobs) for f in finalists)
-    progress = Progress(finalists[0].stage if finalists else "certify", total, sum(f.images for f in finalists), say)
-    progress.shards = total - len(todo)
-    progress.images = sum(j.stop - j.start for f in finalists for j in f.jobs if j.start in f.done)
-    if progress.shards:
-        say(f"[{progress.stage}] certify: {progress.shards} of {total} shards finished in an earlier launch")
+    progress = _progress(finalists, len(todo), say)
     task = ray.remote(num_cpus=settings.cpus, num_gpus=settings.gpus, max_retries=1)(run_shard)
     pending = {
         task.remote(j, threads=max(1, int(settings.cpus)), gpus=settings.gpus, console=console): (f, j) for f, j in todo
     }
+    seconds = 0.0
     if pending:
         progress.line(f" ({len(pending)} shard task(s) submitted)")
     for f in finalists:
@@ -188,6 +196,7 @@ def run(
                 say(f"[{f.stage}] certify {f.trial_id}: shard {job.name} failed: {f.error}")
                 continue
             f.done[job.start] = shard
+            seconds += info["seconds"]
             progress.shards += 1
             progress.images += job.stop - job.start
             progress.line(
@@ -197,6 +206,7 @@ def run(
                 _finish(f, settings, on_finalist)
         if pending and progress.due():
             progress.line()
+    return seconds
 
 
 def _finish(f: Finalist, settings: Settings, on_finalist) -> None:
