@@ -38,7 +38,7 @@ def own_disk_cluster(s3, monkeypatch):  # noqa: F811
     port = free_port()
     head = subprocess.run(
         [str(RAY), "start", "--head", f"--port={port}", "--num-cpus=0", '--resources={"sweep_driver": 100}',
-         f"--temp-dir={temp}", "--include-dashboard=false"],
+         f"--temp-dir={temp}", "--include-dashboard=false", f"--dashboard-agent-listen-port={free_port()}"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert head.returncode == 0, head.stderr[-2000:]
@@ -46,16 +46,21 @@ def own_disk_cluster(s3, monkeypatch):  # noqa: F811
     address = f"{ip}:{port}"
     own = (
         "mount -t tmpfs tmpfs /tmp && mount -t tmpfs tmpfs /dev/shm && mkdir -p /tmp/home && export HOME=/tmp/home && "
-        f"exec {RAY} start --address={address} --node-ip-address=127.0.0.2 --num-cpus=2 --block"
+        f"exec {RAY} start --address={address} --node-ip-address=127.0.0.2 --num-cpus=2 --block "
+        # a port of its own for the node's dashboard agent: Ray's default (52365) may be another
+        # test's Ray on this machine, and a raylet whose agent cannot listen exits
+        f"--dashboard-agent-listen-port={free_port()}"
     )
-    worker = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--", "bash", "-c", own],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    log = Path(temp) / "worker-node.log"
+    with open(log, "w") as f:
+        worker = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--", "bash", "-c", own],
+                                  stdout=f, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
         deadline, nodes = time.monotonic() + 120, {}
-        while time.monotonic() < deadline and "127.0.0.2" not in nodes:
+        while time.monotonic() < deadline and "127.0.0.2" not in nodes and worker.poll() is None:
             time.sleep(2)
             nodes = alive_nodes(address)  # in a process of its own: this one's Ray may have other settings
-        assert "127.0.0.2" in nodes, nodes
+        assert "127.0.0.2" in nodes, f"nodes {nodes}; worker node exit {worker.poll()}:\n{log.read_text()[-3000:]}"
         yield address, nodes["127.0.0.2"]
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
