@@ -157,8 +157,9 @@ def trial_startup() -> dict:
     }
 
 
-STEPS = [("fit", "controller"), ("controller", "group_start"), ("group_start", "group_started"),
-         ("group_started", "training_start"), ("training_start", "worker")]  # fmt: skip
+STEPS = [("fit", "controller"), ("controller", "group_start"), ("group_start", "worker_up"),
+         ("worker_up", "process_group"), ("process_group", "group_started"), ("group_started", "training_start"),
+         ("training_start", "worker")]  # fmt: skip
 
 
 PHASE_TARGETS = {"trials": 1.3, "certify": 1.15}  # a phase's wall over its compute floor (issue 33)

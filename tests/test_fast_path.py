@@ -116,7 +116,8 @@ def test_orchestration_benchmark_smallest_setting(tmp_path):
     assert all(p >= 0 for p in phases) and abs(sum(phases) - r["trial_startup_wall_s"]) < 0.05
     assert r["trial_startup_cpu_s"] > 0
     # inside fit(): the controller's milestones (a callback of ours in its process) add up to the phase
-    steps = ["fit", "controller", "group_start", "group_started", "training_start", "worker"]
+    steps = ["fit", "controller", "group_start", "worker_up", "process_group", "group_started", "training_start",
+             "worker"]  # fmt: skip
     inside = [r[f"startup_{a}_to_{b}_s"] for a, b in zip(steps, steps[1:])]
     assert abs(sum(inside) - r["startup_fit_to_worker_s"]) < 0.05 and r["startup_fit_to_controller_s"] > 0
     procs = r["startup_processes"]

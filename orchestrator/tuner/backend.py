@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import ray
 from ray.train.backend import Backend, BackendConfig
 
+from .trace import stamp
+
 AUTO_BACKEND = "auto"  # resolved per worker group when it starts: nccl or gloo
 SHUTDOWN_TIMEOUT_ENV = "TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S"  # Ray's own setting, same default
 SHUTDOWN_TIMEOUT_S = 30
@@ -37,6 +39,7 @@ def _cuda_usable() -> bool:
 
 
 def _address_and_port() -> tuple[str, int]:
+    stamp("worker_up")  # worker 0's process is up, Ray Train's worker loaded: the process group next
     from ray.train._internal.utils import get_address_and_port
 
     return get_address_and_port()
@@ -57,6 +60,7 @@ def _process_group(**kwargs) -> None:
     from ray.train.torch.config import _setup_torch_process_group
 
     _setup_torch_process_group(**kwargs)
+    stamp("process_group")
 
 
 def _shutdown(destroy_process_group: bool) -> None:
