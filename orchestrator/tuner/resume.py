@@ -38,6 +38,7 @@ from ..record import (
 )
 from ..study import config_key, grid_points
 from . import interrupts
+from .trace import stamp
 
 
 class TrialLedger(tune.Callback):
@@ -65,6 +66,7 @@ class TrialLedger(tune.Callback):
         self.launch_file.update(change)
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        stamp("tune_start", trial.trial_id)  # Tune has the trial's actor started (start-up trace only)
         config = plain(trial.config)
         train_run = self.resumes.get(config_key(config))
         self._update(
