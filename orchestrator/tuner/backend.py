@@ -18,6 +18,7 @@ an NCCL group.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -118,10 +119,11 @@ class LazyTorchBackend(Backend):
         from ray.exceptions import GetTimeoutError
 
         futures = worker_group.execute_async(_shutdown, destroy_process_group=len(worker_group) > 1)
+        timeout = float(os.environ.get(SHUTDOWN_TIMEOUT_ENV, SHUTDOWN_TIMEOUT_S))
         try:
-            ray.get(futures, timeout=float(os.environ.get(SHUTDOWN_TIMEOUT_ENV, SHUTDOWN_TIMEOUT_S)))
-        except GetTimeoutError:
-            pass  # the workers are stopped next anyway
+            ray.get(futures, timeout=timeout)
+        except GetTimeoutError:  # as Ray's: say so; the workers are stopped next anyway
+            logging.getLogger(__name__).warning(f"Torch process group shutdown timed out after {timeout} seconds")
 
 
 @dataclass
