@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import SWEEP, free_port, kill_tree, processes_mentioning
+from helpers import ROOT, SWEEP, free_port, kill_tree, processes_mentioning
 from test_storage_s3 import keys, s3  # noqa: F401  (the S3 server fixture)
 
 pytestmark = pytest.mark.slow
@@ -44,12 +44,12 @@ def own_disk_cluster(s3, monkeypatch):  # noqa: F811
     assert head.returncode == 0, head.stderr[-2000:]
     ip = head.stdout.split("ray start --address='")[1].split(":")[0] if "--address='" in head.stdout else "127.0.0.1"
     address = f"{ip}:{port}"
+    hold = Path(tempfile.mkdtemp(prefix="sprout-own-disk-", dir="/var/tmp"))  # outside what the node hides
     own = (
-        "mount -t tmpfs tmpfs /tmp && mount -t tmpfs tmpfs /dev/shm && mkdir -p /tmp/home && export HOME=/tmp/home && "
+        f"{keep_visible(hold)}mount -t tmpfs tmpfs /tmp && {restore_visible(hold)}mount -t tmpfs tmpfs /dev/shm && "
+        f"mkdir -p /tmp/home && export HOME=/tmp/home && "
         f"exec {RAY} start --address={address} --node-ip-address=127.0.0.2 --num-cpus=2 --block "
-        # a port of its own for the node's dashboard agent: Ray's default (52365) may be another
-        # test's Ray on this machine, and a raylet whose agent cannot listen exits
-        f"--dashboard-agent-listen-port={free_port()}"
+        f"--dashboard-agent-listen-port={free_port()}"  # a port of its own, not another Ray's on the machine
     )
     log = Path(temp) / "worker-node.log"
     with open(log, "w") as f:
@@ -70,6 +70,29 @@ def own_disk_cluster(s3, monkeypatch):  # noqa: F811
             os.killpg(worker.pid, signal.SIGKILL)
         kill_tree(processes_mentioning(temp))  # this cluster's processes only (not `ray stop`: other tests' Rays)
         shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(hold, ignore_errors=True)  # empty mount points (the mounts were the namespace's own)
+
+
+def under_tmp() -> list[Path]:
+    """The project and its environment where they lie under /tmp (a clone there): the node's
+    private /tmp would hide them, and with them the ``ray`` it starts and the code it runs."""
+    paths = sorted({Path(sys.prefix).resolve(), ROOT.resolve()}, key=lambda p: len(p.parts))
+    kept: list[Path] = []
+    for path in paths:
+        if path.is_relative_to("/tmp") and not any(path.is_relative_to(k) for k in kept):
+            kept.append(path)
+    return kept
+
+
+def keep_visible(hold: Path) -> str:
+    """Shell commands, run before /tmp is replaced, that bind each path of ``under_tmp`` to a
+    mount point under ``hold``."""
+    return "".join(f"mkdir -p {hold}/{i} && mount --bind {p} {hold}/{i} && " for i, p in enumerate(under_tmp()))
+
+
+def restore_visible(hold: Path) -> str:
+    """Shell commands, run after, that put each back at its own path in the private /tmp."""
+    return "".join(f"mkdir -p {p} && mount --bind {hold}/{i} {p} && " for i, p in enumerate(under_tmp()))
 
 
 def alive_nodes(address: str) -> dict[str, str]:
