@@ -28,8 +28,6 @@ from ray.train.backend import Backend, BackendConfig
 from .trace import stamp
 
 AUTO_BACKEND = "auto"  # resolved per worker group when it starts: nccl or gloo
-SHUTDOWN_TIMEOUT_ENV = "TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S"  # Ray's own setting, same default
-SHUTDOWN_TIMEOUT_S = 30
 
 
 # ----------------------------------------------------------------------------- on the workers
@@ -119,7 +117,14 @@ class LazyTorchBackend(Backend):
         from ray.exceptions import GetTimeoutError
 
         futures = worker_group.execute_async(_shutdown, destroy_process_group=len(worker_group) > 1)
-        timeout = float(os.environ.get(SHUTDOWN_TIMEOUT_ENV, SHUTDOWN_TIMEOUT_S))
+        from ray.train.constants import (  # Ray's own setting and default
+            DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S,
+            TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S,
+        )
+
+        timeout = float(
+            os.environ.get(TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S, DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S)
+        )
         try:
             ray.get(futures, timeout=timeout)
         except GetTimeoutError:  # as Ray's: say so; the workers are stopped next anyway
