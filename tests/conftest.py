@@ -113,7 +113,9 @@ def smoke_sweep(tmp_path_factory):
     from helpers import sweep
 
     out = tmp_path_factory.mktemp("sens")
-    return out, sweep("--smoke-test", "--output-dir", str(out), cwd=out)
+    # its start-up trace (orchestrator/tuner/trace.py), beside the output: which process ran what
+    env = {**os.environ, "SPROUT_TRACE_STARTUP": str(out.parent / f"{out.name}-trace.jsonl")}
+    return out, sweep("--smoke-test", "--output-dir", str(out), cwd=out, env=env)
 
 
 @pytest.fixture

@@ -1,9 +1,11 @@
-"""What a trial starts: Ray Train's trainer without its Ray Data callback when no Ray Data
-dataset is passed, and a Torch backend whose controller never imports torch (private Ray APIs,
-each wrapped in one place: these tests fail when Ray changes them), and the start-up trace the
-benchmark reads."""
+"""What a trial starts: Ray Train's trainer with its controller in the trial's own process and
+without its Ray Data callback when no Ray Data dataset is passed, Tune told of reports without a
+queue actor, Ray's autoscaling coordinator asked for before the first trial, and a Torch backend
+whose controller never imports torch (private Ray APIs, each wrapped in one place: these tests
+fail when Ray changes them), and the start-up trace the benchmark reads."""
 
 import json
+import re
 
 from orchestrator.tuner.driver import lean_trainer_class
 
@@ -22,6 +24,66 @@ def test_the_lean_trainer_drops_only_the_ray_data_callback_and_only_without_data
     assert "DatasetsCallback" in plain and "PlacementGroupCleanerCallback" in plain  # what Ray has today
     lean = callback_types(lean_trainer_class()(loop))
     assert lean == plain - {"DatasetsCallback"}  # the placement-group cleaner stays (ASHA needs it)
+
+
+def test_the_trainer_runs_its_controller_through_the_method_the_lean_trainer_overrides():
+    """``fit()`` hands the controller's arguments to ``_initialize_and_run_controller``, which the
+    lean trainer overrides to build Ray's ``TrainController`` in its own process: the method is
+    called so, with keyword arguments the controller takes, and the controller's loop is a
+    coroutine and its result a plain call."""
+    import inspect
+
+    from ray.train.v2._internal.execution.controller import TrainController
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    fit = inspect.getsource(DataParallelTrainer.fit)
+    call = fit[fit.index("self._initialize_and_run_controller(") :]
+    passed = re.findall(r"^\s*(\w+)=", call[: call.index(")\n")], re.M)
+    assert passed, fit
+    assert set(passed) <= set(inspect.signature(TrainController.__init__).parameters)
+    assert inspect.iscoroutinefunction(TrainController.run)
+    assert not inspect.iscoroutinefunction(TrainController.get_result)
+    assert "_initialize_and_run_controller" in lean_trainer_class().__dict__
+
+
+def test_the_report_callback_and_the_coordinator_are_what_ray_train_calls():
+    """Tune is told of each report by a Train user callback's ``after_report`` (its parameters as
+    Ray calls them), and Ray Train's resource requests go to the coordinator the sweep asks for
+    before its first trial (the same function, called the same way)."""
+    import inspect
+
+    from ray.train.v2._internal.execution.scaling_policy import autoscaling_coordinator_client as client
+    from ray.train.v2.api.callback import UserCallback
+
+    assert list(inspect.signature(UserCallback.after_report).parameters) == [
+        "self",
+        "run_context",
+        "metrics",
+        "checkpoint",
+    ]
+    assert callable(client.get_or_create_autoscaling_coordinator)
+    assert not inspect.signature(client.get_or_create_autoscaling_coordinator).parameters
+    source = inspect.getsource(client.TrainAutoscalingCoordinatorClient)
+    assert "get_or_create_autoscaling_coordinator()" in source
+
+
+def test_each_report_reaches_tune_as_rank_0s_metrics_with_its_checkpoints_path(monkeypatch):
+    import ray.tune
+
+    from orchestrator.tuner.driver import report_to_tune
+
+    told = []
+    monkeypatch.setattr(ray.tune, "report", lambda row: told.append(row))
+    callback = report_to_tune()
+
+    class Checkpoint:
+        path = "/store/train-x/checkpoint_000001"
+
+    rank0 = {"epoch": 1, "val/clean_acc": 0.5}
+    callback.after_report(None, [rank0, {"epoch": 1, "val/clean_acc": 0.1}], Checkpoint())
+    callback.after_report(None, [{"epoch": 2}], None)
+    assert told == [{**rank0, "checkpoint_path": Checkpoint.path}, {"epoch": 2}]
+    assert "checkpoint_path" not in rank0  # the worker's own dict is not changed
 
 
 def test_the_startup_trace_is_written_only_when_asked(tmp_path, monkeypatch):

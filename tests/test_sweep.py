@@ -423,3 +423,16 @@ def test_the_summary_records_each_phase_beside_its_compute(smoke):
     assert [x.split()[1] for x in lines] == ["trials", "certify"]
     floor = phase["trials_compute_s"] / phase["cpus"]
     assert f"{phase['trials_wall_s'] / floor:.2f}x the floor (target 1.3x)" in lines[0]
+
+
+def test_each_trials_train_controller_runs_in_the_trials_own_process(smoke):
+    """The lean trainer runs Ray Train's controller in the trial's driver (one process fewer per
+    trial): the controller's milestones are stamped by the processes that called ``fit()``, one
+    per trial, and the workers by others."""
+    out, _ = smoke
+    rows = [json.loads(x) for x in (out.parent / f"{out.name}-trace.jsonl").read_text().splitlines()]
+    pids = {w: {r["pid"] for r in rows if r["what"] == w} for w in ("fit", "controller", "training_start", "worker")}
+    trials = json.loads((out / "summary.json").read_text())["trials"]
+    assert len([r for r in rows if r["what"] == "fit"]) == len(trials) == 3
+    assert pids["controller"] and pids["controller"] | pids["training_start"] <= pids["fit"], pids
+    assert pids["worker"] and not pids["worker"] & pids["fit"], pids

@@ -26,14 +26,24 @@ def torch_config():
 
 
 def lean_trainer_class():
-    """Ray Train V2's DataParallelTrainer, which TorchTrainer is with Ray's TorchConfig (given
-    ``torch_config()`` instead, nothing in the trial's driver imports torch), without the Ray
-    Data callback when no Ray Data dataset is passed (as here: each worker loads its own data):
-    that callback copies Ray Data's context into every worker, which imports ``ray.data``
-    there, for nothing. Ray offers no switch for it, so this overrides the private
-    ``_create_default_callbacks`` in this one place; ``tests/test_startup.py`` fails when Ray
-    changes it."""
+    """Ray Train V2's DataParallelTrainer (TorchTrainer is it with Ray's TorchConfig; given
+    ``torch_config()`` instead, nothing in the trial's driver imports torch), with two changes to
+    what a trial starts, each a private method overridden in this one place
+    (``tests/test_startup.py`` fails when Ray changes them):
+
+    - its controller runs in the trial's own process, in the thread that calls ``fit()``, not in
+      an actor of its own. Ray always starts one (``_initialize_and_run_controller``); that is a
+      fresh Python process per trial importing Ray Train (pandas, ``ray.data``) again, about 2 CPU-s
+      and 3 s before the worker group is even asked for. The same ``TrainController`` runs the same
+      loop; its worker group, placement group and the placement-group cleaner (which frees an
+      ASHA-stopped trial's workers when this process goes) are as before, owned by this process;
+    - without a Ray Data dataset (as here: each worker loads its own data) the Ray Data callback is
+      left out: it copies Ray Data's context into every worker, which imports ``ray.data`` there,
+      for nothing (``_create_default_callbacks``)."""
+    import asyncio
+
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.execution.controller import TrainController
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     class LeanTrainer(DataParallelTrainer):
@@ -43,7 +53,43 @@ def lean_trainer_class():
                 return callbacks
             return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
 
+        def _initialize_and_run_controller(self, **controller_init_kwargs):
+            controller = TrainController(**controller_init_kwargs)
+            asyncio.run(controller.run())
+            return controller.get_result()
+
     return LeanTrainer
+
+
+def start_autoscaling_coordinator() -> None:
+    """Ask for the actor every Ray Train controller registers its run's resources with (Ray's
+    autoscaling coordinator: one detached actor per cluster, made on first use). The first trial's
+    controller would otherwise create it and wait for its process (about 2 s, with nothing else
+    to do); asked for before Tune starts, it comes up while Tune sets up. Non-blocking; the same
+    private function Ray Train calls (``tests/test_startup.py`` fails when Ray changes it)."""
+    from ray.train.v2._internal.execution.scaling_policy import autoscaling_coordinator_client
+
+    autoscaling_coordinator_client.get_or_create_autoscaling_coordinator()
+
+
+def report_to_tune():
+    """A Train callback that hands each report of rank 0 (its metrics, and its checkpoint's path
+    under ``checkpoint_path``) to the trial's Tune session, as Ray's ``TuneReportCallback`` does
+    but without its queue actor: that callback runs in a separate controller process, so it
+    needs one (another process per trial); the lean trainer's controller runs in the trial's
+    process, in the thread that called ``fit()``, where ``ray.tune.report`` is the plain call."""
+    import ray.tune
+    from ray.train.v2.api.callback import UserCallback
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+    class ReportToTune(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            row = dict(metrics[0])
+            if checkpoint:
+                row[CHECKPOINT_PATH_KEY] = checkpoint.path
+            ray.tune.report(row)
+
+    return ReportToTune()
 
 
 def run_trial(given: dict[str, Any], *, payload: dict[str, Any]) -> None:
@@ -51,7 +97,6 @@ def run_trial(given: dict[str, Any], *, payload: dict[str, Any]) -> None:
     stamp("driver")
     import ray.train
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from .worker import train_loop_per_worker
 
@@ -82,7 +127,7 @@ def run_trial(given: dict[str, Any], *, payload: dict[str, Any]) -> None:
             storage_path=payload["storage_path"],
             failure_config=ray.train.FailureConfig(max_failures=int(res["max_failures"])),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=int(train_cfg.get("keep_checkpoints", 2))),
-            callbacks=[TuneReportCallback(), *controller_callbacks()],
+            callbacks=[report_to_tune(), *controller_callbacks()],
         ),
     )
     stamp("fit", trial_id)

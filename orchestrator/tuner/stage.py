@@ -141,6 +141,10 @@ def run_stage(stage, *, name: str, trainable, tune_config, storage_path: str, ca
     """Run a stage's trials (a new Tuner on every launch: Tune's pickled state is never read)."""
     from ray import tune
 
+    from .driver import start_autoscaling_coordinator
+
+    start_autoscaling_coordinator()
+
     tune.Tuner(
         trainable,
         tune_config=tune_config,
