@@ -32,8 +32,13 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # a `ray up` head's cluster file left in the home directory (cluster/loopback_check.py leaves one,
 # as `ray down` does) must not make a test's sweep try to join whatever Ray runs on the machine
 os.environ["SPROUT_BOOTSTRAP_CONFIG"] = ""
-# the machine's cores shared between pytest-xdist's processes (two threads each would thrash two cores)
-torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+# the machine's cores shared between pytest-xdist's processes, in this process and in every process
+# a test starts (benchmarks, the training command, sweeps' drivers): two threads each thrash two
+# cores (measured on 2 cores: two copies of the GPU-acceptance code path at once took 127 s with two
+# OpenMP threads each, 24 s with one; in the suite that test took 154 s)
+THREADS = max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+torch.set_num_threads(THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 
 # the files whose slow tests start Ray sweeps, and their group: one process, one sweep at a time

@@ -125,11 +125,11 @@ STUDY = textwrap.dedent("""
     stages:
       - {name: original, base: {data: {root: ROOT_A}}, search: SEARCH, evaluation: {protocol: basic, screen: basic}}
       - {name: relabelled, base: {data: {root: ROOT_B}}, search: SEARCH, evaluation: {protocol: basic, screen: basic}}
-    resources: {max_concurrent_trials: 1}
+    resources: {max_concurrent_trials: 2}
 """)
 
 
-@pytest.mark.slow  # one sweep: two Optuna searches of 3 sequential trials
+@pytest.mark.slow  # one sweep: two Optuna searches of 3 trials, two at a time in batches (search.batch)
 def test_changing_only_the_test_labels_changes_no_choice(tmp_path):
     """The same search on two copies of a data set that differ only in the test split's labels:
     TPE's model-based third trial, the validation numbers and the finalists must be the same
