@@ -189,7 +189,8 @@ def run_stages(session: Session) -> list[dict]:
 
 def phase_times(stage: str, rows: list[dict], trials_wall: float, certify_wall: float, shard_s: float) -> dict:
     """A stage's two phases in wall seconds beside their compute: the trials' training and
-    screening seconds (each trial's mean epoch time by its epochs, plus its screening) and the
+    screening seconds (each trial's mean epoch time by its epochs, its per-epoch monitor's
+    seconds, plus its screening) and the
     certification shards' seconds, with the CPUs Ray had to run them on (the floor of a phase is
     its compute divided by those). ``bench/orchestration.py --phases`` prints the ratios."""
     import ray
@@ -199,6 +200,7 @@ def phase_times(stage: str, rows: list[dict], trials_wall: float, certify_wall: 
         m = r.get("metrics") or {}
         if isinstance(m.get("mean_epoch_time_s"), (int, float)) and isinstance(m.get("epoch"), (int, float)):
             compute += m["mean_epoch_time_s"] * m["epoch"] + float(m.get("val/eval_time_s") or 0.0)
+            compute += float(m.get("total_monitor_time_s") or 0.0)
     return {
         "stage": stage,
         "trials_wall_s": round(trials_wall, 2),

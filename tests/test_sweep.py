@@ -406,14 +406,15 @@ def test_the_dry_run_shows_the_configs_the_sweep_then_ran(smoke, capsys):
 
 def test_the_summary_records_each_phase_beside_its_compute(smoke):
     """summary.json carries each stage's trial and certification phases in wall seconds beside
-    their compute (the trials' training and screening seconds, the shards' seconds) and the
-    CPUs they had; the orchestration benchmark prints each phase against that floor."""
+    their compute (the trials' training, per-epoch monitor and screening seconds, the shards'
+    seconds) and the CPUs they had; the orchestration benchmark prints each phase against that floor."""
     out, _ = smoke
     s = json.loads((out / "summary.json").read_text())
     (phase,) = s["phases"]
     trained = [t for t in s["trials"] if t["status"] == "completed"]
+    assert all(t["metrics"]["total_monitor_time_s"] > 0 for t in trained)  # the smoke study monitors each epoch
     compute = sum(t["metrics"]["mean_epoch_time_s"] * t["metrics"]["epoch"] + t["metrics"]["val/eval_time_s"]
-                  for t in trained)  # fmt: skip
+                  + t["metrics"]["total_monitor_time_s"] for t in trained)  # fmt: skip
     assert phase["stage"] == "main" and abs(phase["trials_compute_s"] - compute) < 0.05 and phase["cpus"] > 0
     assert 0 < phase["certify_compute_s"] and 0 < phase["trials_wall_s"] + phase["certify_wall_s"] < s["wall_time_s"]
     p = subprocess.run([sys.executable, "bench/orchestration.py", "--phases", str(out)], capture_output=True,

@@ -272,7 +272,9 @@ def fit(
     for epoch in range(comp.start_epoch, cfg.epochs):
         metrics = train_epoch(comp, epoch)
         if rank == 0 and cfg.monitor.every and ((epoch + 1) % cfg.monitor.every == 0 or epoch + 1 == cfg.epochs):
+            t0 = time.perf_counter()
             metrics.update(monitor(comp))
+            metrics["monitor_time_s"] = time.perf_counter() - t0  # compute beside the epoch's steps
         comp.history.append(metrics)
         if log is not None and rank == 0:
             log(format_metrics(metrics))

@@ -75,7 +75,9 @@ SETTINGS = frozenset({"final", "resumed_from_epoch", *_SETTINGS, *(p + k for p i
 NOT_METRICS = TUNE_INTERNAL | SETTINGS | set(PLACEMENT)
 
 # What every trial reports per epoch (trainables.loop) and with its final result (the worker).
-EPOCH_METRICS = ("loss", "train_acc", "lr", "epoch_time_s", "images_per_s", "monitor_clean_acc", "monitor_pgd_acc")
-FINAL_METRICS = ("mean_epoch_time_s", "mean_images_per_s")
+EPOCH_METRICS = (
+    "loss", "train_acc", "lr", "epoch_time_s", "images_per_s", "monitor_clean_acc", "monitor_pgd_acc", "monitor_time_s"
+)  # fmt: skip
+FINAL_METRICS = ("mean_epoch_time_s", "mean_images_per_s", "total_monitor_time_s")
 # What a study's per-epoch objective names mean in a trial's per-epoch results (ASHA's rungs).
 PER_EPOCH = {"robust_acc": "monitor_pgd_acc", "clean_acc": "monitor_clean_acc", "loss": "loss"}

@@ -132,3 +132,4 @@ def run_trial(given: dict[str, Any], *, payload: dict[str, Any]) -> None:
     )
     stamp("fit", trial_id)
     trainer.fit()
+    stamp("fit_end", trial_id)

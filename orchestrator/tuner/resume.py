@@ -94,6 +94,7 @@ class TrialLedger(tune.Callback):
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        stamp("tune_complete", trial.trial_id)  # Tune has the trial's end (start-up trace only)
         self._ended(trial, completed_status(trial.last_result))
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -199,6 +199,7 @@ def final_result(t: Trial, screened: dict[str, Any]) -> dict[str, Any]:
     steady = history[1:] if len(history) > 1 else history
     out["mean_epoch_time_s"] = sum(h["epoch_time_s"] for h in steady) / len(steady)
     out["mean_images_per_s"] = sum(h["images_per_s"] for h in steady) / len(steady)
+    out["total_monitor_time_s"] = sum(h.get("monitor_time_s", 0.0) for h in history)  # every epoch's monitor
     out.update(mean_utilisation(steady))
     out["final"] = True
     return out
@@ -296,3 +297,4 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             fit(comp, on_epoch_end=lambda metrics, make_state: report_epoch(t, metrics, make_state))
     except DivergedError as e:
         report_divergence(t, e.epoch, e.loss)
+    stamp("worker_end")
