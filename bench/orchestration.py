@@ -3,8 +3,9 @@
     python bench/orchestration.py                 # PGD-AT on digits, 6 epochs, CPU
     python bench/orchestration.py --json bench/results/orchestration-cpu.json
 
-Reports (1) the per-epoch wall time through Ray Train (report + rank-0 checkpoint every
-epoch) over the plain loop (which also saves a checkpoint every epoch), after start-up: the
+Reports (1) the per-epoch wall time through Ray Train (the sweep's own trainer,
+``orchestrator/tuner/driver.py``, run from this driver; report + rank-0 checkpoint every epoch)
+over the plain loop (which also saves a checkpoint every epoch), after start-up: the
 first epoch and the last (final evaluation) are left out; (2) ray.init and per-trial start-up
 seconds; (3) images/s with 1 and 2 DDP workers on CPU (gloo); (4) a one-worker trial's start-up
 through the sweep as users run it, from Tune starting it to its first training step, in wall and
@@ -52,8 +53,8 @@ def plain(cfg_raw: dict, threads: int) -> list[float]:
 
 def through_ray(cfg_raw: dict, workers: int, storage: str, name: str) -> dict:
     import ray.train
-    from ray.train.torch import TorchTrainer
 
+    from orchestrator.tuner.driver import lean_trainer_class, torch_config
     from orchestrator.tuner.worker import train_loop_per_worker
 
     log = Path(storage) / f"{name}.jsonl"
@@ -68,8 +69,9 @@ def through_ray(cfg_raw: dict, workers: int, storage: str, name: str) -> dict:
                     + "\n"
                 )
 
-    trainer = TorchTrainer(
+    trainer = lean_trainer_class()(  # the sweep's trainer; from this driver, with Ray's own controller actor
         train_loop_per_worker,
+        backend_config=torch_config(),
         train_loop_config={"train": cfg_raw, "threads": 1},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(name=name, storage_path=storage, callbacks=[Stamp()]),

@@ -46,6 +46,21 @@ def test_the_trainer_runs_its_controller_through_the_method_the_lean_trainer_ove
     assert "_initialize_and_run_controller" in lean_trainer_class().__dict__
 
 
+def test_nothing_asks_the_train_controller_for_its_checkpoints():
+    """In a trial, Ray Train's workers are handed Tune's actor for the trial as their controller's
+    handle (the controller runs in it); its only use in Ray Train is
+    ``ray.train.get_all_reported_checkpoints``, which no code of ours may call."""
+    from helpers import ROOT
+
+    callers = [
+        str(f.relative_to(ROOT))
+        for d in ("orchestrator", "trainables", "bench")
+        for f in (ROOT / d).rglob("*.py")
+        if "get_all_reported_checkpoints(" in f.read_text()
+    ]
+    assert callers == []
+
+
 def test_the_report_callback_and_the_coordinator_are_what_ray_train_calls():
     """Tune is told of each report by a Train user callback's ``after_report`` (its parameters as
     Ray calls them), and Ray Train's resource requests go to the coordinator the sweep asks for

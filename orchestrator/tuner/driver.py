@@ -36,12 +36,17 @@ def lean_trainer_class():
       fresh Python process per trial importing Ray Train (pandas, ``ray.data``) again, about 2 CPU-s
       and 3 s before the worker group is even asked for. The same ``TrainController`` runs the same
       loop; its worker group, placement group and the placement-group cleaner (which frees an
-      ASHA-stopped trial's workers when this process goes) are as before, owned by this process;
+      ASHA-stopped trial's workers when this process goes) are as before, owned by this process.
+      Only in an actor (Tune's for the trial): Ray Train hands its workers the controller's actor
+      handle (``current_actor``), which only ``ray.train.get_all_reported_checkpoints`` uses
+      (never called here: ``tests/test_startup.py``); called from a driver, Ray's own controller
+      actor runs, as in plain Ray Train;
     - without a Ray Data dataset (as here: each worker loads its own data) the Ray Data callback is
       left out: it copies Ray Data's context into every worker, which imports ``ray.data`` there,
       for nothing (``_create_default_callbacks``)."""
     import asyncio
 
+    import ray
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
     from ray.train.v2._internal.execution.controller import TrainController
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
@@ -54,6 +59,8 @@ def lean_trainer_class():
             return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
 
         def _initialize_and_run_controller(self, **controller_init_kwargs):
+            if ray.get_runtime_context().get_actor_id() is None:  # a driver, not Tune's actor for a trial
+                return super()._initialize_and_run_controller(**controller_init_kwargs)
             controller = TrainController(**controller_init_kwargs)
             asyncio.run(controller.run())
             return controller.get_result()
