@@ -35,10 +35,13 @@ os.environ["SPROUT_BOOTSTRAP_CONFIG"] = ""
 # the machine's cores shared between pytest-xdist's processes, in this process and in every process
 # a test starts (benchmarks, the training command, sweeps' drivers): two threads each thrash two
 # cores (measured on 2 cores: two copies of the GPU-acceptance code path at once took 127 s with two
-# OpenMP threads each, 24 s with one; in the suite that test took 154 s)
+# OpenMP threads each, 24 s with one; in the suite that test took 154 s). Only in an xdist worker:
+# the controlling pytest process imports this file too, without a worker count, and its workers
+# inherit its environment, so a value it set would be theirs.
 THREADS = max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 torch.set_num_threads(THREADS)
-os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 
 # the files whose slow tests start Ray sweeps, and their group: one process, one sweep at a time

@@ -161,3 +161,20 @@ def test_the_readme_is_a_front_page():
     ]
     ci = (ROOT / ".ci" / "run").read_text()
     assert setup[1] in ci.splitlines()  # CI runs the README's test command
+
+
+def test_a_process_a_test_starts_gets_its_xdist_share_of_the_cores():
+    """Under pytest-xdist each worker's child processes (benchmarks, the training command, sweeps)
+    use its share of the cores, not all of them (tests/conftest.py: two OpenMP threads each on two
+    cores made one test 5x slower)."""
+    import os
+
+    from conftest import THREADS
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.skip("not under pytest-xdist (the README's command runs it with -n 2)")
+    code = "import os; print(os.environ.get('OMP_NUM_THREADS'))"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()
+    assert child == str(THREADS) and THREADS == max(
+        1, (os.cpu_count() or 2) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    )
