@@ -100,8 +100,11 @@ def load_basis(gpu: bool, results: Path = BENCH_RESULTS, acceptance: Path | None
         basis.ratios_from = f"measured: {step.name}"
     orch = results / "orchestration-cpu.json"
     if orch.is_file():
-        basis.startup_s = float(json.loads(orch.read_text())["trial_startup_s"])
-        basis.startup_from = f"measured: {orch.name} ({basis.startup_s:.0f} s per trial, CPU)"
+        data = json.loads(orch.read_text())
+        # a trial through the sweep, from Tune creating it to its first step (older files: the trainer from a driver)
+        key = "trial_startup_wall_s" if "trial_startup_wall_s" in data else "trial_startup_s"
+        basis.startup_s = float(data[key])
+        basis.startup_from = f"measured: {orch.name} {key} ({basis.startup_s:.0f} s per trial, CPU)"
     ev = results / "eval_cost-cpu.json"
     if ev.is_file():
         basis.aa_passes = float(json.loads(ev.read_text())["autoattack"]["equivalent_passes_per_image"])

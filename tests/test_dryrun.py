@@ -84,3 +84,16 @@ def test_the_table_names_each_figures_measurement(capsys):
     assert "differs on purpose, precision" in out  # the bf16 column, declared
     assert "pass: ASSUMED" in out or "pass: measured" in out
     assert "step_ratios: measured: step_cost-" in out and "autoattack: measured: eval_cost-cpu.json" in out
+
+
+def test_the_estimates_trial_start_up_is_the_sweeps_measurement(tmp_path):
+    """A trial's start-up in the estimate is the one measured through the sweep (Tune creating the
+    trial to its first step); a results file from before that figure existed gives the trainer's."""
+    from orchestrator.estimate import load_basis
+
+    orch = tmp_path / "orchestration-cpu.json"
+    orch.write_text(json.dumps({"trial_startup_s": 10.7, "trial_startup_wall_s": 6.2}))
+    basis = load_basis(False, tmp_path)
+    assert basis.startup_s == 6.2 and "trial_startup_wall_s" in basis.startup_from
+    orch.write_text(json.dumps({"trial_startup_s": 10.7}))
+    assert load_basis(False, tmp_path).startup_s == 10.7

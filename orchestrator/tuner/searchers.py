@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from ray.tune.search import Searcher
 
 from ..study import distribution, optuna_name, optuna_params, startup_trials
+from .trace import stamp
 
 
 def make_sampler(search, seed: int):
@@ -40,6 +41,7 @@ class FixedConfigs(Searcher):
         if self.given >= len(self.configs):
             return Searcher.FINISHED
         self.given += 1
+        stamp("suggested", trial_id)  # Tune is creating the trial: its actor is asked for next (trace only)
         return dict(self.configs[self.given - 1])
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
