@@ -96,13 +96,19 @@ def restore_visible(hold: Path) -> str:
 
 
 def alive_nodes(address: str) -> dict[str, str]:
-    """{address: node id} of the cluster's live nodes, asked by a fresh driver process."""
-    code = (
-        "import json, ray; ray.init(address=__import__('sys').argv[1], logging_level='ERROR'); "
-        "print(json.dumps({n['NodeManagerAddress']: n['NodeID'] for n in ray.nodes() if n['Alive']}))"
-    )
-    p = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, timeout=120)
-    return json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 and p.stdout.strip() else {}
+    """{address: node id} of the cluster's live nodes, asked by a fresh driver process. The answer
+    travels through a file: Ray may print its own lines (a raylet's warning) to a driver's stdout
+    at any time, after ours too."""
+    with tempfile.TemporaryDirectory() as d:
+        answer = Path(d) / "nodes.json"
+        code = (
+            "import json, ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+            "open(sys.argv[2], 'w').write("
+            "json.dumps({n['NodeManagerAddress']: n['NodeID'] for n in ray.nodes() if n['Alive']}))"
+        )
+        p = subprocess.run([sys.executable, "-c", code, address, str(answer)], capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+        return json.loads(answer.read_text()) if p.returncode == 0 and answer.is_file() else {}
 
 
 def submit(address: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
