@@ -160,6 +160,8 @@ def trial_startup() -> dict:
         "startup_worker_to_first_step_s": round(t["built"] - t["worker"], 2),  # imports, process group, data, model
         # inside fit(): Train's controller process, its worker group (actors, process group), its training function
         **{f"startup_{a}_to_{b}_s": round(t[b] - t[a], 2) for a, b in STEPS if a in t and b in t},
+        # the trial's end: its training function returned, to Tune hearing the trial complete
+        **{f"teardown_{a}_to_{b}_s": round(t[b] - t[a], 2) for a, b in TEARDOWN if a in t and b in t},
         # each process at its milestones: its own CPU seconds since it started, the heavy modules it had imported
         "startup_processes": {
             w: {"cpu_s": round(r["cpu_s"], 2), "loaded": r.get("loaded", [])} for w, r in stamps.items()
@@ -170,6 +172,10 @@ def trial_startup() -> dict:
 STEPS = [("fit", "controller"), ("controller", "group_start"), ("group_start", "worker_up"),
          ("worker_up", "process_group"), ("process_group", "group_started"), ("group_started", "training_start"),
          ("training_start", "worker")]  # fmt: skip
+
+
+TEARDOWN = [("worker_end", "group_shutdown"), ("group_shutdown", "group_stopped"),
+            ("group_stopped", "controller_finish"), ("controller_finish", "tune_complete")]  # fmt: skip
 
 
 PHASE_TARGETS = {"trials": 1.3, "certify": 1.15}  # a phase's wall over its compute floor (issue 33)
@@ -224,6 +230,10 @@ def main(argv=None) -> int:
             for a, b in STEPS:
                 if f"startup_{a}_to_{b}_s" in startup:
                     print(f"      {a + ' to ' + b:<32} {startup[f'startup_{a}_to_{b}_s']:.2f} s")
+    print("  the trial's end, from its training function's return to Tune hearing it complete:")
+    for a, b in TEARDOWN:
+        if f"teardown_{a}_to_{b}_s" in startup:
+            print(f"      {a + ' to ' + b:<32} {startup[f'teardown_{a}_to_{b}_s']:.2f} s")
     print("  each process's own CPU seconds at a milestone, and the heavy modules it had imported:")
     for what, r in startup["startup_processes"].items():
         print(f"    {what:<16} {r['cpu_s']:5.2f} CPU-s  {', '.join(r['loaded']) or '-'}")

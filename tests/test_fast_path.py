@@ -138,6 +138,9 @@ def test_orchestration_benchmark_smallest_setting(tmp_path):
              "worker"]  # fmt: skip
     inside = [r[f"startup_{a}_to_{b}_s"] for a, b in zip(steps, steps[1:])]
     assert abs(sum(inside) - r["startup_fit_to_worker_s"]) < 0.05 and r["startup_fit_to_controller_s"] > 0
+    # the trial's end, the controller's milestones in order to Tune hearing it complete
+    ends = ["worker_end", "group_shutdown", "group_stopped", "controller_finish", "tune_complete"]
+    assert all(r[f"teardown_{a}_to_{b}_s"] >= 0 for a, b in zip(ends, ends[1:]))
     procs = r["startup_processes"]
     assert "ray.train" in procs["controller"]["loaded"] and "torch" in procs["built"]["loaded"]
     assert "scipy" not in procs["built"]["loaded"]  # the digits are read without scikit-learn (and scipy)

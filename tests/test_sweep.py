@@ -432,8 +432,9 @@ def test_each_trials_train_controller_runs_in_the_trials_own_process(smoke):
     per trial, and the workers by others."""
     out, _ = smoke
     rows = [json.loads(x) for x in (out.parent / f"{out.name}-trace.jsonl").read_text().splitlines()]
-    pids = {w: {r["pid"] for r in rows if r["what"] == w} for w in ("fit", "controller", "training_start", "worker")}
+    milestones = ("fit", "controller", "training_start", "controller_finish", "worker")
+    pids = {w: {r["pid"] for r in rows if r["what"] == w} for w in milestones}
     trials = json.loads((out / "summary.json").read_text())["trials"]
     assert len([r for r in rows if r["what"] == "fit"]) == len(trials) == 3
-    assert pids["controller"] and pids["controller"] | pids["training_start"] <= pids["fit"], pids
+    assert pids["controller"] and pids["controller"] | pids["training_start"] | pids["controller_finish"] <= pids["fit"]
     assert pids["worker"] and not pids["worker"] & pids["fit"], pids

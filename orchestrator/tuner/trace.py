@@ -33,8 +33,9 @@ def stamp(what: str, trial: str = "") -> None:
 
 def controller_callbacks() -> list:
     """With tracing on, a Ray Train callback that stamps the controller's milestones (its start,
-    the worker group asked for, started with its process group, running the training function);
-    none otherwise. It runs in the controller's process."""
+    the worker group asked for, started with its process group, running the training function;
+    at the end, the group's shutdown asked for and done, the controller finished); none
+    otherwise. It runs in the controller's process."""
     if not os.environ.get(TRACE_ENV):
         return []
     from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
@@ -51,5 +52,15 @@ def controller_callbacks() -> list:
 
         def after_worker_group_training_start(self, worker_group) -> None:
             stamp("training_start")
+
+        # the end: the controller sees the training function done, stops the group, finishes
+        def before_worker_group_shutdown(self, worker_group) -> None:
+            stamp("group_shutdown")
+
+        def after_worker_group_shutdown(self, worker_group_context) -> None:
+            stamp("group_stopped")
+
+        def after_controller_finish(self, result) -> None:
+            stamp("controller_finish")
 
     return [StartupTrace()]
