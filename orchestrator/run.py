@@ -30,6 +30,7 @@ from .record import LaunchFile, TrialStatus, console_lines, stage_records
 from .results import (
     MLflowTrialCallback,
     Progress,
+    StoreWarmup,
     Tracker,
     add_certification,
     add_intervals,
@@ -70,13 +71,16 @@ def run(launch: Launch) -> int:
     _quiet(launch.args.verbose)
     import ray
 
+    store = StoreWarmup(launch.tracking_uri)  # a new MLflow store is created while Ray starts
     try:
         cap, driver, console = start_ray(launch)
     except BaseException:
         ray.shutdown()
+        store.undo()
         for d in launch.created:  # nothing half-written by a launch that never started
             shutil.rmtree(d, ignore_errors=True)
         raise
+    store.wait()
     interrupts.install()  # Ctrl-C / SIGTERM: the study stops, its runs say KILLED, exit 130 / 143
     session = open_session(launch, cap, driver, console)
     t0 = time.time()

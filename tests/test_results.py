@@ -4,6 +4,7 @@ trial callback write into a real SQLite store."""
 
 import csv
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -184,6 +185,60 @@ def tracker(tmp_path):
     from orchestrator.results.tracking import Tracker
 
     return Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "s", tmp_path, LaunchFile(tmp_path))
+
+
+def test_a_new_store_is_opened_while_ray_starts_and_the_tracker_uses_it(tmp_path, monkeypatch):
+    """The warm-up opens a new SQLite store in a thread (its schema migrations overlap Ray's
+    start); the Tracker built after it gets MLflow's store for the URI without opening another.
+    An existing store, or a server, gets no thread; undo() removes only a store it made."""
+    import mlflow.store.tracking.sqlalchemy_store as sa
+
+    from orchestrator.results.tracking import StoreWarmup, Tracker
+
+    opened = []
+    real = sa.SqlAlchemyStore.__init__
+
+    def counting(self, *a, **k):
+        opened.append(a[0])
+        real(self, *a, **k)
+
+    monkeypatch.setattr(sa.SqlAlchemyStore, "__init__", counting)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    warm = StoreWarmup(uri)
+    assert warm.thread is not None
+    warm.wait()
+    assert (tmp_path / "mlflow.db").is_file() and opened == [uri]
+    Tracker(uri, "s", tmp_path, LaunchFile(tmp_path))
+    assert opened == [uri]  # the warmed store, not a second one
+    assert StoreWarmup(uri).thread is None and StoreWarmup("http://127.0.0.1:5000").thread is None
+    other = tmp_path / "other.db"
+    made = StoreWarmup(f"sqlite:///{other}")
+    made.undo()
+    assert not other.exists()
+
+
+def test_a_launch_whose_ray_does_not_start_leaves_no_store_behind(tmp_path, monkeypatch):
+    import ray
+
+    from orchestrator.sweep import main
+
+    out = tmp_path / "given"
+    seen = []
+
+    def fail(**kw):
+        for _ in range(200):  # Ray fails while the warm-up is writing the store
+            if (out / "mlflow.db").exists():
+                seen.append(True)
+                break
+            time.sleep(0.05)
+        raise RuntimeError("no Ray here")
+
+    monkeypatch.setattr(ray, "init", fail)
+    monkeypatch.chdir(tmp_path)
+    out.mkdir()  # a directory the user named: it stays, without a store (Ray's own logs stay in ray-tmp)
+    with pytest.raises(RuntimeError, match="no Ray here"):
+        main(["--study", "sensitivity", "--smoke-test", "--output-dir", str(out)])
+    assert seen and out.is_dir() and not (out / "mlflow.db").exists()
 
 
 def test_the_tracker_keeps_one_parent_per_launch_and_certifications_under_their_trial(tracker, tmp_path):

@@ -10,6 +10,7 @@ from trainables.lazy import surface
 __all__ = [
     "MLflowTrialCallback",
     "Progress",
+    "StoreWarmup",
     "Tracker",
     "add_certification",
     "add_intervals",
@@ -24,6 +25,7 @@ __all__ = [
     "write_summary",
 ]
 _HOME = {
+    "StoreWarmup": "tracking",
     "Tracker": "tracking",
     "provenance": "tracking",
     "MLflowTrialCallback": "callbacks",

@@ -74,6 +74,42 @@ def metric_items(result: Mapping[str, Any], skip: set[str] | frozenset[str] = fr
     return out
 
 
+class StoreWarmup:
+    """Open a new SQLite MLflow store in a thread, so that it overlaps Ray's start: creating one
+    runs MLflow's schema migrations, about 3 s on 2 cores, while ``ray.init`` mostly waits for
+    Ray's own processes. MLflow keeps the store it opened for the URI, so the ``Tracker`` built
+    after ``wait()`` uses it; a failure here is left for the ``Tracker`` to raise in its own
+    words. A store that exists, or a server's URI, has nothing to warm: no thread."""
+
+    def __init__(self, uri: str):
+        import threading
+
+        self.db = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+        self.thread = None
+        if self.db is not None and not self.db.exists():
+            self.thread = threading.Thread(target=self._open, args=(uri,), name="mlflow-store", daemon=True)
+            self.thread.start()
+
+    @staticmethod
+    def _open(uri: str) -> None:
+        try:
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(uri)
+        except Exception:  # noqa: BLE001 - the Tracker opens it again and says what is wrong
+            pass
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+
+    def undo(self) -> None:
+        """After a launch that never started: wait for the thread and remove the store it made."""
+        self.wait()
+        if self.thread is not None and self.db is not None:
+            self.db.unlink(missing_ok=True)
+
+
 class Tracker:
     """MLflow bookkeeping of one study launch (or its resumption): the experiment, the parent
     run, parameters, metrics and artifacts."""
