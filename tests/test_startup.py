@@ -1,8 +1,9 @@
 """What a trial starts: Ray Train's trainer with its controller in the trial's own process and
 without its Ray Data callback when no Ray Data dataset is passed, Tune told of reports without a
-queue actor, Ray's autoscaling coordinator asked for before the first trial, and a Torch backend
-whose controller never imports torch (private Ray APIs, each wrapped in one place: these tests
-fail when Ray changes them), and the start-up trace the benchmark reads."""
+queue actor, Ray's autoscaling coordinator asked for before the first trial, a Torch backend
+whose controller never imports torch, and the placement-group cleaner stopped without waiting at
+a run's end (private Ray APIs, each wrapped in one place: these tests fail when Ray changes
+them), and the start-up trace the benchmark reads."""
 
 import json
 import re
@@ -23,7 +24,43 @@ def test_the_lean_trainer_drops_only_the_ray_data_callback_and_only_without_data
     plain = callback_types(TorchTrainer(loop))
     assert "DatasetsCallback" in plain and "PlacementGroupCleanerCallback" in plain  # what Ray has today
     lean = callback_types(lean_trainer_class()(loop))
-    assert lean == plain - {"DatasetsCallback"}  # the placement-group cleaner stays (ASHA needs it)
+    # the placement-group cleaner stays (ASHA needs it), stopped at a run's end without waiting
+    assert lean == plain - {"DatasetsCallback", "PlacementGroupCleanerCallback"} | {"CleanerStoppedWithoutWaiting"}
+
+
+def test_at_a_runs_end_the_cleaner_is_asked_to_stop_and_not_waited_for():
+    """Ray's cleaner callback keeps the cleaner actor's handle in ``_cleaner`` and stops it (and
+    waits) in a coroutine hook the controller calls after it has shut the worker group down; ours
+    asks the actor to stop and returns."""
+    import asyncio
+    import inspect
+
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    from ray.train.v2._internal.execution.controller import TrainController
+    from ray.train.v2._internal.execution.controller.placement_group_cleaner import PlacementGroupCleaner
+
+    from orchestrator.tuner.driver import cleaner_stopped_without_waiting
+
+    assert PlacementGroupCleanerCallback()._cleaner is None and callable(PlacementGroupCleaner.stop)
+    assert inspect.iscoroutinefunction(PlacementGroupCleanerCallback.before_controller_shutdown)
+    assert "_stop_cleaner" in inspect.getsource(PlacementGroupCleanerCallback.before_controller_shutdown)
+    shutdown = inspect.getsource(TrainController._shutdown)
+    assert shutdown.index("_shutdown_worker_group()") < shutdown.index('"before_controller_shutdown"')
+    asked = []
+
+    class Handle:
+        class stop:  # noqa: N801 - an actor method's shape: stop.remote()
+            @staticmethod
+            def remote():
+                asked.append("stop")
+
+    ours = cleaner_stopped_without_waiting()()
+    assert isinstance(ours, PlacementGroupCleanerCallback)
+    ours._cleaner = Handle()
+    asyncio.run(ours.before_controller_shutdown())
+    assert asked == ["stop"] and ours._cleaner is None
+    asyncio.run(ours.before_controller_shutdown())  # nothing left to stop
+    assert asked == ["stop"]
 
 
 def test_the_trainer_runs_its_controller_through_the_method_the_lean_trainer_overrides():

@@ -43,17 +43,23 @@ def lean_trainer_class():
       actor runs, as in plain Ray Train;
     - without a Ray Data dataset (as here: each worker loads its own data) the Ray Data callback is
       left out: it copies Ray Data's context into every worker, which imports ``ray.data`` there,
-      for nothing (``_create_default_callbacks``)."""
+      for nothing (``_create_default_callbacks``);
+    - at a run's normal end the placement-group cleaner is asked to stop, not waited for
+      (``cleaner_stopped_without_waiting``)."""
     import asyncio
 
     import ray
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
     from ray.train.v2._internal.execution.controller import TrainController
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    cleaner_callback = cleaner_stopped_without_waiting()
 
     class LeanTrainer(DataParallelTrainer):
         def _create_default_callbacks(self):
             callbacks = super()._create_default_callbacks()
+            callbacks = [cleaner_callback() if isinstance(c, PlacementGroupCleanerCallback) else c for c in callbacks]
             if self.datasets:
                 return callbacks
             return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
@@ -66,6 +72,27 @@ def lean_trainer_class():
             return controller.get_result()
 
     return LeanTrainer
+
+
+def cleaner_stopped_without_waiting():
+    """Ray Train's placement-group cleaner callback (a detached actor per run that frees the run's
+    placement group if its controller dies: an ASHA-stopped trial's), except at the run's normal
+    end: Ray waits there for the cleaner to stop, and the cleaner's thread notices only after its
+    next check (every second: ``queue.get(timeout=check_interval_s)``), about 0.9 s on every
+    trial's end with nothing else to do. Here the stop is asked for and not waited for; by then the
+    worker group and its placement group are gone (the controller shuts them down first), and the
+    cleaner ends either way: on the stop, or on finding this process gone and the group removed.
+    An aborted run stops it as Ray does. Uses the callback's private ``_cleaner`` (the actor
+    handle); ``tests/test_startup.py`` fails when Ray changes it."""
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    class CleanerStoppedWithoutWaiting(PlacementGroupCleanerCallback):
+        async def before_controller_shutdown(self):
+            cleaner, self._cleaner = self._cleaner, None
+            if cleaner is not None:
+                cleaner.stop.remote()
+
+    return CleanerStoppedWithoutWaiting
 
 
 def start_autoscaling_coordinator() -> None:
