@@ -106,7 +106,7 @@ class StoreWarmup:
     def undo(self) -> None:
         """After a launch that never started: wait for the thread and remove the store it made."""
         self.wait()
-        if self.thread is not None and self.db is not None:
+        if self.thread is not None:  # only a store of its own: a thread runs for a new SQLite file alone
             self.db.unlink(missing_ok=True)
 
 
