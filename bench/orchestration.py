@@ -9,7 +9,8 @@ over the plain loop (which also saves a checkpoint every epoch), after start-up:
 first epoch and the last (final evaluation) are left out; (2) ray.init and per-trial start-up
 seconds; (3) images/s with 1 and 2 DDP workers on CPU (gloo); (4) a one-worker trial's start-up
 through the sweep as users run it, from Tune starting it to its first training step, in wall and
-CPU seconds over every process, and where it goes (``--startup-only``: just this).
+CPU seconds over every process, and where it goes, and a command's exit with and without its heap
+frozen (``--startup-only``: just these).
 """
 
 from __future__ import annotations
@@ -178,6 +179,38 @@ TEARDOWN = [("worker_end", "group_shutdown"), ("group_shutdown", "group_stopped"
             ("group_stopped", "controller_finish"), ("controller_finish", "tune_complete")]  # fmt: skip
 
 
+EXIT_CHILD = """
+import sys, time
+import orchestrator.run, ray.tune, mlflow, optuna, matplotlib.pyplot  # what a sweep's driver has at its end
+from trainables.cli import exit_now
+print(time.time(), flush=True)
+exit_now(0) if sys.argv[1] == "frozen" else sys.exit(0)
+"""
+
+
+def command_exit() -> dict:
+    """A command's exit, from its last line to its process's end, in wall and CPU seconds: a
+    process holding what a sweep's driver imports (torch, Ray Tune, MLflow, Optuna, matplotlib)
+    leaving through ``trainables.cli.exit_now`` (the heap frozen first) and through a plain
+    ``sys.exit`` (the interpreter's last garbage collection walks all of it)."""
+    import subprocess
+
+    out = {}
+    for how in ("frozen", "plain"):
+        p = subprocess.Popen([sys.executable, "-c", EXIT_CHILD, how], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+        last = float(p.stdout.readline())
+        cpu_at_last = _tree_cpu(p.pid)
+        _, status, usage = os.wait4(p.pid, 0)
+        end = time.time()
+        p.returncode = os.waitstatus_to_exitcode(status)
+        assert p.returncode == 0, f"the {how} exit failed ({p.returncode})"
+        out[f"exit_{how}_wall_s"] = round(end - last, 3)
+        out[f"exit_{how}_cpu_s"] = round(max(0.0, usage.ru_utime + usage.ru_stime - cpu_at_last), 3)
+    out["exit_plain_over_frozen_cpu"] = round(out["exit_plain_cpu_s"] / max(out["exit_frozen_cpu_s"], 1e-3), 2)
+    return out
+
+
 PHASE_TARGETS = {"trials": 1.3, "certify": 1.15}  # a phase's wall over its compute floor (issue 33)
 
 
@@ -213,6 +246,7 @@ def main(argv=None) -> int:
             print(line)
         return 0
     startup = trial_startup()
+    startup.update(command_exit())
     print("one-worker trial through the sweep, from Tune creating it (its actor asked for) to its first training step:")
     print(f"  wall {startup['trial_startup_wall_s']:.2f} s (target 5), CPU {startup['trial_startup_cpu_s']:.2f} s "
           f"over every process (target 8)")  # fmt: skip
@@ -234,6 +268,10 @@ def main(argv=None) -> int:
     for a, b in TEARDOWN:
         if f"teardown_{a}_to_{b}_s" in startup:
             print(f"      {a + ' to ' + b:<32} {startup[f'teardown_{a}_to_{b}_s']:.2f} s")
+    print(f"  a command's exit (a sweep driver's imports), its last line to its end: frozen heap "
+          f"{startup['exit_frozen_wall_s']:.2f} s wall, {startup['exit_frozen_cpu_s']:.2f} CPU-s; plain sys.exit "
+          f"{startup['exit_plain_wall_s']:.2f} s, {startup['exit_plain_cpu_s']:.2f} CPU-s "
+          f"({startup['exit_plain_over_frozen_cpu']:.1f}x the CPU)")  # fmt: skip
     print("  each process's own CPU seconds at a milestone, and the heavy modules it had imported:")
     for what, r in startup["startup_processes"].items():
         print(f"    {what:<16} {r['cpu_s']:5.2f} CPU-s  {', '.join(r['loaded']) or '-'}")

@@ -145,6 +145,9 @@ def test_orchestration_benchmark_smallest_setting(tmp_path):
     assert "ray.train" in procs["controller"]["loaded"] and "torch" in procs["built"]["loaded"]
     assert "scipy" not in procs["built"]["loaded"]  # the digits are read without scikit-learn (and scipy)
     assert "torch" not in procs["controller"]["loaded"]  # the Torch backend is set up without torch there
+    # a command's exit with its heap frozen (exit_now) and through a plain sys.exit, in wall and CPU seconds
+    assert all(r[f"exit_{how}_{unit}"] >= 0 for how in ("frozen", "plain") for unit in ("wall_s", "cpu_s"))
+    assert ratio_of(r["exit_plain_over_frozen_cpu"], r["exit_plain_cpu_s"], max(r["exit_frozen_cpu_s"], 1e-3), 3, 2)
 
 
 @pytest.mark.slow

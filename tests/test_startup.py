@@ -190,3 +190,34 @@ def test_rays_worker_side_torch_functions_are_as_the_backend_calls_them():
     assert list(inspect.signature(config._set_torch_distributed_env_vars).parameters) == []
     assert callable(get_address_and_port) and not inspect.signature(get_address_and_port).parameters
     assert config._TorchBackend.share_cuda_visible_devices  # ours shares CUDA devices as Ray's does
+
+
+def test_a_commands_exit_freezes_its_heap_and_keeps_its_exit_code():
+    """The commands (sweep, train, evaluate) leave through ``exit_now``: the heap frozen, so the
+    interpreter's last collection skips what they imported (``bench/orchestration.py`` measures
+    it), and the exit code is the command's: 0, its own, 2 on bad input, 3 on divergence, 130 on
+    Ctrl-C."""
+    import gc
+
+    import pytest
+
+    from trainables.cli import run_main
+    from trainables.errors import ConfigError, DivergedError
+
+    def raises(e):
+        def fn():
+            raise e
+
+        return fn
+
+    cases = [(lambda: None, 0), (lambda: 4, 4), (raises(ConfigError("x")), 2), (raises(DivergedError(2, float("nan"))), 3),
+             (raises(KeyboardInterrupt()), 130)]  # fmt: skip
+    try:
+        for fn, code in cases:
+            gc.unfreeze()
+            assert gc.get_freeze_count() == 0
+            with pytest.raises(SystemExit) as e:
+                run_main(fn)
+            assert e.value.code == code and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()  # this process goes on: its objects are collected again

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -22,14 +23,23 @@ def run_main(fn: Callable[[], int | None]) -> None:
         code = fn()
     except ConfigError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        code = EXIT_BAD_INPUT
     except DivergedError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(EXIT_DIVERGED)
+        code = EXIT_DIVERGED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code or 0)
+        code = 130
+    exit_now(code or 0)
+
+
+def exit_now(code: int) -> NoReturn:
+    """``sys.exit(code)`` without the interpreter's last garbage collection: at exit it walks every
+    object the command imported (torch, Ray, MLflow, Optuna, matplotlib), 1.4 CPU-s after a sweep
+    on a 2-core Xeon. Frozen, they are left to the process's end, as the collection would leave
+    them; atexit handlers still run and the standard streams are still flushed."""
+    gc.freeze()
+    sys.exit(code)
 
 
 class Parser(argparse.ArgumentParser):
