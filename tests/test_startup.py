@@ -28,13 +28,14 @@ def test_the_lean_trainer_drops_only_the_ray_data_callback_and_only_without_data
     assert lean == plain - {"DatasetsCallback", "PlacementGroupCleanerCallback"} | {"CleanerStoppedWithoutWaiting"}
 
 
-def test_at_a_runs_end_the_cleaner_is_asked_to_stop_and_not_waited_for():
+def test_at_a_runs_end_the_cleaner_is_killed_not_stopped_and_waited_for(monkeypatch):
     """Ray's cleaner callback keeps the cleaner actor's handle in ``_cleaner`` and stops it (and
     waits) in a coroutine hook the controller calls after it has shut the worker group down; ours
-    asks the actor to stop and returns."""
+    kills the actor (nothing is left for it to free) and returns."""
     import asyncio
     import inspect
 
+    import ray
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
     from ray.train.v2._internal.execution.controller import TrainController
     from ray.train.v2._internal.execution.controller.placement_group_cleaner import PlacementGroupCleaner
@@ -46,21 +47,16 @@ def test_at_a_runs_end_the_cleaner_is_asked_to_stop_and_not_waited_for():
     assert "_stop_cleaner" in inspect.getsource(PlacementGroupCleanerCallback.before_controller_shutdown)
     shutdown = inspect.getsource(TrainController._shutdown)
     assert shutdown.index("_shutdown_worker_group()") < shutdown.index('"before_controller_shutdown"')
-    asked = []
-
-    class Handle:
-        class stop:  # noqa: N801 - an actor method's shape: stop.remote()
-            @staticmethod
-            def remote():
-                asked.append("stop")
-
+    killed = []
+    monkeypatch.setattr(ray, "kill", lambda actor, **kw: killed.append(actor))
+    handle = object()
     ours = cleaner_stopped_without_waiting()()
     assert isinstance(ours, PlacementGroupCleanerCallback)
-    ours._cleaner = Handle()
+    ours._cleaner = handle
     asyncio.run(ours.before_controller_shutdown())
-    assert asked == ["stop"] and ours._cleaner is None
-    asyncio.run(ours.before_controller_shutdown())  # nothing left to stop
-    assert asked == ["stop"]
+    assert killed == [handle] and ours._cleaner is None
+    asyncio.run(ours.before_controller_shutdown())  # nothing left to kill
+    assert killed == [handle]
 
 
 def test_the_trainer_runs_its_controller_through_the_method_the_lean_trainer_overrides():
