@@ -6,6 +6,7 @@ console entry point uses, with ``ray.init`` made to fail the test if anything ca
 interpreter per case cost ~5 s each, most of the file's time). The cases in ``SUBPROCESS`` run
 the real command in a fresh interpreter, as a user would."""
 
+import gc
 import json
 import os
 import subprocess
@@ -473,6 +474,7 @@ def run_in_process(cmd, args, cwd, monkeypatch, capfd) -> tuple[int, str, str]:
     finally:
         os.environ.clear()
         os.environ.update(env)
+        gc.unfreeze()  # the exit froze this process's heap (trainables.cli.exit_now); the tests go on
     out, err = capfd.readouterr()
     return e.value.code, out, err
 

@@ -188,12 +188,14 @@ def test_rays_worker_side_torch_functions_are_as_the_backend_calls_them():
     assert config._TorchBackend.share_cuda_visible_devices  # ours shares CUDA devices as Ray's does
 
 
-def test_a_commands_exit_freezes_its_heap_and_keeps_its_exit_code():
+def test_a_commands_exit_freezes_its_heap_and_keeps_its_exit_code(monkeypatch):
     """The commands (sweep, train, evaluate) leave through ``exit_now``: the heap frozen, so the
     interpreter's last collection skips what they imported (``bench/orchestration.py`` measures
     it), and the exit code is the command's: 0, its own, 2 on bad input, 3 on divergence, 130 on
     Ctrl-C."""
     import gc
+    import sys
+    import types
 
     import pytest
 
@@ -208,6 +210,7 @@ def test_a_commands_exit_freezes_its_heap_and_keeps_its_exit_code():
 
     cases = [(lambda: None, 0), (lambda: 4, 4), (raises(ConfigError("x")), 2), (raises(DivergedError(2, float("nan"))), 3),
              (raises(KeyboardInterrupt()), 130)]  # fmt: skip
+    monkeypatch.delitem(sys.modules, "triton", raising=False)
     try:
         for fn, code in cases:
             gc.unfreeze()
@@ -215,5 +218,11 @@ def test_a_commands_exit_freezes_its_heap_and_keeps_its_exit_code():
             with pytest.raises(SystemExit) as e:
                 run_main(fn)
             assert e.value.code == code and gc.get_freeze_count() > 0
+        # with Triton loaded (torch's compiler), a plain exit: nanobind would call the frozen objects leaks
+        gc.unfreeze()
+        monkeypatch.setitem(sys.modules, "triton", types.ModuleType("triton"))
+        with pytest.raises(SystemExit) as e:
+            run_main(lambda: 5)
+        assert e.value.code == 5 and gc.get_freeze_count() == 0
     finally:
         gc.unfreeze()  # this process goes on: its objects are collected again

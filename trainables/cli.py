@@ -37,8 +37,11 @@ def exit_now(code: int) -> NoReturn:
     """``sys.exit(code)`` without the interpreter's last garbage collection: at exit it walks every
     object the command imported (torch, Ray, MLflow, Optuna, matplotlib), about 1.5 CPU-s after a
     sweep on a 2-core Xeon. Frozen, they are not walked; the process's memory goes back to the
-    system as it ends. atexit handlers still run and the standard streams are still flushed."""
-    gc.freeze()
+    system as it ends. atexit handlers still run and the standard streams are still flushed. Not
+    once Triton is loaded (torch's compiler imports it; a sweep's driver does not): its bindings
+    (nanobind) print every object of theirs left at exit as a leak."""
+    if "triton" not in sys.modules:
+        gc.freeze()
     sys.exit(code)
 
 
